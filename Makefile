@@ -1,0 +1,41 @@
+# Two commands on a fresh clone: `make run` (the whole pipeline on the built-in sample) and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(abspath $(VENV))/bin
+export PATH := $(BIN):$(PATH)
+
+.PHONY: install run test test-fast bench clean-outputs
+
+# Reinstalls only when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	@touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	@if [ ! -d data/Training ] && [ ! -d data/Testing ]; then \
+	  echo "data/ holds no dataset: writing the built-in synthetic sample (braintumor sample-data data)"; \
+	  braintumor sample-data data; \
+	fi
+	dvc repro
+	@echo
+	@echo "Report:     reports/report.html (open it in a browser)"
+	@echo "Metrics:    dvc metrics show     Plots: dvc plots show"
+	@echo "MLflow UI:  $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db   (then http://127.0.0.1:5000)"
+	@echo "Serve:      MLFLOW_TRACKING_URI=sqlite:///mlflow.db $(BIN)/mlflow models serve \\"
+	@echo "              -m models:/brain-tumor-classifier@champion --env-manager local -p 5001"
+	@echo "Predict:    $(BIN)/braintumor predict data/Testing --output predictions.csv"
+
+test: install
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
+bench: install
+	$(BIN)/python benchmarks/validate_speed.py
+	$(BIN)/python benchmarks/train_throughput.py --images 64
+	$(BIN)/python benchmarks/serve_latency.py

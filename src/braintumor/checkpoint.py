@@ -1,0 +1,52 @@
+"""Per-epoch training checkpoints, written atomically so a kill at any moment leaves the previous one intact."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from braintumor import runtime
+from braintumor.fileio import atomic_path
+
+log = logging.getLogger(__name__)
+
+
+def save_checkpoint(path: str | Path, *, model, optimizer, scheduler, scaler, state: dict[str, Any],
+                    history: list[dict[str, Any]]) -> None:
+    payload = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": runtime.rng_states(),
+        "epoch": state["epoch"],
+        "best_f1": state["best_f1"],
+        "best_epoch": state["best_epoch"],
+        "best_state": state["best_state"],
+        "since_best": state["since_best"],
+        "history": history,
+        "extra": state["extra"],
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
+    """The checkpoint at `path`, or None when there is none (or it cannot be read, which is logged)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a checkpoint from another version: start over rather than crash
+        log.warning("ignoring unreadable checkpoint %s (%s); training starts from epoch 1", path, exc)
+        return None
+
+
+def checkpoint_extra(path: str | Path) -> dict[str, Any]:
+    """What the caller stored with the checkpoint (e.g. the MLflow run id), without building a model."""
+    ckpt = load_checkpoint(path)
+    return dict(ckpt.get("extra", {})) if ckpt else {}

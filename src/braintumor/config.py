@@ -1,0 +1,302 @@
+"""Typed params: params.yaml is read once into these dataclasses, and every key is checked before any work.
+
+An unknown key, a wrong type or an out-of-range value raises `ConfigError` naming the key, the value and
+what is allowed, so `dvc exp run -S train.lr=abc` fails in a second, not after an hour of training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from braintumor.errors import ConfigError
+
+DEFAULT_CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
+FREEZE_CHOICES = ("none", "backbone", "stem", "layer1", "layer2", "layer3", "layer4")
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    """Every file and folder the pipeline reads or writes (dvc.yaml reads the same keys)."""
+
+    data: str = "data"
+    manifest: str = "manifests/splits.csv"
+    validation_report: str = "reports/validation.json"
+    preview: str = "reports/augment_preview.png"
+    model: str = "models/model.pt"
+    train_metrics: str = "metrics/train.json"
+    train_plots: str = "plots/train"
+    run_info: str = "reports/mlflow_run.json"
+    eval_metrics: str = "metrics/eval.json"
+    eval_plots: str = "plots/eval"
+    report: str = "reports/report.html"
+    cache: str = ".cache"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    classes: list[str] = field(default_factory=lambda: list(DEFAULT_CLASSES))
+    # Folder names in a user's dataset that mean one of `classes` (e.g. the Kaggle set's `notumor`).
+    aliases: dict[str, str] = field(default_factory=dict)
+    val_fraction: float = 0.15
+    split_seed: int = 42
+    # Pearson correlation of 64x64 grayscale thumbnails above which two images are near copies.
+    near_duplicate_threshold: float = 0.97
+    max_image_pixels: int = 40_000_000
+    on_bad_file: Literal["exclude", "fail"] = "exclude"
+
+    def __post_init__(self) -> None:
+        _check(len(self.classes) >= 2, "data.classes", self.classes, "at least two class names")
+        _check(len(set(self.classes)) == len(self.classes), "data.classes", self.classes, "distinct names")
+        for alias, target in self.aliases.items():
+            _check(target in self.classes, f"data.aliases.{alias}", target, f"one of {self.classes}")
+        _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", self.val_fraction, "a number in (0, 1)")
+        _check(0.0 < self.near_duplicate_threshold <= 1.0, "data.near_duplicate_threshold",
+               self.near_duplicate_threshold, "a number in (0, 1]")
+        _check(self.max_image_pixels > 0, "data.max_image_pixels", self.max_image_pixels, "a positive integer")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """The train preset (transforms.py) and the preview of it."""
+
+    crop_scale: list[float] = field(default_factory=lambda: [0.7, 1.0])
+    hflip: bool = True
+    rotation_degrees: float = 10.0
+    brightness: float = 0.2
+    contrast: float = 0.2
+    preview_seed: int = 0
+    preview_images_per_class: int = 2
+    preview_views: int = 4
+
+    def __post_init__(self) -> None:
+        lo_hi = self.crop_scale
+        _check(len(lo_hi) == 2 and 0.0 < lo_hi[0] <= lo_hi[1] <= 1.0, "augment.crop_scale", lo_hi,
+               "[min, max] with 0 < min <= max <= 1")
+        _check(0.0 <= self.rotation_degrees <= 180.0, "augment.rotation_degrees", self.rotation_degrees,
+               "degrees in [0, 180] (0 switches rotation off)")
+        for key in ("brightness", "contrast"):
+            value = getattr(self, key)
+            _check(0.0 <= value < 1.0, f"augment.{key}", value, "a jitter strength in [0, 1) (0 switches it off)")
+        _check(self.preview_images_per_class >= 1, "augment.preview_images_per_class",
+               self.preview_images_per_class, "an integer >= 1")
+        _check(self.preview_views >= 1, "augment.preview_views", self.preview_views, "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # `imagenet` (torchvision's IMAGENET1K_V2, downloaded once to the torch cache), `none`, or a state-dict path.
+    weights: str = "imagenet"
+    dropout: float = 0.0
+    image_size: int = 224  # network input (crop) size
+    resize_size: int = 256  # scans are resized to this square before cropping
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "a probability in [0, 1)")
+        _check(self.image_size >= 32, "model.image_size", self.image_size, "an integer >= 32")
+        _check(self.resize_size >= self.image_size, "model.resize_size", self.resize_size,
+               f"an integer >= model.image_size ({self.image_size})")
+        if self.weights not in ("imagenet", "none"):
+            _check(Path(self.weights).suffix in (".pt", ".pth"), "model.weights", self.weights,
+                   "'imagenet', 'none' or the path of a local .pt/.pth state dict")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    device: Literal["auto", "cuda", "cpu", "mps"] = "auto"
+    epochs: int = 25
+    batch_size: int = 32  # per process; under torchrun the global batch is this times the world size
+    lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.0
+    scheduler: Literal["step", "cosine"] = "step"
+    step_size: int = 7
+    gamma: float = 0.1
+    warmup_epochs: int = 0
+    grad_clip: float = 0.0  # max gradient norm; 0 switches clipping off
+    freeze: Literal["none", "backbone", "stem", "layer1", "layer2", "layer3", "layer4"] = "none"
+    head_only_epochs: int = 0
+    patience: int = 0  # early stopping after this many epochs without a better val macro-F1; 0 = off
+    num_workers: int = 0
+    pin_memory: bool = True
+    amp: bool = True  # CUDA only: bf16 autocast where supported, else fp16 with a grad scaler
+    cpu_bf16: bool = False  # bf16 autocast on CPU; only pays off on CPUs with AVX512-BF16/AMX
+    channels_last: bool = True
+    compile: bool = False
+    threads: int = 0  # CPU threads for torch; 0 keeps torch's default
+    deterministic: bool = False
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        for key in ("epochs", "batch_size", "step_size"):
+            _check(getattr(self, key) >= 1, f"train.{key}", getattr(self, key), "an integer >= 1")
+        for key in ("warmup_epochs", "head_only_epochs", "patience", "num_workers", "threads"):
+            _check(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), "an integer >= 0")
+        _check(self.lr > 0, "train.lr", self.lr, "a positive learning rate")
+        _check(0.0 <= self.momentum < 1.0, "train.momentum", self.momentum, "a number in [0, 1)")
+        _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "a number >= 0")
+        _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", self.label_smoothing, "a number in [0, 1)")
+        _check(0.0 < self.gamma <= 1.0, "train.gamma", self.gamma, "a number in (0, 1]")
+        _check(self.grad_clip >= 0, "train.grad_clip", self.grad_clip, "a max norm >= 0 (0 = off)")
+        _check(not (self.nesterov and self.momentum == 0), "train.nesterov", self.nesterov,
+               "false when train.momentum is 0 (Nesterov needs momentum)")
+        _check(self.head_only_epochs < self.epochs or self.head_only_epochs == 0, "train.head_only_epochs",
+               self.head_only_epochs, f"fewer than train.epochs ({self.epochs})")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    batch_size: int = 32
+    tta_hflip: bool = False
+    calibration_bins: int = 15
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "evaluate.batch_size", self.batch_size, "an integer >= 1")
+        _check(self.calibration_bins >= 2, "evaluate.calibration_bins", self.calibration_bins, "an integer >= 2")
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    sample_predictions: int = 12
+    confident_mistakes: int = 6
+    gradcam: bool = True
+
+    def __post_init__(self) -> None:
+        _check(self.sample_predictions >= 0, "report.sample_predictions", self.sample_predictions, "an integer >= 0")
+        _check(self.confident_mistakes >= 0, "report.confident_mistakes", self.confident_mistakes, "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    experiment: str = "brain-tumor-mri"
+    registered_model: str = "brain-tumor-classifier"
+    log_model: bool = True
+
+    def __post_init__(self) -> None:
+        _check(bool(self.experiment.strip()), "tracking.experiment", self.experiment, "a non-empty name")
+        _check(bool(self.registered_model.strip()), "tracking.registered_model", self.registered_model,
+               "a non-empty name")
+
+
+@dataclass(frozen=True)
+class Params:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """`{"train.lr": 0.01, ...}`: the form MLflow params and `dvc exp run -S` use."""
+        return dict(_flatten(self.to_dict()))
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params file not found: {path.resolve()}. Run from the repository root, "
+                          "or pass --params PATH.")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    return params_from_dict(raw, source=str(path))
+
+
+def params_from_dict(raw: Any, source: str = "params") -> Params:
+    try:
+        return _build(Params, raw, prefix="")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} = {value!r} is not allowed: expected {allowed}")
+
+
+def _flatten(obj: dict[str, Any], prefix: str = "") -> typing.Iterator[tuple[str, Any]]:
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and not name.startswith("data.aliases"):
+            yield from _flatten(value, name + ".")
+        else:
+            yield name, value
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "the top level"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where} must be a mapping of keys to values, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key {prefix}{unknown[0]} in {where}; allowed keys: {', '.join(fields)}")
+    values = {}
+    for name, value in raw.items():
+        values[name] = _coerce(hints[name], value, f"{prefix}{name}")
+    try:
+        return cls(**values)
+    except ConfigError:
+        raise
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key + ".")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key} = {value!r} is not allowed: expected one of {', '.join(map(str, args))}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            try:
+                return _coerce(option, value, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key} = {value!r} has the wrong type: expected {hint}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} = {value!r} has the wrong type: expected a list")
+        return [_coerce(args[0], item, f"{key}[{i}]") for i, item in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key} = {value!r} has the wrong type: expected a mapping")
+        return {_coerce(args[0], k, f"{key} key"): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} = {value!r} has the wrong type: expected true or false")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} = {value!r} has the wrong type: expected an integer")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} = {value!r} has the wrong type: expected a number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} = {value!r} has the wrong type: expected a string")
+        return value
+    raise TypeError(f"unsupported type {hint} for {key}")  # a bug in this module, not a user error

@@ -1,0 +1,1 @@
+"""Datasets: scanning, validation, duplicates, splits, the decode cache and the built-in sample."""

@@ -1,0 +1,85 @@
+"""Decode each scan once: a cache of (S, S) uint8 squares, reused across epochs and runs.
+
+The cache file is keyed by the manifest rows it holds (path and content hash) and the square size, so changing
+either makes a new file, and an unchanged dataset is never decoded twice. Augmentation happens later, per batch,
+on these arrays (transforms.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from braintumor.errors import DataError
+from braintumor.fileio import atomic_path
+from braintumor.imaging import ImageProblem, decode_grayscale, square_resize
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1  # bump when decode_grayscale or square_resize change what they produce
+
+
+def load_square(path: str | os.PathLike | bytes, size: int, max_pixels: int) -> np.ndarray:
+    """One scan (a file path or its bytes) -> (size, size) uint8: the input of every preset."""
+    return square_resize(decode_grayscale(path, max_pixels=max_pixels, draft=size), size)
+
+
+def cache_key(frame: pd.DataFrame, size: int) -> str:
+    digest = hashlib.sha256(f"v{CACHE_VERSION}:{size}\n".encode())
+    for path, sha in zip(frame["path"], frame["sha256"]):
+        digest.update(f"{path}\t{sha}\n".encode())
+    return digest.hexdigest()[:20]
+
+
+def cached_squares(frame: pd.DataFrame, data_root: str | Path, size: int, cache_dir: str | Path, *,
+                   max_pixels: int, workers: int | None = None, progress: bool = True) -> np.ndarray:
+    """(N, size, size) uint8 for the manifest rows in `frame` (memory-mapped from the cache file)."""
+    target = Path(cache_dir) / "images" / f"squares-{size}px-{cache_key(frame, size)}.npy"
+    if target.is_file():
+        return np.load(target, mmap_mode="r")
+    paths = [str(Path(data_root) / p) for p in frame["path"]]
+    squares = np.empty((len(paths), size, size), dtype=np.uint8)
+    workers = workers if workers is not None else min(4, os.cpu_count() or 1)
+    bar = tqdm(total=len(paths), desc=f"decoding scans to {size}px (once, cached)", unit="img", disable=not progress)
+    with bar, ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = pool.map(_decode_row, paths, [size] * len(paths), [max_pixels] * len(paths), chunksize=16)
+        for i, (square, problem) in enumerate(results):
+            if problem:
+                raise DataError(f"{paths[i]} can no longer be read ({problem}); it changed after the validate "
+                                "stage ran. Rerun the pipeline: `dvc repro`.")
+            squares[i] = square
+            bar.update()
+    with atomic_path(target) as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, squares)
+    log.info("cached %d decoded scans in %s", len(paths), target)
+    return squares
+
+
+def _decode_row(path: str, size: int, max_pixels: int) -> tuple[np.ndarray | None, str | None]:
+    try:
+        return load_square(path, size, max_pixels), None
+    except (ImageProblem, OSError) as exc:
+        return None, str(exc)
+
+
+class SquaresDataset(Dataset):
+    """(squares[i] through `transform`, label index). squares: (N, S, S) uint8, possibly memory-mapped."""
+
+    def __init__(self, squares: np.ndarray, labels: np.ndarray, transform) -> None:
+        self.squares, self.labels, self.transform = squares, np.asarray(labels, dtype=np.int64), transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        square = torch.from_numpy(np.array(self.squares[index]))[None]  # (1, S, S) uint8, copied out of the mmap
+        return self.transform(square), int(self.labels[index])

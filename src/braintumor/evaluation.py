@@ -1,0 +1,78 @@
+"""Test-set metrics from predicted probabilities (scikit-learn where it has them)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, log_loss, precision_recall_fscore_support,
+                             roc_auc_score, roc_curve)
+
+HEADLINE = ("accuracy", "macro_f1", "weighted_f1", "log_loss", "ece", "roc_auc_ovr")
+
+
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str], *,
+                           bins: int = 15) -> dict[str, Any]:
+    """Headline metrics and per-class precision/recall/F1/support. probs: (N, C), rows sum to 1."""
+    labels = list(range(len(classes)))
+    if len(y_true) == 0:
+        return {"n": 0, **{k: None for k in HEADLINE}, "per_class": {}}
+    y_pred = probs.argmax(axis=1)
+    precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
+    return {
+        "n": int(len(y_true)),
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
+        "log_loss": float(log_loss(y_true, np.clip(probs, 1e-15, 1), labels=labels)),
+        "ece": expected_calibration_error(y_true, probs, bins=bins),
+        "roc_auc_ovr": roc_auc_ovr(y_true, probs),
+        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                             "support": int(support[i])} for i, name in enumerate(classes)},
+    }
+
+
+def roc_auc_ovr(y_true: np.ndarray, probs: np.ndarray) -> float | None:
+    """Macro one-vs-rest ROC AUC over the classes present in y_true (None when fewer than two are)."""
+    present = [c for c in range(probs.shape[1]) if 0 < (y_true == c).sum() < len(y_true)]
+    if not present:
+        return None
+    return float(np.mean([roc_auc_score(y_true == c, probs[:, c]) for c in present]))
+
+
+def reliability_table(y_true: np.ndarray, probs: np.ndarray, *, bins: int = 15) -> pd.DataFrame:
+    """Per confidence bin: its range, count, mean confidence and accuracy (the reliability diagram's data)."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y_true
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    table = []
+    for b in range(bins):
+        mask = index == b
+        table.append({"bin_lower": edges[b], "bin_upper": edges[b + 1], "count": int(mask.sum()),
+                      "confidence": float(confidence[mask].mean()) if mask.any() else np.nan,
+                      "accuracy": float(correct[mask].mean()) if mask.any() else np.nan})
+    return pd.DataFrame(table)
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, *, bins: int = 15) -> float:
+    """Sum over confidence bins of (bin share) x |accuracy - mean confidence|."""
+    table = reliability_table(y_true, probs, bins=bins)
+    filled = table[table["count"] > 0]
+    weights = filled["count"] / filled["count"].sum()
+    return float((weights * (filled["accuracy"] - filled["confidence"]).abs()).sum())
+
+
+def roc_points(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    frames = []
+    for c, name in enumerate(classes):
+        if 0 < (y_true == c).sum() < len(y_true):
+            fpr, tpr, _ = roc_curve(y_true == c, probs[:, c])
+            frames.append(pd.DataFrame({"class": name, "fpr": fpr, "tpr": tpr}))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["class", "fpr", "tpr"])
+
+
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """(C, C) counts: rows are actual classes, columns predicted."""
+    return confusion_matrix(y_true, y_pred, labels=list(range(n_classes)))

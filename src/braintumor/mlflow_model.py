@@ -1,0 +1,26 @@
+"""The served model, logged as MLflow "models from code": this file is the model's code, not a pickle.
+
+`mlflow models serve -m models:/brain-tumor-classifier@champion --env-manager local` loads it. Requests carry a
+column `image` of base64-encoded image bytes; a bad row answers HTTP 400 naming the row and the reason.
+"""
+
+import mlflow
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+from braintumor.errors import BrainTumorError
+from braintumor.serving import Predictor
+
+
+class BrainTumorClassifier(mlflow.pyfunc.PythonModel):
+    def load_context(self, context):
+        self.predictor = Predictor(context.artifacts["model"])
+
+    def predict(self, context, model_input, params=None):
+        try:
+            return self.predictor.predict_frame(model_input)
+        except BrainTumorError as exc:
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+
+
+mlflow.models.set_model(BrainTumorClassifier())

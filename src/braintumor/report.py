@@ -1,0 +1,185 @@
+"""The HTML report: one self-contained file (every image embedded as a data URI, no network needed to open it)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import torch
+import yaml
+
+from braintumor import charts
+from braintumor.explain import grad_cam, overlay
+from braintumor.serving import Predictor
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}
+.note{color:#555;font-size:.9em}code,pre{background:#f6f6f6;padding:.1em .3em}pre{padding:.6em;overflow:auto}
+.warn{color:#a40}"""
+
+
+@dataclass
+class ReportInputs:
+    params: dict[str, Any]
+    validation: dict[str, Any]
+    history: pd.DataFrame
+    evaluation: dict[str, Any]
+    predictions: pd.DataFrame
+    reliability: pd.DataFrame
+    preview_png: bytes
+    run_info: dict[str, Any]
+    run_tags: dict[str, str]
+    data_root: str
+    model_path: str
+
+
+def png(fig: plt.Figure) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90)
+    plt.close(fig)
+    return _img(buffer.getvalue())
+
+
+def _img(data: bytes) -> str:
+    return f'<img alt="" src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}">'
+
+
+def _table(rows: list[list[Any]], header: list[str]) -> str:
+    def cell(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def build_report(inputs: ReportInputs, *, samples: int, mistakes: int, gradcam: bool) -> str:
+    classes = inputs.params["data"]["classes"]
+    sections = [
+        ("Dataset and validation", _dataset_section(inputs.validation, classes)),
+        ("Augmentation preview", "<p class=note>Exactly the train preset training used (same module, same params)."
+                                 "</p>" + _img(inputs.preview_png)),
+        ("Training curves", png(charts.training_curves(inputs.history))),
+        ("Test metrics", _metrics_section(inputs.evaluation, classes)),
+        ("Confusion matrix", png(charts.confusion_matrices(_confusion(inputs.predictions, classes), classes))),
+        ("Calibration", png(charts.reliability_diagram(inputs.reliability, inputs.evaluation.get("ece")))),
+    ]
+    predictor = Predictor(inputs.model_path)
+    sections.append(("Sample test predictions", _prediction_grid(inputs, predictor, samples, wrong_only=False)))
+    sections.append(("Most confident mistakes", _prediction_grid(inputs, predictor, mistakes, wrong_only=True)))
+    if gradcam:
+        sections.append(("Grad-CAM (last ResNet block)", _gradcam_section(inputs, predictor)))
+    sections.append(("Run metadata", _metadata_section(inputs)))
+    body = "".join(f"<h2>{html.escape(title)}</h2>{content}" for title, content in sections)
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>Brain-tumor MRI classifier report</title>"
+            f"<style>{CSS}</style></head><body><h1>Brain-tumor MRI classifier: run "
+            f"{html.escape(str(inputs.run_info.get('run_id', '')))}</h1>{body}</body></html>")
+
+
+def _dataset_section(v: dict[str, Any], classes: list[str]) -> str:
+    per = v["per_class"]
+    rows = [[c, per["train"][c], per["val"][c], per["test"][c]] for c in classes]
+    rows.append(["total", v["n_train_fit"], v["n_val"], v["n_test"]])
+    leak = v["test_exact_in_train"] + v["test_near_in_train"]
+    parts = [_table(rows, ["class", "train", "val", "test"]),
+             _table([["excluded (unusable) files", v["n_excluded"]],
+                     ["exact duplicates inside Training", v["exact_duplicates_in_train"]],
+                     ["Testing images with a byte-identical copy in Training", v["test_exact_in_train"]],
+                     ["Testing images with a near-identical copy in Training", v["test_near_in_train"]],
+                     ["leak-free Testing images", v["test_leak_free"]],
+                     ["groups of copies filed under different classes", v["label_conflicts"]],
+                     ["image modes", ", ".join(f"{k}: {n}" for k, n in v["image_modes"].items())],
+                     ["image sizes (min / median / max)", " / ".join(v["image_sizes"].values())]],
+                    ["check", "result"])]
+    if leak:
+        parts.append(f"<p class=warn>{leak} of {v['n_test']} Testing images have a copy in Training: the headline "
+                     "test figures are optimistic. The leak-free figures below leave them out.</p>")
+    if v["excluded"]:
+        parts.append(_table([[e["path"], e["reason"]] for e in v["excluded"][:50]], ["excluded file", "reason"]))
+    return "".join(parts)
+
+
+def _metrics_section(e: dict[str, Any], classes: list[str]) -> str:
+    lf = e.get("leak_free", {})
+    names = ["accuracy", "macro_f1", "weighted_f1", "log_loss", "ece", "roc_auc_ovr"]
+    rows = [[n, e.get(n) if e.get(n) is not None else "n/a", lf.get(n) if lf.get(n) is not None else "n/a"]
+            for n in names]
+    rows.append(["images", e["n"], lf.get("n", 0)])
+    per = [[c, e["per_class"][c]["precision"], e["per_class"][c]["recall"], e["per_class"][c]["f1"],
+            e["per_class"][c]["support"]] for c in classes]
+    return (_table(rows, ["metric", "all Testing", "leak-free Testing"])
+            + _table(per, ["class", "precision", "recall", "F1", "support"]))
+
+
+def _confusion(predictions: pd.DataFrame, classes: list[str]) -> np.ndarray:
+    index = {c: i for i, c in enumerate(classes)}
+    matrix = np.zeros((len(classes), len(classes)), dtype=int)
+    for actual, predicted in zip(predictions["actual"], predictions["predicted"]):
+        matrix[index[actual], index[predicted]] += 1
+    return matrix
+
+
+def _prediction_grid(inputs: ReportInputs, predictor: Predictor, count: int, *, wrong_only: bool) -> str:
+    frame = inputs.predictions
+    if wrong_only:
+        frame = frame[frame["actual"] != frame["predicted"]].sort_values("probability", ascending=False)
+        if frame.empty:
+            return "<p>No mistakes on the Testing set.</p>"
+    else:
+        frame = frame.sample(n=min(count, len(frame)), random_state=0)
+    frame = frame.head(count)
+    images = [predictor.square(Path(inputs.data_root) / p) for p in frame["path"]]
+    captions = [f"{Path(p).name[:20]}\ntrue {a.replace('_tumor', '')}\npred {b.replace('_tumor', '')} {q:.2f}"
+                for p, a, b, q in zip(frame["path"], frame["actual"], frame["predicted"], frame["probability"])]
+    colors = ["green" if a == b else "red" for a, b in zip(frame["actual"], frame["predicted"])]
+    return png(charts.image_grid(images, captions, colors=colors)) if images else "<p>None.</p>"
+
+
+def _gradcam_section(inputs: ReportInputs, predictor: Predictor) -> str:
+    frame = inputs.predictions
+    pictures, captions = [], []
+    for label in inputs.params["data"]["classes"]:
+        for correct in (True, False):
+            pick = frame[(frame["actual"] == label) & ((frame["predicted"] == label) == correct)]
+            if pick.empty:
+                continue
+            row = pick.sort_values("probability", ascending=not correct).iloc[0]
+            square = predictor.square(Path(inputs.data_root) / row["path"])
+            tensor = predictor.transform(torch.from_numpy(square)[None])[None]  # (1, 3, H, W)
+            cam, _ = grad_cam(predictor.model, predictor.model.layer4, tensor, predictor.classes.index(row["predicted"]))
+            crop = _center(square, predictor.prep.image_size)
+            pictures.append(overlay(crop, cam))
+            captions.append(f"{'correct' if correct else 'WRONG'}: true {label.replace('_tumor', '')}\n"
+                            f"pred {row['predicted'].replace('_tumor', '')} {row['probability']:.2f}")
+    note = "<p class=note>Where the evidence for the predicted class lies (red = strongest).</p>"
+    return note + (png(charts.image_grid(pictures, captions, columns=4)) if pictures else "<p>None.</p>")
+
+
+def _center(square: np.ndarray, size: int) -> np.ndarray:
+    top = (square.shape[0] - size) // 2
+    left = (square.shape[1] - size) // 2
+    return square[top:top + size, left:left + size]
+
+
+def _metadata_section(inputs: ReportInputs) -> str:
+    info, tags = inputs.run_info, inputs.run_tags
+    rows = [["MLflow run id", info.get("run_id", "")], ["experiment", info.get("experiment", "")],
+            ["registered model", f"{info.get('registered_model', '')} version {info.get('model_version')}"],
+            ["git commit", tags.get("git_commit", "") + (" (uncommitted changes)" if tags.get("git_dirty") == "true"
+                                                          else "")],
+            ["DVC data hash", tags.get("data_dvc_hash", "")], ["device", tags.get("device", "")],
+            ["torch", tags.get("torch_version", "")], ["tracking URI", info.get("tracking_uri", "")]]
+    uri = str(info.get("tracking_uri", ""))
+    ui = (f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"open {uri} in a browser")
+    return (_table(rows, ["", ""]) + f"<p>Open this run in the MLflow UI: <code>{html.escape(ui)}</code>, then "
+            f"experiment <b>{html.escape(str(info.get('experiment', '')))}</b>, run "
+            f"<b>{html.escape(str(info.get('run_id', '')))}</b>.</p><h3>Params</h3><pre>"
+            f"{html.escape(yaml.safe_dump(inputs.params, sort_keys=False))}</pre>")

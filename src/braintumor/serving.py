@@ -1,0 +1,107 @@
+"""Predictions from a model file: the core of `braintumor predict` and of the served MLflow model.
+
+Input rows are raw image bytes (any format Pillow reads; grayscale, RGB, RGBA, 16-bit); the output is a label,
+its probability and one probability column per class. A bad row raises `RequestError` naming the row and why.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from braintumor.data.cache import load_square
+from braintumor.errors import BrainTumorError
+from braintumor.imaging import ImageProblem
+from braintumor.model import load_model
+from braintumor.transforms import Preprocessing, eval_preset
+
+INPUT_COLUMN = "image"
+
+
+class RequestError(BrainTumorError):
+    """A prediction request that cannot be answered as sent (HTTP 400 when served)."""
+
+
+class Predictor:
+    def __init__(self, model_path: str | os.PathLike, device: str = "cpu", batch_size: int = 32) -> None:
+        self.model, bundle = load_model(model_path, device)
+        self.device, self.batch_size = torch.device(device), batch_size
+        self.classes: list[str] = list(bundle["classes"])
+        self.prep = Preprocessing.from_dict(bundle["preprocessing"])
+        self.transform = eval_preset(self.prep)
+        self.max_pixels = int(bundle["params"]["data"]["max_image_pixels"])
+        self.bundle = bundle
+
+    def square(self, source: bytes | str | os.PathLike) -> np.ndarray:
+        """One scan -> (S, S) uint8, exactly as evaluation sees it. Raises ImageProblem."""
+        return load_square(source, self.prep.resize_size, self.max_pixels)
+
+    @torch.no_grad()
+    def probabilities(self, squares: list[np.ndarray]) -> np.ndarray:
+        """(N, C) class probabilities for (S, S) uint8 squares."""
+        out = []
+        for start in range(0, len(squares), self.batch_size):
+            chunk = squares[start:start + self.batch_size]
+            batch = torch.stack([self.transform(torch.from_numpy(np.array(s))[None]) for s in chunk])  # (B,3,H,W)
+            out.append(torch.softmax(self.model(batch.to(self.device)).float(), dim=1).double().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
+
+    def table(self, probs: np.ndarray) -> pd.DataFrame:
+        best = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=int)
+        frame = pd.DataFrame({"label": [self.classes[i] for i in best],
+                              "probability": probs[np.arange(len(best)), best] if len(probs) else []})
+        for i, name in enumerate(self.classes):
+            frame[name] = probs[:, i] if len(probs) else []
+        return frame
+
+    def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The served model's predict: column `image` of base64 strings -> label, probability, per-class."""
+        if not isinstance(frame, pd.DataFrame) or INPUT_COLUMN not in frame.columns:
+            got = list(frame.columns) if isinstance(frame, pd.DataFrame) else type(frame).__name__
+            raise RequestError(f"the request needs a column {INPUT_COLUMN!r} of base64-encoded image bytes; "
+                               f"got columns {got}")
+        squares, problems = [], []
+        for row, value in enumerate(frame[INPUT_COLUMN].tolist()):
+            try:
+                squares.append(self.square(decode_base64(value)))
+            except (RequestError, ImageProblem) as exc:
+                problems.append(f"row {row}: {exc}")
+        if problems:
+            raise RequestError(f"{len(problems)} of {len(frame)} rows cannot be used: " + "; ".join(problems[:10]))
+        return self.table(self.probabilities(squares))
+
+
+def decode_base64(value: object) -> bytes:
+    if isinstance(value, (bytes, bytearray)):
+        value = bytes(value).decode("ascii", errors="replace")
+    if not isinstance(value, str) or not value.strip():
+        raise RequestError("empty value; send the image file's bytes, base64-encoded")
+    try:
+        data = base64.b64decode(value.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError("not valid base64; encode the image file's bytes with base64") from None
+    if not data:
+        raise RequestError("empty image (0 bytes after base64 decoding)")
+    return data
+
+
+def find_images(paths: list[str | os.PathLike]) -> tuple[list[Path], list[str]]:
+    """Files given directly, and image files under folders (recursive). Returns (images, missing paths)."""
+    from braintumor.imaging import is_candidate
+
+    found, missing = [], []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and is_candidate(p)))
+        elif path.is_file():
+            found.append(path)
+        else:
+            missing.append(str(path))
+    return found, missing
