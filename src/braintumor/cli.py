@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sample-data", help="write the built-in synthetic sample dataset")
     p.add_argument("dir", type=Path, help="dataset folder to write (Training/ and Testing/ go inside)")
-    p.add_argument("--per-class", type=int, default=40, help="Training images per class (default 40)")
+    p.add_argument("--per-class", type=int, default=100, help="Training images per class (default 100)")
     p.add_argument("--test-per-class", type=int, default=None, help="Testing images per class (default per-class/4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")

@@ -186,10 +186,12 @@ def _train_epoch(net, model, loader, optimizer, scaler, cfg, device, amp_dtype, 
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with momentum; no weight decay on norm weights and biases (1-D parameters)."""
+    """SGD with momentum (or AdamW); no weight decay on norm weights and biases (the 1-D parameters)."""
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 

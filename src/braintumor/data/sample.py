@@ -25,7 +25,7 @@ SPLITS = ("Training", "Testing")
 CANVAS = 256
 
 
-def write_sample_dataset(root: str | Path, *, per_class: int = 40, test_per_class: int | None = None,
+def write_sample_dataset(root: str | Path, *, per_class: int = 100, test_per_class: int | None = None,
                          seed: int = 0, size: int = CANVAS, classes: list[str] | None = None) -> dict[str, int]:
     """Write `root/Training/<class>/*.jpg` and `root/Testing/<class>/*.jpg`; return the count per split."""
     classes = classes or list(DEFAULT_CLASSES)

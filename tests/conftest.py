@@ -1,0 +1,62 @@
+"""Shared fixtures: a tiny synthetic dataset and tiny params (a few images, small size, one epoch, CPU)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from braintumor.config import Params, params_from_dict
+from braintumor.data.sample import write_sample_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the venv's bin: dvc, mlflow, braintumor
+
+
+def tiny_params_dict(data_root: str | Path, **overrides: dict) -> dict:
+    """Params for seconds-long runs: 48 px scans, ResNet50 from scratch, one epoch on CPU."""
+    raw = {
+        "paths": {"data": str(data_root)},
+        "model": {"weights": "none", "image_size": 32, "resize_size": 40},
+        "train": {"device": "cpu", "epochs": 1, "batch_size": 8, "lr": 0.01, "threads": 2},
+        "augment": {"preview_images_per_class": 1, "preview_views": 2},
+        "evaluate": {"batch_size": 16},
+        "report": {"sample_predictions": 4, "confident_mistakes": 2},
+    }
+    for section, values in overrides.items():
+        raw.setdefault(section, {}).update(values)
+    return raw
+
+
+def tiny_params(data_root: str | Path, **overrides: dict) -> Params:
+    return params_from_dict(tiny_params_dict(data_root, **overrides))
+
+
+@pytest.fixture(scope="session")
+def sample_root(tmp_path_factory) -> Path:
+    """A read-only-by-convention tiny sample dataset: 6 Training and 3 Testing images per class, 64 px."""
+    root = tmp_path_factory.mktemp("sample") / "data"
+    write_sample_dataset(root, per_class=6, test_per_class=3, size=64, seed=1)
+    return root
+
+
+@pytest.fixture
+def dataset_copy(sample_root, tmp_path) -> Path:
+    """A private copy of the sample dataset that a test may change."""
+    root = tmp_path / "data"
+    shutil.copytree(sample_root, root)
+    return root
+
+
+def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True,
+        timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a command with the venv's tools first on PATH; on failure, show its output."""
+    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})}
+    result = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result

@@ -1,0 +1,162 @@
+"""Test-set metrics (braintumor.evaluation) against small cases worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from braintumor.evaluation import (HEADLINE, classification_metrics, expected_calibration_error, reliability_table,
+                                   roc_auc_ovr)
+
+CLASSES = ["a", "b", "c"]
+
+# Five scans, three classes; class c is never predicted.
+#   row  y_true  probs (a, b, c)      argmax  confidence  correct  p(true class)
+#   0    a       0.70  0.20  0.10     a       0.70        yes      0.70
+#   1    a       0.20  0.45  0.35     b       0.45        no       0.20
+#   2    b       0.10  0.80  0.10     b       0.80        yes      0.80
+#   3    b       0.30  0.60  0.10     b       0.60        yes      0.60
+#   4    c       0.55  0.15  0.30     a       0.55        no       0.30
+Y_TRUE = np.array([0, 0, 1, 1, 2])
+PROBS = np.array([[0.70, 0.20, 0.10],
+                  [0.20, 0.45, 0.35],
+                  [0.10, 0.80, 0.10],
+                  [0.30, 0.60, 0.10],
+                  [0.55, 0.15, 0.30]])
+
+
+@pytest.fixture(scope="module")
+def metrics() -> dict:
+    return classification_metrics(Y_TRUE, PROBS, CLASSES, bins=4)
+
+
+def test_headline_metrics_match_hand_computation(metrics):
+    assert metrics["n"] == 5
+    # 3 of 5 argmax predictions are right (rows 0, 2, 3).
+    assert metrics["accuracy"] == pytest.approx(0.6)
+    # Per-class F1 (see the per-class test): a 0.5, b 0.8, c 0.0.
+    # macro = (0.5 + 0.8 + 0) / 3; weighted by support (2, 2, 1) = (2*0.5 + 2*0.8 + 1*0) / 5 = 0.52.
+    assert metrics["macro_f1"] == pytest.approx(1.3 / 3)
+    assert metrics["weighted_f1"] == pytest.approx(0.52)
+    # Log loss = -mean(log p(true class)) = -(ln .7 + ln .2 + ln .8 + ln .6 + ln .3) / 5.
+    expected_log_loss = -(math.log(0.7) + math.log(0.2) + math.log(0.8) + math.log(0.6) + math.log(0.3)) / 5
+    assert metrics["log_loss"] == pytest.approx(expected_log_loss)
+    assert metrics["log_loss"] == pytest.approx(0.780811, abs=1e-6)
+    # ECE with 4 bins (0-.25, .25-.5, .5-.75, .75-1):
+    #   (.25,.5]: {0.45 wrong}             -> |0 - 0.45|            = 0.45, weight 1/5
+    #   (.5,.75]: {0.70 ok, 0.60 ok, 0.55 wrong} -> |2/3 - 1.85/3| = 0.05, weight 3/5
+    #   (.75,1]:  {0.80 ok}                -> |1 - 0.8|             = 0.20, weight 1/5
+    #   ECE = (0.45 + 3*0.05 + 0.2) / 5 = 0.16
+    assert metrics["ece"] == pytest.approx(0.16)
+    # One-vs-rest AUC = share of (positive, negative) pairs ranked right, ties count one half.
+    #   a: positives (.70, .20) vs negatives (.10, .30, .55): .70 beats 3, .20 beats 1 -> 4/6
+    #   b: positives (.80, .60) vs negatives (.20, .45, .15): 6/6 = 1
+    #   c: positive .30 vs negatives (.10, .35, .10, .10): beats 3 of 4 -> 0.75
+    assert metrics["roc_auc_ovr"] == pytest.approx((4 / 6 + 1 + 0.75) / 3)
+    assert set(HEADLINE) <= set(metrics)
+
+
+def test_per_class_scores_match_hand_computation(metrics):
+    per_class = metrics["per_class"]
+    assert list(per_class) == CLASSES
+    # a: predicted for rows 0 (right) and 4 (wrong); actual rows 0, 1 -> TP 1, FP 1, FN 1.
+    assert per_class["a"] == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2})
+    # b: predicted for rows 1 (wrong), 2, 3 (right); actual rows 2, 3 -> TP 2, FP 1, FN 0.
+    #    precision 2/3, recall 1, F1 = 2 * (2/3) / (2/3 + 1) = 0.8.
+    assert per_class["b"] == pytest.approx({"precision": 2 / 3, "recall": 1.0, "f1": 0.8, "support": 2})
+    # c: never predicted (0 of 0 predictions right: precision reported as 0, not an error); actual row 4 missed.
+    assert per_class["c"] == pytest.approx({"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1})
+    assert all(isinstance(v["support"], int) for v in per_class.values())
+
+
+def test_a_class_absent_from_y_true_is_left_out_of_roc_auc_and_does_not_crash():
+    # Class c never occurs in y_true but is predicted once (row 3).
+    #   a: positives (.6, .3) vs negatives (.2, .1): 4/4 = 1.0
+    #   b: positives (.7, .2) vs negatives (.3, .4): .7 beats 2, .2 beats 0 -> 2/4 = 0.5
+    #   c: no positives: no AUC; the average is over a and b only -> 0.75
+    y_true = np.array([0, 1, 0, 1])
+    probs = np.array([[0.6, 0.3, 0.1],
+                      [0.2, 0.7, 0.1],
+                      [0.3, 0.4, 0.3],
+                      [0.1, 0.2, 0.7]])
+    result = classification_metrics(y_true, probs, CLASSES)
+    assert result["roc_auc_ovr"] == pytest.approx(0.75)
+    assert result["accuracy"] == pytest.approx(0.5)
+    assert result["per_class"]["c"]["support"] == 0
+    assert result["per_class"]["c"]["precision"] == 0.0  # predicted once, wrongly
+    # Log loss over the known classes, even though c has no example: -(ln .6 + ln .7 + ln .3 + ln .2) / 4.
+    assert result["log_loss"] == pytest.approx(-(math.log(0.6) + math.log(0.7) + math.log(0.3) + math.log(0.2)) / 4)
+
+
+@pytest.mark.parametrize("y_true", [np.array([1, 1, 1]), np.array([2])])
+def test_roc_auc_is_none_when_fewer_than_two_classes_are_present(y_true):
+    probs = np.tile([0.2, 0.5, 0.3], (len(y_true), 1))
+    assert roc_auc_ovr(y_true, probs) is None
+    result = classification_metrics(y_true, probs, CLASSES)  # e.g. a tiny leak-free subset
+    assert result["roc_auc_ovr"] is None
+    assert result["n"] == len(y_true)
+    assert result["accuracy"] == pytest.approx(float(y_true[0] == 1))
+    assert math.isfinite(result["log_loss"])
+
+
+def test_roc_auc_with_two_classes_present_out_of_three():
+    # a: positive .9 vs negatives (.4, .1) -> 1;  b: positives (.6, .2) vs negative .05 -> 1
+    y_true = np.array([0, 1, 1])
+    probs = np.array([[0.9, 0.05, 0.05], [0.4, 0.6, 0.0], [0.1, 0.2, 0.7]])
+    assert roc_auc_ovr(y_true, probs) == pytest.approx(1.0)
+
+
+def test_expected_calibration_error_hand_case():
+    # Ten scans, every one predicted with confidence 0.8, six of them right: accuracy 0.6 in the only filled bin,
+    # so ECE = |0.6 - 0.8| = 0.2.
+    probs = np.tile([0.8, 0.2], (10, 1))
+    y_true = np.array([0] * 6 + [1] * 4)
+    assert expected_calibration_error(y_true, probs) == pytest.approx(0.2)
+    assert expected_calibration_error(y_true, probs, bins=10) == pytest.approx(0.2)
+
+
+def test_expected_calibration_error_weights_bins_by_their_share():
+    # 3 scans at confidence 0.9, all right (gap 0.1); 1 scan at 0.6, wrong (gap 0.6).
+    # ECE = 3/4 * 0.1 + 1/4 * 0.6 = 0.225
+    probs = np.array([[0.9, 0.1]] * 3 + [[0.6, 0.4]])
+    y_true = np.array([0, 0, 0, 1])
+    assert expected_calibration_error(y_true, probs, bins=10) == pytest.approx(0.225)
+
+
+def test_perfectly_calibrated_predictions_have_zero_ece():
+    # Confidence 1.0 and always right.
+    probs = np.eye(3)[[0, 1, 2, 1]]
+    assert expected_calibration_error(np.array([0, 1, 2, 1]), probs) == pytest.approx(0.0)
+
+
+def test_reliability_table_bins_and_counts():
+    table = reliability_table(Y_TRUE, PROBS, bins=4)
+    assert list(table.columns) == ["bin_lower", "bin_upper", "count", "confidence", "accuracy"]
+    assert table["bin_lower"].tolist() == pytest.approx([0.0, 0.25, 0.5, 0.75])
+    assert table["bin_upper"].tolist() == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    # Confidences 0.70, 0.45, 0.80, 0.60, 0.55 -> bins 2, 1, 3, 2, 2.
+    assert table["count"].tolist() == [0, 1, 3, 1]
+    assert table["count"].sum() == len(Y_TRUE)
+    assert np.isnan(table.loc[0, "confidence"]) and np.isnan(table.loc[0, "accuracy"])  # empty bin
+    assert table.loc[1, "confidence"] == pytest.approx(0.45)
+    assert table.loc[1, "accuracy"] == pytest.approx(0.0)
+    assert table.loc[2, "confidence"] == pytest.approx((0.70 + 0.60 + 0.55) / 3)
+    assert table.loc[2, "accuracy"] == pytest.approx(2 / 3)
+    assert table.loc[3, "confidence"] == pytest.approx(0.8)
+    assert table.loc[3, "accuracy"] == pytest.approx(1.0)
+
+
+def test_reliability_table_puts_full_confidence_in_the_last_bin():
+    table = reliability_table(np.array([0, 1]), np.array([[1.0, 0.0], [0.0, 1.0]]), bins=15)
+    assert len(table) == 15
+    assert table["count"].tolist() == [0] * 14 + [2]
+
+
+def test_empty_input_gives_n_zero_and_no_figures():
+    result = classification_metrics(np.array([], dtype=int), np.zeros((0, 3)), CLASSES)
+    assert result["n"] == 0
+    for key in HEADLINE:
+        assert result[key] is None
+    assert result["per_class"] == {}
