@@ -90,6 +90,23 @@ def test_a_class_absent_from_y_true_is_left_out_of_roc_auc_and_does_not_crash():
     assert result["log_loss"] == pytest.approx(-(math.log(0.6) + math.log(0.7) + math.log(0.3) + math.log(0.2)) / 4)
 
 
+def test_a_zero_probability_on_the_true_class_gives_a_large_but_finite_log_loss():
+    # Row 0 puts all its mass on b while the scan is a: -ln(0) is infinite, so the probability is clipped; the
+    # metric stays a number MLflow can log. Row 1 is right with certainty (loss 0).
+    probs = np.array([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
+    result = classification_metrics(np.array([0, 1]), probs, CLASSES)
+    assert math.isfinite(result["log_loss"])
+    assert result["log_loss"] > 10  # at least -ln(1e-8) / 2
+
+
+def test_float32_softmax_output_is_accepted_without_warnings(recwarn):
+    # What the model's softmax gives: float32 rows that sum to 1 only to float32 precision.
+    probs = np.array([[0.1, 0.7, 0.2], [0.6, 0.3, 0.1], [1 / 3, 1 / 3, 1 / 3]], dtype=np.float32)
+    result = classification_metrics(np.array([1, 0, 2]), probs, CLASSES)
+    assert result["log_loss"] == pytest.approx(-(math.log(0.7) + math.log(0.6) + math.log(1 / 3)) / 3, rel=1e-5)
+    assert [str(w.message) for w in recwarn] == []
+
+
 @pytest.mark.parametrize("y_true", [np.array([1, 1, 1]), np.array([2])])
 def test_roc_auc_is_none_when_fewer_than_two_classes_are_present(y_true):
     probs = np.tile([0.2, 0.5, 0.3], (len(y_true), 1))
@@ -160,3 +177,17 @@ def test_empty_input_gives_n_zero_and_no_figures():
     for key in HEADLINE:
         assert result[key] is None
     assert result["per_class"] == {}
+
+
+def test_leak_free_subset_is_the_test_rows_without_any_copy_in_training():
+    import pandas as pd
+
+    from braintumor.evaluation import leak_free_mask
+
+    test = pd.DataFrame({"path": ["a", "b", "c", "d"], "exact_in_train": [False, True, False, True],
+                         "near_in_train": [False, False, True, False]})
+    assert leak_free_mask(test).tolist() == [True, False, False, False]
+    # as read back from the manifest CSV, the flags may be strings
+    as_read = test.assign(exact_in_train=["False", "True", "False", "True"])
+    assert leak_free_mask(as_read.assign(exact_in_train=as_read["exact_in_train"] == "True")).tolist() == \
+        [True, False, False, False]

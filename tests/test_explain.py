@@ -41,6 +41,15 @@ def make_batch(gen: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor
 
 @pytest.fixture(scope="module")
 def trained_toy() -> ToyNet:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny convolutions: one thread is fastest, and the test machine may be busy
+    try:
+        return _train_toy()
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_toy() -> ToyNet:
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     model = ToyNet()

@@ -45,9 +45,10 @@ def _sample_data(args: argparse.Namespace) -> None:
 
 
 def _validate(args: argparse.Namespace) -> None:
+    params = load_params(args.params)  # bad params fail before the heavier imports below
     from braintumor.pipeline import validate
 
-    validate(load_params(args.params))
+    validate(params)
 
 
 def _predict(args: argparse.Namespace) -> None:

@@ -7,6 +7,7 @@ what is allowed, so `dvc exp run -S train.lr=abc` fails in a second, not after a
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,18 @@ from braintumor.errors import ConfigError
 
 DEFAULT_CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
 FREEZE_CHOICES = ("none", "backbone", "stem", "layer1", "layer2", "layer3", "layer4")
+
+
+class _ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, plus YAML 1.2 floats without a dot (`lr: 1e-3`), which PyYAML reads as strings.
+
+    DVC reads params.yaml as YAML 1.2, so without this `dvc params diff` would show 0.001 where we refuse '1e-3'.
+    """
+
+
+_ParamsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
 
 
 @dataclass(frozen=True)
@@ -216,7 +229,7 @@ def load_params(path: str | Path = "params.yaml") -> Params:
                           "or pass --params PATH.")
     try:
         with open(path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh) or {}
+            raw = yaml.load(fh, Loader=_ParamsLoader) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     return params_from_dict(raw, source=str(path))
@@ -251,7 +264,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         raise ConfigError(f"{where} must be a mapping of keys to values, got {raw!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
+    unknown = sorted(map(str, set(raw) - set(fields)))
     if unknown:
         raise ConfigError(f"unknown key {prefix}{unknown[0]} in {where}; allowed keys: {', '.join(fields)}")
     values = {}
@@ -284,6 +297,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key} = {value!r} has the wrong type: expected a list")
         return [_coerce(args[0], item, f"{key}[{i}]") for i, item in enumerate(value)]
     if origin is dict:
+        if value is None:  # a section whose entries are all commented out
+            return {}
         if not isinstance(value, dict):
             raise ConfigError(f"{key} = {value!r} has the wrong type: expected a mapping")
         return {_coerce(args[0], k, f"{key} key"): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}

@@ -25,12 +25,17 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
-        "log_loss": float(log_loss(y_true, np.clip(probs, 1e-15, 1), labels=labels)),
+        "log_loss": float(log_loss(y_true, probs, labels=labels)),
         "ece": expected_calibration_error(y_true, probs, bins=bins),
         "roc_auc_ovr": roc_auc_ovr(y_true, probs),
         "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                              "support": int(support[i])} for i, name in enumerate(classes)},
     }
+
+
+def leak_free_mask(test: pd.DataFrame) -> np.ndarray:
+    """Testing rows with neither a byte-identical nor a near-identical copy in Training (manifest flags)."""
+    return ~(test["exact_in_train"].astype(bool) | test["near_in_train"].astype(bool)).to_numpy()
 
 
 def roc_auc_ovr(y_true: np.ndarray, probs: np.ndarray) -> float | None:

@@ -102,4 +102,4 @@ def square_resize(image: Image.Image, size: int) -> np.ndarray:
     new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
     resized = image.resize((new_w, new_h), Image.BILINEAR)
     left, top = (new_w - size) // 2, (new_h - size) // 2
-    return np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    return np.array(resized.crop((left, top, left + size, top + size)), dtype=np.uint8)  # writable copy

@@ -4,12 +4,18 @@
 column `image` of base64-encoded image bytes; a bad row answers HTTP 400 naming the row and the reason.
 """
 
+import warnings
+
 import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from braintumor.errors import BrainTumorError
 from braintumor.serving import Predictor
+
+
+# The input is validated by the model itself (row by row, with messages that name the row), not by type hints.
+warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
 
 
 class BrainTumorClassifier(mlflow.pyfunc.PythonModel):

@@ -167,7 +167,7 @@ def evaluate(params: Params) -> dict:
     loader = torch.utils.data.DataLoader(SquaresDataset(squares, labels, eval_preset(prep)),
                                          batch_size=params.evaluate.batch_size)
     probs, y_true, _ = predict_probs(model, loader, device, tta_hflip=params.evaluate.tta_hflip)
-    leak_free = ~(test["exact_in_train"].astype(bool) | test["near_in_train"].astype(bool)).to_numpy()
+    leak_free = ev.leak_free_mask(test)
     bins = params.evaluate.calibration_bins
     metrics = ev.classification_metrics(y_true, probs, params.data.classes, bins=bins)
     metrics["leak_free"] = {k: v for k, v in ev.classification_metrics(

@@ -33,7 +33,8 @@ def preview_figure(train_rows: pd.DataFrame, data_root: str | Path, classes: lis
     cols = augment.preview_views + 1
     fig, axes = plt.subplots(len(picks), cols, figsize=(1.9 * cols, 2.0 * len(picks)), squeeze=False)
     for row, (label, path) in enumerate(picks):
-        square = torch.from_numpy(load_square(Path(data_root) / path, prep.resize_size, max_pixels))[None]
+        # (1, S, S) uint8; copied, as the decoded array is read-only and torch warns about those
+        square = torch.from_numpy(np.array(load_square(Path(data_root) / path, prep.resize_size, max_pixels)))[None]
         images = [centre(square)] + [views(square) for _ in range(augment.preview_views)]  # (1, H, W) uint8 each
         for col, image in enumerate(images):
             ax = axes[row, col]

@@ -192,15 +192,21 @@ class RunLogger:
         champion_f1 = None
         try:
             champion = client.get_model_version_by_alias(name, "champion")
-            if champion.version != str(version):
+            if str(champion.version) != str(version):  # ModelVersion.version is an int in MLflow 3
                 champion_f1 = client.get_run(champion.run_id).data.metrics.get("test_macro_f1")
         except MlflowException:
             champion = None  # no champion yet
         wins = champion_f1 is None or test_macro_f1 >= champion_f1
         alias = "champion" if wins else "challenger"
         client.set_registered_model_alias(name, alias, str(version))
+        if wins:  # a former challenger that now wins is no longer the challenger
+            try:
+                if str(client.get_model_version_by_alias(name, "challenger").version) == str(version):
+                    client.delete_registered_model_alias(name, "challenger")
+            except MlflowException:
+                pass
         decision = {"decision": alias, "model": name, "version": str(version), "test_macro_f1": test_macro_f1,
-                    "previous_champion_version": champion.version if champion else None,
+                    "previous_champion_version": str(champion.version) if champion else None,
                     "previous_champion_test_macro_f1": champion_f1}
         mlflow.set_tags({"promotion": alias, "promotion_previous_champion": str(decision["previous_champion_version"])})
         if champion_f1 is not None:

@@ -53,6 +53,8 @@ def scan_dataset(root: str | Path, classes: list[str], aliases: dict[str, str]) 
             found = []
             for folder in folders:
                 for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                    if any(part.startswith(".") for part in path.relative_to(folder).parts[:-1]):
+                        continue  # inside a hidden folder (.AppleDouble, .thumbnails, ...): tool files, never data
                     rel = path.relative_to(root).as_posix()
                     if is_candidate(path):
                         found.append(ScanFile(path.resolve(), rel, split, label))

@@ -1,0 +1,229 @@
+"""The training core: resume after a kill, determinism, divergence, freezing, optimizer and schedule."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_params
+
+from braintumor.checkpoint import load_checkpoint
+from braintumor.data.cache import cached_squares
+from braintumor.data.splits import rows
+from braintumor.data.validate import validate_dataset
+from braintumor.errors import BrainTumorError, ConfigError
+from braintumor.model import build_model, keep_frozen_in_eval, load_model, save_model, set_frozen
+from braintumor.training import TrainData, build_optimizer, fit, lr_lambda
+from braintumor.transforms import Preprocessing
+
+
+@pytest.fixture(scope="module")
+def tiny_data(sample_root, tmp_path_factory) -> TrainData:
+    params = tiny_params(sample_root)
+    frame = validate_dataset(sample_root, params.data, workers=1, progress=False).manifest
+    images = rows(frame, "train", "val")
+    squares = cached_squares(images, sample_root, params.model.resize_size, tmp_path_factory.mktemp("cache"),
+                             max_pixels=params.data.max_image_pixels, workers=1, progress=False)
+    labels = images["label"].map({c: i for i, c in enumerate(params.data.classes)}).to_numpy()
+    is_val = (images["split"] == "val").to_numpy()
+    return TrainData(squares[~is_val], labels[~is_val], squares[is_val], labels[is_val], params.data.classes)
+
+
+def _fit(data, params, checkpoint, **kwargs):
+    torch.manual_seed(0)  # the same initial weights for every call
+    model = build_model("none", len(data.classes))
+    return fit(model, data, params.train, params.augment, Preprocessing.from_config(params.model),
+               checkpoint_path=checkpoint, progress=False, **kwargs)
+
+
+def _curves(result) -> list[tuple]:
+    return [(s.train_loss, s.train_accuracy, s.val_loss, s.val_accuracy, s.val_macro_f1, s.lr)
+            for s in result.history]
+
+
+class KilledAfterEpoch(Exception):
+    pass
+
+
+class KillAfter:
+    """An EpochLogger that 'kills' training right after the checkpoint of epoch `n` is written."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def log_epoch(self, stats) -> None:
+        if stats.epoch == self.n:
+            raise KilledAfterEpoch
+
+
+def test_interrupted_then_resumed_run_ends_with_the_same_metrics(tiny_data, sample_root, tmp_path):
+    params = tiny_params(sample_root, train={"epochs": 3, "deterministic": True})
+    straight = _fit(tiny_data, params, tmp_path / "straight.pt")
+
+    with pytest.raises(KilledAfterEpoch):
+        _fit(tiny_data, params, tmp_path / "resumed.pt", logger=KillAfter(2))
+    assert load_checkpoint(tmp_path / "resumed.pt")["epoch"] == 2
+    resumed = _fit(tiny_data, params, tmp_path / "resumed.pt")
+
+    assert len(resumed.history) == 3
+    assert _curves(resumed) == _curves(straight)
+    for key, value in straight.best_state.items():
+        assert torch.equal(value, resumed.best_state[key]), key
+
+
+def test_two_runs_with_the_same_params_give_the_same_metrics(tiny_data, sample_root, tmp_path):
+    params = tiny_params(sample_root, train={"epochs": 2, "deterministic": True})
+    first = _fit(tiny_data, params, tmp_path / "a.pt")
+    second = _fit(tiny_data, params, tmp_path / "b.pt")
+    assert _curves(first) == _curves(second)
+
+
+def test_a_finished_checkpoint_is_not_trained_again(tiny_data, sample_root, tmp_path):
+    params = tiny_params(sample_root, train={"epochs": 1})
+    _fit(tiny_data, params, tmp_path / "c.pt")
+    again = _fit(tiny_data, params, tmp_path / "c.pt")  # resumes after the last epoch: nothing left to do
+    assert len(again.history) == 1
+
+
+def test_non_finite_loss_stops_with_epoch_and_batch_and_keeps_the_last_good_checkpoint(tiny_data, sample_root,
+                                                                                      tmp_path):
+    params = tiny_params(sample_root, train={"epochs": 3})
+    torch.manual_seed(0)
+    model = build_model("none", len(tiny_data.classes))
+    calls = {"n": 0}
+    batches_per_epoch = len(tiny_data.train_labels) // params.train.batch_size
+
+    def poison(module, _inputs, output):  # the first training batch of epoch 2 produces NaN logits
+        if not module.training:
+            return output
+        calls["n"] += 1
+        return output * float("nan") if calls["n"] == batches_per_epoch + 1 else output
+
+    model.fc.register_forward_hook(poison)
+    checkpoint = tmp_path / "nan.pt"
+    with pytest.raises(BrainTumorError, match=r"epoch 2, batch 1"):
+        fit(model, tiny_data, params.train, params.augment, Preprocessing.from_config(params.model),
+            checkpoint_path=checkpoint, progress=False)
+    good = load_checkpoint(checkpoint)
+    assert good["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in good["model"].values() if v.is_floating_point())
+
+
+def test_head_only_epochs_leave_the_backbone_untouched_then_unfreeze(tiny_data, sample_root, tmp_path):
+    params = tiny_params(sample_root, train={"epochs": 2, "head_only_epochs": 1})
+    torch.manual_seed(0)
+    model = build_model("none", len(tiny_data.classes))
+    start = model.layer3[0].conv1.weight.detach().clone()
+    seen = {}
+
+    class Snapshot:
+        def log_epoch(self, stats):
+            seen[stats.epoch] = model.layer3[0].conv1.weight.detach().clone()
+
+    fit(model, tiny_data, params.train, params.augment, Preprocessing.from_config(params.model),
+        checkpoint_path=tmp_path / "h.pt", logger=Snapshot(), progress=False)
+    assert torch.equal(seen[1], start)
+    assert not torch.equal(seen[2], start)
+
+
+def test_freeze_up_to_a_named_stage():
+    model = build_model("none", 4)
+    set_frozen(model, "layer2")
+    assert not model.conv1.weight.requires_grad and not model.bn1.weight.requires_grad
+    assert not any(p.requires_grad for p in model.layer1.parameters())
+    assert not any(p.requires_grad for p in model.layer2.parameters())
+    assert all(p.requires_grad for p in model.layer3.parameters())
+    assert all(p.requires_grad for p in model.fc.parameters())
+    model.train()
+    keep_frozen_in_eval(model)
+    assert not model.layer2[0].bn1.training and model.layer3[0].bn1.training
+
+    set_frozen(model, "backbone")
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {"fc.1.weight", "fc.1.bias"}
+    set_frozen(model, "none")
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_no_weight_decay_on_norm_and_bias_parameters(sample_root):
+    params = tiny_params(sample_root, train={"optimizer": "sgd", "weight_decay": 0.01, "nesterov": True})
+    model = build_model("none", 4)
+    optimizer = build_optimizer(model, params.train)
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+    assert any(p is model.bn1.weight for p in no_decay["params"])
+    assert decay["nesterov"] and decay["momentum"] == 0.9
+
+
+def test_learning_rate_schedules(sample_root):
+    step = lr_lambda(tiny_params(sample_root, train={"scheduler": "step", "step_size": 7, "gamma": 0.1,
+                                                     "epochs": 20}).train)
+    assert [step(e) for e in (0, 6, 7, 13, 14)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+    cosine = lr_lambda(tiny_params(sample_root, train={"scheduler": "cosine", "warmup_epochs": 2,
+                                                       "epochs": 10}).train)
+    assert cosine(0) == pytest.approx(1 / 3) and cosine(1) == pytest.approx(2 / 3)
+    assert cosine(2) == pytest.approx(1.0) and cosine(6) == pytest.approx(0.5)
+    assert cosine(9) < 0.05
+
+
+def test_imagenet_weights_offline_fail_clearly_and_never_fall_back(monkeypatch):
+    from torchvision.models import ResNet50_Weights
+
+    def offline(*_args, **_kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(ResNet50_Weights.IMAGENET1K_V2.__class__, "get_state_dict", offline)
+    with pytest.raises(BrainTumorError) as info:
+        build_model("imagenet", 4)
+    message = str(info.value)
+    assert "checkpoints" in message and "model.weights" in message and "none" in message
+
+
+def test_local_weights_file_is_loaded_and_its_head_dropped(tmp_path):
+    from torchvision.models import resnet50
+
+    source = resnet50(weights=None)
+    torch.save(source.state_dict(), tmp_path / "backbone.pth")
+    model = build_model(str(tmp_path / "backbone.pth"), 4)
+    assert torch.equal(model.layer4[2].conv3.weight, source.layer4[2].conv3.weight)
+    assert model.fc[1].out_features == 4
+
+    with pytest.raises(ConfigError, match="no such file"):
+        build_model(str(tmp_path / "missing.pth"), 4)
+    torch.save({"not": torch.zeros(1)}, tmp_path / "other.pth")
+    with pytest.raises(ConfigError, match="not a ResNet50 state dict"):
+        build_model(str(tmp_path / "other.pth"), 4)
+
+
+def test_model_file_round_trip_rebuilds_the_same_network(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("none", 4, dropout=0.3).eval()
+    prep = Preprocessing(resize_size=40, image_size=32)
+    save_model(tmp_path / "model.pt", model, classes=["a", "b", "c", "d"], preprocessing=prep,
+               params={"x": 1}, metrics={"best_epoch": 1})
+    loaded, bundle = load_model(tmp_path / "model.pt")
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(model(x), loaded(x))
+    assert bundle["classes"] == ["a", "b", "c", "d"]
+    assert Preprocessing.from_dict(bundle["preprocessing"]) == prep
+    assert not list(tmp_path.glob(".model.pt.*"))  # no temporary file left behind
+
+    (tmp_path / "junk.pt").write_bytes(b"not a model")
+    with pytest.raises(BrainTumorError, match="not a model file"):
+        load_model(tmp_path / "junk.pt")
+    with pytest.raises(BrainTumorError, match="dvc repro train"):
+        load_model(tmp_path / "absent.pt")
+
+
+def test_training_reads_no_test_rows(sample_root):
+    """Model selection uses val only: the Testing images never enter TrainData."""
+    params = tiny_params(sample_root)
+    frame = validate_dataset(sample_root, params.data, workers=1, progress=False).manifest
+    selected = rows(frame, "train", "val")
+    assert not selected["path"].str.startswith("Testing/").any()
+    assert set(selected["split"]) == {"train", "val"}
+    assert np.isin(rows(frame, "test")["path"], selected["path"]).sum() == 0
