@@ -107,6 +107,9 @@ def fit(model: nn.Module, data: TrainData, cfg: TrainConfig, augment: AugmentCon
         if dist_info.is_main:
             print(f"train: resuming from {checkpoint_path} after epoch {state['epoch']}")
 
+    if dist_info.enabled and dist_info.is_main:
+        print(f"train: DistributedDataParallel over {dist_info.world_size} processes "
+              f"({dist.get_backend()}), batch {cfg.batch_size} per process")
     train_set = SquaresDataset(data.train_squares, data.train_labels, train_preset(prep, augment))
     val_loader = _loader(SquaresDataset(data.val_squares, data.val_labels, eval_preset(prep)), cfg, device,
                          shuffle=False)
