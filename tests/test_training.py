@@ -227,3 +227,24 @@ def test_training_reads_no_test_rows(sample_root):
     assert not selected["path"].str.startswith("Testing/").any()
     assert set(selected["split"]) == {"train", "val"}
     assert np.isin(rows(frame, "test")["path"], selected["path"]).sum() == 0
+
+
+def test_macro_f1_matches_scikit_learn():
+    from sklearn.metrics import f1_score
+
+    from braintumor.training import macro_f1
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        y_true, y_pred = rng.integers(0, 4, 30), rng.integers(0, 3, 30)  # class 3 never predicted
+        expected = f1_score(y_true, y_pred, average="macro", labels=range(4), zero_division=0)
+        assert macro_f1(y_true, y_pred, 4) == pytest.approx(expected)
+
+
+def test_training_core_imports_with_only_torch_and_torchvision():
+    import subprocess
+    import sys
+
+    blocked = "import sys\nfor m in ['sklearn', 'pandas', 'yaml', 'tqdm', 'mlflow', 'dvc']: sys.modules[m] = None\n"
+    code = blocked + "import braintumor.training, braintumor.data.sample, braintumor.model\nprint('ok')"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "ok"

@@ -14,24 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 
 from braintumor.errors import ConfigError
 
 DEFAULT_CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
 FREEZE_CHOICES = ("none", "backbone", "stem", "layer1", "layer2", "layer3", "layer4")
-
-
-class _ParamsLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, plus YAML 1.2 floats without a dot (`lr: 1e-3`), which PyYAML reads as strings.
-
-    DVC reads params.yaml as YAML 1.2, so without this `dvc params diff` would show 0.001 where we refuse '1e-3'.
-    """
-
-
-_ParamsLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."))
 
 
 @dataclass(frozen=True)
@@ -227,9 +214,20 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if not path.is_file():
         raise ConfigError(f"params file not found: {path.resolve()}. Run from the repository root, "
                           "or pass --params PATH.")
+    import yaml  # only here: the training core imports this module on machines without PyYAML
+
+    class ParamsLoader(yaml.SafeLoader):
+        """PyYAML's safe loader plus YAML 1.2 floats without a dot (`lr: 1e-3`), which PyYAML reads as strings.
+
+        DVC reads params.yaml as YAML 1.2, so without this `dvc params diff` would show 0.001 where we refuse '1e-3'.
+        """
+
+    ParamsLoader.add_implicit_resolver(
+        "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+        list("-+0123456789."))
     try:
         with open(path, encoding="utf-8") as fh:
-            raw = yaml.load(fh, Loader=_ParamsLoader) or {}
+            raw = yaml.load(fh, Loader=ParamsLoader) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     return params_from_dict(raw, source=str(path))

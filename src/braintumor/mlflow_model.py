@@ -2,6 +2,9 @@
 
 `mlflow models serve -m models:/brain-tumor-classifier@champion --env-manager local` loads it. Requests carry a
 column `image` of base64-encoded image bytes; a bad row answers HTTP 400 naming the row and the reason.
+
+MLflow's scoring server puts its own prefix (with a preview of the request) before our message; the error body
+also carries our message alone as `detail`, and the bad rows as `rows`: [{"row": 1, "reason": "..."}].
 """
 
 import warnings
@@ -15,7 +18,8 @@ from braintumor.serving import Predictor
 
 
 # The input is validated by the model itself (row by row, with messages that name the row), not by type hints.
-warnings.filterwarnings("ignore", message="Add type hints to the `predict` method")
+# (MLflow colours the warning: the message starts with an ANSI escape, hence the leading `.*`.)
+warnings.filterwarnings("ignore", message=".*Add type hints to the `predict` method")
 
 
 class BrainTumorClassifier(mlflow.pyfunc.PythonModel):
@@ -26,7 +30,9 @@ class BrainTumorClassifier(mlflow.pyfunc.PythonModel):
         try:
             return self.predictor.predict_frame(model_input)
         except BrainTumorError as exc:
-            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE) from None
+            rows = [{"row": row, "reason": reason} for row, reason in getattr(exc, "rows", [])]
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE, detail=str(exc),
+                                  rows=rows) from None
 
 
 mlflow.models.set_model(BrainTumorClassifier())

@@ -25,7 +25,14 @@ INPUT_COLUMN = "image"
 
 
 class RequestError(BrainTumorError):
-    """A prediction request that cannot be answered as sent (HTTP 400 when served)."""
+    """A prediction request that cannot be answered as sent (HTTP 400 when served).
+
+    `rows` holds (row index, reason) for each row that cannot be used (empty when the request as a whole is wrong).
+    """
+
+    def __init__(self, message: str, rows: list[tuple[int, str]] | None = None) -> None:
+        super().__init__(message)
+        self.rows = list(rows or [])
 
 
 class Predictor:
@@ -71,19 +78,26 @@ class Predictor:
             try:
                 squares.append(self.square(decode_base64(value)))
             except (RequestError, ImageProblem) as exc:
-                problems.append(f"row {row}: {exc}")
+                problems.append((row, str(exc)))
         if problems:
-            raise RequestError(f"{len(problems)} of {len(frame)} rows cannot be used: " + "; ".join(problems[:10]))
+            listed = "; ".join(f"row {row}: {reason}" for row, reason in problems[:10])
+            more = f"; and {len(problems) - 10} more" if len(problems) > 10 else ""
+            raise RequestError(f"{len(problems)} of {len(frame)} rows cannot be used: {listed}{more}", problems)
         return self.table(self.probabilities(squares))
 
 
 def decode_base64(value: object) -> bytes:
+    """A row's value -> the image file's bytes. Line breaks (as `base64` wraps its output) are allowed."""
     if isinstance(value, (bytes, bytearray)):
         value = bytes(value).decode("ascii", errors="replace")
-    if not isinstance(value, str) or not value.strip():
+    missing = value is None or (isinstance(value, float) and np.isnan(value))  # JSON null arrives as None or NaN
+    if missing or (isinstance(value, str) and not value.strip()):
         raise RequestError("empty value; send the image file's bytes, base64-encoded")
+    if not isinstance(value, str):
+        raise RequestError(f"a {type(value).__name__} value, not a string; send the image file's bytes, "
+                           "base64-encoded")
     try:
-        data = base64.b64decode(value.strip(), validate=True)
+        data = base64.b64decode("".join(value.split()), validate=True)
     except (binascii.Error, ValueError):
         raise RequestError("not valid base64; encode the image file's bytes with base64") from None
     if not data:

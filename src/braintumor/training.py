@@ -17,13 +17,12 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 import torch.distributed as dist
-from sklearn.metrics import f1_score
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
-from tqdm import tqdm
 
 from braintumor import runtime
+from braintumor.progress import progress_bar
 from braintumor.checkpoint import load_checkpoint, save_checkpoint
 from braintumor.config import AugmentConfig, TrainConfig
 from braintumor.data.cache import SquaresDataset
@@ -128,7 +127,7 @@ def fit(model: nn.Module, data: TrainData, cfg: TrainConfig, augment: AugmentCon
                                                 channels_last=cfg.channels_last)
         preds = probs.argmax(1) if len(probs) else np.zeros(0, dtype=np.int64)
         val_acc = float((preds == labels).mean()) if len(labels) else float("nan")
-        val_f1 = float(f1_score(labels, preds, average="macro", labels=range(len(data.classes)), zero_division=0))
+        val_f1 = macro_f1(labels, preds, len(data.classes))
         stats = EpochStats(epoch, loss, acc, val_loss, val_acc, val_f1, lr,
                            n_seen * dist_info.world_size / max(t_train, 1e-9), time.perf_counter() - t0)
         state["history"].append(stats)
@@ -161,7 +160,7 @@ def _train_epoch(net, model, loader, optimizer, scaler, cfg, device, amp_dtype, 
     net.train()
     keep_frozen_in_eval(model)
     loss_sum, correct, seen = 0.0, 0, 0
-    bar = tqdm(loader, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, disable=not progress)
+    bar = progress_bar(loader, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, disable=not progress)
     t0 = time.perf_counter()
     for batch, (images, targets) in enumerate(bar, start=1):
         images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)  # (B, 3, H, W)
@@ -186,6 +185,17 @@ def _train_epoch(net, model, loader, optimizer, scaler, cfg, device, amp_dtype, 
         seen += len(targets)
         bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
     return loss_sum / max(seen, 1), correct / max(seen, 1), seen, time.perf_counter() - t0
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
+    """Unweighted mean of per-class F1 (0 for a class never predicted nor present), as scikit-learn's
+    f1_score(average="macro", labels=range(n_classes), zero_division=0). numpy only: the core needs no sklearn."""
+    scores = []
+    for c in range(n_classes):
+        tp = np.sum((y_pred == c) & (y_true == c))
+        denominator = np.sum(y_pred == c) + np.sum(y_true == c)
+        scores.append(2 * tp / denominator if denominator else 0.0)
+    return float(np.mean(scores))
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -12,16 +12,19 @@ import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import Dataset
-from tqdm import tqdm
 
 from braintumor.errors import DataError
 from braintumor.fileio import atomic_path
 from braintumor.imaging import ImageProblem, decode_grayscale, square_resize
+from braintumor.progress import progress_bar
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 1  # bump when decode_grayscale or square_resize change what they produce
@@ -32,14 +35,14 @@ def load_square(path: str | os.PathLike | bytes, size: int, max_pixels: int) -> 
     return square_resize(decode_grayscale(path, max_pixels=max_pixels, draft=size), size)
 
 
-def cache_key(frame: pd.DataFrame, size: int) -> str:
+def cache_key(frame: "pd.DataFrame", size: int) -> str:
     digest = hashlib.sha256(f"v{CACHE_VERSION}:{size}\n".encode())
     for path, sha in zip(frame["path"], frame["sha256"]):
         digest.update(f"{path}\t{sha}\n".encode())
     return digest.hexdigest()[:20]
 
 
-def cached_squares(frame: pd.DataFrame, data_root: str | Path, size: int, cache_dir: str | Path, *,
+def cached_squares(frame: "pd.DataFrame", data_root: str | Path, size: int, cache_dir: str | Path, *,
                    max_pixels: int, workers: int | None = None, progress: bool = True) -> np.ndarray:
     """(N, size, size) uint8 for the manifest rows in `frame` (memory-mapped from the cache file)."""
     target = Path(cache_dir) / "images" / f"squares-{size}px-{cache_key(frame, size)}.npy"
@@ -48,7 +51,7 @@ def cached_squares(frame: pd.DataFrame, data_root: str | Path, size: int, cache_
     paths = [str(Path(data_root) / p) for p in frame["path"]]
     squares = np.empty((len(paths), size, size), dtype=np.uint8)
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-    bar = tqdm(total=len(paths), desc=f"decoding scans to {size}px (once, cached)", unit="img", disable=not progress)
+    bar = progress_bar(total=len(paths), desc=f"decoding scans to {size}px (once, cached)", unit="img", disable=not progress)
     with bar, ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
         results = pool.map(_decode_row, paths, [size] * len(paths), [max_pixels] * len(paths), chunksize=16)
         for i, (square, problem) in enumerate(results):

@@ -1,0 +1,257 @@
+"""Latency of the served model (`mlflow models serve`) against the bare network's forward pass, in one run.
+
+    python benchmarks/serve_latency.py [--model-uri models:/brain-tumor-classifier@champion] [--requests 100]
+
+By default it builds its own setup in a temporary folder: a from-scratch ResNet50 at the real serving size
+(image_size 224, resize_size 256), logged and registered in a temporary SQLite store through the training stage's
+own path (`pipeline._log_served_model` -> `RunTracker.log_served_model`), so the served model is the project's
+pyfunc. With --model-uri it serves a model from the store MLFLOW_TRACKING_URI names (default: ./mlflow.db).
+
+It serves the model on 127.0.0.1 at a free port and, for one 512x512 JPEG:
+- serve: p50 and p95 round-trip latency over --requests sequential requests (one keep-alive connection; the
+  request body is built once, so client-side encoding is not counted);
+- forward: the bare model's time for the same image, `Predictor.probabilities` on the preprocessed square,
+  p50 over --forward-runs runs, with the server's torch thread count;
+- batch16: throughput with requests of 16 different 512x512 JPEGs.
+The server is always stopped at the end.
+
+Last line: forward_p50_ms=<ms> serve_p50_ms=<ms> serve_p95_ms=<ms> ratio=<x> batch16_img_s=<n>
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import http.client
+import io
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def jpeg_bytes(seed: int, size: int = 512) -> bytes:
+    from braintumor.data.sample import synthetic_slice
+
+    lesion = ("glioma", "meningioma", "pituitary", "none")[seed % 4]
+    buffer = io.BytesIO()
+    synthetic_slice(np.random.default_rng([7, seed]), lesion, size=size).save(buffer, format="JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def build_and_register(workdir: Path) -> str:
+    """A ResNet50 model file at 224/256, logged and registered the way the train stage does it. Returns its URI."""
+    import torch
+
+    from braintumor.config import params_from_dict
+    from braintumor.data.cache import load_square
+    from braintumor.model import build_model, save_model
+    from braintumor.pipeline import _log_served_model
+    from braintumor.tracking import RunTracker
+    from braintumor.transforms import Preprocessing
+
+    params = params_from_dict({
+        "paths": {"data": str(workdir / "data"), "model": str(workdir / "models" / "model.pt")},
+        "model": {"weights": "none", "image_size": 224, "resize_size": 256},
+        "tracking": {"experiment": "serve-latency", "registered_model": "brain-tumor-classifier-bench"},
+    })
+    torch.manual_seed(0)
+    model = build_model("none", len(params.data.classes))
+    save_model(params.paths.model, model, classes=params.data.classes,
+               preprocessing=Preprocessing.from_config(params.model), params=params.to_dict(), metrics={})
+    example = load_square(jpeg_bytes(0), params.model.resize_size, params.data.max_image_pixels)
+    tracker = RunTracker(params)
+    try:
+        version = _log_served_model(tracker, params, example)
+    except BaseException:
+        tracker.end("FAILED")
+        raise
+    tracker.end()
+    return f"models:/{params.tracking.registered_model}/{version}"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Server:
+    """`mlflow models serve` in its own process group, so stopping it also stops its uvicorn child."""
+
+    def __init__(self, model_uri: str, port: int, env: dict, log_path: Path) -> None:
+        self.port, self.log_path = port, log_path
+        self.log = open(log_path, "wb")
+        self.proc = subprocess.Popen(
+            [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+             "-h", "127.0.0.1", "-p", str(port)],
+            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited ({self.proc.returncode}):\n{self.tail()}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+                conn.request("GET", "/ping")
+                if conn.getresponse().status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise RuntimeError(f"the server was not ready after {timeout:.0f} s:\n{self.tail()}")
+
+    def tail(self) -> str:
+        self.log.flush()
+        return self.log_path.read_bytes()[-3000:].decode(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+            except ProcessLookupError:
+                pass
+        self.log.close()
+
+
+def body_for(images: list[bytes]) -> bytes:
+    rows = [[base64.b64encode(b).decode("ascii")] for b in images]
+    return json.dumps({"dataframe_split": {"columns": ["image"], "data": rows}}).encode()
+
+
+def post(conn: http.client.HTTPConnection, body: bytes) -> dict:
+    conn.request("POST", "/invocations", body=body, headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    payload = response.read()
+    if response.status != 200:
+        raise RuntimeError(f"HTTP {response.status}: {payload[:2000].decode(errors='replace')}")
+    return json.loads(payload)
+
+
+def timed_posts(conn, body: bytes, n: int) -> list[float]:
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        post(conn, body)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def forward_times(model_uri: str, image: bytes, runs: int) -> tuple[list[float], np.ndarray, int]:
+    """The bare network on the preprocessed square, in this process (torch's default thread count, as the
+    server has it unless --threads sets both)."""
+    import torch
+
+    from braintumor.serving import Predictor
+    from braintumor.tracking import download_model_file
+
+    predictor = Predictor(download_model_file(model_uri))
+    square = predictor.square(image)
+    for _ in range(3):  # warm-up: first calls allocate and pick kernels
+        predictor.probabilities([square])
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        probs = predictor.probabilities([square])
+        times.append(time.perf_counter() - start)
+    return times, probs[0], torch.get_num_threads()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-uri", help="serve this registered model (e.g. models:/brain-tumor-classifier"
+                                            "@champion) from MLFLOW_TRACKING_URI instead of building one")
+    parser.add_argument("--requests", type=int, default=100, help="sequential single-image requests (default 100)")
+    parser.add_argument("--forward-runs", type=int, default=30, help="bare forward passes (default 30)")
+    parser.add_argument("--batch-requests", type=int, default=4, help="requests of 16 images (default 4)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads for the server and the forward timing (default: torch's default)")
+    parser.add_argument("--ready-timeout", type=float, default=180, help="seconds to wait for the server")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (server log, store)")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="serve-latency-"))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # uvicorn is in the venv
+    if args.threads > 0:
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[name] = env[name] = str(args.threads)
+        import torch
+
+        torch.set_num_threads(args.threads)
+    server = None
+    cwd = Path.cwd()
+    try:
+        if args.model_uri:
+            model_uri = args.model_uri
+            env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{REPO / 'mlflow.db'}")
+        else:
+            # The store (and its artifacts, which sit beside the project root) live in the temporary folder.
+            env["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
+            os.chdir(workdir)
+            t0 = time.perf_counter()
+            os.environ["MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]
+            model_uri = build_and_register(workdir)
+            print(f"setup: built and registered {model_uri} in {time.perf_counter() - t0:.1f} s", flush=True)
+        os.environ["MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]
+
+        port = free_port()
+        t0 = time.perf_counter()
+        server = Server(model_uri, port, env, workdir / "server.log")
+        server.wait_ready(args.ready_timeout)
+        print(f"server: {model_uri} on 127.0.0.1:{port}, ready in {time.perf_counter() - t0:.1f} s", flush=True)
+
+        image = jpeg_bytes(0)
+        forward, bare_probs, threads = forward_times(model_uri, image, args.forward_runs)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        one = body_for([image])
+        served = post(conn, one)["predictions"][0]  # also the warm-up
+        for _ in range(2):
+            post(conn, one)
+        drift = max(abs(served[c] - p) for c, p in zip(list(served)[2:], bare_probs))
+        serve = timed_posts(conn, one, args.requests)
+
+        batch = body_for([jpeg_bytes(seed) for seed in range(16)])
+        post(conn, batch)  # warm-up
+        batch_times = timed_posts(conn, batch, args.batch_requests)
+        conn.close()
+    finally:
+        if server is not None:
+            server.stop()
+        os.chdir(cwd)
+        if args.keep:
+            print(f"kept {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    ms = lambda values, q: float(np.percentile(values, q)) * 1000  # noqa: E731
+    forward_p50, serve_p50, serve_p95 = ms(forward, 50), ms(serve, 50), ms(serve, 95)
+    img_s = 16 * len(batch_times) / sum(batch_times)
+    print(f"image: 512x512 JPEG, {len(image) / 1024:.0f} KiB ({len(one) / 1024:.0f} KiB request); torch threads "
+          f"{threads} (bench); served vs bare probabilities differ by at most {drift:.2e}")
+    print(f"forward: p50 {forward_p50:.1f} ms, min {min(forward) * 1000:.1f} ms over {len(forward)} runs")
+    print(f"serve: p50 {serve_p50:.1f} ms, p95 {serve_p95:.1f} ms, min {min(serve) * 1000:.1f} ms over "
+          f"{len(serve)} requests; overhead at p50 {serve_p50 - forward_p50:.1f} ms")
+    print(f"batch16: {img_s:.2f} img/s over {len(batch_times)} requests "
+          f"({np.median(batch_times) * 1000:.0f} ms per request)")
+    print(f"forward_p50_ms={forward_p50:.1f} serve_p50_ms={serve_p50:.1f} serve_p95_ms={serve_p95:.1f} "
+          f"ratio={serve_p50 / forward_p50:.2f} batch16_img_s={img_s:.1f}")
+
+
+if __name__ == "__main__":
+    main()
