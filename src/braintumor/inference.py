@@ -11,12 +11,16 @@ from braintumor.runtime import autocast
 
 
 @torch.no_grad()
-def predict_probs(model: nn.Module, batches, device: torch.device, *, amp_dtype: torch.dtype | None = None,
-                  tta_hflip: bool = False, channels_last: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
-    """Returns (probs (N, C) float64, labels (N,), mean cross-entropy). Model must be in eval mode."""
+def predict_probs(model: nn.Module, batches, device: torch.device, transform, *,
+                  amp_dtype: torch.dtype | None = None, tta_hflip: bool = False,
+                  channels_last: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+    """Returns (probs (N, C) float64, labels (N,), mean cross-entropy). Model must be in eval mode.
+
+    batches yield (uint8 squares (B, 1, S, S), labels); `transform` (the eval preset) runs on `device`.
+    """
     probs, labels, loss_sum = [], [], 0.0
-    for images, targets in batches:
-        images = images.to(device, non_blocking=True)  # (B, 3, H, W)
+    for squares, targets in batches:
+        images = transform(squares.to(device, non_blocking=True))  # (B, 3, H, W)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         targets = torch.as_tensor(targets).to(device)

@@ -164,9 +164,8 @@ def evaluate(params: Params) -> dict:
     squares = cached_squares(test, params.paths.data, prep.resize_size, project_path(params.paths.cache),
                              max_pixels=params.data.max_image_pixels)
     labels = test["label"].map({c: i for i, c in enumerate(params.data.classes)}).to_numpy()
-    loader = torch.utils.data.DataLoader(SquaresDataset(squares, labels, eval_preset(prep)),
-                                         batch_size=params.evaluate.batch_size)
-    probs, y_true, _ = predict_probs(model, loader, device, tta_hflip=params.evaluate.tta_hflip)
+    loader = torch.utils.data.DataLoader(SquaresDataset(squares, labels), batch_size=params.evaluate.batch_size)
+    probs, y_true, _ = predict_probs(model, loader, device, eval_preset(prep), tta_hflip=params.evaluate.tta_hflip)
     leak_free = ev.leak_free_mask(test)
     bins = params.evaluate.calibration_bins
     metrics = ev.classification_metrics(y_true, probs, params.data.classes, bins=bins)

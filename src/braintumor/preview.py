@@ -12,11 +12,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-from torchvision.transforms import v2  # noqa: E402
 
 from braintumor.config import AugmentConfig  # noqa: E402
 from braintumor.data.cache import load_square  # noqa: E402
-from braintumor.transforms import Preprocessing, display_preset  # noqa: E402
+from braintumor.transforms import Preprocessing, display_preset, eval_preset  # noqa: E402
 
 
 def preview_figure(train_rows: pd.DataFrame, data_root: str | Path, classes: list[str], prep: Preprocessing,
@@ -28,14 +27,14 @@ def preview_figure(train_rows: pd.DataFrame, data_root: str | Path, classes: lis
         count = min(augment.preview_images_per_class, len(candidates))
         picks += [(label, p) for p in sorted(rng.choice(candidates, size=count, replace=False))]
     views = display_preset(prep, augment)
-    centre = v2.CenterCrop(prep.image_size)
-    torch.manual_seed(augment.preview_seed)
+    eval_view = eval_preset(prep)
+    draws = torch.Generator().manual_seed(augment.preview_seed)  # its own generator: deterministic, side-effect free
     cols = augment.preview_views + 1
     fig, axes = plt.subplots(len(picks), cols, figsize=(1.9 * cols, 2.0 * len(picks)), squeeze=False)
     for row, (label, path) in enumerate(picks):
-        # (1, S, S) uint8; copied, as the decoded array is read-only and torch warns about those
-        square = torch.from_numpy(np.array(load_square(Path(data_root) / path, prep.resize_size, max_pixels)))[None]
-        images = [centre(square)] + [views(square) for _ in range(augment.preview_views)]  # (1, H, W) uint8 each
+        square = torch.from_numpy(load_square(Path(data_root) / path, prep.resize_size, max_pixels))[None]  # (1,S,S)
+        augmented = views(square.expand(augment.preview_views, 1, -1, -1), draws)  # (V, 1, H, W) uint8
+        images = [eval_view.crop(square)] + list(augmented)
         for col, image in enumerate(images):
             ax = axes[row, col]
             ax.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=255)

@@ -155,18 +155,11 @@ def _gradcam_section(inputs: ReportInputs, predictor: Predictor) -> str:
             square = predictor.square(Path(inputs.data_root) / row["path"])
             tensor = predictor.transform(torch.from_numpy(square)[None])[None]  # (1, 3, H, W)
             cam, _ = grad_cam(predictor.model, predictor.model.layer4, tensor, predictor.classes.index(row["predicted"]))
-            crop = _center(square, predictor.prep.image_size)
-            pictures.append(overlay(crop, cam))
+            pictures.append(overlay(predictor.transform.crop(square), cam))
             captions.append(f"{'correct' if correct else 'WRONG'}: true {label.replace('_tumor', '')}\n"
                             f"pred {row['predicted'].replace('_tumor', '')} {row['probability']:.2f}")
     note = "<p class=note>Where the evidence for the predicted class lies (red = strongest).</p>"
     return note + (png(charts.image_grid(pictures, captions, columns=4)) if pictures else "<p>None.</p>")
-
-
-def _center(square: np.ndarray, size: int) -> np.ndarray:
-    top = (square.shape[0] - size) // 2
-    left = (square.shape[1] - size) // 2
-    return square[top:top + size, left:left + size]
 
 
 def _metadata_section(inputs: ReportInputs) -> str:

@@ -109,9 +109,9 @@ def fit(model: nn.Module, data: TrainData, cfg: TrainConfig, augment: AugmentCon
     if dist_info.enabled and dist_info.is_main:
         print(f"train: DistributedDataParallel over {dist_info.world_size} processes "
               f"({dist.get_backend()}), batch {cfg.batch_size} per process")
-    train_set = SquaresDataset(data.train_squares, data.train_labels, train_preset(prep, augment))
-    val_loader = _loader(SquaresDataset(data.val_squares, data.val_labels, eval_preset(prep)), cfg, device,
-                         shuffle=False)
+    train_set = SquaresDataset(data.train_squares, data.train_labels)
+    augment_batch, eval_batch = train_preset(prep, augment), eval_preset(prep)
+    val_loader = _loader(SquaresDataset(data.val_squares, data.val_labels), cfg, device, shuffle=False)
     stopped_early = False
     for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
         runtime.seed_everything(cfg.seed * 1000 + epoch)  # an epoch's randomness depends on (seed, epoch) only
@@ -120,10 +120,13 @@ def fit(model: nn.Module, data: TrainData, cfg: TrainConfig, augment: AugmentCon
         loader = _train_loader(train_set, cfg, device, dist_info, epoch)
         lr = optimizer.param_groups[0]["lr"]
         t0 = time.perf_counter()
-        loss, acc, n_seen, t_train = _train_epoch(net, model, loader, optimizer, scaler, cfg, device, amp_dtype,
-                                                  epoch, memory_format, progress and dist_info.is_main)
+        # Augmentation draws from its own generator, seeded by (seed, epoch, rank): resumable and per-process.
+        draws = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 1_000_003 * dist_info.rank)
+        loss, acc, n_seen, t_train = _train_epoch(net, model, loader, lambda x: augment_batch(x, draws), optimizer,
+                                                  scaler, cfg, device, amp_dtype, epoch, memory_format,
+                                                  progress and dist_info.is_main)
         scheduler.step()
-        probs, labels, val_loss = predict_probs(model.eval(), val_loader, device, amp_dtype=amp_dtype,
+        probs, labels, val_loss = predict_probs(model.eval(), val_loader, device, eval_batch, amp_dtype=amp_dtype,
                                                 channels_last=cfg.channels_last)
         preds = probs.argmax(1) if len(probs) else np.zeros(0, dtype=np.int64)
         val_acc = float((preds == labels).mean()) if len(labels) else float("nan")
@@ -156,14 +159,16 @@ def fit(model: nn.Module, data: TrainData, cfg: TrainConfig, augment: AugmentCon
                        stopped_early=stopped_early, device=str(device), extra=state["extra"])
 
 
-def _train_epoch(net, model, loader, optimizer, scaler, cfg, device, amp_dtype, epoch, memory_format, progress):
+def _train_epoch(net, model, loader, augment, optimizer, scaler, cfg, device, amp_dtype, epoch, memory_format,
+                 progress):
     net.train()
     keep_frozen_in_eval(model)
     loss_sum, correct, seen = 0.0, 0, 0
     bar = progress_bar(loader, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, disable=not progress)
     t0 = time.perf_counter()
-    for batch, (images, targets) in enumerate(bar, start=1):
-        images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)  # (B, 3, H, W)
+    for batch, (squares, targets) in enumerate(bar, start=1):
+        squares = squares.to(device, non_blocking=True)  # (B, 1, S, S) uint8
+        images = augment(squares).contiguous(memory_format=memory_format)  # (B, 3, H, W) float, on device
         targets = targets.to(device, non_blocking=True)  # (B,)
         with runtime.autocast(device, amp_dtype):
             logits = net(images)  # (B, C)

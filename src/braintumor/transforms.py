@@ -1,22 +1,27 @@
 """Train and eval presets, side by side (after torchvision's classification reference, presets.py).
 
-Both start from the (S, S) uint8 square that `imaging.square_resize` makes (S = model.resize_size), which is
-also what the training cache stores. The same presets feed the augmentation preview, training, evaluation,
-`braintumor predict` and the served model: what is previewed is what is trained, and what is served is what was
-evaluated.
+Both take the (S, S) uint8 squares that `imaging.square_resize` makes (S = model.resize_size), which is also what
+the training cache stores, one scan `(1, S, S)` or a batch `(B, 1, S, S)`, on any device. Augmentation runs per
+batch on the training device: one affine warp (`grid_sample`) does the random resized crop, flip and rotation of
+every scan at once, so a GPU is never starved by per-image CPU work.
+
+The same presets feed the augmentation preview, training, evaluation, `braintumor predict` and the served model:
+what is previewed is what is trained, and what is served is what was evaluated.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
-from torchvision.transforms import v2
+import torch.nn.functional as F
 
 from braintumor.config import AugmentConfig, ModelConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+ASPECT_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's default range
 
 
 @dataclass(frozen=True)
@@ -41,37 +46,102 @@ class Preprocessing:
                    mean=tuple(spec["mean"]), std=tuple(spec["std"]))
 
 
-def gray_to_three(x: torch.Tensor) -> torch.Tensor:
-    """(1, H, W) -> (3, H, W): a grayscale scan repeated for the ImageNet stem (a view, no copy)."""
-    return x.expand(3, -1, -1)
+def _as_batch(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    if x.ndim == 3:  # one scan (1, S, S)
+        return x[None], True
+    if x.ndim != 4 or x.shape[1] != 1:
+        raise ValueError(f"expected (1, S, S) or (B, 1, S, S) grayscale squares, got shape {tuple(x.shape)}")
+    return x, False
 
 
-def _to_model_input(prep: Preprocessing) -> list:
-    # (1, H, W) uint8 grayscale -> (3, H, W) float normalised
-    return [
-        v2.Lambda(gray_to_three),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(mean=list(prep.mean), std=list(prep.std)),
-    ]
+def _normalise(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """(B, 1, H, W) floats in [0, 1] -> (B, 3, H, W) with ImageNet statistics (the scan repeated per channel)."""
+    mean = torch.tensor(prep.mean, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(prep.std, device=x.device).view(1, 3, 1, 1)
+    return (x.expand(-1, 3, -1, -1) - mean) / std
 
 
-def train_preset(prep: Preprocessing, augment: AugmentConfig) -> v2.Compose:
-    """Random crop/flip/rotate/jitter of a (1, S, S) uint8 tensor -> (3, image_size, image_size) float."""
-    steps: list = [v2.RandomResizedCrop(prep.image_size, scale=tuple(augment.crop_scale), antialias=True)]
-    if augment.hflip:
-        steps.append(v2.RandomHorizontalFlip())
-    if augment.rotation_degrees > 0:
-        steps.append(v2.RandomRotation(augment.rotation_degrees))
-    if augment.brightness > 0 or augment.contrast > 0:
-        steps.append(v2.ColorJitter(brightness=augment.brightness, contrast=augment.contrast))
-    return v2.Compose(steps + _to_model_input(prep))
+class EvalPreset:
+    """Centre crop image_size from the square, scale to [0, 1], normalise: (…, 1, S, S) uint8 -> (…, 3, H, W)."""
+
+    def __init__(self, prep: Preprocessing) -> None:
+        self.prep = prep
+
+    def crop(self, x: torch.Tensor) -> torch.Tensor:
+        """The centre crop alone, still uint8 (what the report and Grad-CAM overlays show)."""
+        size = self.prep.image_size
+        top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+        return x[..., top:top + size, left:left + size]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        batch, single = _as_batch(x)
+        out = _normalise(self.crop(batch).float() / 255.0, self.prep)
+        return out[0] if single else out
 
 
-def eval_preset(prep: Preprocessing) -> v2.Compose:
-    """Centre crop of a (1, S, S) uint8 tensor -> (3, image_size, image_size) float."""
-    return v2.Compose([v2.CenterCrop(prep.image_size)] + _to_model_input(prep))
+class TrainPreset:
+    """Random resized crop (area `crop_scale`, aspect 3/4..4/3), horizontal flip, rotation, brightness and contrast
+    jitter, each configurable and switchable; then normalise like EvalPreset.
+
+    Parameters are drawn per scan from `generator` (a CPU torch.Generator; the global one if None), so a seeded
+    epoch augments identically on CPU and GPU and after a resume.
+    """
+
+    def __init__(self, prep: Preprocessing, augment: AugmentConfig, *, normalise: bool = True) -> None:
+        self.prep, self.augment, self.normalise = prep, augment, normalise
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        batch, single = _as_batch(x)
+        n, size = batch.shape[0], self.prep.image_size
+        theta = self.crop_flip_rotate(n, generator).to(batch.device)  # (B, 2, 3)
+        grid = F.affine_grid(theta, [n, 1, size, size], align_corners=False)
+        out = F.grid_sample(batch.float() / 255.0, grid, mode="bilinear", padding_mode="zeros",
+                            align_corners=False)  # (B, 1, H, W) in [0, 1]
+        out = self.jitter(out, generator)
+        out = _normalise(out, self.prep) if self.normalise else (out * 255.0).round().to(torch.uint8)
+        return out[0] if single else out
+
+    def crop_flip_rotate(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
+        """Affine matrices mapping output coordinates to input coordinates ([-1, 1] on both)."""
+        aug = self.augment
+        u = torch.rand(n, 5, generator=generator, dtype=torch.float64)  # one row of draws per scan
+        area = aug.crop_scale[0] + (aug.crop_scale[1] - aug.crop_scale[0]) * u[:, 0]
+        log_lo, log_hi = math.log(ASPECT_RATIO[0]), math.log(ASPECT_RATIO[1])
+        ratio = torch.exp(log_lo + (log_hi - log_lo) * u[:, 1])
+        ratio = torch.minimum(torch.maximum(ratio, area), 1 / area)  # keep the crop inside the square
+        half_w = torch.sqrt(area * ratio)  # crop half-extent as a fraction of the square's half-side
+        half_h = torch.sqrt(area / ratio)
+        cx = (2 * u[:, 2] - 1) * (1 - half_w)  # the crop lies inside the square
+        cy = (2 * u[:, 3] - 1) * (1 - half_h)
+        flip = torch.where(u[:, 4] < 0.5, -1.0, 1.0) if aug.hflip else torch.ones(n, dtype=torch.float64)
+        degrees = aug.rotation_degrees * (2 * torch.rand(n, generator=generator, dtype=torch.float64) - 1)
+        cos, sin = torch.cos(torch.deg2rad(degrees)), torch.sin(torch.deg2rad(degrees))
+        theta = torch.stack([
+            torch.stack([half_w * cos * flip, -half_h * sin, cx], dim=1),
+            torch.stack([half_w * sin * flip, half_h * cos, cy], dim=1),
+        ], dim=1)
+        return theta.float()
+
+    def jitter(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Brightness (x * b) and contrast ((x - mean) * c + mean), b and c drawn around 1, clamped to [0, 1]."""
+        n = x.shape[0]
+        draws = torch.rand(n, 2, generator=generator).to(x.device)
+        if self.augment.brightness > 0:
+            x = x * (1 + self.augment.brightness * (2 * draws[:, 0] - 1)).view(n, 1, 1, 1)
+        if self.augment.contrast > 0:
+            mean = x.mean(dim=(1, 2, 3), keepdim=True)
+            x = (x - mean) * (1 + self.augment.contrast * (2 * draws[:, 1] - 1)).view(n, 1, 1, 1) + mean
+        return x.clamp(0.0, 1.0)
 
 
-def display_preset(prep: Preprocessing, augment: AugmentConfig) -> v2.Compose:
-    """The train preset without the final normalisation: (1, image_size, image_size) uint8 views to look at."""
-    return v2.Compose(train_preset(prep, augment).transforms[:-3])
+def train_preset(prep: Preprocessing, augment: AugmentConfig) -> TrainPreset:
+    return TrainPreset(prep, augment)
+
+
+def eval_preset(prep: Preprocessing) -> EvalPreset:
+    return EvalPreset(prep)
+
+
+def display_preset(prep: Preprocessing, augment: AugmentConfig) -> TrainPreset:
+    """The train preset without normalisation: uint8 (…, 1, H, W) views to look at (the augmentation preview)."""
+    return TrainPreset(prep, augment, normalise=False)

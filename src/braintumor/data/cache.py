@@ -75,14 +75,16 @@ def _decode_row(path: str, size: int, max_pixels: int) -> tuple[np.ndarray | Non
 
 
 class SquaresDataset(Dataset):
-    """(squares[i] through `transform`, label index). squares: (N, S, S) uint8, possibly memory-mapped."""
+    """(squares[i] as a (1, S, S) uint8 tensor, label index); squares: (N, S, S) uint8, possibly memory-mapped.
 
-    def __init__(self, squares: np.ndarray, labels: np.ndarray, transform) -> None:
-        self.squares, self.labels, self.transform = squares, np.asarray(labels, dtype=np.int64), transform
+    Batches stay uint8 until the presets (transforms.py) run on the training device, one batch at a time.
+    """
+
+    def __init__(self, squares: np.ndarray, labels: np.ndarray) -> None:
+        self.squares, self.labels = squares, np.asarray(labels, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        square = torch.from_numpy(np.array(self.squares[index]))[None]  # (1, S, S) uint8, copied out of the mmap
-        return self.transform(square), int(self.labels[index])
+        return torch.from_numpy(np.array(self.squares[index]))[None], int(self.labels[index])  # copied out of mmap
