@@ -93,16 +93,7 @@ def fit(model: nn.Module, data: TrainData, cfg: TrainConfig, augment: AugmentCon
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     state = {"epoch": 0, "best_f1": -1.0, "best_epoch": 0, "best_state": None, "history": [], "since_best": 0,
              "extra": dict(extra or {})}
-    ckpt = load_checkpoint(checkpoint_path)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        runtime.set_rng_states(ckpt["rng"])
-        state.update({k: ckpt[k] for k in ("epoch", "best_f1", "best_epoch", "best_state", "since_best")})
-        state["history"] = [EpochStats(**h) for h in ckpt["history"]]
-        state["extra"] = {**ckpt.get("extra", {}), **state["extra"]}
+    if _resume(checkpoint_path, state, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler):
         if dist_info.is_main:
             print(f"train: resuming from {checkpoint_path} after epoch {state['epoch']}")
 
@@ -126,20 +117,10 @@ def fit(model: nn.Module, data: TrainData, cfg: TrainConfig, augment: AugmentCon
                                                   scaler, cfg, device, amp_dtype, epoch, memory_format,
                                                   progress and dist_info.is_main)
         scheduler.step()
-        probs, labels, val_loss = predict_probs(model.eval(), val_loader, device, eval_batch, amp_dtype=amp_dtype,
-                                                channels_last=cfg.channels_last)
-        preds = probs.argmax(1) if len(probs) else np.zeros(0, dtype=np.int64)
-        val_acc = float((preds == labels).mean()) if len(labels) else float("nan")
-        val_f1 = macro_f1(labels, preds, len(data.classes))
+        val_loss, val_acc, val_f1 = _validate(model, val_loader, device, eval_batch, amp_dtype, cfg, data.classes)
         stats = EpochStats(epoch, loss, acc, val_loss, val_acc, val_f1, lr,
                            n_seen * dist_info.world_size / max(t_train, 1e-9), time.perf_counter() - t0)
-        state["history"].append(stats)
-        if val_f1 > state["best_f1"]:
-            state.update(best_f1=val_f1, best_epoch=epoch, since_best=0,
-                         best_state={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
-        else:
-            state["since_best"] += 1
-        state["epoch"] = epoch
+        _record(state, stats, model)
         if dist_info.is_main:
             save_checkpoint(checkpoint_path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                             state=state, history=[asdict(h) for h in state["history"]])
@@ -157,6 +138,40 @@ def fit(model: nn.Module, data: TrainData, cfg: TrainConfig, augment: AugmentCon
             break
     return TrainResult(best_state=state["best_state"], history=state["history"], best_epoch=state["best_epoch"],
                        stopped_early=stopped_early, device=str(device), extra=state["extra"])
+
+
+def _resume(checkpoint_path, state: dict, **parts) -> bool:
+    """Load the checkpoint into model/optimizer/scheduler/scaler and `state`; False when there is none."""
+    ckpt = load_checkpoint(checkpoint_path)
+    if ckpt is None:
+        return False
+    for name, part in parts.items():
+        part.load_state_dict(ckpt[name])
+    runtime.set_rng_states(ckpt["rng"])
+    state.update({k: ckpt[k] for k in ("epoch", "best_f1", "best_epoch", "best_state", "since_best")})
+    state["history"] = [EpochStats(**h) for h in ckpt["history"]]
+    state["extra"] = {**ckpt.get("extra", {}), **state["extra"]}
+    return True
+
+
+def _validate(model, loader, device, transform, amp_dtype, cfg: TrainConfig, classes) -> tuple[float, float, float]:
+    """(val loss, val accuracy, val macro-F1) on the val split."""
+    probs, labels, loss = predict_probs(model.eval(), loader, device, transform, amp_dtype=amp_dtype,
+                                        channels_last=cfg.channels_last)
+    preds = probs.argmax(1) if len(probs) else np.zeros(0, dtype=np.int64)
+    accuracy = float((preds == labels).mean()) if len(labels) else float("nan")
+    return loss, accuracy, macro_f1(labels, preds, len(classes))
+
+
+def _record(state: dict, stats: EpochStats, model: nn.Module) -> None:
+    """Append the epoch; keep a CPU copy of the weights when val macro-F1 improved (model selection on val)."""
+    state["history"].append(stats)
+    if stats.val_macro_f1 > state["best_f1"]:
+        state.update(best_f1=stats.val_macro_f1, best_epoch=stats.epoch, since_best=0,
+                     best_state={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
+    else:
+        state["since_best"] += 1
+    state["epoch"] = stats.epoch
 
 
 def _train_epoch(net, model, loader, augment, optimizer, scaler, cfg, device, amp_dtype, epoch, memory_format,
