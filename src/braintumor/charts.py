@@ -65,10 +65,11 @@ def reliability_diagram(table: pd.DataFrame, ece: float | None) -> plt.Figure:
     return fig
 
 
-def roc_curves(points: pd.DataFrame) -> plt.Figure:
+def roc_curves(table: pd.DataFrame) -> plt.Figure:
+    """table: `fpr` and one TPR column per class (evaluation.roc_table)."""
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
-    for name, group in points.groupby("class"):
-        ax.plot(group["fpr"], group["tpr"], label=name)
+    for name in table.columns.drop("fpr"):
+        ax.plot(table["fpr"], table[name], label=name)
     ax.plot([0, 1], [0, 1], "--", color="gray")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, one class vs rest")
     ax.legend(fontsize=8)

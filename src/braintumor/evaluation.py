@@ -69,13 +69,16 @@ def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, *, bins: i
     return float((weights * (filled["accuracy"] - filled["confidence"]).abs()).sum())
 
 
-def roc_points(y_true: np.ndarray, probs: np.ndarray, classes: list[str]) -> pd.DataFrame:
-    frames = []
+def roc_table(y_true: np.ndarray, probs: np.ndarray, classes: list[str], points: int = 101) -> pd.DataFrame:
+    """One-vs-rest ROC curves on a common false-positive-rate grid: columns `fpr` and one TPR column per class
+    (classes absent from y_true are left out). One file, one series per class, for `dvc plots`."""
+    grid = np.linspace(0.0, 1.0, points)
+    table = {"fpr": grid}
     for c, name in enumerate(classes):
         if 0 < (y_true == c).sum() < len(y_true):
             fpr, tpr, _ = roc_curve(y_true == c, probs[:, c])
-            frames.append(pd.DataFrame({"class": name, "fpr": fpr, "tpr": tpr}))
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["class", "fpr", "tpr"])
+            table[name] = np.interp(grid, fpr, tpr)
+    return pd.DataFrame(table)
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:

@@ -206,10 +206,11 @@ def _write_eval_plots(params: Params, test: pd.DataFrame, probs: np.ndarray, y_t
     for i, name in enumerate(classes):
         predictions[f"p_{name}"] = probs[:, i]
     predictions["leak_free"] = leak_free
+    reliability = ev.reliability_table(y_true, probs, bins=params.evaluate.calibration_bins)
     tables = {"predictions.csv": predictions,
               "confusion.csv": predictions[["actual", "predicted"]],
-              "roc.csv": ev.roc_points(y_true, probs, classes),
-              "reliability.csv": ev.reliability_table(y_true, probs, bins=params.evaluate.calibration_bins)}
+              "roc.csv": ev.roc_table(y_true, probs, classes),
+              "reliability.csv": reliability[reliability["count"] > 0]}  # empty bins have no point to draw
     written = []
     for name, table in tables.items():
         with atomic_path(out / name) as tmp:
@@ -236,7 +237,7 @@ def report(params: Params) -> None:
         params=params.to_dict(), validation=read_json(params.paths.validation_report),
         history=pd.read_csv(Path(params.paths.train_plots) / "history.csv"),
         evaluation=read_json(params.paths.eval_metrics), predictions=pd.read_csv(plots / "predictions.csv"),
-        reliability=pd.read_csv(plots / "reliability.csv"), preview_png=Path(params.paths.preview).read_bytes(),
+        reliability=pd.read_csv(plots / "reliability.csv"), roc=pd.read_csv(plots / "roc.csv"), preview_png=Path(params.paths.preview).read_bytes(),
         run_info=run_info, run_tags=run_tags_of(run_info["run_id"]), data_root=params.paths.data,
         model_path=params.paths.model)
     page = build_report(inputs, samples=params.report.sample_predictions, mistakes=params.report.confident_mistakes,

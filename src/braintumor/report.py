@@ -35,6 +35,7 @@ class ReportInputs:
     evaluation: dict[str, Any]
     predictions: pd.DataFrame
     reliability: pd.DataFrame
+    roc: pd.DataFrame
     preview_png: bytes
     run_info: dict[str, Any]
     run_tags: dict[str, str]
@@ -70,7 +71,8 @@ def build_report(inputs: ReportInputs, *, samples: int, mistakes: int, gradcam: 
         ("Training curves", png(charts.training_curves(inputs.history))),
         ("Test metrics", _metrics_section(inputs.evaluation, classes)),
         ("Confusion matrix", png(charts.confusion_matrices(_confusion(inputs.predictions, classes), classes))),
-        ("Calibration", png(charts.reliability_diagram(inputs.reliability, inputs.evaluation.get("ece")))),
+        ("Calibration and ROC", png(charts.reliability_diagram(inputs.reliability, inputs.evaluation.get("ece")))
+         + png(charts.roc_curves(inputs.roc))),
     ]
     predictor = Predictor(inputs.model_path)
     sections.append(("Sample test predictions", _prediction_grid(inputs, predictor, samples, wrong_only=False)))

@@ -3,7 +3,7 @@
 One MLflow run per pipeline run: training opens it and writes its id to `paths.run_info`; evaluation and the
 report log into the same run. The tracking URI is `MLFLOW_TRACKING_URI` when set (a team's server), else the
 SQLite file `mlflow.db` at the repository root, resolved to an absolute path so `dvc exp run --temp`, which runs
-in a copy under `.dvc/tmp/exps/`, logs to the same store.
+in a copy under `.dvc/tmp/exps/`, logs to the same store (a relative `sqlite:///x.db` is resolved the same way).
 """
 
 from __future__ import annotations
@@ -33,7 +33,13 @@ SERVED_MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
 
 
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return f"sqlite:///{project_root() / 'mlflow.db'}"
+    relative_sqlite = uri.startswith("sqlite:///") and not uri.startswith("sqlite:////") and ":memory:" not in uri
+    if relative_sqlite:  # e.g. sqlite:///mlflow.db: from the repository root, not a `dvc exp run --temp` copy
+        return f"sqlite:///{project_root() / uri[len('sqlite:///'):]}"
+    return uri
 
 
 def _use_store(experiment: str) -> str:

@@ -1,0 +1,389 @@
+"""The DVC pipeline end to end, in a throwaway git repository holding a copy of the project and the tiny sample.
+
+One `dvc repro` (module-scoped fixture) is shared by the tests below; each later rerun is as small as possible:
+`dvc status` / `dvc repro --dry` where they tell which stages a change reaches, real runs only for the
+experiments (`dvc exp run`, also the proof that a train.* change reruns train, evaluate and report only).
+MLflow is the default store, `mlflow.db` at the repository root: MLFLOW_TRACKING_URI is kept out of every
+subprocess. The tests of this module share one repository and run in file order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import BIN, REPO, tiny_params_dict
+
+STAGES = ["validate", "augment_preview", "train", "evaluate", "report"]
+OUTPUTS = ["manifests/splits.csv", "reports/validation.json", "reports/augment_preview.png", "models/model.pt",
+           "metrics/train.json", "plots/train/history.csv", "reports/mlflow_run.json", "metrics/eval.json",
+           "plots/eval/confusion.csv", "plots/eval/roc.csv", "plots/eval/reliability.csv",
+           "plots/eval/predictions.csv", "reports/report.html"]
+EXPERIMENT = "brain-tumor-mri"
+REGISTERED = "brain-tumor-classifier"
+
+
+# ---- helpers --------------------------------------------------------------------------------------------------
+
+def _env() -> dict[str, str]:
+    """The caller's environment without anything that would point MLflow, DVC or git elsewhere."""
+    drop = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE")
+    env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("DVC_")}
+    env.update(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", DVC_NO_ANALYTICS="1", OMP_NUM_THREADS="2",
+               MPLBACKEND="Agg")
+    return env
+
+
+def sh(repo: Path, *cmd: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    result = subprocess.run(list(cmd), check=False, cwd=repo, env=_env(), capture_output=True, text=True,
+                            timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def out(result: subprocess.CompletedProcess) -> str:
+    return result.stdout + result.stderr
+
+
+def ran(text: str) -> set[str]:
+    """The stages a `dvc repro` / `dvc exp run` output says it ran (or, with --dry, would run)."""
+    return set(re.findall(r"Running stage '([\w-]+)'", text))
+
+
+def changed(repo: Path) -> set[str]:
+    """The stages `dvc status` flags (their own deps, params or outs changed), .dvc files left out."""
+    return {k for k in json.loads(sh(repo, "dvc", "status", "--json").stdout) if not k.endswith(".dvc")}
+
+
+def set_param(repo: Path, key: str, value) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    section, name = key.split(".")
+    params[section][name] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def file_hashes(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def mlflow_client(repo: Path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def runs_of(repo: Path) -> list:
+    client = mlflow_client(repo)
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def make_project(root: Path) -> Path:
+    """A git repository with what the pipeline needs, the tiny sample in data/ and tiny params, committed."""
+    repo = root.resolve() / "repo"  # resolved, as the pipeline resolves its root (fileio.project_root)
+    repo.mkdir()
+    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "data/.gitignore", "data/README.md",
+                 ".dvc/config"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, repo / name)
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+    shutil.copytree(REPO / "stages", repo / "stages", ignore=skip)
+    shutil.copytree(REPO / "src", repo / "src", ignore=skip)
+    sh(repo, "git", "init", "-q")
+    sh(repo, "git", "config", "user.email", "test@example.invalid")
+    sh(repo, "git", "config", "user.name", "test")
+    sh(repo, "git", "config", "commit.gpgsign", "false")
+    sh(repo, "braintumor", "sample-data", "data", "--per-class", "6", "--test-per-class", "3", "--size", "64")
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())  # the project's file, tiny values
+    for section, values in tiny_params_dict("data", train={"epochs": 1}).items():
+        assert set(values) <= set(params[section]), f"tiny params name keys params.yaml lacks: {values}"
+        params[section].update(values)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-q", "-m", "project with the tiny sample")
+    return repo
+
+
+def reset(repo: Path) -> None:
+    """Back to the committed params and lock file, and the outputs they name (all in the DVC cache)."""
+    sh(repo, "git", "checkout", "HEAD", "--", "params.yaml", "dvc.lock")
+    sh(repo, "dvc", "checkout", "--force")
+    assert changed(repo) == set()
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> dict:
+    """The project after one full `dvc repro`: repo path, the repro's output, and the MLflow runs right after."""
+    repo = make_project(tmp_path_factory.mktemp("pipeline"))
+    first = sh(repo, "dvc", "repro")
+    sh(repo, "git", "commit", "-q", "-m", "pipeline outputs")  # dvc.lock (autostaged, core.autostage)
+    return {"repo": repo, "repro": out(first), "runs": [r.info.run_id for r in runs_of(repo)]}
+
+
+# ---- 1. one full run ------------------------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_repro_runs_every_stage_and_writes_every_output(project):
+    repo = project["repo"]
+    assert ran(project["repro"]) == set(STAGES)
+    order = [m.group(1) for m in re.finditer(r"Running stage '([\w-]+)'", project["repro"])]
+    assert order.index("validate") < order.index("train") < order.index("evaluate") < order.index("report")
+    missing = [p for p in OUTPUTS if not (repo / p).is_file() or (repo / p).stat().st_size == 0]
+    assert not missing, f"declared outputs missing or empty: {missing}"
+    assert (repo / "mlflow.db").is_file() and not (repo / "mlruns").exists()
+    assert "<html" in (repo / "reports/report.html").read_text()[:2000].lower()
+    history = (repo / "plots/train/history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,") and len(history) == 2  # header + 1 epoch
+    eval_metrics = json.loads((repo / "metrics/eval.json").read_text())
+    assert {"accuracy", "macro_f1", "leak_free"} <= set(eval_metrics)
+
+
+@pytest.mark.slow
+def test_mlflow_run_in_repository_store(project):
+    repo = project["repo"]
+    assert len(project["runs"]) == 1, "one pipeline run = one MLflow run"
+    run_id = project["runs"][0]
+    info = json.loads((repo / "reports/mlflow_run.json").read_text())
+    assert info["run_id"] == run_id
+    client = mlflow_client(repo)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert Path(run.info.artifact_uri.removeprefix("file://")).is_relative_to(repo / "mlartifacts")
+
+    params = run.data.params
+    assert params["train.lr"] == "0.01" and params["train.epochs"] == "1" and params["model.image_size"] == "32"
+    assert params["paths.data"] == "data" and params["tracking.registered_model"] == REGISTERED
+
+    history = client.get_metric_history(run_id, "val_accuracy")
+    epochs = [int(line.split(",")[0]) for line in (repo / "plots/train/history.csv").read_text().splitlines()[1:]]
+    assert sorted(m.step for m in history) == epochs == [1]
+    metrics = run.data.metrics
+    for name in ("test_accuracy", "test_macro_f1", "test_leak_free_accuracy", "best_val_macro_f1"):
+        assert name in metrics, f"{name} not logged: {sorted(metrics)}"
+    evaluation = json.loads((repo / "metrics/eval.json").read_text())
+    assert metrics["test_accuracy"] == pytest.approx(evaluation["accuracy"])
+    assert metrics["test_macro_f1"] == pytest.approx(evaluation["macro_f1"])
+
+    report = {a.path for a in client.list_artifacts(run_id, "report")}
+    assert {"report/report.html", "report/augment_preview.png"} <= report
+    assert any(a.path == "evaluation" for a in client.list_artifacts(run_id))
+
+    tags = run.data.tags
+    assert tags["git_commit"] == sh(repo, "git", "rev-parse", "HEAD~1").stdout.strip()  # the commit it ran on
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]["validate"]["deps"]
+    data_md5 = {Path(d["path"]).name: d["md5"] for d in lock if d["path"] in ("data/Training", "data/Testing")}
+    assert tags["data_dvc_hash"] == f"Testing:{data_md5['Testing']},Training:{data_md5['Training']}"
+    assert tags["device"] == "cpu"
+
+    champion = client.get_model_version_by_alias(REGISTERED, "champion")
+    assert champion.run_id == run_id and str(champion.version) == str(info["model_version"])
+
+
+# ---- 2. nothing changed, nothing runs -------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_second_repro_runs_nothing(project):
+    repo = project["repo"]
+    result = out(sh(repo, "dvc", "repro"))
+    assert ran(result) == set()
+    assert all(f"Stage '{s}' didn't change, skipping" in result for s in STAGES), result
+    assert "Data and pipelines are up to date." in out(sh(repo, "dvc", "status"))
+
+
+# ---- 3. a change reruns what it reaches, and nothing else -----------------------------------------------------
+# `dvc status` names the stages a change reaches directly; `dvc repro --dry --force-downstream` adds what runs
+# after them (their outputs change). The real rerun of a train.* change is test_exp_run_in_workspace below.
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key, value, direct, reruns", [
+    ("train.lr", 0.02, {"train"}, {"train", "evaluate", "report"}),
+    ("augment.preview_seed", 1, {"augment_preview"}, {"augment_preview", "report"}),
+    ("augment.rotation_degrees", 5, {"augment_preview", "train"}, {"augment_preview", "train", "evaluate", "report"}),
+])
+def test_param_change_reaches_only_its_stages(project, key, value, direct, reruns):
+    repo = project["repo"]
+    original = (repo / "params.yaml").read_text()
+    try:
+        set_param(repo, key, value)
+        assert changed(repo) == direct
+        assert ran(out(sh(repo, "dvc", "repro", "--dry"))) == direct
+        assert ran(out(sh(repo, "dvc", "repro", "--dry", "--force-downstream"))) == reruns
+    finally:
+        (repo / "params.yaml").write_text(original)
+    assert changed(repo) == set()
+
+
+@pytest.mark.slow
+def test_changed_image_reruns_from_validate(project):
+    repo = project["repo"]
+    target = min((repo / "data/Training/glioma_tumor").glob("*.jpg"))
+    other = min((repo / "data/Training/meningioma_tumor").glob("*.jpg"))
+    original = target.read_bytes()
+    try:
+        shutil.copyfile(other, target)
+        status = json.loads(sh(repo, "dvc", "status", "--json").stdout)
+        assert {"changed deps": {"data/Training": "modified"}} in status["validate"]
+        assert changed(repo) == {"validate", "augment_preview", "train"}  # the stages that read data/Training
+        assert ran(out(sh(repo, "dvc", "repro", "--dry", "--force-downstream"))) == set(STAGES)
+    finally:
+        target.write_bytes(original)
+    assert changed(repo) == set()
+
+
+# ---- 4. experiments -------------------------------------------------------------------------------------------
+
+def _exp_name(text: str) -> str:
+    found = re.search(r"Ran experiment\(s\): ([\w-]+)", text)
+    assert found, text
+    return found.group(1)
+
+
+@pytest.mark.slow
+def test_exp_run_in_workspace(project):
+    """A real rerun: a train.* change runs train, evaluate and report, not validate or augment_preview."""
+    repo = project["repo"]
+    before = {r.info.run_id for r in runs_of(repo)}
+    result = out(sh(repo, "dvc", "exp", "run", "-S", "train.epochs=2"))
+    assert ran(result) == {"train", "evaluate", "report"}
+    assert "Stage 'validate' didn't change, skipping" in result
+    assert "Stage 'augment_preview' didn't change, skipping" in result
+    name = _exp_name(result)
+    project["exp_workspace"] = name
+
+    runs = runs_of(repo)
+    new = [r for r in runs if r.info.run_id not in before]
+    assert len(runs) == len(before) + 1 and len(new) == 1
+    run = new[0]
+    assert run.info.run_name == name and run.data.tags["dvc_exp_name"] == name
+    assert run.data.params["train.epochs"] == "2"
+    history = mlflow_client(repo).get_metric_history(run.info.run_id, "val_accuracy")
+    assert sorted(m.step for m in history) == [1, 2]
+    assert json.loads((repo / "reports/mlflow_run.json").read_text())["run_id"] == run.info.run_id
+
+    reset(repo)  # every output is in the DVC cache: the committed state comes back whole
+    assert json.loads((repo / "reports/mlflow_run.json").read_text())["run_id"] == project["runs"][0]
+
+
+@pytest.mark.slow
+def test_exp_run_temp_logs_to_repository_store(project):
+    """--temp runs in a copy under .dvc/tmp/exps/: the copy's MLflow runs and decoded scans are the repository's.
+    The copy is made from git, so the dataset must be DVC-tracked (as data/README.md says it is)."""
+    repo = project["repo"]
+    sh(repo, "dvc", "add", "data/Training", "data/Testing")
+    sh(repo, "git", "add", "data/Training.dvc", "data/Testing.dvc", "data/.gitignore")
+    sh(repo, "git", "commit", "-q", "-m", "track the dataset with DVC")
+    assert changed(repo) == set()  # same content hashes: nothing to rerun
+
+    before = {r.info.run_id for r in runs_of(repo)}
+    cached = sorted(p.name for p in (repo / ".cache/images").glob("*.npy"))
+    assert cached, "the first run decoded the scans into .cache/images"
+    result = out(sh(repo, "dvc", "exp", "run", "--temp", "-S", "train.lr=0.005"))
+    assert ran(result) == {"train", "evaluate", "report"}  # validate's outputs came from the DVC cache
+    assert "decoding scans" not in result, "the copy decoded the scans again instead of using the repository's cache"
+    assert sorted(p.name for p in (repo / ".cache/images").glob("*.npy")) == cached
+    name = _exp_name(result)
+    project["exp_temp"] = name
+
+    new = [r for r in runs_of(repo) if r.info.run_id not in before]
+    assert len(new) == 1, "the --temp run is not in the repository's mlflow.db"
+    run = new[0]
+    assert run.info.run_name == name and run.data.params["train.lr"] == "0.005"
+    assert run.data.tags["git_commit"] == sh(repo, "git", "rev-parse", "HEAD").stdout.strip()
+    assert run.data.tags["data_dvc_hash"].startswith("Testing:") and "Training:" in run.data.tags["data_dvc_hash"]
+    assert Path(run.info.artifact_uri.removeprefix("file://")).is_relative_to(repo / "mlartifacts")
+    assert "test_macro_f1" in run.data.metrics
+    assert yaml.safe_load((repo / "params.yaml").read_text())["train"]["lr"] == 0.01  # workspace untouched
+    assert changed(repo) == set()
+
+
+@pytest.mark.slow
+def test_exp_show_metrics_and_plots_diff(project, tmp_path):
+    repo = project["repo"]
+    names = [project.get("exp_workspace"), project.get("exp_temp")]
+    if None in names:
+        pytest.skip("needs the experiments of the tests above")
+
+    shown = json.loads(sh(repo, "dvc", "exp", "show", "--json", "--all-commits").stdout)
+    revs = {r["name"]: r for commit in shown for e in commit.get("experiments") or [] for r in e["revs"]}
+    for name in names:  # metrics of each experiment are readable (they are cached outputs, not git files)
+        metrics = (revs[name].get("data") or {}).get("metrics", {})
+        assert "accuracy" in metrics.get("metrics/eval.json", {}).get("data", {}), (name, metrics)
+        assert "best_val_macro_f1" in metrics.get("metrics/train.json", {}).get("data", {}), (name, metrics)
+    table = out(sh(repo, "dvc", "exp", "show", "--md", "--no-pager", "--all-commits"))
+    assert all(n in table for n in names) and "train.lr" in table
+
+    diff = out(sh(repo, "dvc", "metrics", "diff", "--all", "HEAD", names[0]))
+    assert "metrics/eval.json" in diff and "macro_f1" in diff and "best_val_accuracy" in diff
+    params = out(sh(repo, "dvc", "params", "diff", "HEAD", names[0]))
+    assert "train.epochs" in params
+
+    plots = json.loads(sh(repo, "dvc", "plots", "diff", "--json", "HEAD", names[1]).stdout)
+    assert not plots.get("errors"), plots.get("errors")
+    titles = set(plots["data"])
+    assert {"Loss", "Accuracy", "Confusion matrix (Testing)", "ROC (one class vs rest)", "Reliability"} <= titles
+    assert not {t for t in titles if t.startswith("plots/")}, f"files drawn with the default template: {titles}"
+    loss = plots["data"]["Loss"][0]
+    assert len(loss["revisions"]) == 2 and loss["content"]["data"]["values"]
+    html = out(sh(repo, "dvc", "plots", "show", "-o", str(tmp_path / "plots")))
+    assert (tmp_path / "plots/index.html").is_file(), html
+
+
+# ---- 5. dataset versioning (its own repository) ---------------------------------------------------------------
+
+@pytest.mark.slow
+def test_dataset_add_push_pull_roundtrip(tmp_path):
+    repo = make_project(tmp_path)
+    assert sh(repo, "git", "ls-files", "data").stdout.split() == ["data/.gitignore", "data/README.md"]
+    sh(repo, "dvc", "add", "data/Training", "data/Testing")
+    assert sorted(sh(repo, "git", "ls-files", "data").stdout.split()) == [
+        "data/.gitignore", "data/README.md", "data/Testing.dvc", "data/Training.dvc"]
+    ignored = (repo / "data/.gitignore").read_text().split()
+    assert ignored.count("/Training") == 1 and ignored.count("/Testing") == 1
+    sh(repo, "git", "commit", "-q", "-m", "track the dataset with DVC")
+    before = file_hashes(repo / "data")
+    assert len([p for p in before if p.endswith(".jpg")]) == 4 * (6 + 3)
+
+    sh(repo, "dvc", "remote", "add", "-d", "local", str(tmp_path / "remote"))
+    sh(repo, "dvc", "push")
+    for gone in ("data/Training", "data/Testing", ".dvc/cache"):
+        shutil.rmtree(repo / gone)
+    sh(repo, "dvc", "pull", "data/Training.dvc", "data/Testing.dvc")  # the pipeline never ran: no outputs to pull
+    assert file_hashes(repo / "data") == before
+
+    sh(repo, "dvc", "repro", "validate")  # a lock entry for validate (the other stages never ran here)
+    assert "validate" not in changed(repo)
+    image = min((repo / "data/Testing/no_tumor").glob("*.jpg"))
+    shutil.copyfile(min((repo / "data/Testing/glioma_tumor").glob("*.jpg")), image)
+    status = json.loads(sh(repo, "dvc", "status", "--json").stdout)
+    assert {"changed deps": {"data/Testing": "modified"}} in status["validate"]
+    assert {"changed outs": {"data/Testing": "modified"}} in status["data/Testing.dvc"]
+    assert ran(out(sh(repo, "dvc", "repro", "--dry", "validate"))) == {"validate"}
+
+
+# ---- the store a `dvc exp run --temp` copy logs to (fast) --------------------------------------------------------
+
+def test_tracking_uri_from_a_temp_experiment_copy(tmp_path, monkeypatch):
+    from braintumor.tracking import tracking_uri
+
+    repo = (tmp_path / "repo").resolve()
+    copy = repo / ".dvc" / "tmp" / "exps" / "standalone" / "tmp1234"
+    (copy / ".dvc").mkdir(parents=True)  # the copy is a DVC repository of its own
+    monkeypatch.chdir(copy)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking_uri() == f"sqlite:///{repo / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///team.db")  # relative: from the repository root too
+    assert tracking_uri() == f"sqlite:///{repo / 'team.db'}"
+    for uri in (f"sqlite:///{tmp_path / 'abs.db'}", "http://127.0.0.1:5000"):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        assert tracking_uri() == uri
