@@ -82,7 +82,7 @@ def image_grid(images: list[np.ndarray], captions: list[str], *, columns: int = 
     """Scans (H, W) or pictures (H, W, 3) in a grid with a caption under each."""
     count = max(1, len(images))
     rows = (count + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.5 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.9 * rows), squeeze=False)
     for k, ax in enumerate(axes.ravel()):
         ax.axis("off")
         if k < len(images):
