@@ -11,9 +11,14 @@ It serves the model on 127.0.0.1 at a free port and, for one 512x512 JPEG:
 - serve: p50 and p95 round-trip latency over --requests sequential requests (one keep-alive connection; the
   request body is built once, so client-side encoding is not counted);
 - forward: the bare model's time for the same image, `Predictor.probabilities` on the preprocessed square,
-  p50 over --forward-runs runs, with the server's torch thread count;
+  p50 over --forward-runs runs, with the server's torch thread count (torch's default in both, or --threads);
+  forward runs and requests alternate in --rounds rounds, so both see the same load on a shared machine;
 - batch16: throughput with requests of 16 different 512x512 JPEGs.
 The server is always stopped at the end.
+
+The forward pass is timed in a helper process started, like the server, in a session of its own: Linux's
+autogroup scheduling gives each session an equal share of the CPUs, so on a busy machine a forward pass timed
+in this script's session (shared with whatever else the shell runs) is not comparable with the server's.
 
 Last line: forward_p50_ms=<ms> serve_p50_ms=<ms> serve_p95_ms=<ms> ratio=<x> batch16_img_s=<n>
 """
@@ -118,15 +123,29 @@ class Server:
         return self.log_path.read_bytes()[-3000:].decode(errors="replace")
 
     def stop(self) -> None:
+        """uvicorn first, so that `mlflow models serve` reaps it and exits (stopping the parent first would hand
+        the child to init, which in a container may leave it a zombie); then whatever is left of the group."""
         if self.proc.poll() is None:
             try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=20)
+                children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+            except OSError:
+                children = []
+            for child in children:
+                try:
+                    os.kill(int(child), signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+            try:
+                self.proc.wait(timeout=20 if children else 0.1)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-            except ProcessLookupError:
-                pass
+                try:
+                    os.killpg(self.proc.pid, signal.SIGTERM)
+                    self.proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait()
+                except ProcessLookupError:
+                    pass
         self.log.close()
 
 
@@ -136,41 +155,77 @@ def body_for(images: list[bytes]) -> bytes:
 
 
 def post(conn: http.client.HTTPConnection, body: bytes) -> dict:
-    conn.request("POST", "/invocations", body=body, headers={"Content-Type": "application/json"})
-    response = conn.getresponse()
+    try:
+        conn.request("POST", "/invocations", body=body, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+    except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+        conn.close()  # the server closed an idle keep-alive connection (uvicorn: after 5 s); reconnect once
+        conn.request("POST", "/invocations", body=body, headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
     payload = response.read()
     if response.status != 200:
         raise RuntimeError(f"HTTP {response.status}: {payload[:2000].decode(errors='replace')}")
     return json.loads(payload)
 
 
-def timed_posts(conn, body: bytes, n: int) -> list[float]:
+def timed(action, n: int) -> list[float]:
     times = []
     for _ in range(n):
         start = time.perf_counter()
-        post(conn, body)
+        action()
         times.append(time.perf_counter() - start)
     return times
 
 
-def forward_times(model_uri: str, image: bytes, runs: int) -> tuple[list[float], np.ndarray, int]:
-    """The bare network on the preprocessed square, in this process (torch's default thread count, as the
-    server has it unless --threads sets both)."""
+def split(total: int, rounds: int) -> list[int]:
+    return [total // rounds + (i < total % rounds) for i in range(rounds)]
+
+
+def forward_worker(model_path: str, image_path: str) -> None:
+    """--forward-worker: load the model, then for each number N read on stdin, time N forward passes."""
     import torch
 
     from braintumor.serving import Predictor
-    from braintumor.tracking import download_model_file
 
-    predictor = Predictor(download_model_file(model_uri))
-    square = predictor.square(image)
-    for _ in range(3):  # warm-up: first calls allocate and pick kernels
+    predictor = Predictor(model_path)
+    square = predictor.square(Path(image_path).read_bytes())
+    probs = predictor.probabilities([square])[0]
+    for _ in range(3):  # warm-up: the first calls allocate and pick kernels
         predictor.probabilities([square])
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        probs = predictor.probabilities([square])
-        times.append(time.perf_counter() - start)
-    return times, probs[0], torch.get_num_threads()
+    print(json.dumps({"classes": predictor.classes, "probabilities": probs.tolist(),
+                      "threads": torch.get_num_threads()}), flush=True)
+    for line in sys.stdin:
+        print(json.dumps(timed(lambda: predictor.probabilities([square]), int(line))), flush=True)
+
+
+class ForwardTimer:
+    """The --forward-worker process, in a session of its own (as the server is)."""
+
+    def __init__(self, model_path: Path, image_path: Path, env: dict) -> None:
+        self.proc = subprocess.Popen([sys.executable, __file__, "--forward-worker", str(model_path), str(image_path)],
+                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     start_new_session=True)
+        self.info = self._read()
+
+    def _read(self):
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the forward worker exited ({self.proc.wait()})")
+        return json.loads(line)
+
+    def times(self, n: int) -> list[float]:
+        self.proc.stdin.write(f"{n}\n")
+        self.proc.stdin.flush()
+        return self._read()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 def main() -> None:
@@ -179,33 +234,34 @@ def main() -> None:
                                             "@champion) from MLFLOW_TRACKING_URI instead of building one")
     parser.add_argument("--requests", type=int, default=100, help="sequential single-image requests (default 100)")
     parser.add_argument("--forward-runs", type=int, default=30, help="bare forward passes (default 30)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds that alternate forward runs and requests")
     parser.add_argument("--batch-requests", type=int, default=4, help="requests of 16 images (default 4)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads for the server and the forward timing (default: torch's default)")
     parser.add_argument("--ready-timeout", type=float, default=180, help="seconds to wait for the server")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (server log, store)")
+    parser.add_argument("--forward-worker", nargs=2, metavar=("MODEL", "IMAGE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.forward_worker:
+        forward_worker(*args.forward_worker)
+        return
 
     workdir = Path(tempfile.mkdtemp(prefix="serve-latency-"))
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # uvicorn is in the venv
     if args.threads > 0:
-        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[name] = env[name] = str(args.threads)
-        import torch
-
-        torch.set_num_threads(args.threads)
-    server = None
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
+    server = timer = None
     cwd = Path.cwd()
     try:
         if args.model_uri:
             model_uri = args.model_uri
             env.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{REPO / 'mlflow.db'}")
         else:
-            # The store (and its artifacts, which sit beside the project root) live in the temporary folder.
+            # The store, and its artifacts (beside the project root, here the temporary folder), are temporary.
             env["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
+            os.environ["MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]
             os.chdir(workdir)
             t0 = time.perf_counter()
-            os.environ["MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]
             model_uri = build_and_register(workdir)
             print(f"setup: built and registered {model_uri} in {time.perf_counter() - t0:.1f} s", flush=True)
         os.environ["MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]
@@ -213,24 +269,32 @@ def main() -> None:
         port = free_port()
         t0 = time.perf_counter()
         server = Server(model_uri, port, env, workdir / "server.log")
+        from braintumor.tracking import download_model_file
+
+        image = jpeg_bytes(0)
+        (workdir / "image.jpg").write_bytes(image)
+        timer = ForwardTimer(download_model_file(model_uri), workdir / "image.jpg", env)
         server.wait_ready(args.ready_timeout)
         print(f"server: {model_uri} on 127.0.0.1:{port}, ready in {time.perf_counter() - t0:.1f} s", flush=True)
 
-        image = jpeg_bytes(0)
-        forward, bare_probs, threads = forward_times(model_uri, image, args.forward_runs)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
         one = body_for([image])
-        served = post(conn, one)["predictions"][0]  # also the warm-up
-        for _ in range(2):
+        served = post(conn, one)["predictions"][0]
+        drift = max(abs(served[c] - p) for c, p in zip(timer.info["classes"], timer.info["probabilities"]))
+        for _ in range(3):  # warm-up
             post(conn, one)
-        drift = max(abs(served[c] - p) for c, p in zip(list(served)[2:], bare_probs))
-        serve = timed_posts(conn, one, args.requests)
+        forward, serve = [], []
+        for n_forward, n_requests in zip(split(args.forward_runs, args.rounds), split(args.requests, args.rounds)):
+            forward += timer.times(n_forward)
+            serve += timed(lambda: post(conn, one), n_requests)
 
         batch = body_for([jpeg_bytes(seed) for seed in range(16)])
         post(conn, batch)  # warm-up
-        batch_times = timed_posts(conn, batch, args.batch_requests)
+        batch_times = timed(lambda: post(conn, batch), args.batch_requests)
         conn.close()
     finally:
+        if timer is not None:
+            timer.stop()
         if server is not None:
             server.stop()
         os.chdir(cwd)
@@ -239,14 +303,14 @@ def main() -> None:
         else:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    ms = lambda values, q: float(np.percentile(values, q)) * 1000  # noqa: E731
-    forward_p50, serve_p50, serve_p95 = ms(forward, 50), ms(serve, 50), ms(serve, 95)
+    forward_p50 = float(np.percentile(forward, 50)) * 1000
+    serve_p50, serve_p95 = (float(v) * 1000 for v in np.percentile(serve, [50, 95]))
     img_s = 16 * len(batch_times) / sum(batch_times)
     print(f"image: 512x512 JPEG, {len(image) / 1024:.0f} KiB ({len(one) / 1024:.0f} KiB request); torch threads "
-          f"{threads} (bench); served vs bare probabilities differ by at most {drift:.2e}")
+          f"{timer.info['threads']}; served and bare probabilities differ by at most {drift:.1e}")
     print(f"forward: p50 {forward_p50:.1f} ms, min {min(forward) * 1000:.1f} ms over {len(forward)} runs")
     print(f"serve: p50 {serve_p50:.1f} ms, p95 {serve_p95:.1f} ms, min {min(serve) * 1000:.1f} ms over "
-          f"{len(serve)} requests; overhead at p50 {serve_p50 - forward_p50:.1f} ms")
+          f"{len(serve)} requests; p50 overhead {serve_p50 - forward_p50:.1f} ms")
     print(f"batch16: {img_s:.2f} img/s over {len(batch_times)} requests "
           f"({np.median(batch_times) * 1000:.0f} ms per request)")
     print(f"forward_p50_ms={forward_p50:.1f} serve_p50_ms={serve_p50:.1f} serve_p95_ms={serve_p95:.1f} "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,8 @@ def resolve_model(model: str) -> Path:
 
 def predict_paths(paths: list[str], model: str, *, output: str | None = None,
                   gradcam_dir: str | None = None) -> pd.DataFrame:
+    if output and not output.endswith((".csv", ".json")):  # before any work, not after it
+        raise BrainTumorError(f"--output {output}: use a .csv or .json file name")
     predictor = Predictor(resolve_model(model))
     files, missing = find_images(paths)
     for path in missing:
@@ -73,10 +77,23 @@ def _write_gradcams(predictor: Predictor, files: list[Path], squares: list[np.nd
                     folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     size = predictor.prep.image_size
-    for path, square, label in zip(files, squares, table["label"]):
+    for name, square, label in zip(_overlay_names(files), squares, table["label"]):
         tensor = predictor.transform(torch.from_numpy(square)[None])[None]  # (1, 3, H, W)
         cam, _ = grad_cam(predictor.model, predictor.model.layer4, tensor, predictor.classes.index(label))
         top = (square.shape[0] - size) // 2
         picture = overlay(square[top:top + size, top:top + size], cam)
-        with atomic_path(folder / f"{path.stem}.gradcam.png") as tmp:
+        with atomic_path(folder / f"{name}.gradcam.png") as tmp:
             Image.fromarray(picture).save(tmp, format="PNG")
+
+
+def _overlay_names(files: list[Path]) -> list[str]:
+    """One name per scan: its stem, or where stems repeat (a folder of class folders: glioma/0001.jpg,
+    meningioma/0001.jpg), its path under the scans' common folder with `__` for `/`."""
+    stems = Counter(p.stem for p in files)
+    if all(stems[p.stem] == 1 for p in files):
+        return [p.stem for p in files]
+    resolved = [p.resolve() for p in files]
+    root = Path(os.path.commonpath([p.parent for p in resolved]))
+    names = ["__".join(p.relative_to(root).with_suffix("").parts) for p in resolved]
+    counts = Counter(names)  # still the same: x.jpg and x.png in one folder
+    return [f"{n}_{p.suffix.lstrip('.')}" if counts[n] > 1 else n for n, p in zip(names, resolved)]

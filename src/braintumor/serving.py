@@ -55,8 +55,9 @@ class Predictor:
         out = []
         for start in range(0, len(squares), self.batch_size):
             chunk = squares[start:start + self.batch_size]
-            batch = torch.stack([self.transform(torch.from_numpy(np.array(s))[None]) for s in chunk])  # (B,3,H,W)
-            out.append(torch.softmax(self.model(batch.to(self.device)).float(), dim=1).double().cpu().numpy())
+            batch = torch.from_numpy(np.stack(chunk))[:, None].to(self.device)  # (B, 1, S, S) uint8
+            logits = self.model(self.transform(batch))  # the eval preset, exactly as in evaluation
+            out.append(torch.softmax(logits.double(), dim=1).cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
 
     def table(self, probs: np.ndarray) -> pd.DataFrame:
@@ -94,7 +95,7 @@ def decode_base64(value: object) -> bytes:
     if missing or (isinstance(value, str) and not value.strip()):
         raise RequestError("empty value; send the image file's bytes, base64-encoded")
     if not isinstance(value, str):
-        raise RequestError(f"a {type(value).__name__} value, not a string; send the image file's bytes, "
+        raise RequestError(f"a value of type {type(value).__name__}, not a string; send the image file's bytes, "
                            "base64-encoded")
     try:
         data = base64.b64decode("".join(value.split()), validate=True)

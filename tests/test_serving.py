@@ -1,0 +1,264 @@
+"""The served model end to end: train and register a tiny model, `mlflow models serve` it, send real requests.
+
+One server for the module (training, registering and starting it take about a minute on 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import BIN, REPO, run, tiny_params_dict
+from PIL import Image
+
+pytestmark = pytest.mark.slow
+
+CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
+MODEL_URI = "models:/brain-tumor-classifier/1"
+MAX_PIXELS = 200_000  # data.max_image_pixels of the served model: a 600x600 image is over it
+
+
+@dataclass
+class Served:
+    root: Path  # the project folder: params.yaml, models/model.pt, mlflow.db
+    url: str
+    env: dict  # MLFLOW_TRACKING_URI of the temporary store
+
+    def post(self, payload: dict | bytes) -> tuple[int, dict]:
+        body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        request = urllib.request.Request(f"{self.url}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"mlflow models serve exited ({proc.returncode}):\n{log.read_text(errors='replace')[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    pytest.fail(f"mlflow models serve not ready after {timeout:.0f} s:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop `mlflow models serve` and its uvicorn child; never leave either behind.
+
+    The child goes first, so that the parent reaps it and exits: stopping the parent first would hand the child
+    to init, which in a container may never reap it (a zombie). Whatever is left then goes with the group.
+    """
+    if proc.poll() is not None:
+        return
+    try:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    except OSError:
+        children = []
+    for child in children:
+        try:
+            os.kill(int(child), signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    try:
+        proc.wait(timeout=30 if children else 0.1)
+        return
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)  # the server has a process group of its own (start_new_session)
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture(scope="module")
+def served(sample_root, tmp_path_factory):
+    root = tmp_path_factory.mktemp("serving")
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
+    # Relative paths (models/model.pt, manifests/, .cache, mlartifacts/) land in `root`, the stages' working folder.
+    params = tiny_params_dict(sample_root, data={"max_image_pixels": MAX_PIXELS})
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    run([str(BIN / "braintumor"), "validate", "--params", "params.yaml"], cwd=root, env=env)
+    trained = run([sys.executable, str(REPO / "stages" / "train.py"), "--params", "params.yaml"], cwd=root, env=env)
+    assert "registered brain-tumor-classifier version 1" in trained.stdout
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = root / "server.log"
+    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **env}
+    with open(log, "wb") as log_file:
+        proc = subprocess.Popen(
+            [str(BIN / "mlflow"), "models", "serve", "-m", MODEL_URI, "--env-manager", "local",
+             "-h", "127.0.0.1", "-p", str(port)],
+            cwd=root, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_ready(url, proc, log)
+        yield Served(root, url, env)
+    finally:
+        _stop(proc)
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _request(*images: bytes | str | object, column: str = "image") -> dict:
+    rows = [[_b64(image) if isinstance(image, bytes) else image] for image in images]
+    return {"dataframe_split": {"columns": [column], "data": rows}}
+
+
+@pytest.fixture(scope="module")
+def scans(served, sample_root) -> dict[str, Path]:
+    """One scan in each format the server must take: JPEG, 8-bit PNG, 16-bit grayscale PNG, RGBA PNG."""
+    folder = served.root / "scans"
+    folder.mkdir()
+    testing = sample_root / "Testing"
+    jpeg = folder / "scan.jpg"
+    jpeg.write_bytes((testing / "glioma_tumor" / "te_0000.jpg").read_bytes())
+    with Image.open(testing / "meningioma_tumor" / "te_0001.jpg") as image:
+        gray = np.asarray(image.convert("L"))
+    (folder / "scan.png").write_bytes(_png(Image.fromarray(gray)))
+    with Image.open(testing / "pituitary_tumor" / "te_0002.jpg") as image:
+        wide = np.asarray(image.convert("L")).astype(np.uint16) * 64 + 1000  # a 16-bit scan's range
+    (folder / "scan16.png").write_bytes(_png(Image.fromarray(wide)))
+    with Image.open(folder / "scan16.png") as image:
+        assert image.mode.startswith("I;16")
+    with Image.open(testing / "no_tumor" / "te_0000.jpg") as image:
+        rgba = image.convert("RGBA")
+    rgba.putalpha(Image.linear_gradient("L").resize(rgba.size))
+    (folder / "scan_rgba.png").write_bytes(_png(rgba))
+    return {"jpeg": jpeg, "png": folder / "scan.png", "png16": folder / "scan16.png", "rgba": folder / "scan_rgba.png"}
+
+
+@pytest.fixture(scope="module")
+def batch_predictions(served, scans) -> list[dict]:
+    status, body = served.post(_request(*(path.read_bytes() for path in scans.values())))
+    assert status == 200, body
+    return body["predictions"]
+
+
+def test_a_batch_of_formats_gets_one_row_per_image(batch_predictions, scans):
+    assert len(batch_predictions) == len(scans) == 4
+    for row in batch_predictions:
+        assert list(row) == ["label", "probability", *CLASSES]
+        probs = np.array([row[c] for c in CLASSES])
+        assert probs.sum() == pytest.approx(1, abs=1e-6)
+        assert np.all((probs >= 0) & (probs <= 1))
+        assert row["label"] == CLASSES[int(probs.argmax())]
+        assert row["probability"] == row[row["label"]]
+
+
+@pytest.mark.parametrize("model", ["models/model.pt", MODEL_URI], ids=["model-file", "registered-model"])
+def test_served_numbers_equal_braintumor_predict(served, scans, batch_predictions, model):
+    output = served.root / f"predict-{model.replace('/', '_').replace(':', '')}.json"
+    run([str(BIN / "braintumor"), "predict", *(str(p) for p in scans.values()), "--model", model,
+         "--output", str(output)], cwd=served.root, env=served.env, timeout=300)
+    local = json.loads(output.read_text())
+    assert [row["file"] for row in local] == [str(p) for p in scans.values()]
+    for mine, theirs in zip(local, batch_predictions):
+        assert mine["label"] == theirs["label"]
+        for key in ["probability", *CLASSES]:
+            assert mine[key] == pytest.approx(theirs[key], abs=1e-6), (mine["file"], key)
+
+
+def test_line_wrapped_base64_is_accepted(served, scans, batch_predictions):
+    wrapped = base64.encodebytes(scans["jpeg"].read_bytes()).decode("ascii")  # 76-character lines, like `base64`
+    assert "\n" in wrapped.strip()
+    status, body = served.post(_request(wrapped))
+    assert status == 200, body
+    for key in CLASSES:
+        assert body["predictions"][0][key] == pytest.approx(batch_predictions[0][key], abs=1e-6)
+
+
+BAD_ROWS = {
+    "not-base64": (lambda good: [good, "this is not base64!"], 1, "not valid base64"),
+    "not-an-image": (lambda good: [_b64(b"%PDF-1.4 a document, not a scan")], 0, "not an image"),
+    "empty-string": (lambda good: [good, good, ""], 2, "empty value"),
+    "null": (lambda good: [None, good], 0, "empty value"),
+    "a-number": (lambda good: [good, 42], 1, "a value of type int, not a string"),
+    "too-many-pixels": (lambda good: [_b64(_png(Image.new("L", (600, 600), 40)))], 0,
+                        f"600x600 = 360,000 pixels is over the limit data.max_image_pixels={MAX_PIXELS:,}"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ROWS))
+def test_a_bad_row_gets_400_naming_the_row_and_the_reason(served, scans, case):
+    rows, bad_row, reason = BAD_ROWS[case]
+    images = rows(_b64(scans["jpeg"].read_bytes()))
+    status, body = served.post(_request(*images))
+    assert status == 400, body
+    assert body["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert f"row {bad_row}: {reason}" in body["message"]
+    # the same, without MLflow's prefix, and as data
+    assert body["detail"].startswith(f"1 of {len(images)} rows cannot be used: row {bad_row}: {reason}")
+    assert len(body["rows"]) == 1
+    assert body["rows"][0]["row"] == bad_row and body["rows"][0]["reason"].startswith(reason)
+
+
+def test_every_bad_row_is_named(served, scans):
+    good = _b64(scans["jpeg"].read_bytes())
+    status, body = served.post(_request("", good, "not base64 !", good))
+    assert status == 400, body
+    assert [row["row"] for row in body["rows"]] == [0, 2]
+    assert body["detail"].startswith("2 of 4 rows cannot be used: row 0: empty value")
+    assert "; row 2: not valid base64" in body["detail"]
+
+
+def test_a_wrong_column_gets_400_naming_the_column(served, scans):
+    status, body = served.post(_request(scans["jpeg"].read_bytes(), column="img"))
+    assert status == 400, body
+    # MLflow checks the columns against the model's signature before the model sees the request
+    assert "missing inputs ['image']" in body["message"]
+    assert "'img'" in body["message"]
+
+
+def test_not_json_gets_400(served):
+    status, body = served.post(b"{not json")
+    assert status == 400, body
+
+
+def test_a_good_request_succeeds_after_bad_ones(served, scans, batch_predictions):
+    for bad in (_request("not base64 !"), _request(scans["jpeg"].read_bytes(), column="img"), b"{not json"):
+        assert served.post(bad)[0] == 400
+    status, body = served.post(_request(scans["jpeg"].read_bytes()))
+    assert status == 200, body
+    assert body["predictions"][0]["label"] == batch_predictions[0]["label"]
+    for key in CLASSES:
+        assert body["predictions"][0][key] == pytest.approx(batch_predictions[0][key], abs=1e-6)
