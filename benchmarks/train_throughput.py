@@ -97,7 +97,7 @@ def main() -> None:
               f"(one-off decode cache: {cache_seconds:.1f} s for {args.images + 8} scans)")
         for variant in args.variants:
             key, value = variant.split("=", 1)
-            typed = int(value) if value.isdigit() else value
+            typed = int(value) if value.isdigit() else {"true": True, "false": False}.get(value.lower(), value)
             speed, _ = project(args.dataset, args.images, Path(tmp), {key: typed})
             print(f"project loop, train.{key}={value}: {speed:.2f} img/s ({speed / baseline:.1f}x seed-style)")
     peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
