@@ -22,12 +22,13 @@ run: install
 	fi
 	dvc repro
 	@echo
+	@echo "Done. First: source $(VENV)/bin/activate   (puts dvc, mlflow and braintumor on PATH)"
 	@echo "Report:     reports/report.html (open it in a browser)"
 	@echo "Metrics:    dvc metrics show     Plots: dvc plots show"
-	@echo "MLflow UI:  $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db   (then http://127.0.0.1:5000)"
-	@echo "Serve:      MLFLOW_TRACKING_URI=sqlite:///mlflow.db $(BIN)/mlflow models serve \\"
-	@echo "              -m models:/brain-tumor-classifier@champion --env-manager local -p 5001"
-	@echo "Predict:    $(BIN)/braintumor predict data/Testing --output predictions.csv"
+	@echo "MLflow UI:  mlflow ui --backend-store-uri sqlite:///mlflow.db   (then http://127.0.0.1:5000)"
+	@echo "Serve:      MLFLOW_TRACKING_URI=sqlite:///mlflow.db mlflow models serve \\"
+	@echo "              -m models:/brain-tumor-classifier@champion --env-manager local -h 127.0.0.1 -p 5001"
+	@echo "Predict:    braintumor predict data/Testing --output predictions.csv"
 
 test: install
 	$(BIN)/python -m pytest

@@ -248,3 +248,13 @@ def test_training_core_imports_with_only_torch_and_torchvision():
     blocked = "import sys\nfor m in ['sklearn', 'pandas', 'yaml', 'tqdm', 'mlflow', 'dvc']: sys.modules[m] = None\n"
     code = blocked + "import braintumor.training, braintumor.data.sample, braintumor.model\nprint('ok')"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "ok"
+
+
+def test_early_stopping_after_patience_epochs_without_a_better_val_macro_f1(tiny_data, sample_root, tmp_path):
+    # Frozen backbone (BatchNorm statistics frozen too) and a vanishing lr: predictions never change, so val
+    # macro-F1 never improves after epoch 1 and training stops after 1 + patience epochs.
+    params = tiny_params(sample_root, train={"epochs": 6, "patience": 2, "freeze": "backbone", "lr": 1e-12})
+    result = _fit(tiny_data, params, tmp_path / "p.pt")
+    assert result.stopped_early
+    assert [s.epoch for s in result.history] == [1, 2, 3]
+    assert result.best_epoch == 1 and result.summary()["stopped_early"] is True
