@@ -50,30 +50,8 @@ def train(params: Params) -> dict:
     """Train on the manifest's train rows, select on val, write the model, metrics and curves; log to MLflow."""
     use_cuda = params.train.device in ("auto", "cuda") and torch.cuda.is_available()
     dist_info = init_distributed("cuda" if use_cuda else "cpu")
-    frame = read_manifest(params.paths.manifest, params.data.classes)
-    images = rows(frame, "train", "val").sort_values("path", kind="stable").reset_index(drop=True)
-    cache = project_path(params.paths.cache)  # shared by `dvc exp run --temp` copies of the repository
-    build_cache = lambda: cached_squares(images, params.paths.data, params.model.resize_size,  # noqa: E731
-                                         cache, max_pixels=params.data.max_image_pixels,
-                                         progress=dist_info.is_main)
-    if dist_info.enabled:  # rank 0 decodes; the others read its cache file
-        squares = build_cache() if dist_info.is_main else None
-        torch.distributed.barrier()
-        squares = squares if squares is not None else build_cache()
-    else:
-        squares = build_cache()
-    label_index = {name: i for i, name in enumerate(params.data.classes)}
-    labels = images["label"].map(label_index).to_numpy()
-    is_val = (images["split"] == "val").to_numpy()
-    data = TrainData(squares[~is_val], labels[~is_val], squares[is_val], labels[is_val], params.data.classes)
-
-    # The checkpoint belongs to these exact params and data: a changed param starts a fresh run, a rerun of the
-    # same resumes.
-    identity = {k: v for k, v in params.to_dict().items() if k in ("model", "train", "augment")}
-    identity["classes"] = params.data.classes
-    identity["rows"] = images[["path", "sha256", "split"]].to_numpy().tolist()
-    fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-    checkpoint = cache / "checkpoints" / f"train-{fingerprint}.pt"
+    data, images = _training_data(params, dist_info)
+    checkpoint = _checkpoint_path(params, images)
 
     tracker = None
     if dist_info.is_main:
@@ -100,7 +78,7 @@ def train(params: Params) -> dict:
     tracker.finish_training(summary, result.device)
     version = None
     if params.tracking.log_model:
-        version = _log_served_model(tracker, params, squares[0])
+        version = _log_served_model(tracker, params, data.train_squares[0])
     from braintumor.tracking import write_run_info
 
     write_run_info(params.paths.run_info, tracker, version)
@@ -110,6 +88,37 @@ def train(params: Params) -> dict:
           f"{summary['best_val_macro_f1']:.3f}; wrote {params.paths.model}; MLflow run {tracker.run_id}"
           + (f", registered {params.tracking.registered_model} version {version}" if version else ""))
     return summary
+
+
+def _training_data(params: Params, dist_info) -> tuple[TrainData, pd.DataFrame]:
+    """The manifest's train and val rows, decoded once into the cache (rank 0 decodes; other ranks read it)."""
+    frame = read_manifest(params.paths.manifest, params.data.classes)
+    images = rows(frame, "train", "val").sort_values("path", kind="stable").reset_index(drop=True)
+    cache = project_path(params.paths.cache)  # shared by `dvc exp run --temp` copies of the repository
+
+    def decoded():
+        return cached_squares(images, params.paths.data, params.model.resize_size, cache,
+                              max_pixels=params.data.max_image_pixels, progress=dist_info.is_main)
+
+    if dist_info.enabled:
+        squares = decoded() if dist_info.is_main else None
+        torch.distributed.barrier()
+        squares = squares if squares is not None else decoded()
+    else:
+        squares = decoded()
+    label_index = {name: i for i, name in enumerate(params.data.classes)}
+    labels = images["label"].map(label_index).to_numpy()
+    is_val = (images["split"] == "val").to_numpy()
+    return TrainData(squares[~is_val], labels[~is_val], squares[is_val], labels[is_val], params.data.classes), images
+
+
+def _checkpoint_path(params: Params, images: pd.DataFrame) -> Path:
+    """The checkpoint belongs to these exact params and data: a changed param starts afresh, a rerun resumes."""
+    identity = {k: v for k, v in params.to_dict().items() if k in ("model", "train", "augment")}
+    identity["classes"] = params.data.classes
+    identity["rows"] = images[["path", "sha256", "split"]].to_numpy().tolist()
+    fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+    return project_path(params.paths.cache) / "checkpoints" / f"train-{fingerprint}.pt"
 
 
 def _write_history(history, path: Path) -> None:
