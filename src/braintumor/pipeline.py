@@ -139,7 +139,9 @@ def _log_served_model(tracker, params: Params, example_square: np.ndarray) -> st
 
 
 def augment_preview(params: Params) -> None:
-    """A PNG grid of training scans and their augmented views, made with the train preset."""
+    """A PNG grid of training scans and their augmented views, made with the train preset.
+
+    The report stage logs it to the run's MLflow artifacts."""
     from braintumor.preview import preview_figure
 
     frame = read_manifest(params.paths.manifest, params.data.classes)
@@ -148,8 +150,6 @@ def augment_preview(params: Params) -> None:
                          max_pixels=params.data.max_image_pixels)
     with atomic_path(params.paths.preview) as tmp:
         fig.savefig(tmp, format="png", dpi=80)
-    if Path(params.paths.run_info).is_file():  # a later stage's run exists (e.g. rerun after an augment change)
-        print("augment_preview: the preview is logged to MLflow by the report stage")
     print(f"augment_preview: wrote {params.paths.preview}")
 
 
