@@ -74,8 +74,8 @@ def build_and_register(workdir: Path) -> str:
     torch.manual_seed(0)
     model = build_model("none", len(params.data.classes))
     save_model(params.paths.model, model, classes=params.data.classes,
-               preprocessing=Preprocessing.from_config(params.model), params=params.to_dict(), metrics={})
-    example = load_square(jpeg_bytes(0), params.model.resize_size, params.data.max_image_pixels)
+               preprocessing=Preprocessing.from_config(params.model, params.preprocess), params=params.to_dict(), metrics={})
+    example = load_square(jpeg_bytes(0), Preprocessing.from_config(params.model, params.preprocess).scan, params.data.max_image_pixels)
     tracker = RunTracker(params)
     try:
         version = _log_served_model(tracker, params, example)

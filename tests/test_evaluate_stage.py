@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from conftest import tiny_params
+from PIL import Image
 
+from braintumor.data.sample import write_sample_dataset
 from braintumor.data.splits import write_manifest
 from braintumor.data.validate import validate_dataset
 from braintumor.errors import BrainTumorError
@@ -23,7 +30,7 @@ def _setup(sample_root, tmp_path, model_classes):
     params = dataclasses.replace(params, paths=paths)
     write_manifest(validate_dataset(sample_root, params.data, workers=1, progress=False).manifest, paths.manifest)
     save_model(paths.model, build_model("none", len(model_classes)), classes=model_classes,
-               preprocessing=Preprocessing.from_config(params.model), params=params.to_dict(), metrics={})
+               preprocessing=Preprocessing.from_config(params.model, params.preprocess), params=params.to_dict(), metrics={})
     return params
 
 
@@ -41,4 +48,62 @@ def test_evaluate_without_a_model_or_manifest_says_which_stage_to_run(sample_roo
         evaluate(params)
     (tmp_path / "splits.csv").unlink()
     with pytest.raises(BrainTumorError, match="dvc repro validate"):
+        evaluate(params)
+
+
+def _external_set(sample_root, tmp_path) -> Path:
+    """Another source's labelled scans (another seed), in Kaggle's folder names, plus what real sets hold: one
+    byte-identical copy of a Training scan, one re-encoded brighter copy of another, and one broken file."""
+    other = tmp_path / "other"
+    write_sample_dataset(other, per_class=2, test_per_class=3, size=64, seed=99)
+    external = tmp_path / "external"
+    for folder in (other / "Testing").iterdir():
+        shutil.copytree(folder, external / {"no_tumor": "notumor"}.get(folder.name, folder.name))
+    training = sorted((sample_root / "Training" / "glioma_tumor").iterdir())
+    shutil.copy(training[0], external / "glioma_tumor" / "exact_copy.png")
+    pixels = np.asarray(Image.open(training[1]).convert("L"), dtype=np.float32)
+    Image.fromarray(np.clip(pixels * 1.1 + 5, 0, 255).astype(np.uint8)).save(external / "glioma_tumor" / "near.jpg",
+                                                                            quality=90)
+    (external / "meningioma_tumor" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    return external
+
+
+def test_evaluate_scores_an_external_set_and_its_copy_free_part(sample_root, tmp_path, monkeypatch):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = _setup(sample_root, tmp_path, list(tiny_params(sample_root).data.classes))
+    external = _external_set(sample_root, tmp_path)
+    params = dataclasses.replace(params, data=dataclasses.replace(params.data, aliases={"notumor": "no_tumor"}),
+                                 evaluate=dataclasses.replace(params.evaluate, external_data=str(external)))
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with mlflow.start_run() as run:
+        pass
+    (tmp_path / "run.json").write_text(json.dumps({"run_id": run.info.run_id, "registered_model": "x",
+                                                   "model_version": None}))
+    metrics = evaluate(params)
+
+    ext = metrics["external"]
+    assert ext["n"] == 4 * 3 + 2 and ext["n_excluded"] == 1  # the broken file is left out, and counted
+    assert ext["exact_in_train"] == 1 and ext["near_in_train"] == 1
+    assert ext["copy_free"]["n"] == 12
+    for key in ("accuracy", "macro_f1", "ece", "ece_uncalibrated", "temperature"):
+        assert key in ext and key in (ext["copy_free"] if key != "temperature" else ext)
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved["external"]["copy_free"]["n"] == 12
+    table = pd.read_csv(tmp_path / "plots" / "external_predictions.csv")
+    assert len(table) == 14 and table["copy_free"].sum() == 12
+    assert set(table.loc[~table["copy_free"], "path"]) == {"glioma_tumor/exact_copy.png", "glioma_tumor/near.jpg"}
+    logged = MlflowClient().get_run(run.info.run_id).data.metrics
+    assert logged["external_n"] == 14 and logged["external_copy_free_n"] == 12
+    assert logged["external_accuracy"] == pytest.approx(ext["accuracy"])
+    assert "test_ece_uncalibrated" in logged and "test_temperature" in logged
+
+
+def test_evaluate_names_a_missing_external_folder(sample_root, tmp_path):
+    params = _setup(sample_root, tmp_path, list(tiny_params(sample_root).data.classes))
+    params = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate,
+                                                                      external_data=str(tmp_path / "nowhere")))
+    with pytest.raises(BrainTumorError, match=r"evaluate\.external_data = .*nowhere.*no such folder"):
         evaluate(params)

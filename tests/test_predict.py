@@ -28,7 +28,7 @@ def model_file(sample_root, tmp_path_factory):
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "model.pt"
     save_model(path, build_model("none", len(params.data.classes)), classes=params.data.classes,
-               preprocessing=Preprocessing.from_config(params.model), params=params.to_dict(), metrics={})
+               preprocessing=Preprocessing.from_config(params.model, params.preprocess), params=params.to_dict(), metrics={})
     return path
 
 

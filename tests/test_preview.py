@@ -23,7 +23,7 @@ def setup(sample_root):
     params = tiny_params(sample_root)
     manifest = validate_dataset(sample_root, params.data, workers=1, progress=False).manifest
     train_rows = manifest[manifest["split"] == "train"].reset_index(drop=True)
-    return params, train_rows, Preprocessing.from_config(params.model)
+    return params, train_rows, Preprocessing.from_config(params.model, params.preprocess)
 
 
 def render(setup, data_root, augment=None) -> plt.Figure:
@@ -96,7 +96,8 @@ def test_eval_preset_is_a_centre_crop_to_the_model_input(setup):
 
 
 def _off(params, **changes):
-    base = dict(crop_scale=[1.0, 1.0], hflip=False, rotation_degrees=0.0, brightness=0.0, contrast=0.0)
+    base = dict(crop_scale=[1.0, 1.0], hflip=False, rotation_degrees=0.0, brightness=0.0, contrast=0.0, gamma=1.0,
+                blur_sharpen=0.0, noise=0.0)
     return dataclasses.replace(params.augment, **{**base, **changes})
 
 
@@ -143,6 +144,40 @@ def test_jitter_changes_intensity_only_when_switched_on(setup, brightness, contr
         assert spread.max() - spread.min() > 5 and (mean.max() - mean.min()) < 3
 
 
+def test_gamma_bends_the_intensity_curve_each_scan_its_own_way(setup):
+    params, _, prep = setup
+    ramp = torch.linspace(0, 255, prep.resize_size).round().to(torch.uint8).expand(1, prep.resize_size, -1)
+    views = _views(display_preset(prep, _off(params, gamma=2.0)), ramp, n=16).float()
+    middle = views[:, 0, prep.image_size // 2, prep.image_size // 2]  # the ramp's mid-grey
+    assert middle.max() - middle.min() > 40  # gamma < 1 brightens mid-grey, gamma > 1 darkens it
+    assert (views[..., 0] < 30).all() and (views[..., -1] >= 240).all()  # black and white stay (nearly) put
+    plain = _views(display_preset(prep, _off(params)), ramp, n=4)
+    assert (plain == plain[0]).all()  # gamma 1 is off: nothing random
+
+
+def test_blur_and_sharpen_change_edges_not_flat_areas(setup):
+    params, _, prep = setup
+    size = prep.resize_size
+    edge = torch.zeros(1, size, size, dtype=torch.uint8)
+    edge[:, :, size // 2:] = 200  # a vertical edge; flat on either side
+    views = _views(display_preset(prep, _off(params, blur_sharpen=1.0)), edge, n=16).float()
+    plain = _views(display_preset(prep, _off(params)), edge, n=1).float()
+    at_edge = (views - plain)[..., :, prep.image_size // 2 - 2:prep.image_size // 2 + 2].abs().amax(dim=(1, 2, 3))
+    assert (at_edge > 20).sum() >= 8  # most views blurred or sharpened the edge
+    flat = (views - plain)[..., 4:-4, 4:prep.image_size // 2 - 6].abs().max()
+    assert flat <= 1  # flat regions unchanged
+
+
+def test_noise_is_random_per_scan_and_reproducible_from_the_seed(setup):
+    params, _, prep = setup
+    grey = torch.full((1, prep.resize_size, prep.resize_size), 128, dtype=torch.uint8)
+    preset = display_preset(prep, _off(params, noise=0.1))
+    views = _views(preset, grey, n=8, seed=3).float()
+    assert views.std(dim=(1, 2, 3)).max() > 5  # noisy
+    assert not torch.equal(views[0], views[1])
+    assert torch.equal(views, _views(preset, grey, n=8, seed=3).float())  # the same seed, the same noise
+
+
 # ---- the preview figure -------------------------------------------------------------------------------------
 
 def test_preview_views_come_from_the_train_preset_code(setup, sample_root, monkeypatch):
@@ -163,8 +198,8 @@ def test_preview_views_come_from_the_train_preset_code(setup, sample_root, monke
         nrows, ncols = grid(fig)
         axes = np.array(fig.axes).reshape(nrows, ncols)
         for row in axes:
-            assert shown(row[0]).std() > 0  # the eval view is the scan
-            for ax in row[1:]:  # every train view went through the (patched) train preset
+            assert shown(row[0]).std() > 0 and shown(row[1]).std() > 0  # the scan as stored, and its eval view
+            for ax in row[2:]:  # every train view went through the (patched) train preset
                 assert shown(ax).std() == 0
     finally:
         plt.close(fig)
@@ -183,23 +218,25 @@ def test_preview_uses_display_preset_with_the_run_params(setup, sample_root, mon
     assert calls == [(prep, params.augment)]
 
 
-def test_grid_has_one_row_per_picked_image_and_views_plus_one_columns(setup, sample_root):
+def test_grid_has_one_row_per_picked_image_and_views_plus_two_columns(setup, sample_root):
     params, train_rows, prep = setup
     augment = dataclasses.replace(params.augment, preview_images_per_class=2, preview_views=3)
     fig = render(setup, sample_root, augment)
     try:
         classes = params.data.classes
-        assert grid(fig) == (2 * len(classes), 3 + 1)
-        assert len(fig.axes) == 2 * len(classes) * 4
-        axes = np.array(fig.axes).reshape(2 * len(classes), 4)
+        assert grid(fig) == (2 * len(classes), 3 + 2)
+        assert len(fig.axes) == 2 * len(classes) * 5
+        axes = np.array(fig.axes).reshape(2 * len(classes), 5)
         # Rows are grouped by class, two per class, each labelled with its class and file; no file twice.
         labels = [tuple(ax.get_ylabel().split("\n")) for ax in axes[:, 0]]
         assert [label for label, _ in labels] == [c for c in classes for _ in range(2)]
         assert len(set(labels)) == len(labels)
         assert set(labels) <= set(zip(train_rows["label"], train_rows["path"].map(lambda p: p.rsplit("/", 1)[-1])))
-        for ax in axes.flat:  # every view is the model's input size
+        for ax in axes[:, 1:].flat:  # every view after the stored scan is the model's input size
             assert shown(ax).shape == (prep.image_size, prep.image_size)
-        assert [ax.get_title() for ax in axes[0]] == ["eval view", "train view 1", "train view 2", "train view 3"]
+        assert shown(axes[0, 0]).shape == (64, 64)  # the sample's scans as stored
+        assert [ax.get_title() for ax in axes[0]] == ["scan as stored", "preprocessed\n(eval view)", "train view 1",
+                                                      "train view 2", "train view 3"]
     finally:
         plt.close(fig)
 
@@ -209,7 +246,7 @@ def test_grid_rows_are_capped_by_the_images_a_class_has(setup, sample_root):
     augment = dataclasses.replace(params.augment, preview_images_per_class=100, preview_views=1)
     fig = render(setup, sample_root, augment)
     try:
-        assert grid(fig) == (len(train_rows), 2)
+        assert grid(fig) == (len(train_rows), 3)
     finally:
         plt.close(fig)
 
@@ -232,7 +269,7 @@ def test_only_the_rows_given_are_shown(setup, sample_root):
     fig = preview_figure(one_each, sample_root, params.data.classes, prep, augment,
                          max_pixels=params.data.max_image_pixels)
     try:
-        shown_rows = [tuple(ax.get_ylabel().split("\n")) for ax in np.array(fig.axes).reshape(-1, 2)[:, 0]]
+        shown_rows = [tuple(ax.get_ylabel().split("\n")) for ax in np.array(fig.axes).reshape(-1, 3)[:, 0]]
         assert shown_rows == list(zip(one_each["label"], one_each["path"].map(lambda p: p.rsplit("/", 1)[-1])))
     finally:
         plt.close(fig)

@@ -13,8 +13,10 @@ from braintumor.checkpoint import load_checkpoint
 from braintumor.data.cache import cached_squares
 from braintumor.data.splits import rows
 from braintumor.data.validate import validate_dataset
+from braintumor.ema import WeightEMA
 from braintumor.errors import BrainTumorError, ConfigError
-from braintumor.model import build_model, keep_frozen_in_eval, load_model, save_model, set_frozen
+from braintumor.model import Inference, build_model, keep_frozen_in_eval, load_model, save_model, set_frozen
+from braintumor.preprocess import ScanPrep
 from braintumor.training import TrainData, build_optimizer, fit, lr_lambda
 from braintumor.transforms import Preprocessing
 
@@ -24,7 +26,7 @@ def tiny_data(sample_root, tmp_path_factory) -> TrainData:
     params = tiny_params(sample_root)
     frame = validate_dataset(sample_root, params.data, workers=1, progress=False).manifest
     images = rows(frame, "train", "val")
-    squares = cached_squares(images, sample_root, params.model.resize_size, tmp_path_factory.mktemp("cache"),
+    squares = cached_squares(images, sample_root, Preprocessing.from_config(params.model, params.preprocess).scan, tmp_path_factory.mktemp("cache"),
                              max_pixels=params.data.max_image_pixels, workers=1, progress=False)
     labels = images["label"].map({c: i for i, c in enumerate(params.data.classes)}).to_numpy()
     is_val = (images["split"] == "val").to_numpy()
@@ -34,7 +36,7 @@ def tiny_data(sample_root, tmp_path_factory) -> TrainData:
 def _fit(data, params, checkpoint, **kwargs):
     torch.manual_seed(0)  # the same initial weights for every call
     model = build_model("none", len(data.classes))
-    return fit(model, data, params.train, params.augment, Preprocessing.from_config(params.model),
+    return fit(model, data, params.train, params.augment, Preprocessing.from_config(params.model, params.preprocess),
                checkpoint_path=checkpoint, progress=False, **kwargs)
 
 
@@ -104,7 +106,7 @@ def test_non_finite_loss_stops_with_epoch_and_batch_and_keeps_the_last_good_chec
     model.fc.register_forward_hook(poison)
     checkpoint = tmp_path / "nan.pt"
     with pytest.raises(BrainTumorError, match=r"epoch 2, batch 1"):
-        fit(model, tiny_data, params.train, params.augment, Preprocessing.from_config(params.model),
+        fit(model, tiny_data, params.train, params.augment, Preprocessing.from_config(params.model, params.preprocess),
             checkpoint_path=checkpoint, progress=False)
     good = load_checkpoint(checkpoint)
     assert good["epoch"] == 1
@@ -122,7 +124,7 @@ def test_head_only_epochs_leave_the_backbone_untouched_then_unfreeze(tiny_data, 
         def log_epoch(self, stats):
             seen[stats.epoch] = model.layer3[0].conv1.weight.detach().clone()
 
-    fit(model, tiny_data, params.train, params.augment, Preprocessing.from_config(params.model),
+    fit(model, tiny_data, params.train, params.augment, Preprocessing.from_config(params.model, params.preprocess),
         checkpoint_path=tmp_path / "h.pt", logger=Snapshot(), progress=False)
     assert torch.equal(seen[1], start)
     assert not torch.equal(seen[2], start)
@@ -158,15 +160,20 @@ def test_no_weight_decay_on_norm_and_bias_parameters(sample_root):
     assert decay["nesterov"] and decay["momentum"] == 0.9
 
 
-def test_learning_rate_schedules(sample_root):
+def test_learning_rate_schedules_step_per_batch(sample_root):
     step = lr_lambda(tiny_params(sample_root, train={"scheduler": "step", "step_size": 7, "gamma": 0.1,
-                                                     "epochs": 20}).train)
-    assert [step(e) for e in (0, 6, 7, 13, 14)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
+                                                     "epochs": 20}).train, steps_per_epoch=10)
+    # Step decays at epoch boundaries: after 7 epochs (70 steps) and 14 epochs (140 steps).
+    assert [step(s) for s in (0, 69, 70, 139, 140)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
     cosine = lr_lambda(tiny_params(sample_root, train={"scheduler": "cosine", "warmup_epochs": 2,
-                                                       "epochs": 10}).train)
-    assert cosine(0) == pytest.approx(1 / 3) and cosine(1) == pytest.approx(2 / 3)
-    assert cosine(2) == pytest.approx(1.0) and cosine(6) == pytest.approx(0.5)
-    assert cosine(9) < 0.05
+                                                       "epochs": 10}).train, steps_per_epoch=10)
+    # Linear warmup over 2 epochs (20 steps), step by step; then cosine over the 8 epochs left, to zero.
+    assert cosine(0) == pytest.approx(1 / 21) and cosine(9) == pytest.approx(10 / 21)
+    assert cosine(19) == pytest.approx(20 / 21)
+    assert cosine(20) == pytest.approx(1.0) and cosine(60) == pytest.approx(0.5)
+    assert cosine(99) < 0.001 and cosine(100) == pytest.approx(0.0)
+    values = [cosine(s) for s in range(20, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:]))  # decays smoothly within epochs, never jumps up
 
 
 def test_imagenet_weights_offline_fail_clearly_and_never_fall_back(monkeypatch):
@@ -201,15 +208,16 @@ def test_local_weights_file_is_loaded_and_its_head_dropped(tmp_path):
 def test_model_file_round_trip_rebuilds_the_same_network(tmp_path):
     torch.manual_seed(0)
     model = build_model("none", 4, dropout=0.3).eval()
-    prep = Preprocessing(resize_size=40, image_size=32)
+    prep = Preprocessing(scan=ScanPrep(size=40, head_crop=True, intensity="equalize"), image_size=32)
     save_model(tmp_path / "model.pt", model, classes=["a", "b", "c", "d"], preprocessing=prep,
-               params={"x": 1}, metrics={"best_epoch": 1})
+               inference=Inference(temperature=1.7, tta_hflip=True), params={"x": 1}, metrics={"best_epoch": 1})
     loaded, bundle = load_model(tmp_path / "model.pt")
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(model(x), loaded(x))
     assert bundle["classes"] == ["a", "b", "c", "d"]
     assert Preprocessing.from_dict(bundle["preprocessing"]) == prep
+    assert Inference.from_dict(bundle["inference"]) == Inference(temperature=1.7, tta_hflip=True)
     assert not list(tmp_path.glob(".model.pt.*"))  # no temporary file left behind
 
     (tmp_path / "junk.pt").write_bytes(b"not a model")
@@ -258,3 +266,63 @@ def test_early_stopping_after_patience_epochs_without_a_better_val_macro_f1(tiny
     assert result.stopped_early
     assert [s.epoch for s in result.history] == [1, 2, 3]
     assert result.best_epoch == 1 and result.summary()["stopped_early"] is True
+
+
+def test_ema_average_follows_the_weights_with_its_decay():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    ema = WeightEMA(model, decay=0.9)
+    start = {k: v.clone() for k, v in ema.model.state_dict().items()}
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+        model[1].num_batches_tracked.fill_(7)
+    ema.update()  # first update: warmup decay min(0.9, 2/11)
+    decay = 2 / 11
+    expected = start["0.weight"] + (1 - decay) * (model[0].weight - start["0.weight"])
+    assert torch.allclose(ema.model[0].weight, expected)
+    assert int(ema.model[1].num_batches_tracked) == 7  # integer buffers are copied, not averaged
+    for _ in range(200):
+        ema.update()
+    assert torch.allclose(ema.model[0].weight, model[0].weight, atol=1e-6)  # converges to constant weights
+    assert not ema.model[0].weight.requires_grad
+
+
+def test_with_ema_the_selected_weights_are_the_average_and_resume_is_exact(tiny_data, sample_root, tmp_path):
+    params = tiny_params(sample_root, train={"epochs": 3, "deterministic": True, "ema_decay": 0.9})
+    straight = _fit(tiny_data, params, tmp_path / "straight.pt")
+    with pytest.raises(KilledAfterEpoch):
+        _fit(tiny_data, params, tmp_path / "resumed.pt", logger=KillAfter(2))
+    assert load_checkpoint(tmp_path / "resumed.pt")["ema"]["updates"] > 0
+    resumed = _fit(tiny_data, params, tmp_path / "resumed.pt")
+    assert _curves(resumed) == _curves(straight)
+    for key, value in straight.best_state.items():
+        assert torch.equal(value, resumed.best_state[key]), key
+
+    plain = _fit(tiny_data, tiny_params(sample_root, train={"epochs": 3, "deterministic": True}), tmp_path / "p.pt")
+    assert _curves(plain)[0][:2] == _curves(straight)[0][:2]  # the same training steps ...
+    assert _curves(plain) != _curves(straight)  # ... but validation and selection see the average
+
+
+def test_cpu_bf16_auto_follows_the_cpu_flags(tmp_path, monkeypatch):
+    from braintumor import runtime
+
+    amx, plain = tmp_path / "amx", tmp_path / "plain"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n")
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n")
+    assert runtime.cpu_has_fast_bf16(str(amx)) and not runtime.cpu_has_fast_bf16(str(plain))
+    assert not runtime.cpu_has_fast_bf16(str(tmp_path / "missing"))  # not Linux: fp32, never wrong
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)
+    assert runtime.autocast_dtype(cpu, amp=True, cpu_bf16="auto") is torch.bfloat16
+    assert runtime.autocast_dtype(cpu, amp=True, cpu_bf16=False) is None
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: False)
+    assert runtime.autocast_dtype(cpu, amp=True, cpu_bf16="auto") is None
+    assert runtime.autocast_dtype(cpu, amp=True, cpu_bf16=True) is torch.bfloat16
+    assert runtime.precision_name(torch.bfloat16) == "bf16" and runtime.precision_name(None) == "fp32"
+
+
+def test_training_reports_the_precision_it_ran_in(tiny_data, sample_root, tmp_path):
+    result = _fit(tiny_data, tiny_params(sample_root, train={"cpu_bf16": True}), tmp_path / "bf16.pt")
+    assert result.precision == "bf16"
+    result = _fit(tiny_data, tiny_params(sample_root, train={"cpu_bf16": False}), tmp_path / "fp32.pt")
+    assert result.precision == "fp32"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -14,21 +15,22 @@ from braintumor.fileio import atomic_path
 log = logging.getLogger(__name__)
 
 
-def save_checkpoint(path: str | Path, *, model, optimizer, scheduler, scaler, state: dict[str, Any],
-                    history: list[dict[str, Any]]) -> None:
+def save_checkpoint(path: str | Path, *, model, optimizer, scheduler, scaler, ema, state) -> None:
+    """Everything a resumed run needs to continue exactly: weights, optimizer, schedule, EMA, RNGs, TrainState."""
     payload = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
+        "ema": ema.state_dict() if ema is not None else None,
         "rng": runtime.rng_states(),
-        "epoch": state["epoch"],
-        "best_f1": state["best_f1"],
-        "best_epoch": state["best_epoch"],
-        "best_state": state["best_state"],
-        "since_best": state["since_best"],
-        "history": history,
-        "extra": state["extra"],
+        "epoch": state.epoch,
+        "best_f1": state.best_f1,
+        "best_epoch": state.best_epoch,
+        "best_state": state.best_state,
+        "since_best": state.since_best,
+        "history": [asdict(h) for h in state.history],
+        "extra": state.extra,
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)

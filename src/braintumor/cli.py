@@ -64,7 +64,39 @@ def _import_data(args: argparse.Namespace) -> None:
     dest = args.dest or params.paths.data
     counts = import_dataset(args.source, dest, params.data.classes, params.data.aliases)
     print(f"import-data: copied {counts.get('Training', 0)} Training and {counts.get('Testing', 0)} Testing images "
-          f"into {dest}/. Version it: dvc add {dest}/Training {dest}/Testing && git add {dest}/*.dvc")
+          f"into {dest}/. Version it: dvc add {dest}/Training {dest}/Testing && git add {dest}/*.dvc\n"
+          "Train on it with the best recipe for a CPU, from scratch (offline):  braintumor recipe cpu-scratch\n"
+          "  with ImageNet weights on a GPU: braintumor recipe imagenet-finetune   (all recipes: braintumor recipe)")
+
+
+def _recipe(args: argparse.Namespace) -> None:
+    import shlex
+    import subprocess
+    import time
+
+    import yaml
+
+    from braintumor.recipes import list_recipes, load_recipe
+
+    if not args.name:
+        for recipe in list_recipes():
+            print(f"{recipe.name:<20} {recipe.description}")
+        print("\nRun one: braintumor recipe NAME   (show its command first: braintumor recipe NAME --dry-run)")
+        return
+    recipe = load_recipe(args.name)
+    params_path = Path(args.params)
+    if not params_path.is_file():
+        raise BrainTumorError(f"{params_path} not found: run from the repository root.")
+    with open(params_path, encoding="utf-8") as fh:
+        recipe.check(yaml.safe_load(fh) or {})  # a bad key or value stops here, before DVC starts
+    command = ["dvc", "exp", "run", "-n", f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+               *recipe.set_args(), *args.dvc_args]
+    print(f"recipe {recipe.name}: {recipe.description}")
+    print(shlex.join(command), flush=True)
+    if args.dry_run:
+        return
+    dvc = Path(sys.executable).with_name("dvc")  # the venv's, also when the venv is not activated
+    sys.exit(subprocess.call([str(dvc) if dvc.is_file() else "dvc", *command[1:]]))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,11 +128,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dest", help="destination (default: paths.data from params.yaml)")
     p.add_argument("--params", default="params.yaml")
     p.set_defaults(func=_import_data)
+
+    p = sub.add_parser("recipe", help="run a named recipe (recipes/NAME.yaml) as a DVC experiment; no NAME: list them",
+                       description="Runs `dvc exp run -n NAME-<time> -S key=value ...` with the recipe's params. More "
+                       "`dvc exp run` options go after --, e.g. `braintumor recipe cpu-scratch -- --temp`.")
+    p.add_argument("name", nargs="?", help="the recipe (a file recipes/NAME.yaml)")
+    p.add_argument("--dry-run", action="store_true", help="check the recipe and print the dvc command only")
+    p.add_argument("--params", default="params.yaml")
+    p.set_defaults(func=_recipe)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    passthrough: list[str] = []
+    if "--" in argv:  # what follows goes to the command `braintumor recipe` runs
+        argv, passthrough = argv[:argv.index("--")], argv[argv.index("--") + 1:]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if passthrough and args.command != "recipe":
+        parser.error(f"unrecognized arguments after --: {' '.join(passthrough)}")
+    args.dvc_args = passthrough
     _guarded(lambda: args.func(args))
 
 

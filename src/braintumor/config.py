@@ -63,6 +63,27 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class PreprocessConfig:
+    """What every scan goes through before the network (preprocess.py); saved in the model file, so evaluation,
+    `braintumor predict` and the served model repeat exactly what training saw."""
+
+    head_crop: bool = True
+    crop_threshold: float = 0.1
+    crop_margin: float = 0.04
+    intensity: Literal["none", "percentile", "equalize"] = "percentile"
+    percentiles: list[float] = field(default_factory=lambda: [1.0, 99.0])
+
+    def __post_init__(self) -> None:
+        _check(0.0 < self.crop_threshold < 1.0, "preprocess.crop_threshold", self.crop_threshold,
+               "a fraction of the scan's 99th percentile in (0, 1)")
+        _check(0.0 <= self.crop_margin <= 0.5, "preprocess.crop_margin", self.crop_margin,
+               "a fraction of the head box in [0, 0.5]")
+        lo_hi = self.percentiles
+        _check(len(lo_hi) == 2 and 0.0 <= lo_hi[0] < lo_hi[1] <= 100.0, "preprocess.percentiles", lo_hi,
+               "[low, high] with 0 <= low < high <= 100")
+
+
+@dataclass(frozen=True)
 class AugmentConfig:
     """The train preset (transforms.py) and the preview of it."""
 
@@ -71,6 +92,9 @@ class AugmentConfig:
     rotation_degrees: float = 10.0
     brightness: float = 0.2
     contrast: float = 0.2
+    gamma: float = 1.0  # gamma drawn log-uniformly in [1/gamma, gamma]; 1 = off
+    blur_sharpen: float = 0.0  # x + s * (x - blur(x)), s uniform in [-blur_sharpen, blur_sharpen]; 0 = off
+    noise: float = 0.0  # Gaussian noise, its std uniform in [0, noise] (pixel range 0..1); 0 = off
     preview_seed: int = 0
     preview_images_per_class: int = 2
     preview_views: int = 4
@@ -84,6 +108,10 @@ class AugmentConfig:
         for key in ("brightness", "contrast"):
             value = getattr(self, key)
             _check(0.0 <= value < 1.0, f"augment.{key}", value, "a jitter strength in [0, 1) (0 switches it off)")
+        _check(1.0 <= self.gamma <= 4.0, "augment.gamma", self.gamma, "a number in [1, 4] (1 switches it off)")
+        _check(0.0 <= self.blur_sharpen <= 1.0, "augment.blur_sharpen", self.blur_sharpen,
+               "a strength in [0, 1] (0 switches it off)")
+        _check(0.0 <= self.noise <= 0.5, "augment.noise", self.noise, "a noise std in [0, 0.5] (0 switches it off)")
         _check(self.preview_images_per_class >= 1, "augment.preview_images_per_class",
                self.preview_images_per_class, "an integer >= 1")
         _check(self.preview_views >= 1, "augment.preview_views", self.preview_views, "an integer >= 1")
@@ -96,6 +124,7 @@ class ModelConfig:
     dropout: float = 0.0
     image_size: int = 224  # network input (crop) size
     resize_size: int = 256  # scans are resized to this square before cropping
+    tta_hflip: bool = False  # average each scan's prediction with its mirror image's (everywhere it predicts)
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "a probability in [0, 1)")
@@ -130,7 +159,9 @@ class TrainConfig:
     num_workers: int = 0
     pin_memory: bool = True
     amp: bool = True  # CUDA only: bf16 autocast where supported, else fp16 with a grad scaler
-    cpu_bf16: bool = False  # bf16 autocast on CPU; only pays off on CPUs with AVX512-BF16/AMX
+    # bf16 autocast on CPU. auto: on when the CPU has AMX or AVX512-BF16 (2.5x faster there), fp32 otherwise.
+    cpu_bf16: Literal["auto"] | bool = "auto"
+    ema_decay: float = 0.0  # exponential moving average of the weights, per step; validated and saved; 0 = off
     channels_last: bool = True
     compile: bool = False
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default
@@ -145,6 +176,8 @@ class TrainConfig:
         _check(self.lr > 0, "train.lr", self.lr, "a positive learning rate")
         _check(0.0 <= self.momentum < 1.0, "train.momentum", self.momentum, "a number in [0, 1)")
         _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "a number >= 0")
+        _check(self.ema_decay == 0.0 or 0.9 <= self.ema_decay < 1.0, "train.ema_decay", self.ema_decay,
+               "0 (off) or a decay in [0.9, 1), e.g. 0.998")
         _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", self.label_smoothing, "a number in [0, 1)")
         _check(0.0 < self.gamma <= 1.0, "train.gamma", self.gamma, "a number in (0, 1]")
         _check(self.grad_clip >= 0, "train.grad_clip", self.grad_clip, "a max norm >= 0 (0 = off)")
@@ -159,8 +192,9 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvaluateConfig:
     batch_size: int = 32
-    tta_hflip: bool = False
     calibration_bins: int = 15
+    # Another labelled dataset (a folder of <class>/ folders; data.aliases apply) scored next to Testing; "" = none.
+    external_data: str = ""
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "evaluate.batch_size", self.batch_size, "an integer >= 1")
@@ -194,6 +228,7 @@ class TrackingConfig:
 class Params:
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -289,7 +324,9 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
                 return _coerce(option, value, key)
             except ConfigError:
                 continue
-        raise ConfigError(f"{key} = {value!r} has the wrong type: expected {hint}")
+        described = [", ".join(map(str, typing.get_args(a))) if typing.get_origin(a) is Literal
+                     else "true, false" if a is bool else a.__name__ for a in args]
+        raise ConfigError(f"{key} = {value!r} is not allowed: expected one of {', '.join(described)}")
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key} = {value!r} has the wrong type: expected a list")

@@ -1,4 +1,8 @@
-"""Batched inference: class probabilities for a loader of (image, label) batches."""
+"""Batched inference: the one place logits become probabilities (evaluation, validation, predict, serving).
+
+The model file's `Inference` settings apply here: the mirror-image average (`tta_hflip`) and the temperature
+fitted on val (`probabilities = softmax(logits / temperature)`).
+"""
 
 from __future__ import annotations
 
@@ -7,31 +11,46 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from braintumor.model import Inference
 from braintumor.runtime import autocast
 
 
 @torch.no_grad()
-def predict_probs(model: nn.Module, batches, device: torch.device, transform, *,
-                  amp_dtype: torch.dtype | None = None, tta_hflip: bool = False,
-                  channels_last: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
-    """Returns (probs (N, C) float64, labels (N,), mean cross-entropy). Model must be in eval mode.
+def predict_logits(model: nn.Module, batches, device: torch.device, transform, *, tta_hflip: bool = False,
+                   amp_dtype: torch.dtype | None = None,
+                   channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns (logits (N, C) float64 on the CPU, labels (N,)). Model must be in eval mode.
 
     batches yield (uint8 squares (B, 1, S, S), labels); `transform` (the eval preset) runs on `device`.
     """
-    probs, labels, loss_sum = [], [], 0.0
+    logits, labels = [], []
     for squares, targets in batches:
         images = transform(squares.to(device, non_blocking=True))  # (B, 3, H, W)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        targets = torch.as_tensor(targets).to(device)
         with autocast(device, amp_dtype):
-            logits = model(images).float()  # (B, C)
+            out = model(images).float()  # (B, C)
             if tta_hflip:  # average the logits of the scan and its mirror image
-                logits = (logits + model(torch.flip(images, dims=[3])).float()) / 2
-        loss_sum += F.cross_entropy(logits, targets, reduction="sum").item()
-        probs.append(torch.softmax(logits.double(), dim=1).cpu())  # float64: rows sum to 1 to 1e-12
-        labels.append(targets.cpu())
-    if not probs:
+                out = (out + model(torch.flip(images, dims=[3])).float()) / 2
+        logits.append(out.double().cpu())  # float64: probabilities sum to 1 to 1e-12
+        labels.append(torch.as_tensor(targets).cpu())
+    if not logits:
+        return torch.zeros((0, 0), dtype=torch.float64), torch.zeros(0, dtype=torch.int64)
+    return torch.cat(logits), torch.cat(labels)
+
+
+def predict_probs(model: nn.Module, batches, device: torch.device, transform, *,
+                  inference: Inference = Inference(), amp_dtype: torch.dtype | None = None,
+                  channels_last: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+    """Returns (probs (N, C) float64, labels (N,), mean cross-entropy of those probabilities)."""
+    logits, labels = predict_logits(model, batches, device, transform, tta_hflip=inference.tta_hflip,
+                                    amp_dtype=amp_dtype, channels_last=channels_last)
+    if len(labels) == 0:
         return np.zeros((0, 0)), np.zeros(0, dtype=np.int64), float("nan")
-    all_labels = torch.cat(labels).numpy()
-    return torch.cat(probs).numpy(), all_labels, loss_sum / max(1, len(all_labels))
+    loss = float(F.cross_entropy(logits / inference.temperature, labels))
+    return probabilities(logits, inference.temperature), labels.numpy(), loss
+
+
+def probabilities(logits: torch.Tensor, temperature: float = 1.0) -> np.ndarray:
+    """(N, C) logits -> (N, C) float64 probabilities, softmax(logits / temperature)."""
+    return torch.softmax(logits.double() / temperature, dim=1).numpy()

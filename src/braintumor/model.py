@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ log = logging.getLogger(__name__)
 
 # Backbone parts in forward order; `train.freeze: layer2` freezes the stem, layer1 and layer2.
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
-MODEL_FORMAT = 1
+MODEL_FORMAT = 2  # 2: head crop and intensity settings in "preprocessing", temperature and TTA in "inference"
+READABLE_FORMATS = (1, 2)
 
 
 def build_model(weights: str, num_classes: int, dropout: float = 0.0) -> nn.Module:
@@ -90,11 +92,25 @@ def keep_frozen_in_eval(model: nn.Module) -> None:
             module.eval()
 
 
+@dataclass(frozen=True)
+class Inference:
+    """How the network's logits become the probabilities every stage reports; saved in the model file."""
+
+    temperature: float = 1.0  # probabilities = softmax(logits / temperature), fitted on val (calibration.py)
+    tta_hflip: bool = False  # logits averaged over the scan and its mirror image
+
+    @classmethod
+    def from_dict(cls, spec: dict | None) -> Inference:
+        spec = spec or {}
+        return cls(temperature=float(spec.get("temperature", 1.0)), tta_hflip=bool(spec.get("tta_hflip", False)))
+
+
 def save_model(path: str | Path, model: nn.Module, *, classes: list[str], preprocessing: Preprocessing,
-               params: dict[str, Any], metrics: dict[str, Any]) -> None:
+               params: dict[str, Any], metrics: dict[str, Any], inference: Inference = Inference()) -> None:
     state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
     bundle = {"format": MODEL_FORMAT, "arch": "resnet50", "state_dict": state, "classes": list(classes),
-              "preprocessing": preprocessing.to_dict(), "params": params, "metrics": metrics}
+              "preprocessing": preprocessing.to_dict(), "inference": asdict(inference), "params": params,
+              "metrics": metrics}
     with atomic_path(path) as tmp:
         torch.save(bundle, tmp)
 
@@ -108,8 +124,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
         bundle = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise BrainTumorError(f"{path} is not a model file written by this project ({type(exc).__name__}: {exc})")
-    if not isinstance(bundle, dict) or bundle.get("format") != MODEL_FORMAT:
-        raise BrainTumorError(f"{path} is not a model file written by this project (format {MODEL_FORMAT}).")
+    if not isinstance(bundle, dict) or bundle.get("format") not in READABLE_FORMATS:
+        raise BrainTumorError(f"{path} is not a model file written by this project (format "
+                              f"{' or '.join(map(str, READABLE_FORMATS))}).")
     model = build_model("none", len(bundle["classes"]))
     model.load_state_dict(bundle.pop("state_dict"))
     model.to(device).eval()

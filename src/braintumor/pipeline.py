@@ -25,7 +25,7 @@ from braintumor.data.cache import SquaresDataset, cached_squares
 from braintumor.data.splits import read_manifest, rows, write_manifest
 from braintumor.data.validate import validate_dataset
 from braintumor.fileio import atomic_path, project_path, write_json
-from braintumor.model import build_model, save_model
+from braintumor.model import Inference, build_model, save_model
 from braintumor.runtime import init_distributed
 from braintumor.training import TrainData, fit
 from braintumor.transforms import Preprocessing
@@ -58,7 +58,7 @@ def train(params: Params) -> dict:
         from braintumor.tracking import RunTracker  # mlflow is imported by the process that logs, only
 
         tracker = RunTracker(params, resume_run_id=checkpoint_extra(checkpoint).get("mlflow_run_id"))
-    prep = Preprocessing.from_config(params.model)
+    prep = Preprocessing.from_config(params.model, params.preprocess)
     model = build_model(params.model.weights, len(params.data.classes), params.model.dropout)
     try:
         result = fit(model, data, params.train, params.augment, prep, checkpoint_path=checkpoint, logger=tracker,
@@ -69,13 +69,14 @@ def train(params: Params) -> dict:
         raise
     if not dist_info.is_main:
         return {}
-    summary = result.summary()
     model.load_state_dict(result.best_state)
-    save_model(params.paths.model, model, classes=params.data.classes, preprocessing=prep,
+    inference = _calibrate(model, data, prep, params)
+    summary = {**result.summary(), "temperature": inference.temperature, "precision": result.precision}
+    save_model(params.paths.model, model, classes=params.data.classes, preprocessing=prep, inference=inference,
                params=params.to_dict(), metrics=summary)
     write_json(params.paths.train_metrics, summary)
     _write_history(result.history, Path(params.paths.train_plots) / "history.csv")
-    tracker.finish_training(summary, result.device)
+    tracker.finish_training(summary, result.device, result.precision)
     version = None
     if params.tracking.log_model:
         version = _log_served_model(tracker, params, data.train_squares[0])
@@ -90,6 +91,22 @@ def train(params: Params) -> dict:
     return summary
 
 
+def _calibrate(model, data: TrainData, prep: Preprocessing, params: Params) -> Inference:
+    """The selected model's inference settings, with the temperature fitted on val (calibration.py)."""
+    from braintumor.calibration import fit_temperature
+    from braintumor.inference import predict_logits
+    from braintumor.transforms import eval_preset
+
+    device = next(model.parameters()).device
+    loader = torch.utils.data.DataLoader(SquaresDataset(data.val_squares, data.val_labels),
+                                         batch_size=params.evaluate.batch_size)
+    logits, labels = predict_logits(model.eval(), loader, device, eval_preset(prep),
+                                    tta_hflip=params.model.tta_hflip)
+    temperature = fit_temperature(logits, labels)
+    print(f"train: temperature {temperature:.3f}, fitted on {len(labels)} val scans")
+    return Inference(temperature=temperature, tta_hflip=params.model.tta_hflip)
+
+
 def _training_data(params: Params, dist_info) -> tuple[TrainData, pd.DataFrame]:
     """The manifest's train and val rows, decoded once into the cache (rank 0 decodes; other ranks read it)."""
     frame = read_manifest(params.paths.manifest, params.data.classes)
@@ -97,8 +114,8 @@ def _training_data(params: Params, dist_info) -> tuple[TrainData, pd.DataFrame]:
     cache = project_path(params.paths.cache)  # shared by `dvc exp run --temp` copies of the repository
 
     def decoded():
-        return cached_squares(images, params.paths.data, params.model.resize_size, cache,
-                              max_pixels=params.data.max_image_pixels, progress=dist_info.is_main)
+        return cached_squares(images, params.paths.data, Preprocessing.from_config(params.model, params.preprocess).scan,
+                              cache, max_pixels=params.data.max_image_pixels, progress=dist_info.is_main)
 
     if dist_info.enabled:
         squares = decoded() if dist_info.is_main else None
@@ -114,7 +131,7 @@ def _training_data(params: Params, dist_info) -> tuple[TrainData, pd.DataFrame]:
 
 def _checkpoint_path(params: Params, images: pd.DataFrame) -> Path:
     """The checkpoint belongs to these exact params and data: a changed param starts afresh, a rerun resumes."""
-    identity = {k: v for k, v in params.to_dict().items() if k in ("model", "train", "augment")}
+    identity = {k: v for k, v in params.to_dict().items() if k in ("preprocess", "model", "train", "augment")}
     identity["classes"] = params.data.classes
     identity["rows"] = images[["path", "sha256", "split"]].to_numpy().tolist()
     fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
@@ -146,7 +163,7 @@ def augment_preview(params: Params) -> None:
 
     frame = read_manifest(params.paths.manifest, params.data.classes)
     fig = preview_figure(rows(frame, "train"), params.paths.data, params.data.classes,
-                         Preprocessing.from_config(params.model), params.augment,
+                         Preprocessing.from_config(params.model, params.preprocess), params.augment,
                          max_pixels=params.data.max_image_pixels)
     with atomic_path(params.paths.preview) as tmp:
         fig.savefig(tmp, format="png", dpi=80)
@@ -154,13 +171,12 @@ def augment_preview(params: Params) -> None:
 
 
 def evaluate(params: Params) -> dict:
-    """Batched inference on the Testing rows; metrics overall and on the leak-free subset; promotion."""
+    """Batched inference on the Testing rows (and the external set, if any); metrics overall and on the leak-free
+    subset; promotion."""
     from braintumor import evaluation as ev
-    from braintumor.inference import predict_probs
     from braintumor.model import load_model
     from braintumor.runtime import select_device
     from braintumor.tracking import RunLogger, read_run_info
-    from braintumor.transforms import eval_preset
 
     frame = read_manifest(params.paths.manifest, params.data.classes)
     device = select_device("cuda" if params.train.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
@@ -168,26 +184,26 @@ def evaluate(params: Params) -> dict:
     if list(bundle["classes"]) != list(params.data.classes):
         raise BrainTumorError(f"{params.paths.model} was trained on classes {bundle['classes']} but data.classes is "
                               f"{params.data.classes}. Retrain (`dvc repro train`) or restore data.classes.")
-    prep = Preprocessing.from_dict(bundle["preprocessing"])
+    scorer = _Scorer(model, device, bundle, params)
     test = rows(frame, "test")
-    squares = cached_squares(test, params.paths.data, prep.resize_size, project_path(params.paths.cache),
-                             max_pixels=params.data.max_image_pixels)
-    labels = test["label"].map({c: i for i, c in enumerate(params.data.classes)}).to_numpy()
-    loader = torch.utils.data.DataLoader(SquaresDataset(squares, labels), batch_size=params.evaluate.batch_size)
-    probs, y_true, _ = predict_probs(model, loader, device, eval_preset(prep), tta_hflip=params.evaluate.tta_hflip)
+    logits, y_true = scorer.logits(test, params.paths.data)
+    probs = scorer.probabilities(logits)
     leak_free = ev.leak_free_mask(test)
-    bins = params.evaluate.calibration_bins
-    metrics = ev.classification_metrics(y_true, probs, params.data.classes, bins=bins)
-    metrics["leak_free"] = {k: v for k, v in ev.classification_metrics(
-        y_true[leak_free], probs[leak_free], params.data.classes, bins=bins).items() if k != "per_class"}
-    write_json(params.paths.eval_metrics, metrics)
+    metrics = scorer.metrics(y_true, logits)
+    metrics["leak_free"] = scorer.metrics(y_true[leak_free], logits[leak_free], per_class=False)
     outputs = _write_eval_plots(params, test, probs, y_true, leak_free)
+    if params.evaluate.external_data:
+        metrics["external"], external_csv = _evaluate_external(scorer, frame, params)
+        outputs.append(external_csv)
+    write_json(params.paths.eval_metrics, metrics)
 
     logger = RunLogger(read_run_info(params.paths.run_info))
-    headline = {k: metrics[k] for k in ev.HEADLINE if metrics[k] is not None}
-    logger.log_metrics(headline, prefix="test_")
-    logger.log_metrics({k: v for k, v in metrics["leak_free"].items() if isinstance(v, (int, float))},
-                       prefix="test_leak_free_")
+    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    logger.log_metrics(scalars, prefix="test_")
+    logger.log_metrics(_scalars(metrics["leak_free"]), prefix="test_leak_free_")
+    if "external" in metrics:
+        logger.log_metrics(_scalars(metrics["external"]), prefix="external_")
+        logger.log_metrics(_scalars(metrics["external"]["copy_free"]), prefix="external_copy_free_")
     logger.log_figure(_confusion_figure(y_true, probs, params.data.classes), "evaluation/confusion_matrix.png")
     for path in outputs + [params.paths.eval_metrics]:
         logger.log_artifact(path, "evaluation")
@@ -196,11 +212,86 @@ def evaluate(params: Params) -> dict:
     lf = metrics["leak_free"]
     print(f"evaluate: Testing accuracy {metrics['accuracy']:.3f} macro-F1 {metrics['macro_f1']:.3f} "
           f"(n={metrics['n']}); leak-free accuracy "
-          + (f"{lf['accuracy']:.3f} macro-F1 {lf['macro_f1']:.3f} (n={lf['n']})" if lf["n"] else "n/a (n=0)"))
+          + (f"{lf['accuracy']:.3f} macro-F1 {lf['macro_f1']:.3f} (n={lf['n']})" if lf["n"] else "n/a (n=0)")
+          + f"; ECE {metrics['ece']:.3f} (before temperature scaling {metrics['ece_uncalibrated']:.3f})")
+    if "external" in metrics:
+        ext, free = metrics["external"], metrics["external"]["copy_free"]
+        print(f"evaluate: external set accuracy {ext['accuracy']:.3f} macro-F1 {ext['macro_f1']:.3f} (n={ext['n']}); "
+              + (f"copy-free accuracy {free['accuracy']:.3f} (n={free['n']})" if free["n"] else "no copy-free scan")
+              + f"; {ext['exact_in_train']} exact and {ext['near_in_train']} near copies of Training scans")
     print(f"evaluate: model version {decision.get('version')} -> {decision['decision']}"
           + (f" (champion had macro-F1 {decision['previous_champion_test_macro_f1']:.3f})"
              if decision.get("previous_champion_test_macro_f1") is not None else ""))
     return metrics
+
+
+class _Scorer:
+    """The model file's inference (preprocessing, TTA, temperature) over manifest-like rows, and their metrics."""
+
+    def __init__(self, model, device, bundle: dict, params: Params) -> None:
+        from braintumor.transforms import eval_preset
+
+        self.model, self.device, self.params = model, device, params
+        self.prep = Preprocessing.from_dict(bundle["preprocessing"])
+        self.inference = Inference.from_dict(bundle.get("inference"))
+        self.transform = eval_preset(self.prep)
+
+    def logits(self, frame: pd.DataFrame, root: str | Path) -> tuple[torch.Tensor, np.ndarray]:
+        from braintumor.inference import predict_logits
+
+        squares = cached_squares(frame, root, self.prep.scan, project_path(self.params.paths.cache),
+                                 max_pixels=self.params.data.max_image_pixels)
+        labels = frame["label"].map({c: i for i, c in enumerate(self.params.data.classes)}).to_numpy()
+        loader = torch.utils.data.DataLoader(SquaresDataset(squares, labels),
+                                             batch_size=self.params.evaluate.batch_size)
+        logits, y_true = predict_logits(self.model, loader, self.device, self.transform,
+                                        tta_hflip=self.inference.tta_hflip)
+        return logits, y_true.numpy()
+
+    def probabilities(self, logits: torch.Tensor, calibrated: bool = True) -> np.ndarray:
+        from braintumor.inference import probabilities
+
+        return probabilities(logits, self.inference.temperature if calibrated else 1.0)
+
+    def metrics(self, y_true: np.ndarray, logits: torch.Tensor, *, per_class: bool = True) -> dict:
+        """Headline metrics (probabilities after temperature scaling), the temperature and ECE before it."""
+        from braintumor import evaluation as ev
+
+        bins, classes = self.params.evaluate.calibration_bins, self.params.data.classes
+        metrics = ev.classification_metrics(y_true, self.probabilities(logits), classes, bins=bins)
+        metrics["ece_uncalibrated"] = (ev.expected_calibration_error(y_true, self.probabilities(logits, False),
+                                                                     bins=bins) if len(y_true) else None)
+        metrics["temperature"] = self.inference.temperature
+        if not per_class:
+            metrics.pop("per_class")
+        return metrics
+
+
+def _evaluate_external(scorer: _Scorer, frame: pd.DataFrame, params: Params) -> tuple[dict, str]:
+    """Metrics on the external set (all of it, and its part without copies of Training scans), and its CSV."""
+    from braintumor.data.external import load_external
+
+    external = load_external(params.evaluate.external_data, rows(frame, "train", "val"), params.paths.data,
+                             params.data)
+    logits, y_true = scorer.logits(external.frame, external.root)
+    copy_free = external.copy_free
+    metrics = {"path": str(params.evaluate.external_data), **scorer.metrics(y_true, logits),
+               "n_excluded": len(external.excluded),
+               "exact_in_train": int(external.frame["exact_in_train"].sum()),
+               "near_in_train": int(external.frame["near_in_train"].sum()),
+               "copy_free": scorer.metrics(y_true[copy_free], logits[copy_free], per_class=False)}
+    probs = scorer.probabilities(logits)
+    classes = params.data.classes
+    table = external.frame.assign(predicted=[classes[i] for i in probs.argmax(axis=1)],
+                                  probability=probs.max(axis=1), copy_free=copy_free)
+    path = Path(params.paths.eval_plots) / "external_predictions.csv"
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    return metrics, str(path)
+
+
+def _scalars(metrics: dict) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _write_eval_plots(params: Params, test: pd.DataFrame, probs: np.ndarray, y_true: np.ndarray,

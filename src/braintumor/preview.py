@@ -1,5 +1,6 @@
-"""The augmentation preview: a few training scans per class, each as the model's eval view and augmented views
-made by the very train preset that training uses (transforms.train_preset), deterministically from a seed."""
+"""The augmentation preview: a few training scans per class, each as stored, after preprocessing (the model's eval
+view) and in augmented views made by the very train preset that training uses (transforms.train_preset),
+deterministically from a seed."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch  # noqa: E402
 
 from braintumor.config import AugmentConfig  # noqa: E402
 from braintumor.data.cache import load_square  # noqa: E402
+from braintumor.imaging import decode_grayscale  # noqa: E402
 from braintumor.transforms import Preprocessing, display_preset, eval_preset  # noqa: E402
 
 
@@ -29,23 +31,27 @@ def preview_figure(train_rows: pd.DataFrame, data_root: str | Path, classes: lis
     views = display_preset(prep, augment)
     eval_view = eval_preset(prep)
     draws = torch.Generator().manual_seed(augment.preview_seed)  # its own generator: deterministic, side-effect free
-    cols = augment.preview_views + 1
+    cols = augment.preview_views + 2
     fig, axes = plt.subplots(len(picks), cols, figsize=(1.9 * cols, 2.0 * len(picks)), squeeze=False)
+    titles = ["scan as stored", "preprocessed\n(eval view)"] + [f"train view {i + 1}" for i in range(cols - 2)]
     for row, (label, path) in enumerate(picks):
-        square = torch.from_numpy(load_square(Path(data_root) / path, prep.resize_size, max_pixels))[None]  # (1,S,S)
+        stored = np.asarray(decode_grayscale(Path(data_root) / path, max_pixels=max_pixels))  # before preprocessing
+        square = torch.from_numpy(load_square(Path(data_root) / path, prep.scan, max_pixels))[None]  # (1,S,S)
         augmented = views(square.expand(augment.preview_views, 1, -1, -1), draws)  # (V, 1, H, W) uint8
-        images = [eval_view.crop(square)] + list(augmented)
+        images = [stored, eval_view.crop(square)[0].numpy()] + [view[0].numpy() for view in augmented]
         for col, image in enumerate(images):
             ax = axes[row, col]
-            ax.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=255)
+            ax.imshow(image, cmap="gray", vmin=0, vmax=255)
             ax.set_xticks([])
             ax.set_yticks([])
             if col == 0:
                 ax.set_ylabel(f"{label}\n{Path(path).name[:22]}", fontsize=7)
             if row == 0:
-                ax.set_title("eval view" if col == 0 else f"train view {col}", fontsize=8)
-    fig.suptitle(f"Train preset: crop scale {augment.crop_scale}, hflip {augment.hflip}, rotation "
-                 f"±{augment.rotation_degrees:g}°, brightness {augment.brightness:g}, contrast {augment.contrast:g}",
-                 fontsize=9)
+                ax.set_title(titles[col], fontsize=8)
+    scan = prep.scan
+    fig.suptitle(f"Preprocessing: head crop {scan.head_crop}, intensity {scan.intensity}. Train preset: crop scale "
+                 f"{augment.crop_scale}, hflip {augment.hflip}, rotation ±{augment.rotation_degrees:g}°, brightness "
+                 f"{augment.brightness:g}, contrast {augment.contrast:g}, gamma {augment.gamma:g}, blur/sharpen "
+                 f"{augment.blur_sharpen:g}, noise {augment.noise:g}", fontsize=8, wrap=True)
     fig.tight_layout()
     return fig

@@ -67,13 +67,33 @@ def configure(device: torch.device, *, threads: int, deterministic: bool) -> Non
         torch.backends.cudnn.allow_tf32 = True
 
 
-def autocast_dtype(device: torch.device, *, amp: bool, cpu_bf16: bool) -> torch.dtype | None:
-    """bf16 where the device supports it, fp16 on older GPUs, None for full fp32."""
+def autocast_dtype(device: torch.device, *, amp: bool, cpu_bf16: bool | str) -> torch.dtype | None:
+    """bf16 where the device supports it, fp16 on older GPUs, None for full fp32.
+
+    cpu_bf16 "auto": bf16 on CPUs with AMX or AVX512-BF16 (bf16 matmuls about 4x fp32 there), fp32 elsewhere,
+    where bf16 is emulated and slower."""
     if device.type == "cuda" and amp:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if device.type == "cpu" and cpu_bf16:
+    if device.type == "cpu" and (cpu_bf16 is True or (cpu_bf16 == "auto" and cpu_has_fast_bf16())):
         return torch.bfloat16
     return None
+
+
+def cpu_has_fast_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Does this CPU have bf16 matrix instructions (Intel AMX, or AVX512-BF16 on Intel and AMD)?"""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    except OSError:  # not Linux: no way to tell cheaply, and fp32 is never wrong
+        pass
+    return False
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -18,7 +18,8 @@ import torch
 from braintumor.data.cache import load_square
 from braintumor.errors import BrainTumorError
 from braintumor.imaging import ImageProblem
-from braintumor.model import load_model
+from braintumor.inference import predict_logits, probabilities
+from braintumor.model import Inference, load_model
 from braintumor.transforms import Preprocessing, eval_preset
 
 INPUT_COLUMN = "image"
@@ -41,24 +42,24 @@ class Predictor:
         self.device, self.batch_size = torch.device(device), batch_size
         self.classes: list[str] = list(bundle["classes"])
         self.prep = Preprocessing.from_dict(bundle["preprocessing"])
+        self.inference = Inference.from_dict(bundle.get("inference"))
         self.transform = eval_preset(self.prep)
         self.max_pixels = int(bundle["params"]["data"]["max_image_pixels"])
         self.bundle = bundle
 
     def square(self, source: bytes | str | os.PathLike) -> np.ndarray:
         """One scan -> (S, S) uint8, exactly as evaluation sees it. Raises ImageProblem."""
-        return load_square(source, self.prep.resize_size, self.max_pixels)
+        return load_square(source, self.prep.scan, self.max_pixels)
 
-    @torch.no_grad()
     def probabilities(self, squares: list[np.ndarray]) -> np.ndarray:
-        """(N, C) class probabilities for (S, S) uint8 squares."""
-        out = []
-        for start in range(0, len(squares), self.batch_size):
-            chunk = squares[start:start + self.batch_size]
-            batch = torch.from_numpy(np.stack(chunk))[:, None].to(self.device)  # (B, 1, S, S) uint8
-            logits = self.model(self.transform(batch))  # the eval preset, exactly as in evaluation
-            out.append(torch.softmax(logits.double(), dim=1).cpu().numpy())
-        return np.concatenate(out) if out else np.zeros((0, len(self.classes)))
+        """(N, C) class probabilities for (S, S) uint8 squares: evaluation's inference, temperature included."""
+        if not squares:
+            return np.zeros((0, len(self.classes)))
+        batches = ((torch.from_numpy(np.stack(squares[i:i + self.batch_size]))[:, None], torch.zeros(0))
+                   for i in range(0, len(squares), self.batch_size))  # (B, 1, S, S) uint8, no labels
+        logits, _ = predict_logits(self.model, batches, self.device, self.transform,
+                                   tta_hflip=self.inference.tta_hflip)
+        return probabilities(logits, self.inference.temperature)
 
     def table(self, probs: np.ndarray) -> pd.DataFrame:
         best = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=int)

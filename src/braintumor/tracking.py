@@ -75,9 +75,9 @@ class RunTracker:
         values = {k: float(v) for k, v in vars(stats).items() if k not in ("epoch", "seconds")}
         mlflow.log_metrics(values, step=stats.epoch)
 
-    def finish_training(self, summary: dict[str, Any], device: str) -> None:
-        mlflow.log_metrics({k: float(v) for k, v in summary.items()})
-        mlflow.set_tag("device", device)
+    def finish_training(self, summary: dict[str, Any], device: str, precision: str) -> None:
+        mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})
+        mlflow.set_tags({"device": device, "precision": precision})
         for path in (self.params.paths.train_metrics, self.params.paths.validation_report):
             mlflow.log_artifact(path, artifact_path="metrics")
         mlflow.log_artifacts(self.params.paths.train_plots, artifact_path="plots/train")

@@ -1,7 +1,7 @@
 """The training loop. Imports neither mlflow nor dvc: it runs on a bare CUDA machine with torch and torchvision.
 
-Per epoch, in order: set the lr phase -> forward -> loss -> backward -> (clip) -> step -> validate -> checkpoint
--> log. Resuming after a kill reloads the last checkpoint; on CPU with `train.deterministic`, an interrupted and
+Per step, in order: augment -> forward -> loss -> backward -> (clip) -> optimizer step -> lr step -> (EMA update);
+per epoch: validate -> checkpoint -> log. Resuming after a kill reloads the last checkpoint; on CPU with `train.deterministic`, an interrupted and
 resumed run ends with the same metrics as an uninterrupted one (each epoch reseeds from (seed, epoch)).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -26,6 +26,7 @@ from braintumor.progress import progress_bar
 from braintumor.checkpoint import load_checkpoint, save_checkpoint
 from braintumor.config import AugmentConfig, TrainConfig
 from braintumor.data.cache import SquaresDataset
+from braintumor.ema import WeightEMA
 from braintumor.errors import BrainTumorError
 from braintumor.inference import predict_probs
 from braintumor.model import keep_frozen_in_eval, set_frozen
@@ -67,7 +68,7 @@ class TrainResult:
     best_epoch: int
     stopped_early: bool
     device: str
-    extra: dict[str, Any] = field(default_factory=dict)
+    precision: str  # what the forward pass ran in: fp32, bf16 or fp16
 
     def summary(self) -> dict[str, Any]:
         best = self.history[self.best_epoch - 1]
@@ -76,6 +77,42 @@ class TrainResult:
                 "best_val_macro_f1": best.val_macro_f1, "epochs_run": len(self.history),
                 "stopped_early": self.stopped_early,
                 "train_images_per_s": float(np.median(speeds)) if speeds else 0.0}
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint restores besides the weights and optimizer: where training is and what it chose."""
+
+    epoch: int = 0  # last finished epoch (1-based)
+    best_f1: float = -1.0
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None  # CPU copy of the selected weights
+    since_best: int = 0
+    history: list[EpochStats] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)  # the caller's, e.g. the MLflow run id
+
+    def record(self, stats: EpochStats, selected: nn.Module) -> None:
+        """Append the epoch; keep a CPU copy of the weights when val macro-F1 improved (model selection on val)."""
+        self.history.append(stats)
+        if stats.val_macro_f1 > self.best_f1:
+            self.best_f1, self.best_epoch, self.since_best = stats.val_macro_f1, stats.epoch, 0
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in selected.state_dict().items()}
+        else:
+            self.since_best += 1
+        self.epoch = stats.epoch
+
+
+@dataclass
+class Step:
+    """The parts of one optimization step, which the epoch loop needs together."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    ema: WeightEMA | None
+    amp_dtype: torch.dtype | None
+    grad_clip: float
+    label_smoothing: float
 
 
 def fit(model: nn.Module, data: TrainData, cfg: TrainConfig, augment: AugmentConfig, prep: Preprocessing, *,
@@ -88,23 +125,24 @@ def fit(model: nn.Module, data: TrainData, cfg: TrainConfig, augment: AugmentCon
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
 
+    train_set = SquaresDataset(data.train_squares, data.train_labels)
+    steps_per_epoch = len(_train_loader(train_set, cfg, device, dist_info, epoch=1))
     optimizer = build_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    state = {"epoch": 0, "best_f1": -1.0, "best_epoch": 0, "best_state": None, "history": [], "since_best": 0,
-             "extra": dict(extra or {})}
-    if _resume(checkpoint_path, state, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler):
-        if dist_info.is_main:
-            print(f"train: resuming from {checkpoint_path} after epoch {state['epoch']}")
-
+    step = Step(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch)),
+                torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
+                WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None, amp_dtype, cfg.grad_clip,
+                cfg.label_smoothing)
+    state = TrainState(extra=dict(extra or {}))
+    if _resume(checkpoint_path, state, model, step) and dist_info.is_main:
+        print(f"train: resuming from {checkpoint_path} after epoch {state.epoch}")
     if dist_info.enabled and dist_info.is_main:
         print(f"train: DistributedDataParallel over {dist_info.world_size} processes "
               f"({dist.get_backend()}), batch {cfg.batch_size} per process")
-    train_set = SquaresDataset(data.train_squares, data.train_labels)
     augment_batch, eval_batch = train_preset(prep, augment), eval_preset(prep)
     val_loader = _loader(SquaresDataset(data.val_squares, data.val_labels), cfg, device, shuffle=False)
+    selected = step.ema.model if step.ema else model  # what is validated, selected and saved
     stopped_early = False
-    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+    for epoch in range(state.epoch + 1, cfg.epochs + 1):
         runtime.seed_everything(cfg.seed * 1000 + epoch)  # an epoch's randomness depends on (seed, epoch) only
         set_frozen(model, "backbone" if epoch <= cfg.head_only_epochs else cfg.freeze)
         net = _wrap(model, cfg, device, dist_info)
@@ -113,44 +151,48 @@ def fit(model: nn.Module, data: TrainData, cfg: TrainConfig, augment: AugmentCon
         t0 = time.perf_counter()
         # Augmentation draws from its own generator, seeded by (seed, epoch, rank): resumable and per-process.
         draws = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 1_000_003 * dist_info.rank)
-        loss, acc, n_seen, t_train = _train_epoch(net, model, loader, lambda x: augment_batch(x, draws), optimizer,
-                                                  scaler, cfg, device, amp_dtype, epoch, memory_format,
-                                                  progress and dist_info.is_main)
-        scheduler.step()
-        val_loss, val_acc, val_f1 = _validate(model, val_loader, device, eval_batch, amp_dtype, cfg, data.classes)
+        bar = progress_bar(loader, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
+                           disable=not (progress and dist_info.is_main))
+        loss, acc, n_seen, t_train = train_one_epoch(net, model, bar, lambda x: augment_batch(x, draws), step,
+                                                     device, epoch, memory_format)
+        val_loss, val_acc, val_f1 = _validate(selected, val_loader, device, eval_batch, amp_dtype, cfg, data.classes)
         stats = EpochStats(epoch, loss, acc, val_loss, val_acc, val_f1, lr,
                            n_seen * dist_info.world_size / max(t_train, 1e-9), time.perf_counter() - t0)
-        _record(state, stats, model)
+        state.record(stats, selected)
         if dist_info.is_main:
-            save_checkpoint(checkpoint_path, model=model, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                            state=state, history=[asdict(h) for h in state["history"]])
+            save_checkpoint(checkpoint_path, model=model, optimizer=optimizer, scheduler=step.scheduler,
+                            scaler=step.scaler, ema=step.ema, state=state)
             print(f"epoch {epoch}/{cfg.epochs}  train loss {loss:.4f} acc {acc:.3f} | val loss {val_loss:.4f} "
                   f"acc {val_acc:.3f} macro-F1 {val_f1:.3f} | lr {lr:.2e} | {stats.images_per_s:.1f} img/s"
-                  + ("  *best" if state["best_epoch"] == epoch else ""))
+                  + ("  *best" if state.best_epoch == epoch else ""))
             if logger is not None:
                 logger.log_epoch(stats)
         if dist_info.enabled:
             dist.barrier()
-        if cfg.patience and state["since_best"] >= cfg.patience:
+        if cfg.patience and state.since_best >= cfg.patience:
             stopped_early = True
             if dist_info.is_main:
                 print(f"train: early stop, no better val macro-F1 for {cfg.patience} epochs")
             break
-    return TrainResult(best_state=state["best_state"], history=state["history"], best_epoch=state["best_epoch"],
-                       stopped_early=stopped_early, device=str(device), extra=state["extra"])
+    return TrainResult(best_state=state.best_state, history=state.history, best_epoch=state.best_epoch,
+                       stopped_early=stopped_early, device=str(device), precision=runtime.precision_name(amp_dtype))
 
 
-def _resume(checkpoint_path, state: dict, **parts) -> bool:
-    """Load the checkpoint into model/optimizer/scheduler/scaler and `state`; False when there is none."""
+def _resume(checkpoint_path, state: TrainState, model: nn.Module, step: Step) -> bool:
+    """Load the checkpoint into the model, the step's parts and `state`; False when there is none."""
     ckpt = load_checkpoint(checkpoint_path)
     if ckpt is None:
         return False
-    for name, part in parts.items():
-        part.load_state_dict(ckpt[name])
+    model.load_state_dict(ckpt["model"])
+    for name in ("optimizer", "scheduler", "scaler", "ema"):
+        part = getattr(step, name)
+        if part is not None:
+            part.load_state_dict(ckpt[name])
     runtime.set_rng_states(ckpt["rng"])
-    state.update({k: ckpt[k] for k in ("epoch", "best_f1", "best_epoch", "best_state", "since_best")})
-    state["history"] = [EpochStats(**h) for h in ckpt["history"]]
-    state["extra"] = {**ckpt.get("extra", {}), **state["extra"]}
+    state.epoch, state.best_f1, state.best_epoch = ckpt["epoch"], ckpt["best_f1"], ckpt["best_epoch"]
+    state.best_state, state.since_best = ckpt["best_state"], ckpt["since_best"]
+    state.history = [EpochStats(**h) for h in ckpt["history"]]
+    state.extra = {**ckpt.get("extra", {}), **state.extra}
     return True
 
 
@@ -163,47 +205,40 @@ def _validate(model, loader, device, transform, amp_dtype, cfg: TrainConfig, cla
     return loss, accuracy, macro_f1(labels, preds, len(classes))
 
 
-def _record(state: dict, stats: EpochStats, model: nn.Module) -> None:
-    """Append the epoch; keep a CPU copy of the weights when val macro-F1 improved (model selection on val)."""
-    state["history"].append(stats)
-    if stats.val_macro_f1 > state["best_f1"]:
-        state.update(best_f1=stats.val_macro_f1, best_epoch=stats.epoch, since_best=0,
-                     best_state={k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()})
-    else:
-        state["since_best"] += 1
-    state["epoch"] = stats.epoch
-
-
-def _train_epoch(net, model, loader, augment, optimizer, scaler, cfg, device, amp_dtype, epoch, memory_format,
-                 progress):
+def train_one_epoch(net: nn.Module, model: nn.Module, batches, augment, step: Step, device: torch.device,
+                    epoch: int, memory_format) -> tuple[float, float, int, float]:
+    """One pass over `batches`: (mean train loss, train accuracy, scans seen, seconds)."""
     net.train()
     keep_frozen_in_eval(model)
     loss_sum, correct, seen = 0.0, 0, 0
-    bar = progress_bar(loader, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False, disable=not progress)
     t0 = time.perf_counter()
-    for batch, (squares, targets) in enumerate(bar, start=1):
+    for batch, (squares, targets) in enumerate(batches, start=1):
         squares = squares.to(device, non_blocking=True)  # (B, 1, S, S) uint8
         images = augment(squares).contiguous(memory_format=memory_format)  # (B, 3, H, W) float, on device
         targets = targets.to(device, non_blocking=True)  # (B,)
-        with runtime.autocast(device, amp_dtype):
+        with runtime.autocast(device, step.amp_dtype):
             logits = net(images)  # (B, C)
-            loss = nn.functional.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
+            loss = nn.functional.cross_entropy(logits.float(), targets, label_smoothing=step.label_smoothing)
         value = loss.item()
         if not math.isfinite(value):
             raise BrainTumorError(
                 f"training diverged: the loss became {value} at epoch {epoch}, batch {batch}. The last good "
                 "checkpoint and model are kept. Lower train.lr, set train.grad_clip (e.g. 1.0), or check the data.")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        step.optimizer.zero_grad(set_to_none=True)
+        step.scaler.scale(loss).backward()
+        if step.grad_clip > 0:
+            step.scaler.unscale_(step.optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), step.grad_clip)
+        step.scaler.step(step.optimizer)
+        step.scaler.update()
+        step.scheduler.step()  # the schedule is per step: warmup and cosine move smoothly within an epoch
+        if step.ema is not None:
+            step.ema.update()
         loss_sum += value * len(targets)
         correct += int((logits.argmax(1) == targets).sum())
         seen += len(targets)
-        bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+        if hasattr(batches, "set_postfix"):
+            batches.set_postfix(loss=f"{loss_sum / seen:.4f}")
     return loss_sum / max(seen, 1), correct / max(seen, 1), seen, time.perf_counter() - t0
 
 
@@ -228,15 +263,19 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 
-def lr_lambda(cfg: TrainConfig):
-    """lr multiplier per epoch: `step` (x gamma every step_size epochs) or linear warmup then `cosine`."""
-    def factor(epoch: int) -> float:
-        if epoch < cfg.warmup_epochs:
-            return (epoch + 1) / (cfg.warmup_epochs + 1)
+def lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
+    """lr multiplier per optimizer step: linear warmup over `warmup_epochs`, then `step` (x gamma every step_size
+    epochs) or `cosine` (to zero at the last step)."""
+    warmup_steps = cfg.warmup_epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        epochs_after_warmup = (step - warmup_steps) / steps_per_epoch
         if cfg.scheduler == "step":
-            return cfg.gamma ** ((epoch - cfg.warmup_epochs) // cfg.step_size)
+            return cfg.gamma ** (int(epochs_after_warmup) // cfg.step_size)
         span = max(1, cfg.epochs - cfg.warmup_epochs)
-        return 0.5 * (1 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / span))
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, epochs_after_warmup / span)))
     return factor
 
 

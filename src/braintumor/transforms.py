@@ -1,7 +1,7 @@
 """Train and eval presets, side by side (after torchvision's classification reference, presets.py).
 
-Both take the (S, S) uint8 squares that `imaging.square_resize` makes (S = model.resize_size), which is also what
-the training cache stores, one scan `(1, S, S)` or a batch `(B, 1, S, S)`, on any device. Augmentation runs per
+Both take the (S, S) uint8 squares that `preprocess.prepare_square` makes (S = model.resize_size), which is also
+what the training cache stores, one scan `(1, S, S)` or a batch `(B, 1, S, S)`, on any device. Augmentation runs per
 batch on the training device: one affine warp (`grid_sample`) does the random resized crop, flip and rotation of
 every scan at once, so a GPU is never starved by per-image CPU work.
 
@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from braintumor.config import AugmentConfig, ModelConfig
+from braintumor.config import AugmentConfig, ModelConfig, PreprocessConfig
+from braintumor.preprocess import ScanPrep
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -26,24 +27,38 @@ ASPECT_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's default range
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Everything needed to rebuild the eval transform; saved inside models/model.pt."""
+    """Everything needed to turn a scan into the network's input the way training did; saved in models/model.pt.
 
-    resize_size: int
+    `scan` makes the (S, S) uint8 square from a decoded scan (preprocess.py); the eval preset then centre-crops
+    `image_size` and normalises with `mean` / `std`.
+    """
+
+    scan: ScanPrep
     image_size: int
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
+    @property
+    def resize_size(self) -> int:
+        return self.scan.size
+
     @classmethod
-    def from_config(cls, model: ModelConfig) -> Preprocessing:
-        return cls(resize_size=model.resize_size, image_size=model.image_size)
+    def from_config(cls, model: ModelConfig, preprocess: PreprocessConfig) -> Preprocessing:
+        scan = ScanPrep(size=model.resize_size, head_crop=preprocess.head_crop,
+                        crop_threshold=preprocess.crop_threshold, crop_margin=preprocess.crop_margin,
+                        intensity=preprocess.intensity, percentiles=tuple(preprocess.percentiles))
+        return cls(scan=scan, image_size=model.image_size)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, spec: dict) -> Preprocessing:
-        return cls(resize_size=int(spec["resize_size"]), image_size=int(spec["image_size"]),
-                   mean=tuple(spec["mean"]), std=tuple(spec["std"]))
+        if "scan" in spec:
+            scan = ScanPrep(**{**spec["scan"], "percentiles": tuple(spec["scan"]["percentiles"])})
+        else:  # model files of format 1: shorter side resized and centre-cropped, no intensity step
+            scan = ScanPrep(size=int(spec["resize_size"]))
+        return cls(scan=scan, image_size=int(spec["image_size"]), mean=tuple(spec["mean"]), std=tuple(spec["std"]))
 
 
 def _as_batch(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -80,11 +95,13 @@ class EvalPreset:
 
 
 class TrainPreset:
-    """Random resized crop (area `crop_scale`, aspect 3/4..4/3), horizontal flip, rotation, brightness and contrast
-    jitter, each configurable and switchable; then normalise like EvalPreset.
+    """Random resized crop (area `crop_scale`, aspect 3/4..4/3), horizontal flip, rotation, then intensity
+    augmentation against source shortcuts (gamma, brightness, contrast, blur/sharpen, noise), each configurable
+    and switchable; then normalise like EvalPreset.
 
     Parameters are drawn per scan from `generator` (a CPU torch.Generator; the global one if None), so a seeded
-    epoch augments identically on CPU and GPU and after a resume.
+    epoch augments identically after a resume, and on CPU and GPU alike except for the noise pixels (drawn on the
+    device from a seed the generator gives).
     """
 
     def __init__(self, prep: Preprocessing, augment: AugmentConfig, *, normalise: bool = True) -> None:
@@ -97,7 +114,7 @@ class TrainPreset:
         grid = F.affine_grid(theta, [n, 1, size, size], align_corners=False)
         out = F.grid_sample(batch.float() / 255.0, grid, mode="bilinear", padding_mode="zeros",
                             align_corners=False)  # (B, 1, H, W) in [0, 1]
-        out = self.jitter(out, generator)
+        out = self.intensity(out, generator)
         out = _normalise(out, self.prep) if self.normalise else (out * 255.0).round().to(torch.uint8)
         return out[0] if single else out
 
@@ -122,16 +139,38 @@ class TrainPreset:
         ], dim=1)
         return theta.float()
 
-    def jitter(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Brightness (x * b) and contrast ((x - mean) * c + mean), b and c drawn around 1, clamped to [0, 1]."""
-        n = x.shape[0]
-        draws = torch.rand(n, 2, generator=generator).to(x.device)
-        if self.augment.brightness > 0:
-            x = x * (1 + self.augment.brightness * (2 * draws[:, 0] - 1)).view(n, 1, 1, 1)
-        if self.augment.contrast > 0:
+    def intensity(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """(B, 1, H, W) in [0, 1] -> the same, each scan with its own gamma, brightness, contrast, blur or sharpening
+        and noise: a scan's look then says nothing about its class, only its anatomy does."""
+        aug, n = self.augment, x.shape[0]
+        draws = torch.rand(n, 5, generator=generator).to(x.device)  # one row of draws per scan
+        signed = 2 * draws - 1  # uniform in [-1, 1]
+        if aug.gamma > 1:
+            x = x.clamp_min(0.0) ** torch.exp(math.log(aug.gamma) * signed[:, 0]).view(n, 1, 1, 1)
+        if aug.brightness > 0:
+            x = x * (1 + aug.brightness * signed[:, 1]).view(n, 1, 1, 1)
+        if aug.contrast > 0:
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
-            x = (x - mean) * (1 + self.augment.contrast * (2 * draws[:, 1] - 1)).view(n, 1, 1, 1) + mean
+            x = (x - mean) * (1 + aug.contrast * signed[:, 2]).view(n, 1, 1, 1) + mean
+        if aug.blur_sharpen > 0:  # s < 0 blurs (s = -1: fully blurred), s > 0 sharpens (unsharp mask)
+            detail = x - _gaussian_blur(x)
+            x = x + (aug.blur_sharpen * signed[:, 3]).view(n, 1, 1, 1) * detail
+        if aug.noise > 0:
+            std = (aug.noise * draws[:, 4]).view(n, 1, 1, 1)
+            # Drawn on the device from a seed the CPU generator gives: no (B, 1, H, W) copy to a GPU per batch.
+            seed = int(torch.randint(2**62, (1,), generator=generator))
+            noise = torch.randn(x.shape, device=x.device, generator=torch.Generator(device=x.device).manual_seed(seed))
+            x = x + std * noise
         return x.clamp(0.0, 1.0)
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
+    """A separable 5 x 5 Gaussian blur of (B, 1, H, W), reflecting at the edges."""
+    taps = torch.exp(-torch.arange(-2, 3, dtype=x.dtype, device=x.device) ** 2 / (2 * sigma ** 2))
+    taps = taps / taps.sum()
+    x = F.pad(x, (2, 2, 2, 2), mode="reflect")
+    x = F.conv2d(x, taps.view(1, 1, 1, 5))
+    return F.conv2d(x, taps.view(1, 1, 5, 1))
 
 
 def train_preset(prep: Preprocessing, augment: AugmentConfig) -> TrainPreset:

@@ -1,15 +1,17 @@
 """Decode each scan once: a cache of (S, S) uint8 squares, reused across epochs and runs.
 
-The cache file is keyed by the manifest rows it holds (path and content hash) and the square size, so changing
-either makes a new file, and an unchanged dataset is never decoded twice. Augmentation happens later, per batch,
+The cache file is keyed by the manifest rows it holds (path and content hash) and the preprocessing settings (size,
+head crop, intensity), so changing either makes a new file, and an unchanged dataset is never decoded twice. Augmentation happens later, per batch,
 on these arrays (transforms.py).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
+from dataclasses import asdict
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,40 +22,44 @@ from torch.utils.data import Dataset
 
 from braintumor.errors import DataError
 from braintumor.fileio import atomic_path
-from braintumor.imaging import ImageProblem, decode_grayscale, square_resize
+from braintumor.imaging import ImageProblem, decode_grayscale
+from braintumor.preprocess import ScanPrep, prepare_square
 from braintumor.progress import progress_bar
 
 if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1  # bump when decode_grayscale or square_resize change what they produce
+CACHE_VERSION = 2  # bump when decode_grayscale or prepare_square change what they produce
 
 
-def load_square(path: str | os.PathLike | bytes, size: int, max_pixels: int) -> np.ndarray:
-    """One scan (a file path or its bytes) -> (size, size) uint8: the input of every preset."""
-    return square_resize(decode_grayscale(path, max_pixels=max_pixels, draft=size), size)
+def load_square(source: str | os.PathLike | bytes, scan: ScanPrep, max_pixels: int) -> np.ndarray:
+    """One scan (a file path or its bytes) -> (S, S) uint8: the input of every preset."""
+    # JPEGs decode at a reduced scale still >= 2S per side when the head is cropped out of the frame afterwards.
+    draft = 2 * scan.size if scan.head_crop else scan.size
+    return prepare_square(decode_grayscale(source, max_pixels=max_pixels, draft=draft), scan)
 
 
-def cache_key(frame: "pd.DataFrame", size: int) -> str:
-    digest = hashlib.sha256(f"v{CACHE_VERSION}:{size}\n".encode())
+def cache_key(frame: "pd.DataFrame", scan: ScanPrep) -> str:
+    digest = hashlib.sha256(f"v{CACHE_VERSION}:{json.dumps(asdict(scan), sort_keys=True)}\n".encode())
     for path, sha in zip(frame["path"], frame["sha256"]):
         digest.update(f"{path}\t{sha}\n".encode())
     return digest.hexdigest()[:20]
 
 
-def cached_squares(frame: "pd.DataFrame", data_root: str | Path, size: int, cache_dir: str | Path, *,
+def cached_squares(frame: "pd.DataFrame", data_root: str | Path, scan: ScanPrep, cache_dir: str | Path, *,
                    max_pixels: int, workers: int | None = None, progress: bool = True) -> np.ndarray:
-    """(N, size, size) uint8 for the manifest rows in `frame` (memory-mapped from the cache file)."""
-    target = Path(cache_dir) / "images" / f"squares-{size}px-{cache_key(frame, size)}.npy"
+    """(N, S, S) uint8 for the manifest rows in `frame` (memory-mapped from the cache file)."""
+    target = Path(cache_dir) / "images" / f"squares-{scan.size}px-{cache_key(frame, scan)}.npy"
     if target.is_file():
         return np.load(target, mmap_mode="r")
     paths = [str(Path(data_root) / p) for p in frame["path"]]
-    squares = np.empty((len(paths), size, size), dtype=np.uint8)
+    squares = np.empty((len(paths), scan.size, scan.size), dtype=np.uint8)
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-    bar = progress_bar(total=len(paths), desc=f"decoding scans to {size}px (once, cached)", unit="img", disable=not progress)
+    bar = progress_bar(total=len(paths), desc=f"preparing scans at {scan.size}px (once, cached)", unit="img",
+                       disable=not progress)
     with bar, ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = pool.map(_decode_row, paths, [size] * len(paths), [max_pixels] * len(paths), chunksize=16)
+        results = pool.map(_decode_row, paths, [scan] * len(paths), [max_pixels] * len(paths), chunksize=16)
         for i, (square, problem) in enumerate(results):
             if problem:
                 raise DataError(f"{paths[i]} can no longer be read ({problem}); it changed after the validate "
@@ -63,13 +69,13 @@ def cached_squares(frame: "pd.DataFrame", data_root: str | Path, size: int, cach
     with atomic_path(target) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, squares)
-    log.info("cached %d decoded scans in %s", len(paths), target)
+    log.info("cached %d prepared scans in %s", len(paths), target)
     return squares
 
 
-def _decode_row(path: str, size: int, max_pixels: int) -> tuple[np.ndarray | None, str | None]:
+def _decode_row(path: str, scan: ScanPrep, max_pixels: int) -> tuple[np.ndarray | None, str | None]:
     try:
-        return load_square(path, size, max_pixels), None
+        return load_square(path, scan, max_pixels), None
     except (ImageProblem, OSError) as exc:
         return None, str(exc)
 

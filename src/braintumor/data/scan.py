@@ -44,29 +44,40 @@ def scan_dataset(root: str | Path, classes: list[str], aliases: dict[str, str]) 
             present = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
             raise DataError(f"split folder {split_dir} is missing (found: {present or 'nothing'}). The dataset needs "
                             f"both {root}/Training/<class>/ and {root}/Testing/<class>/.")
-        class_dirs = _class_folders(split_dir, classes, aliases)
-        for label in classes:
-            folders = class_dirs.get(label, [])
-            if not folders:
-                raise DataError(f"class folder {split_dir}/{label} is missing. Every class in data.classes "
-                                f"({', '.join(classes)}) needs a folder in {split_dir}/ (or an alias in data.aliases).")
-            found = []
-            for folder in folders:
-                for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-                    if any(part.startswith(".") for part in path.relative_to(folder).parts[:-1]):
-                        continue  # inside a hidden folder (.AppleDouble, .thumbnails, ...): tool files, never data
-                    rel = path.relative_to(root).as_posix()
-                    if is_candidate(path):
-                        found.append(ScanFile(path.resolve(), rel, split, label))
-                    elif path.name.lower() not in IGNORED_NAMES and not path.name.startswith("."):
-                        ignored.append(rel)
-            if not found:
-                names = " and ".join(str(f) for f in folders)
-                raise DataError(f"class folder {names} holds no image files (.jpg, .png, ...). "
-                                f"Add the {label} scans there, or remove {label} from data.classes.")
-            files.extend(found)
-        for path in sorted(p for p in split_dir.iterdir() if p.is_file() and is_candidate(p)):
-            ignored.append(path.relative_to(root).as_posix())  # an image outside any class folder has no label
+        found = scan_class_folders(split_dir, root, split, classes, aliases)
+        files.extend(found.files)
+        ignored.extend(found.ignored)
+    return ScanResult(files=files, ignored=ignored)
+
+
+def scan_class_folders(split_dir: Path, root: Path, split: str, classes: list[str],
+                       aliases: dict[str, str]) -> ScanResult:
+    """The scans in `split_dir/<class>/` (any depth below), with paths relative to `root`."""
+    files: list[ScanFile] = []
+    ignored: list[str] = []
+    class_dirs = _class_folders(split_dir, classes, aliases)
+    for label in classes:
+        folders = class_dirs.get(label, [])
+        if not folders:
+            raise DataError(f"class folder {split_dir}/{label} is missing. Every class in data.classes "
+                            f"({', '.join(classes)}) needs a folder in {split_dir}/ (or an alias in data.aliases).")
+        found = []
+        for folder in folders:
+            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                if any(part.startswith(".") for part in path.relative_to(folder).parts[:-1]):
+                    continue  # inside a hidden folder (.AppleDouble, .thumbnails, ...): tool files, never data
+                rel = path.relative_to(root).as_posix()
+                if is_candidate(path):
+                    found.append(ScanFile(path.resolve(), rel, split, label))
+                elif path.name.lower() not in IGNORED_NAMES and not path.name.startswith("."):
+                    ignored.append(rel)
+        if not found:
+            names = " and ".join(str(f) for f in folders)
+            raise DataError(f"class folder {names} holds no image files (.jpg, .png, ...). "
+                            f"Add the {label} scans there, or remove {label} from data.classes.")
+        files.extend(found)
+    for path in sorted(p for p in split_dir.iterdir() if p.is_file() and is_candidate(p)):
+        ignored.append(path.relative_to(root).as_posix())  # an image outside any class folder has no label
     return ScanResult(files=files, ignored=ignored)
 
 

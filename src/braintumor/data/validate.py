@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from braintumor.config import DataConfig
 from braintumor.data.duplicates import THUMB, DisjointSets, best_match, fingerprint, near_pairs
-from braintumor.data.scan import ScanFile, scan_dataset
+from braintumor.data.scan import scan_dataset
 from braintumor.data.splits import grouped_stratified_val
 from braintumor.errors import DataError
 from braintumor.imaging import ImageProblem, open_checked, to_grayscale
@@ -52,7 +52,7 @@ def inspect_file(path: str, max_pixels: int) -> dict[str, Any]:
 def validate_dataset(root: str | Path, config: DataConfig, *, workers: int | None = None,
                      progress: bool = True) -> ValidationResult:
     scan = scan_dataset(root, config.classes, config.aliases)
-    infos = _inspect_all(scan.files, config.max_image_pixels, workers=workers, progress=progress)
+    infos = inspect_all([f.path for f in scan.files], config.max_image_pixels, workers=workers, progress=progress)
 
     problems = [{"path": f.relpath, "reason": info["problem"]} for f, info in zip(scan.files, infos)
                 if "problem" in info]
@@ -85,11 +85,12 @@ def validate_dataset(root: str | Path, config: DataConfig, *, workers: int | Non
     return ValidationResult(report=report, manifest=frame)
 
 
-def _inspect_all(files: list[ScanFile], max_pixels: int, *, workers: int | None,
-                 progress: bool) -> list[dict[str, Any]]:
+def inspect_all(paths: list[str | Path], max_pixels: int, *, workers: int | None, progress: bool,
+                desc: str = "validate: hashing and checking") -> list[dict[str, Any]]:
+    """`inspect_file` of every path, in worker processes; in the order given."""
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-    paths = [str(f.path) for f in files]
-    bar = tqdm(total=len(paths), desc="validate: hashing and checking", unit="img", disable=not progress)
+    paths = [str(p) for p in paths]
+    bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress)
     with bar:
         if workers <= 1:
             results = []
