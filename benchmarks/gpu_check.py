@@ -16,16 +16,17 @@ import torch
 
 from braintumor.config import AugmentConfig, TrainConfig
 from braintumor.data.sample import synthetic_slice
-from braintumor.imaging import square_resize
+from braintumor.preprocess import ScanPrep, prepare_square
 from braintumor.model import build_model
 from braintumor.training import TrainData, fit
 from braintumor.transforms import Preprocessing
 
 KINDS = ("glioma", "meningioma", "none", "pituitary")
+SCAN = ScanPrep(size=224, head_crop=True, intensity="percentile")  # the GPU recipe's preprocessing
 
 
 def _make(i: int) -> np.ndarray:
-    return square_resize(synthetic_slice(np.random.default_rng(i), KINDS[i % 4], size=256), 256)
+    return prepare_square(synthetic_slice(np.random.default_rng(i), KINDS[i % 4], size=256), SCAN)
 
 
 def main() -> None:
@@ -51,7 +52,7 @@ def main() -> None:
     cfg = TrainConfig(device="cuda", epochs=args.epochs, batch_size=args.batch_size, optimizer="sgd", lr=0.1,
                       momentum=0.9, nesterov=True, weight_decay=5e-5, scheduler="cosine", warmup_epochs=1,
                       num_workers=args.workers, amp=True, channels_last=True, compile=args.compile)
-    result = fit(build_model("none", 4), data, cfg, AugmentConfig(), Preprocessing(resize_size=256, image_size=224),
+    result = fit(build_model("none", 4), data, cfg, AugmentConfig(), Preprocessing(scan=SCAN, image_size=224),
                  checkpoint_path=f"/tmp/gpu_check_{time.time_ns()}.pt", progress=False)
     speeds = [s.images_per_s for s in result.history]
     steady = float(np.median(speeds[1:])) if len(speeds) > 1 else speeds[0]

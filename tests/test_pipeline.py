@@ -198,7 +198,7 @@ def test_report_is_self_contained_and_every_image_decodes(project, tmp_path):
     from PIL import Image
 
     page = (project["repo"] / "reports/report.html").read_text(encoding="utf-8")
-    for section in ("Dataset and validation", "Augmentation preview", "Training curves", "Test metrics",
+    for section in ("Dataset and validation", "Preprocessing and augmentation", "Training curves", "Test metrics",
                     "leak-free", "Confusion matrix", "Calibration", "Sample test predictions",
                     "Most confident mistakes", "Grad-CAM", "Run metadata", "mlflow ui"):
         assert section in page, f"report lacks {section!r}"

@@ -66,10 +66,15 @@ def build_report(inputs: ReportInputs, *, samples: int, mistakes: int, gradcam: 
     classes = inputs.params["data"]["classes"]
     sections = [
         ("Dataset and validation", _dataset_section(inputs.validation, classes)),
-        ("Augmentation preview", "<p class=note>Exactly the train preset training used (same module, same params)."
-                                 "</p>" + _img(inputs.preview_png)),
+        ("Preprocessing and augmentation", "<p class=note>Each row: a training scan as stored, after "
+                                           "preprocessing (head crop, intensity normalisation: what evaluation, "
+                                           "predict and the served model see), then augmented views made by the "
+                                           "train preset training used (same module, same params).</p>"
+                                           + _img(inputs.preview_png)),
         ("Training curves", png(charts.training_curves(inputs.history))),
         ("Test metrics", _metrics_section(inputs.evaluation, classes)),
+        *([("External validation", _external_section(inputs.evaluation["external"], classes))]
+          if "external" in inputs.evaluation else []),
         ("Confusion matrix", png(charts.confusion_matrices(_confusion(inputs.predictions, classes), classes))),
         ("Calibration and ROC", png(charts.reliability_diagram(inputs.reliability, inputs.evaluation.get("ece")))
          + png(charts.roc_curves(inputs.roc))),
@@ -114,11 +119,34 @@ def _metrics_section(e: dict[str, Any], classes: list[str]) -> str:
     names = ["accuracy", "macro_f1", "weighted_f1", "log_loss", "ece", "roc_auc_ovr"]
     rows = [[n, e.get(n) if e.get(n) is not None else "n/a", lf.get(n) if lf.get(n) is not None else "n/a"]
             for n in names]
+    rows.append(["ECE before temperature scaling", _or_na(e.get("ece_uncalibrated")),
+                 _or_na(lf.get("ece_uncalibrated"))])
     rows.append(["images", e["n"], lf.get("n", 0)])
     per = [[c, e["per_class"][c]["precision"], e["per_class"][c]["recall"], e["per_class"][c]["f1"],
             e["per_class"][c]["support"]] for c in classes]
-    return (_table(rows, ["metric", "all Testing", "leak-free Testing"])
+    note = (f"<p class=note>Probabilities are softmax(logits / T) with T = {e['temperature']:.3f}, fitted on val "
+            "(temperature scaling: labels, accuracy and F1 are unchanged; log loss and ECE are after it).</p>"
+            if "temperature" in e else "")
+    return (_table(rows, ["metric", "all Testing", "leak-free Testing"]) + note
             + _table(per, ["class", "precision", "recall", "F1", "support"]))
+
+
+def _external_section(x: dict[str, Any], classes: list[str]) -> str:
+    free = x.get("copy_free", {})
+    names = ["accuracy", "macro_f1", "weighted_f1", "log_loss", "ece", "roc_auc_ovr"]
+    rows = [[n, _or_na(x.get(n)), _or_na(free.get(n))] for n in names]
+    rows.append(["images", x["n"], free.get("n", 0)])
+    per = [[c, x["per_class"][c]["precision"], x["per_class"][c]["recall"], x["per_class"][c]["f1"],
+            x["per_class"][c]["support"]] for c in classes if c in x.get("per_class", {})]
+    return (f"<p>Another labelled dataset, <code>{html.escape(str(x['path']))}</code>: {x['exact_in_train']} "
+            f"byte-identical and {x['near_in_train']} near copies of Training scans found and left out of the "
+            f"copy-free column; {x['n_excluded']} unusable files excluded.</p>"
+            + _table(rows, ["metric", "all external", "copy-free external"])
+            + _table(per, ["class", "precision", "recall", "F1", "support"]))
+
+
+def _or_na(value: Any) -> Any:
+    return "n/a" if value is None else value
 
 
 def _confusion(predictions: pd.DataFrame, classes: list[str]) -> np.ndarray:
@@ -170,7 +198,8 @@ def _metadata_section(inputs: ReportInputs) -> str:
             ["registered model", f"{info.get('registered_model', '')} version {info.get('model_version')}"],
             ["git commit", tags.get("git_commit", "") + (" (uncommitted changes)" if tags.get("git_dirty") == "true"
                                                           else "")],
-            ["DVC data hash", tags.get("data_dvc_hash", "")], ["device", tags.get("device", "")],
+            ["DVC data hash", tags.get("data_dvc_hash", "")],
+            ["device", f"{tags.get('device', '')} ({tags.get('precision', 'fp32')})"],
             ["torch", tags.get("torch_version", "")], ["tracking URI", info.get("tracking_uri", "")]]
     uri = str(info.get("tracking_uri", ""))
     ui = (f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"open {uri} in a browser")
