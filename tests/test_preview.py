@@ -97,7 +97,7 @@ def test_eval_preset_is_a_centre_crop_to_the_model_input(setup):
 
 def _off(params, **changes):
     base = dict(crop_scale=[1.0, 1.0], hflip=False, rotation_degrees=0.0, brightness=0.0, contrast=0.0, gamma=1.0,
-                blur_sharpen=0.0, noise=0.0)
+                blur_sharpen=0.0, noise=0.0, intensity_curve=0.0)
     return dataclasses.replace(params.augment, **{**base, **changes})
 
 
@@ -153,6 +153,20 @@ def test_gamma_bends_the_intensity_curve_each_scan_its_own_way(setup):
     assert (views[..., 0] < 30).all() and (views[..., -1] >= 240).all()  # black and white stay (nearly) put
     plain = _views(display_preset(prep, _off(params)), ramp, n=4)
     assert (plain == plain[0]).all()  # gamma 1 is off: nothing random
+
+
+def test_intensity_curve_reorders_grey_levels_keeps_black_and_applies_to_its_share(setup):
+    params, _, prep = setup
+    ramp = torch.linspace(0, 255, prep.resize_size).round().to(torch.uint8).expand(1, prep.resize_size, -1)
+    views = _views(display_preset(prep, _off(params, intensity_curve=1.0)), ramp, n=16).float()
+    row = views[:, 0, prep.image_size // 2, 1:]  # left to right along the ramp, black column left out
+    steps = row[:, 1:] - row[:, :-1]
+    assert ((steps < -2).any(dim=1) & (steps > 2).any(dim=1)).sum() >= 4  # some curves go down and up again
+    assert (views[..., 0] < 40).all()  # black stays (nearly) black: the background is kept
+    plain = _views(display_preset(prep, _off(params)), ramp, n=1).float()
+    some = _views(display_preset(prep, _off(params, intensity_curve=0.5)), ramp, n=32).float()
+    untouched = ((some - plain).abs().amax(dim=(1, 2, 3)) <= 1).sum()
+    assert 4 <= untouched <= 28  # about half the scans keep their grey levels
 
 
 def test_blur_and_sharpen_change_edges_not_flat_areas(setup):

@@ -92,6 +92,7 @@ class AugmentConfig:
     rotation_degrees: float = 10.0
     brightness: float = 0.2
     contrast: float = 0.2
+    intensity_curve: float = 0.0  # share of scans mapped through a random (non-monotonic) intensity curve; 0 = off
     gamma: float = 1.0  # gamma drawn log-uniformly in [1/gamma, gamma]; 1 = off
     blur_sharpen: float = 0.0  # x + s * (x - blur(x)), s uniform in [-blur_sharpen, blur_sharpen]; 0 = off
     noise: float = 0.0  # Gaussian noise, its std uniform in [0, noise] (pixel range 0..1); 0 = off
@@ -108,6 +109,8 @@ class AugmentConfig:
         for key in ("brightness", "contrast"):
             value = getattr(self, key)
             _check(0.0 <= value < 1.0, f"augment.{key}", value, "a jitter strength in [0, 1) (0 switches it off)")
+        _check(0.0 <= self.intensity_curve <= 1.0, "augment.intensity_curve", self.intensity_curve,
+               "a probability in [0, 1] (0 switches it off)")
         _check(1.0 <= self.gamma <= 4.0, "augment.gamma", self.gamma, "a number in [1, 4] (1 switches it off)")
         _check(0.0 <= self.blur_sharpen <= 1.0, "augment.blur_sharpen", self.blur_sharpen,
                "a strength in [0, 1] (0 switches it off)")

@@ -51,7 +51,8 @@ def preview_figure(train_rows: pd.DataFrame, data_root: str | Path, classes: lis
     scan = prep.scan
     fig.suptitle(f"Preprocessing: head crop {scan.head_crop}, intensity {scan.intensity}. Train preset: crop scale "
                  f"{augment.crop_scale}, hflip {augment.hflip}, rotation ±{augment.rotation_degrees:g}°, brightness "
-                 f"{augment.brightness:g}, contrast {augment.contrast:g}, gamma {augment.gamma:g}, blur/sharpen "
-                 f"{augment.blur_sharpen:g}, noise {augment.noise:g}", fontsize=8, wrap=True)
+                 f"{augment.brightness:g}, contrast {augment.contrast:g}, intensity curve "
+                 f"{augment.intensity_curve:g}, gamma {augment.gamma:g}, blur/sharpen {augment.blur_sharpen:g}, "
+                 f"noise {augment.noise:g}", fontsize=8, wrap=True)
     fig.tight_layout()
     return fig

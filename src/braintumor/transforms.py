@@ -23,6 +23,7 @@ from braintumor.preprocess import ScanPrep
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ASPECT_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's default range
+CURVE_POINTS = 4  # knots of the random intensity curve (augment.intensity_curve), besides black
 
 
 @dataclass(frozen=True)
@@ -143,8 +144,11 @@ class TrainPreset:
         """(B, 1, H, W) in [0, 1] -> the same, each scan with its own gamma, brightness, contrast, blur or sharpening
         and noise: a scan's look then says nothing about its class, only its anatomy does."""
         aug, n = self.augment, x.shape[0]
-        draws = torch.rand(n, 5, generator=generator).to(x.device)  # one row of draws per scan
+        draws = torch.rand(n, 6, generator=generator).to(x.device)  # one row of draws per scan
         signed = 2 * draws - 1  # uniform in [-1, 1]
+        if aug.intensity_curve > 0:
+            curves = torch.rand(n, CURVE_POINTS, generator=generator).to(x.device)
+            x = _random_curve(x, curves, apply=draws[:, 5] < aug.intensity_curve)
         if aug.gamma > 1:
             x = x.clamp_min(0.0) ** torch.exp(math.log(aug.gamma) * signed[:, 0]).view(n, 1, 1, 1)
         if aug.brightness > 0:
@@ -162,6 +166,24 @@ class TrainPreset:
             noise = torch.randn(x.shape, device=x.device, generator=torch.Generator(device=x.device).manual_seed(seed))
             x = x + std * noise
         return x.clamp(0.0, 1.0)
+
+
+def _random_curve(x: torch.Tensor, points: torch.Tensor, *, apply: torch.Tensor) -> torch.Tensor:
+    """Map each selected scan's intensities through its own random piecewise-linear curve (not monotonic).
+
+    x: (B, 1, H, W) in [0, 1]; points: (B, K) the curve's values at K evenly spaced inputs after 0 (black stays
+    black: background and the scan's outline are kept); apply: (B,) bool. Tissue contrasts get reordered as
+    between MRI sequences (T1, T2, FLAIR), so the class must be read from shape and texture."""
+    n, k = points.shape
+    knots = torch.cat([torch.zeros(n, 1, device=x.device), 0.1 + 0.9 * points], dim=1)  # (B, K + 1)
+    position = x.clamp(0, 1) * k  # where each pixel falls between the knots
+    low = position.floor().clamp(max=k - 1).long()
+    weight = position - low
+    flat = low.view(n, -1)
+    left = torch.gather(knots, 1, flat).view_as(x)
+    right = torch.gather(knots, 1, flat + 1).view_as(x)
+    curved = left + weight * (right - left)
+    return torch.where(apply.view(n, 1, 1, 1), curved, x)
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
