@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test test-fast bench clean-outputs
+.PHONY: install run test test-fast bench team-up clean-outputs
 
 # Reinstalls only when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -35,6 +35,11 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
+
+# The team setup on this machine, for a trial: PostgreSQL, S3 (moto) and an MLflow server on 127.0.0.1
+# (deploy/team_stack.py; needs PostgreSQL's server: apt-get install postgresql). Ctrl-C stops it.
+team-up: install
+	$(BIN)/python deploy/team_stack.py
 
 bench: install
 	$(BIN)/python benchmarks/validate_speed.py

@@ -1,0 +1,336 @@
+"""The team setup on one machine, for a trial and for the tests: PostgreSQL, an S3 endpoint, an MLflow server.
+
+    make team-up                      # or: .venv/bin/python deploy/team_stack.py [--port 5000]
+
+starts, listening on 127.0.0.1 only:
+
+- a throwaway PostgreSQL cluster (`initdb` + `pg_ctl` in a temporary folder; as the `postgres` user when run as
+  root, since PostgreSQL refuses to run as root), password authentication over TCP;
+- moto's S3 server, an S3-compatible endpoint over plain HTTP (objects in memory), with two buckets:
+  `mlflow-artifacts` (MLflow's artifacts) and `dvc-store` (the DVC remote);
+- `mlflow server --backend-store-uri postgresql+psycopg2://... --artifacts-destination s3://mlflow-artifacts
+  --serve-artifacts`: runs, metrics and the model registry in PostgreSQL, artifacts in the bucket, uploaded and
+  downloaded through the server (so a client needs no S3 credentials for MLflow, only for the DVC remote).
+
+It writes the variables a client needs to an env file (mode 0600: the credentials are made up at start and never
+printed) and waits; Ctrl-C stops everything and removes the cluster. deploy/compose.yaml is the same setup for a
+real deployment (PostgreSQL, MinIO, the MLflow server). tests/test_team_stack.py runs the pipeline against it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ARTIFACTS_BUCKET = "mlflow-artifacts"
+DVC_BUCKET = "dvc-store"
+DB_NAME = DB_USER = "mlflow"
+REGION = "us-east-1"
+INSTALL_POSTGRES = ("PostgreSQL's server binaries (initdb, pg_ctl, postgres) are not installed: "
+                    "`apt-get install postgresql` (Debian, Ubuntu) or `brew install postgresql@15` (macOS)")
+
+
+class StackError(RuntimeError):
+    """A part of the stack is missing or did not start; the message says which and what to do."""
+
+
+@dataclass(frozen=True)
+class TeamStack:
+    """What a running stack offers: addresses (no secrets in them) and the made-up credentials."""
+
+    tracking_uri: str  # http://127.0.0.1:PORT, the MLflow server
+    s3_endpoint: str  # http://127.0.0.1:PORT, the S3 API
+    db_uri: str  # postgresql+psycopg2://mlflow@127.0.0.1:PORT/mlflow (the password is not in it)
+    db_password: str
+    s3_access_key: str
+    s3_secret_key: str
+    folder: Path  # logs: postgres.log, s3.log, mlflow-server.log
+
+    @property
+    def dvc_remote_url(self) -> str:
+        return f"s3://{DVC_BUCKET}/braintumor"
+
+    def client_env(self) -> dict[str, str]:
+        """What a team member exports: the tracking server, and the S3 credentials DVC's remote uses."""
+        return {"MLFLOW_TRACKING_URI": self.tracking_uri, "AWS_ACCESS_KEY_ID": self.s3_access_key,
+                "AWS_SECRET_ACCESS_KEY": self.s3_secret_key, "AWS_DEFAULT_REGION": REGION}
+
+    def secrets(self) -> list[str]:
+        return [self.db_password, self.s3_access_key, self.s3_secret_key]
+
+    def s3_client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.s3_endpoint, region_name=REGION,
+                            aws_access_key_id=self.s3_access_key, aws_secret_access_key=self.s3_secret_key)
+
+
+# ---- processes ------------------------------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_process(cmd: list[str], log: Path, env: dict[str, str] | None = None,
+                  cwd: Path | None = None) -> subprocess.Popen:
+    """A server in a process group of its own (so that stop_process also reaches its workers), output to `log`."""
+    with open(log, "ab") as log_file:
+        return subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                start_new_session=True)
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """Stop a server and its workers, never leaving one behind.
+
+    The children go first, so that the parent reaps them and exits (stopping the parent first would hand them to
+    init, which in a container may never reap them); whatever is left then goes with the process group.
+    """
+    if proc.poll() is not None:
+        return
+    try:
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+    except OSError:
+        children = []
+    for child in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(child), signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=30 if children else 0.1)
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 30)):
+        if proc.poll() is not None:
+            break
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=wait)
+    with contextlib.suppress(ProcessLookupError):  # workers the parent left behind
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def wait_http(url: str, proc: subprocess.Popen, log: Path, what: str, timeout: float = 600) -> None:
+    """Until `url` answers 200; a server that exits or never answers is reported with the end of its log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise StackError(f"{what} exited ({proc.returncode}):\n{_tail(log)}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise StackError(f"{what} not answering {url} after {timeout:.0f} s:\n{_tail(log)}")
+
+
+def _tail(log: Path, chars: int = 3000) -> str:
+    return log.read_text(errors="replace")[-chars:] if log.is_file() else "(no log)"
+
+
+# ---- PostgreSQL ----------------------------------------------------------------------------------------------
+
+def postgres_bindir() -> Path:
+    """The folder of initdb and pg_ctl: `pg_config --bindir`, else Debian's /usr/lib/postgresql/N/bin, else PATH."""
+    candidates = []
+    if shutil.which("pg_config"):
+        found = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
+        candidates.append(Path(found.stdout.strip()))
+    candidates += [Path(p) for p in sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=_version_key, reverse=True)]
+    if shutil.which("initdb"):
+        candidates.append(Path(shutil.which("initdb")).resolve().parent)
+    for folder in candidates:
+        if all((folder / tool).is_file() for tool in ("initdb", "pg_ctl", "postgres")):
+            return folder
+    raise StackError(INSTALL_POSTGRES)
+
+
+def _version_key(path: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in Path(path).parent.name.split(".") if part.isdigit())
+
+
+def _server_account() -> pwd.struct_passwd | None:
+    """Who runs PostgreSQL: the current user, or, for root (whom PostgreSQL refuses), `postgres` or `nobody`."""
+    if os.geteuid() != 0:
+        return None
+    for name in ("postgres", "nobody"):
+        with contextlib.suppress(KeyError):
+            return pwd.getpwnam(name)
+    raise StackError("running as root, and there is no `postgres` (nor `nobody`) user to run PostgreSQL as: "
+                     "`apt-get install postgresql` creates it")
+
+
+@contextlib.contextmanager
+def postgres_cluster(password: str, log: Path) -> Iterator[str]:
+    """A throwaway cluster on a free local port with a database and owner `mlflow`; yields its URI (no password).
+
+    The URI names the driver: SQLAlchemy 2.1 takes a bare postgresql:// for psycopg 3, 2.0 for psycopg2.
+
+    The cluster lives in its own temporary folder, owned by the server account (a pytest tmp folder of root's
+    is closed to it), and is removed afterwards. fsync is off: nothing in it outlives the stack.
+    """
+    bindir = postgres_bindir()
+    account = _server_account()
+    as_server = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []} if account else {}
+    root = Path(tempfile.mkdtemp(prefix="braintumor-postgres-"))
+    try:
+        if account:
+            os.chown(root, account.pw_uid, account.pw_gid)
+        password_file = root / "password"
+        password_file.write_text(password + "\n")
+        password_file.chmod(0o600)
+        if account:
+            os.chown(password_file, account.pw_uid, account.pw_gid)
+        data, port = root / "data", free_port()
+        _check(subprocess.run([str(bindir / "initdb"), "-D", str(data), "-U", DB_USER, f"--pwfile={password_file}",
+                               "--auth-host=scram-sha-256", "--auth-local=scram-sha-256", "-E", "UTF8",
+                               "--locale=C", "--no-sync"],
+                              cwd=root, capture_output=True, text=True, **as_server), "initdb")
+        password_file.unlink()
+        options = (f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={root} -c fsync=off "
+                   "-c full_page_writes=off")
+        _check(subprocess.run([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w",
+                               "-t", "120", "-o", options, "start"],
+                              cwd=root, capture_output=True, text=True, **as_server), "pg_ctl start")
+        try:
+            env = {**os.environ, "PGPASSWORD": password}
+            _check(subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", DB_USER,
+                                   DB_NAME], env=env, capture_output=True, text=True), "createdb")
+            yield f"postgresql+psycopg2://{DB_USER}@127.0.0.1:{port}/{DB_NAME}"
+        finally:
+            subprocess.run([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                           cwd=root, capture_output=True, **as_server)
+    finally:
+        if (root / "server.log").is_file():
+            shutil.copyfile(root / "server.log", log)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _check(result: subprocess.CompletedProcess, what: str) -> None:
+    if result.returncode != 0:
+        raise StackError(f"PostgreSQL: {what} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+
+
+# ---- S3 and MLflow -------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def s3_server(log: Path) -> Iterator[str]:
+    """moto's S3-compatible server on a free local port; yields its endpoint URL."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    proc = start_process([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], log)
+    try:
+        wait_http(f"{endpoint}/moto-api/", proc, log, "the S3 server (moto)")
+        yield endpoint
+    finally:
+        stop_process(proc)
+
+
+@contextlib.contextmanager
+def mlflow_server(db_uri: str, db_password: str, s3_endpoint: str, s3_access_key: str, s3_secret_key: str,
+                  log: Path, port: int | None = None) -> Iterator[str]:
+    """`mlflow server` on PostgreSQL with artifacts in the S3 bucket; yields its URL.
+
+    The secrets reach it through its environment (libpq's PGPASSWORD, boto3's AWS_*), never its command line.
+    """
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_", "PG"))}
+    env.update(PGPASSWORD=db_password, AWS_ACCESS_KEY_ID=s3_access_key, AWS_SECRET_ACCESS_KEY=s3_secret_key,
+               AWS_DEFAULT_REGION=REGION, MLFLOW_S3_ENDPOINT_URL=s3_endpoint, AWS_EC2_METADATA_DISABLED="true")
+    mlflow = Path(sys.executable).with_name("mlflow")
+    proc = start_process([str(mlflow), "server", "--backend-store-uri", db_uri,
+                          "--artifacts-destination", f"s3://{ARTIFACTS_BUCKET}", "--serve-artifacts",
+                          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], log, env=env)
+    try:
+        wait_http(f"{url}/health", proc, log, "mlflow server")
+        yield url
+    finally:
+        stop_process(proc)
+
+
+@contextlib.contextmanager
+def team_stack(folder: Path, mlflow_port: int | None = None) -> Iterator[TeamStack]:
+    """PostgreSQL, S3 with both buckets, and the MLflow server, all stopped (and the cluster removed) on exit."""
+    folder.mkdir(parents=True, exist_ok=True)
+    db_password, s3_access_key, s3_secret_key = (secrets.token_urlsafe(24) for _ in range(3))
+    with postgres_cluster(db_password, folder / "postgres.log") as db_uri, s3_server(folder / "s3.log") as s3:
+        partial = TeamStack("", s3, db_uri, db_password, s3_access_key, s3_secret_key, folder)
+        client = partial.s3_client()
+        for bucket in (ARTIFACTS_BUCKET, DVC_BUCKET):
+            client.create_bucket(Bucket=bucket)
+        with mlflow_server(db_uri, db_password, s3, s3_access_key, s3_secret_key, folder / "mlflow-server.log",
+                           mlflow_port) as tracking_uri:
+            yield TeamStack(tracking_uri, s3, db_uri, db_password, s3_access_key, s3_secret_key, folder)
+
+
+# ---- make team-up ---------------------------------------------------------------------------------------------
+
+def _write_env_file(path: Path, stack: TeamStack) -> None:
+    path.unlink(missing_ok=True)
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as env_file:
+        env_file.write("# The local team stack (deploy/team_stack.py); valid while it runs.\n")
+        env_file.writelines(f"export {k}={v}\n" for k, v in stack.client_env().items())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, default=5000, help="the MLflow server's port (default 5000)")
+    parser.add_argument("--env-file", default="team-stack.env",
+                        help="where to write the client variables, mode 0600 (default team-stack.env, git-ignored)")
+    args = parser.parse_args(argv)
+    env_file = Path(args.env_file).resolve()
+    logs = Path(tempfile.mkdtemp(prefix="braintumor-team-stack-"))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # a `kill` stops the stack as Ctrl-C does
+    try:
+        with team_stack(logs, args.port) as stack:
+            _write_env_file(env_file, stack)
+            print(f"""
+Team stack up, on this machine only (logs in {logs}):
+  MLflow server   {stack.tracking_uri}   (open it in a browser)
+  PostgreSQL      {stack.db_uri}
+  S3 (moto)       {stack.s3_endpoint}   buckets s3://{ARTIFACTS_BUCKET}, s3://{DVC_BUCKET}
+
+In each shell that uses it (it sets {', '.join(stack.client_env())}):
+  source {env_file}
+
+Point the DVC remote at the bucket (in .dvc/config.local, which git ignores, as this endpoint is yours alone):
+  dvc remote add --local -d team {stack.dvc_remote_url}
+  dvc remote modify --local team endpointurl {stack.s3_endpoint}
+
+Then: dvc repro   ->  the run, its model and report land on {stack.tracking_uri}
+      dvc push --run-cache
+      braintumor predict data/Testing --model models:/brain-tumor-classifier@champion
+
+Ctrl-C stops it all; runs, models and objects are gone then (moto keeps objects in memory).""", flush=True)
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        print("\nstopping the team stack")
+    except StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        env_file.unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

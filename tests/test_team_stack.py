@@ -1,0 +1,290 @@
+"""The team setup, run for real: an MLflow server on PostgreSQL with artifacts on S3, and a DVC remote on S3.
+
+One stack for the module (deploy/team_stack.py: a throwaway PostgreSQL cluster, moto's S3 server over HTTP on
+127.0.0.1, `mlflow server --backend-store-uri postgresql+psycopg2://... --artifacts-destination s3://...
+--serve-artifacts`) and one project for it: a temporary git repository with the tiny sample, its data `dvc add`-ed
+and a DVC remote on the S3 endpoint, where `dvc repro` ran once and `dvc exp run -S train.seed=7` once, with
+MLFLOW_TRACKING_URI pointing at the server and the S3 credentials in the environment, as a team member works.
+The tests check what landed where (the server, PostgreSQL's tables, the buckets), that no secret leaked, that
+the registered champion predicts and serves from the server, and that DVC's remote and run cache work across
+clones.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import BIN, REPO
+from test_pipeline import file_hashes, make_project, ran
+
+sys.path.insert(0, str(REPO / "deploy"))
+import team_stack  # noqa: E402  (deploy/ is not a package: the same file is `make team-up`)
+
+EXPERIMENT = "brain-tumor-mri"
+REGISTERED = "brain-tumor-classifier"
+CHAMPION = f"models:/{REGISTERED}@champion"
+
+
+def team_env(stack: team_stack.TeamStack) -> dict[str, str]:
+    """A team member's environment: the tracking server and S3 credentials, and nothing else of the caller's
+    that would point MLflow, AWS clients, DVC or git elsewhere."""
+    drop = ("MLFLOW_", "AWS_", "DVC_", "GIT_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env.update(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", DVC_NO_ANALYTICS="1", OMP_NUM_THREADS="2",
+               MPLBACKEND="Agg", AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE=os.devnull,
+               AWS_SHARED_CREDENTIALS_FILE=os.devnull)
+    env.update(stack.client_env())
+    return env
+
+
+def sh(stack, repo: Path, *cmd: str, timeout: int = 600) -> str:
+    """Run a command as a team member; returns stdout and stderr together, fails with both."""
+    result = subprocess.run(list(cmd), cwd=repo, env=team_env(stack), capture_output=True, text=True,
+                            timeout=timeout)
+    if result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result.stdout + result.stderr
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    try:
+        team_stack.postgres_bindir()
+    except team_stack.StackError as exc:  # CI installs PostgreSQL (.ci/run): there a missing server is a failure
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(str(exc))
+    with team_stack.team_stack(tmp_path_factory.mktemp("team-stack")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def client(stack):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=stack.tracking_uri, registry_uri=stack.tracking_uri)
+
+
+@pytest.fixture(scope="module")
+def team_project(stack, tmp_path_factory) -> dict:
+    """The project with the team's remote, after `dvc repro` (committed) and `dvc exp run -S train.seed=7`, reset
+    to the committed state (the first run's outputs, from the DVC cache)."""
+    repo = make_project(tmp_path_factory.mktemp("team"))
+    sh(stack, repo, "dvc", "add", "data/Training", "data/Testing")
+    sh(stack, repo, "dvc", "remote", "add", "-d", "team", stack.dvc_remote_url)
+    sh(stack, repo, "dvc", "remote", "modify", "team", "endpointurl", stack.s3_endpoint)
+    sh(stack, repo, "git", "add", "data/Training.dvc", "data/Testing.dvc", "data/.gitignore", ".dvc/config")
+    sh(stack, repo, "git", "commit", "-q", "-m", "dataset tracked by DVC, remote on the team's S3")
+
+    first = sh(stack, repo, "dvc", "repro")
+    first_run = json.loads((repo / "reports/mlflow_run.json").read_text())
+    sh(stack, repo, "git", "commit", "-q", "-m", "pipeline outputs")  # dvc.lock (core.autostage)
+    second = sh(stack, repo, "dvc", "exp", "run", "-S", "train.seed=7")
+    second_run = json.loads((repo / "reports/mlflow_run.json").read_text())
+    sh(stack, repo, "git", "checkout", "HEAD", "--", "params.yaml", "dvc.lock")
+    sh(stack, repo, "dvc", "checkout", "--force")
+    return {"repo": repo, "output": first + second, "first": first_run, "second": second_run}
+
+
+# ---- MLflow: the server, its PostgreSQL tables and its bucket ------------------------------------------------
+
+@pytest.mark.slow
+def test_run_with_params_metrics_and_tags_on_the_server(stack, team_project, client):
+    repo, run_id = team_project["repo"], team_project["first"]["run_id"]
+    assert team_project["first"]["tracking_uri"] == stack.tracking_uri
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.info.artifact_uri.startswith("mlflow-artifacts:/"), "artifacts must go through the server"
+    assert not (repo / "mlflow.db").exists() and not (repo / "mlartifacts").exists() and not (repo / "mlruns").exists()
+
+    params = run.data.params
+    assert params["train.lr"] == "0.01" and params["train.epochs"] == "1" and params["model.image_size"] == "32"
+    assert params["train.seed"] == "42" and params["tracking.registered_model"] == REGISTERED
+    assert [m.step for m in client.get_metric_history(run_id, "val_accuracy")] == [1]
+    assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [1]
+    evaluation = json.loads((repo / "metrics/eval.json").read_text())  # the first run's (reset from the cache)
+    assert run.data.metrics["test_accuracy"] == pytest.approx(evaluation["accuracy"])
+    assert run.data.metrics["test_macro_f1"] == pytest.approx(evaluation["macro_f1"])
+    assert "test_leak_free_accuracy" in run.data.metrics and "best_val_macro_f1" in run.data.metrics
+
+    tags = run.data.tags
+    assert tags["git_commit"] == sh(stack, repo, "git", "rev-parse", "HEAD~1").strip()  # the commit it ran on
+    md5 = {split: yaml.safe_load((repo / f"data/{split}.dvc").read_text())["outs"][0]["md5"]
+           for split in ("Training", "Testing")}
+    assert tags["data_dvc_hash"] == f"Testing:{md5['Testing']},Training:{md5['Training']}"
+    assert tags["device"] == "cpu" and tags["promotion"] == "champion"
+
+
+@pytest.mark.slow
+def test_second_run_is_compared_with_the_first(team_project, client):
+    first, second = team_project["first"]["run_id"], team_project["second"]["run_id"]
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    runs = {r.info.run_id: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {first, second}
+    a, b = runs[first].data.params, runs[second].data.params
+    assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} == {"train.seed"}
+    assert (a["train.seed"], b["train.seed"]) == ("42", "7")
+    assert runs[second].data.tags["dvc_exp_name"] == runs[second].info.run_name != ""
+    for run in runs.values():
+        assert {"test_macro_f1", "test_accuracy", "best_val_macro_f1"} <= set(run.data.metrics)
+    ordered = client.search_runs([experiment.experiment_id], filter_string="params.`train.seed` = '7'")
+    assert [r.info.run_id for r in ordered] == [second]
+
+    versions = {str(v.version): v.run_id for v in client.search_model_versions(f"name = '{REGISTERED}'")}
+    assert versions == {team_project["first"]["model_version"]: first, team_project["second"]["model_version"]: second}
+    decision = runs[second].data.tags["promotion"]  # champion if at least as good on the test set, else challenger
+    assert client.get_model_version_by_alias(REGISTERED, decision).run_id == second
+    if decision == "challenger":
+        assert client.get_model_version_by_alias(REGISTERED, "champion").run_id == first
+
+
+@pytest.mark.slow
+def test_artifacts_are_objects_in_the_bucket(stack, team_project, client):
+    repo, run_id = team_project["repo"], team_project["first"]["run_id"]
+    s3 = stack.s3_client()
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=team_stack.ARTIFACTS_BUCKET)
+            for o in page.get("Contents", [])]
+    experiment_id = client.get_run(run_id).info.experiment_id
+    run_prefix = f"{experiment_id}/{run_id}/artifacts/"
+    for name in ("report/report.html", "report/augment_preview.png", "metrics/train.json"):
+        assert run_prefix + name in keys, f"{name} not in the bucket: {sorted(k for k in keys if run_id in k)}"
+    report = s3.get_object(Bucket=team_stack.ARTIFACTS_BUCKET, Key=run_prefix + "report/report.html")["Body"].read()
+    assert hashlib.sha256(report).hexdigest() == sha256(repo / "reports/report.html")
+
+    version = client.get_model_version(REGISTERED, team_project["first"]["model_version"])
+    model_keys = [k for k in keys if version.model_id in k]  # MLflow 3: <experiment>/models/<model id>/artifacts/
+    assert any(k.endswith("/MLmodel") for k in model_keys), model_keys
+    stored = [k for k in model_keys if k.endswith("model.pt")]
+    assert len(stored) == 1, model_keys
+    weights = s3.get_object(Bucket=team_stack.ARTIFACTS_BUCKET, Key=stored[0])["Body"].read()
+    assert hashlib.sha256(weights).hexdigest() == sha256(repo / "models/model.pt")
+
+
+@pytest.mark.slow
+def test_postgres_holds_runs_and_registry_and_wants_the_password(stack, team_project):
+    import psycopg2
+
+    port = int(stack.db_uri.rsplit(":", 1)[1].split("/")[0])
+    connect = {"host": "127.0.0.1", "port": port, "user": team_stack.DB_USER, "dbname": team_stack.DB_NAME}
+    with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+        psycopg2.connect(**connect, password="not-the-password")
+    with psycopg2.connect(**connect, password=stack.db_password) as db, db.cursor() as cursor:
+        cursor.execute("SELECT run_uuid FROM runs")
+        assert {row[0] for row in cursor.fetchall()} == {team_project["first"]["run_id"],
+                                                         team_project["second"]["run_id"]}
+        cursor.execute("SELECT alias, version FROM registered_model_aliases WHERE name = %s", (REGISTERED,))
+        assert "champion" in dict(cursor.fetchall())
+    db.close()
+
+
+@pytest.mark.slow
+def test_no_secret_in_params_tags_git_outputs_or_logs(stack, team_project, client):
+    repo = team_project["repo"]
+    texts = {"pipeline output": team_project["output"], "git history": sh(stack, repo, "git", "log", "-p", "--all"),
+             ".dvc/config": (repo / ".dvc/config").read_text()}
+    for run in (team_project["first"], team_project["second"]):
+        data = client.get_run(run["run_id"]).data
+        texts[f"params of {run['run_id']}"] = json.dumps(data.params)
+        texts[f"tags of {run['run_id']}"] = json.dumps(data.tags)
+    for path in ("reports/mlflow_run.json", "reports/report.html"):
+        texts[path] = (repo / path).read_text()
+    for log in ("mlflow-server.log", "s3.log"):
+        texts[log] = (stack.folder / log).read_text(errors="replace")
+    assert texts["pipeline output"] and texts["tags of " + team_project["first"]["run_id"]]
+    for secret in stack.secrets():
+        leaks = [where for where, text in texts.items() if secret in text]
+        assert not leaks, f"a credential appears in: {leaks}"
+
+
+# ---- the registered champion, from the server ----------------------------------------------------------------
+
+@pytest.mark.slow
+def test_predict_and_serve_the_champion_from_the_server(stack, team_project, tmp_path):
+    repo = team_project["repo"]
+    scan = min((repo / "data/Testing/glioma_tumor").glob("*.jpg"))
+    sh(stack, tmp_path, "braintumor", "predict", str(scan), "--model", CHAMPION, "--output", "predicted.json")
+    predicted = json.loads((tmp_path / "predicted.json").read_text())[0]
+
+    port = team_stack.free_port()
+    log = tmp_path / "serve.log"
+    proc = team_stack.start_process([str(BIN / "mlflow"), "models", "serve", "-m", CHAMPION, "--env-manager",
+                                     "local", "-h", "127.0.0.1", "-p", str(port)], log, env=team_env(stack),
+                                    cwd=tmp_path)
+    try:
+        team_stack.wait_http(f"http://127.0.0.1:{port}/ping", proc, log, "mlflow models serve")
+        image = base64.b64encode(scan.read_bytes()).decode("ascii")
+        body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[image]]}}).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=120) as response:
+            served = json.loads(response.read())["predictions"][0]
+    finally:
+        team_stack.stop_process(proc)
+    assert served["label"] == predicted["label"]
+    for name in ("glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor", "probability"):
+        assert served[name] == pytest.approx(predicted[name], abs=1e-6)
+
+
+# ---- DVC: the remote on S3, and the run cache across clones --------------------------------------------------
+
+@pytest.mark.slow
+def test_dvc_push_then_a_fresh_clone_pulls_and_reuses_the_run_cache(stack, team_project, client, tmp_path):
+    repo = team_project["repo"]
+    sh(stack, repo, "dvc", "push", "--run-cache")
+    s3 = stack.s3_client()
+    stored = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
+        Bucket=team_stack.DVC_BUCKET, Prefix="braintumor/") for o in page.get("Contents", [])]
+    assert any(k.startswith("braintumor/files/md5/") for k in stored), stored[:10]
+    assert any(k.startswith("braintumor/runs/") for k in stored), "the run cache was not pushed"
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True, capture_output=True)
+    assert not (clone / "data/Training").exists() and not (clone / "models").exists()
+    sh(stack, clone, "dvc", "pull", "data/Training.dvc", "data/Testing.dvc")
+    assert file_hashes(clone / "data") == file_hashes(repo / "data")
+
+    runs_before = len(client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id]))
+    sh(stack, clone, "dvc", "fetch", "--run-cache")  # run-cache entries and the outputs they name, no checkout
+    reproduced = sh(stack, clone, "dvc", "repro")
+    assert "Running stage 'train'" not in reproduced, reproduced
+    assert ran(reproduced) == set(), reproduced  # every stage restored from the pushed run cache
+    assert "Stage 'train' is cached - skipping run, checking out outputs" in reproduced, reproduced
+    assert sha256(clone / "models/model.pt") == sha256(repo / "models/model.pt")
+    assert (clone / "reports/mlflow_run.json").read_text() == (repo / "reports/mlflow_run.json").read_text()
+    assert len(client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id])) == runs_before
+
+
+# ---- the compose file runs the server the tests run (fast) ---------------------------------------------------
+
+def test_compose_file_matches_the_tested_stack():
+    compose = yaml.safe_load((REPO / "deploy/compose.yaml").read_text())
+    services = compose["services"]
+    command = services["mlflow"]["command"]
+    assert command[:2] == ["mlflow", "server"] and "--serve-artifacts" in command
+    backend = command[command.index("--backend-store-uri") + 1]
+    assert backend.startswith("postgresql+psycopg2://mlflow@") and backend.endswith("/mlflow")  # no password in it
+    assert command[command.index("--artifacts-destination") + 1] == f"s3://{team_stack.ARTIFACTS_BUCKET}"
+    buckets = " ".join(services["buckets"]["command"])
+    assert f"store/{team_stack.ARTIFACTS_BUCKET}" in buckets and f"store/{team_stack.DVC_BUCKET}" in buckets
+    environment = services["mlflow"]["environment"]
+    assert {"PGPASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL"} <= set(environment)
+    secrets = [*services["postgres"]["environment"].values(), *services["minio"]["environment"].values(),
+               environment["PGPASSWORD"], environment["AWS_SECRET_ACCESS_KEY"]]
+    assert all(str(v).startswith("${") for v in secrets if v not in ("mlflow",)), "a secret written into compose.yaml"
+
+
+def test_secret_files_are_ignored_by_git():
+    ignored = subprocess.run(["git", "check-ignore", "team-stack.env", "deploy/.env"], cwd=REPO,
+                             capture_output=True, text=True)
+    assert ignored.stdout.split() == ["team-stack.env", "deploy/.env"]
