@@ -253,7 +253,9 @@ def mlflow_server(db_uri: str, db_password: str, s3_endpoint: str, s3_access_key
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_", "PG"))}
     env.update(PGPASSWORD=db_password, AWS_ACCESS_KEY_ID=s3_access_key, AWS_SECRET_ACCESS_KEY=s3_secret_key,
-               AWS_DEFAULT_REGION=REGION, MLFLOW_S3_ENDPOINT_URL=s3_endpoint, AWS_EC2_METADATA_DISABLED="true")
+               AWS_DEFAULT_REGION=REGION, MLFLOW_S3_ENDPOINT_URL=s3_endpoint, AWS_EC2_METADATA_DISABLED="true",
+               # no job runner: its eight processes serve GenAI features this project does not use
+               MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     mlflow = Path(sys.executable).with_name("mlflow")
     proc = start_process([str(mlflow), "server", "--backend-store-uri", db_uri,
                           "--artifacts-destination", f"s3://{ARTIFACTS_BUCKET}", "--serve-artifacts",
