@@ -40,8 +40,7 @@ def team_env(stack: team_stack.TeamStack) -> dict[str, str]:
     drop = ("MLFLOW_", "AWS_", "DVC_", "GIT_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env.update(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", DVC_NO_ANALYTICS="1", OMP_NUM_THREADS="2",
-               MPLBACKEND="Agg", AWS_EC2_METADATA_DISABLED="true", AWS_CONFIG_FILE=os.devnull,
-               AWS_SHARED_CREDENTIALS_FILE=os.devnull)
+               MPLBACKEND="Agg", AWS_EC2_METADATA_DISABLED="true")  # credentials from the environment alone
     env.update(stack.client_env())
     return env
 
