@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from braintumor.evaluation import (HEADLINE, classification_metrics, expected_calibration_error, reliability_table,
-                                   roc_auc_ovr)
+                                   roc_auc_ovr, roc_table)
 
 CLASSES = ["a", "b", "c"]
 
@@ -191,3 +191,50 @@ def test_leak_free_subset_is_the_test_rows_without_any_copy_in_training():
     as_read = test.assign(exact_in_train=["False", "True", "False", "True"])
     assert leak_free_mask(as_read.assign(exact_in_train=as_read["exact_in_train"] == "True")).tolist() == \
         [True, False, False, False]
+
+
+def test_roc_table_is_long_form_one_curve_per_class_present():
+    table = roc_table(Y_TRUE, PROBS, CLASSES, points=5)  # fpr grid 0, 0.25, 0.5, 0.75, 1
+    assert list(table.columns) == ["class", "fpr", "tpr"]
+    assert list(table["class"].unique()) == CLASSES and len(table) == 3 * 5
+    curve = {c: part.set_index("fpr")["tpr"] for c, part in table.groupby("class")}
+    # class a vs rest: positives score 0.70, 0.20; negatives 0.55, 0.30, 0.10 -> TPR 0.5 until FPR 2/3.
+    assert curve["a"][0.5] == pytest.approx(0.5) and curve["a"][1.0] == pytest.approx(1.0)
+    # class c vs rest: its one positive (0.30) is beaten only by one negative (0.35) -> TPR 1 from FPR 0.25.
+    assert curve["c"][0.25] == pytest.approx(1.0) and curve["c"][0.5] == pytest.approx(1.0)
+    without_c = roc_table(np.array([0, 0, 1, 1]), PROBS[:4], CLASSES, points=5)
+    assert set(without_c["class"]) == {"a", "b"}
+
+
+def test_dvc_draws_one_roc_line_per_class_of_a_changed_class_list_without_editing_dvc_yaml(tmp_path):
+    """data.classes changed to three other names: dvc.yaml is the project's, byte for byte, and `dvc plots show`
+    draws the ROC of each new class (the template colours by the `class` column)."""
+    import json
+    import shutil
+
+    import yaml
+    from conftest import BIN, REPO, run
+
+    for name in ("dvc.yaml", ".dvc/config", ".dvc/plots/roc_per_class.json"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, tmp_path / name)
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    classes = ["astrocytoma", "ependymoma", "healthy"]
+    params["data"].update(classes=classes, aliases={})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    run(["git", "init", "-q"], cwd=tmp_path)
+    rng = np.random.default_rng(0)
+    y_true = rng.integers(0, 3, 60)
+    probs = rng.dirichlet([1, 1, 1], 60)
+    (tmp_path / "plots/eval").mkdir(parents=True)
+    roc_table(y_true, probs, classes).to_csv(tmp_path / "plots/eval/roc.csv", index=False)
+
+    shown = json.loads(run([str(BIN / "dvc"), "plots", "show", "--json"], cwd=tmp_path).stdout)
+    assert not [e for e in shown.get("errors") or [] if e["name"].startswith("ROC")]
+    (plot,) = shown["data"]["ROC (one class vs rest)"]
+    spec = plot["content"]
+    assert spec["encoding"]["color"]["field"] == "class" and spec["mark"]["type"] == "line"
+    values = spec["data"]["values"]
+    assert sorted({v["class"] for v in values}) == classes
+    assert {v["field"] for v in values} == {"tpr"} and len(values) == 3 * 101
+    assert (tmp_path / "dvc.yaml").read_bytes() == (REPO / "dvc.yaml").read_bytes()

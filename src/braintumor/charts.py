@@ -66,13 +66,14 @@ def reliability_diagram(table: pd.DataFrame, ece: float | None) -> plt.Figure:
 
 
 def roc_curves(table: pd.DataFrame) -> plt.Figure:
-    """table: `fpr` and one TPR column per class (evaluation.roc_table)."""
+    """table: long form, columns `class`, `fpr`, `tpr` (evaluation.roc_table); one line per class."""
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
-    for name in table.columns.drop("fpr"):
-        ax.plot(table["fpr"], table[name], label=name)
+    for name, curve in table.groupby("class", sort=False):
+        ax.plot(curve["fpr"], curve["tpr"], label=name)
     ax.plot([0, 1], [0, 1], "--", color="gray")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC, one class vs rest")
-    ax.legend(fontsize=8)
+    if not table.empty:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

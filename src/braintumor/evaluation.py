@@ -70,15 +70,16 @@ def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, *, bins: i
 
 
 def roc_table(y_true: np.ndarray, probs: np.ndarray, classes: list[str], points: int = 101) -> pd.DataFrame:
-    """One-vs-rest ROC curves on a common false-positive-rate grid: columns `fpr` and one TPR column per class
-    (classes absent from y_true are left out). One file, one series per class, for `dvc plots`."""
+    """One-vs-rest ROC curves on a common false-positive-rate grid, in long form: one row per (class, fpr) with
+    columns `class`, `fpr`, `tpr` (classes absent from y_true are left out). The class names are data, not
+    columns, so `dvc plots` draws one line per class whatever data.classes holds (dvc.yaml names no class)."""
     grid = np.linspace(0.0, 1.0, points)
-    table = {"fpr": grid}
+    curves = []
     for c, name in enumerate(classes):
         if 0 < (y_true == c).sum() < len(y_true):
             fpr, tpr, _ = roc_curve(y_true == c, probs[:, c])
-            table[name] = np.interp(grid, fpr, tpr)
-    return pd.DataFrame(table)
+            curves.append(pd.DataFrame({"class": name, "fpr": grid, "tpr": np.interp(grid, fpr, tpr)}))
+    return pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=["class", "fpr", "tpr"])
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
