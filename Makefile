@@ -23,9 +23,10 @@ run: install
 	dvc repro
 	@echo
 	@echo "Done. First: source $(VENV)/bin/activate   (puts dvc, mlflow and braintumor on PATH)"
-	@echo "Report:     reports/report.html (open it in a browser)"
+	@echo "Report:     reports/report.html (open it in a browser)   Model card: reports/model_card.md"
 	@echo "Metrics:    dvc metrics show     Plots: dvc plots show"
-	@echo "MLflow UI:  mlflow ui --backend-store-uri sqlite:///mlflow.db   (then http://127.0.0.1:5000)"
+	@echo "MLflow UI:  mlflow ui --backend-store-uri sqlite:///mlflow.db   then open the runs table:"
+	@echo "              $$(braintumor runs-url 2>/dev/null || echo http://127.0.0.1:5000)"
 	@echo "Serve:      MLFLOW_TRACKING_URI=sqlite:///mlflow.db mlflow models serve \\"
 	@echo "              -m models:/brain-tumor-classifier@champion --env-manager local -h 127.0.0.1 -p 5001"
 	@echo "Predict:    braintumor predict data/Testing --output predictions.csv"

@@ -25,7 +25,7 @@ STAGES = ["validate", "augment_preview", "train", "evaluate", "report"]
 OUTPUTS = ["manifests/splits.csv", "reports/validation.json", "reports/augment_preview.png", "models/model.pt",
            "metrics/train.json", "plots/train/history.csv", "reports/mlflow_run.json", "metrics/eval.json",
            "plots/eval/confusion.csv", "plots/eval/roc.csv", "plots/eval/reliability.csv",
-           "plots/eval/predictions.csv", "reports/report.html"]
+           "plots/eval/predictions.csv", "reports/model_card.md", "reports/report.html"]
 EXPERIMENT = "brain-tumor-mri"
 REGISTERED = "brain-tumor-classifier"
 
@@ -37,7 +37,7 @@ def _env() -> dict[str, str]:
     drop = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE")
     env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("DVC_")}
     env.update(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", DVC_NO_ANALYTICS="1", OMP_NUM_THREADS="2",
-               MPLBACKEND="Agg")
+               MPLBACKEND="Agg", MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1")  # tiny runs are shorter than 10 s
     return env
 
 
@@ -93,7 +93,7 @@ def make_project(root: Path) -> Path:
     repo = root.resolve() / "repo"  # resolved, as the pipeline resolves its root (fileio.project_root)
     repo.mkdir()
     for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "data/.gitignore", "data/README.md",
-                 ".dvc/config"):
+                 ".dvc/config", ".dvc/plots/roc_per_class.json"):
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, repo / name)
     skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
@@ -185,6 +185,10 @@ def test_mlflow_run_in_repository_store(project):
     data_md5 = {Path(d["path"]).name: d["md5"] for d in lock if d["path"] in ("data/Training", "data/Testing")}
     assert tags["data_dvc_hash"] == f"Testing:{data_md5['Testing']},Training:{data_md5['Training']}"
     assert tags["device"] == "cpu"
+    assert run.info.run_name == f"params.yaml @ {tags['git_commit'][:7]}"
+    digests = {i.dataset.name.split("-")[0]: i.dataset.digest for i in run.inputs.dataset_inputs}
+    assert digests == {"train": data_md5["Training"], "val": data_md5["Training"], "test": data_md5["Testing"]}
+    assert "system/cpu_utilization_percentage" in metrics
 
     champion = client.get_model_version_by_alias(REGISTERED, "champion")
     assert champion.run_id == run_id and str(champion.version) == str(info["model_version"])
@@ -200,8 +204,9 @@ def test_report_is_self_contained_and_every_image_decodes(project, tmp_path):
     page = (project["repo"] / "reports/report.html").read_text(encoding="utf-8")
     for section in ("Dataset and validation", "Preprocessing and augmentation", "Training curves", "Test metrics",
                     "leak-free", "Confusion matrix", "Calibration", "Sample test predictions",
-                    "Most confident mistakes", "Grad-CAM", "Run metadata", "mlflow ui"):
+                    "Most confident mistakes", "Grad-CAM", "Model card", "Run metadata", "mlflow ui"):
         assert section in page, f"report lacks {section!r}"
+    assert '<a href="model_card.md">' in page and (project["repo"] / "reports/model_card.md").is_file()
     assert not re.search(r'(src|href)="(https?:)?//', page), "the report must not load anything from the network"
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
     assert len(images) >= 8

@@ -99,6 +99,13 @@ def _recipe(args: argparse.Namespace) -> None:
     sys.exit(subprocess.call([str(dvc) if dvc.is_file() else "dvc", *command[1:]]))
 
 
+def _runs_url(args: argparse.Namespace) -> None:
+    params = load_params(args.params)
+    from braintumor.tracking import runs_table_url
+
+    print(runs_table_url(params.tracking.experiment))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="braintumor", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -136,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="check the recipe and print the dvc command only")
     p.add_argument("--params", default="params.yaml")
     p.set_defaults(func=_recipe)
+
+    p = sub.add_parser("runs-url", help="print the MLflow UI address of the experiment's runs table "
+                                        "(in the UI's Model training view)")
+    p.add_argument("--params", default="params.yaml")
+    p.set_defaults(func=_runs_url)
     return parser
 
 

@@ -35,6 +35,7 @@ class PathsConfig:
     run_info: str = "reports/mlflow_run.json"
     eval_metrics: str = "metrics/eval.json"
     eval_plots: str = "plots/eval"
+    model_card: str = "reports/model_card.md"
     report: str = "reports/report.html"
     cache: str = ".cache"
 
@@ -198,6 +199,10 @@ class EvaluateConfig:
     calibration_bins: int = 15
     # Another labelled dataset (a folder of <class>/ folders; data.aliases apply) scored next to Testing; "" = none.
     external_data: str = ""
+    # What the champion/challenger rule compares (tracking.PROMOTION_KEYS). The leak-free choices fall back to the
+    # val figure (duplicate-grouped, so also free of copies) when the leak-free Testing subset is empty.
+    promotion_metric: Literal["leak_free_macro_f1", "leak_free_accuracy", "macro_f1", "accuracy",
+                              "val_macro_f1"] = "leak_free_macro_f1"
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "evaluate.batch_size", self.batch_size, "an integer >= 1")

@@ -11,6 +11,7 @@ import hashlib
 import io
 import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,8 @@ def train(params: Params) -> dict:
     if dist_info.is_main:
         from braintumor.tracking import RunTracker  # mlflow is imported by the process that logs, only
 
-        tracker = RunTracker(params, resume_run_id=checkpoint_extra(checkpoint).get("mlflow_run_id"))
+        tracker = RunTracker(params, resume_run_id=checkpoint_extra(checkpoint).get("mlflow_run_id"),
+                             training_rows=images)
     prep = Preprocessing.from_config(params.model, params.preprocess)
     model = build_model(params.model.weights, len(params.data.classes), params.model.dropout)
     try:
@@ -198,16 +200,17 @@ def evaluate(params: Params) -> dict:
     write_json(params.paths.eval_metrics, metrics)
 
     logger = RunLogger(read_run_info(params.paths.run_info))
-    scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    logger.log_metrics(scalars, prefix="test_")
-    logger.log_metrics(_scalars(metrics["leak_free"]), prefix="test_leak_free_")
+    logger.log_test_set(test, params.paths.data)
+    logger.log_test_metrics(_scalars(metrics), prefix="test_")
+    logger.log_test_metrics(_scalars(metrics["leak_free"]), prefix="test_leak_free_")
     if "external" in metrics:
         logger.log_metrics(_scalars(metrics["external"]), prefix="external_")
         logger.log_metrics(_scalars(metrics["external"]["copy_free"]), prefix="external_copy_free_")
     logger.log_figure(_confusion_figure(y_true, probs, params.data.classes), "evaluation/confusion_matrix.png")
     for path in outputs + [params.paths.eval_metrics]:
         logger.log_artifact(path, "evaluation")
-    decision = logger.promote(metrics["macro_f1"])
+    decision = logger.promote(params.evaluate.promotion_metric)
+    _write_model_card(params, metrics, bundle, logger, decision)
     logger.end()
     lf = metrics["leak_free"]
     print(f"evaluate: Testing accuracy {metrics['accuracy']:.3f} macro-F1 {metrics['macro_f1']:.3f} "
@@ -220,8 +223,10 @@ def evaluate(params: Params) -> dict:
               + (f"copy-free accuracy {free['accuracy']:.3f} (n={free['n']})" if free["n"] else "no copy-free scan")
               + f"; {ext['exact_in_train']} exact and {ext['near_in_train']} near copies of Training scans")
     print(f"evaluate: model version {decision.get('version')} -> {decision['decision']}"
-          + (f" (champion had macro-F1 {decision['previous_champion_test_macro_f1']:.3f})"
-             if decision.get("previous_champion_test_macro_f1") is not None else ""))
+          + (f" on {decision['metric']} {decision['value']:.3f}" if decision.get("value") is not None else "")
+          + (f" (champion {decision['previous_champion_value']:.3f})"
+             if decision.get("previous_champion_value") is not None else "")
+          + f"; wrote {params.paths.model_card}")
     return metrics
 
 
@@ -294,6 +299,19 @@ def _scalars(metrics: dict) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def _write_model_card(params: Params, metrics: dict, bundle: dict, logger, decision: dict) -> None:
+    """The model card from this run's facts; also the registered version's description and tags."""
+    from braintumor import model_card
+    from braintumor.fileio import read_json, write_text
+
+    facts = {"run": logger.info, "classes": params.data.classes, "params": bundle["params"],
+             "preprocessing": bundle["preprocessing"], "validation": read_json(params.paths.validation_report),
+             "training": bundle["metrics"], "evaluation": metrics, "tags": logger.run_tags(), "promotion": decision}
+    write_text(params.paths.model_card, model_card.render(facts))
+    logger.document_model(params.paths.model_card, model_card.version_description(facts),
+                          model_card.version_tags(facts))
+
+
 def _write_eval_plots(params: Params, test: pd.DataFrame, probs: np.ndarray, y_true: np.ndarray,
                       leak_free: np.ndarray) -> list[str]:
     from braintumor import evaluation as ev
@@ -339,7 +357,8 @@ def report(params: Params) -> None:
         evaluation=read_json(params.paths.eval_metrics), predictions=pd.read_csv(plots / "predictions.csv"),
         reliability=pd.read_csv(plots / "reliability.csv"), roc=pd.read_csv(plots / "roc.csv"), preview_png=Path(params.paths.preview).read_bytes(),
         run_info=run_info, run_tags=run_tags_of(run_info["run_id"]), data_root=params.paths.data,
-        model_path=params.paths.model)
+        model_path=params.paths.model, model_card=Path(params.paths.model_card).read_text(encoding="utf-8"),
+        model_card_href=os.path.relpath(params.paths.model_card, Path(params.paths.report).parent))
     page = build_report(inputs, samples=params.report.sample_predictions, mistakes=params.report.confident_mistakes,
                         gradcam=params.report.gradcam)
     write_text(params.paths.report, page)

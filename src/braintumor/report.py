@@ -41,6 +41,8 @@ class ReportInputs:
     run_tags: dict[str, str]
     data_root: str
     model_path: str
+    model_card: str  # markdown (model_card.render), written by the evaluate stage
+    model_card_href: str  # the card's file relative to the report's folder
 
 
 def png(fig: plt.Figure) -> str:
@@ -84,6 +86,7 @@ def build_report(inputs: ReportInputs, *, samples: int, mistakes: int, gradcam: 
     sections.append(("Most confident mistakes", _prediction_grid(inputs, predictor, mistakes, wrong_only=True)))
     if gradcam:
         sections.append(("Grad-CAM (last ResNet block)", _gradcam_section(inputs, predictor)))
+    sections.append(("Model card", _model_card_section(inputs)))
     sections.append(("Run metadata", _metadata_section(inputs)))
     body = "".join(f"<h2>{html.escape(title)}</h2>{content}" for title, content in sections)
     return (f"<!doctype html><html><head><meta charset=utf-8><title>Brain-tumor MRI classifier report</title>"
@@ -192,6 +195,13 @@ def _gradcam_section(inputs: ReportInputs, predictor: Predictor) -> str:
     return note + (png(charts.image_grid(pictures, captions, columns=4)) if pictures else "<p>None.</p>")
 
 
+def _model_card_section(inputs: ReportInputs) -> str:
+    href = html.escape(inputs.model_card_href)
+    return (f'<p>The model card: <a href="{href}">{href}</a> (markdown, beside this report; also in the MLflow '
+            "run's artifacts next to this report and in the registered model version's artifacts).</p>"
+            f"<details><summary>Show it</summary><pre>{html.escape(inputs.model_card)}</pre></details>")
+
+
 def _metadata_section(inputs: ReportInputs) -> str:
     info, tags = inputs.run_info, inputs.run_tags
     rows = [["MLflow run id", info.get("run_id", "")], ["experiment", info.get("experiment", "")],
@@ -202,8 +212,8 @@ def _metadata_section(inputs: ReportInputs) -> str:
             ["device", f"{tags.get('device', '')} ({tags.get('precision', 'fp32')})"],
             ["torch", tags.get("torch_version", "")], ["tracking URI", info.get("tracking_uri", "")]]
     uri = str(info.get("tracking_uri", ""))
-    ui = (f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"open {uri} in a browser")
-    return (_table(rows, ["", ""]) + f"<p>Open this run in the MLflow UI: <code>{html.escape(ui)}</code>, then "
-            f"experiment <b>{html.escape(str(info.get('experiment', '')))}</b>, run "
-            f"<b>{html.escape(str(info.get('run_id', '')))}</b>.</p><h3>Params</h3><pre>"
+    ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else "the team's MLflow server"
+    address = info.get("ui_url") or f"experiment {info.get('experiment', '')}, run {info.get('run_id', '')}"
+    return (_table(rows, ["", ""]) + f"<p>Open this run in the MLflow UI: start <code>{html.escape(ui)}</code>, "
+            f"then go to <code>{html.escape(str(address))}</code>.</p><h3>Params</h3><pre>"
             f"{html.escape(yaml.safe_dump(inputs.params, sort_keys=False))}</pre>")

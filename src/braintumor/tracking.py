@@ -4,13 +4,18 @@ One MLflow run per pipeline run: training opens it and writes its id to `paths.r
 report log into the same run. The tracking URI is `MLFLOW_TRACKING_URI` when set (a team's server), else the
 SQLite file `mlflow.db` at the repository root, resolved to an absolute path so `dvc exp run --temp`, which runs
 in a copy under `.dvc/tmp/exps/`, logs to the same store (a relative `sqlite:///x.db` is resolved the same way).
+
+Lineage (MLflow 3): the run's datasets are the manifest's train / val / test rows (contexts training / validation
+/ testing, digest = the DVC hash of the folder they come from); the test metrics are linked to the LoggedModel
+that `pyfunc.log_model` creates; the registered version gets a description, tags and the model card.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
-import subprocess
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +23,6 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.tracking import MlflowClient
@@ -26,10 +30,25 @@ from mlflow.tracking import MlflowClient
 from braintumor.config import Params
 from braintumor.errors import BrainTumorError
 from braintumor.fileio import project_root, read_json, write_json
+from braintumor.provenance import dvc_data_hash, dvc_data_hashes, git, git_dirty, run_name
 from braintumor.training import EpochStats
 
 log = logging.getLogger(__name__)
 SERVED_MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
+# The MLflow 3 UI opens an experiment in its GenAI view unless told otherwise: the experiment tag its type
+# selector writes, and the `workflowType` of its links (the side bar's GenAI / Model training switch).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
+RUNS_VIEW = "workflowType=machine_learning"
+DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
+# evaluate.promotion_metric -> the run metrics it compares, in order: the first one both versions have is used.
+PROMOTION_KEYS = {
+    "leak_free_macro_f1": ("test_leak_free_macro_f1", "best_val_macro_f1"),
+    "leak_free_accuracy": ("test_leak_free_accuracy", "best_val_accuracy"),
+    "macro_f1": ("test_macro_f1",),
+    "accuracy": ("test_accuracy",),
+    "val_macro_f1": ("best_val_macro_f1",),
+}
 
 
 def tracking_uri() -> str:
@@ -48,42 +67,78 @@ def _use_store(experiment: str) -> str:
     mlflow.set_tracking_uri(uri)
     try:
         found = mlflow.get_experiment_by_name(experiment)
-        if found is not None:
-            return found.experiment_id
-        location = (project_root() / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
-        return mlflow.create_experiment(experiment, artifact_location=location)
+        if found is None:
+            location = (project_root() / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+            return mlflow.create_experiment(experiment, artifact_location=location, tags=EXPERIMENT_KIND)
+        for key, value in EXPERIMENT_KIND.items():
+            if key not in found.tags:  # an experiment made before this tag; a type chosen in the UI stays
+                MlflowClient().set_experiment_tag(found.experiment_id, key, value)
+        return found.experiment_id
     except MlflowException as exc:
         raise BrainTumorError(f"cannot reach the MLflow tracking store {uri}: {exc}. Check MLFLOW_TRACKING_URI, "
                               "or unset it to use the local mlflow.db.") from None
 
 
-class RunTracker:
-    """Implements training's EpochLogger; everything a training run sends to MLflow."""
+def ui_base(uri: str) -> str:
+    """The MLflow UI's address for a tracking URI: the server itself, or what `mlflow ui` serves for a file."""
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else UI_ADDRESS
 
-    def __init__(self, params: Params, resume_run_id: str | None = None) -> None:
+
+def runs_table_url(experiment: str) -> str:
+    """The UI's runs table of `experiment` (`#/experiments/<id>/runs`), in its Model training view."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        found = mlflow.get_experiment_by_name(experiment)
+    except MlflowException as exc:
+        raise BrainTumorError(f"cannot reach the MLflow tracking store {uri}: {exc}") from None
+    if found is None:
+        raise BrainTumorError(f"no experiment {experiment!r} in {uri} yet: run the pipeline first (`dvc repro`).")
+    return f"{ui_base(uri)}/#/experiments/{found.experiment_id}/runs?{RUNS_VIEW}"
+
+
+class RunTracker:
+    """Implements training's EpochLogger; everything a training run sends to MLflow.
+
+    The run is named by provenance.run_name, records system metrics while it is open (CPU, memory, disk, network;
+    GPU through nvidia-ml-py where an NVIDIA driver is present) and lists the train and val rows as its datasets."""
+
+    def __init__(self, params: Params, resume_run_id: str | None = None,
+                 training_rows: pd.DataFrame | None = None) -> None:
         self.params = params
-        experiment_id = _use_store(params.tracking.experiment)
-        run_name = os.environ.get("DVC_EXP_NAME") or None
-        self.run = mlflow.start_run(run_id=resume_run_id, experiment_id=None if resume_run_id else experiment_id,
-                                    run_name=None if resume_run_id else run_name)
+        self.experiment_id = _use_store(params.tracking.experiment)
+        self.run = mlflow.start_run(run_id=resume_run_id, experiment_id=None if resume_run_id else self.experiment_id,
+                                    run_name=None if resume_run_id else run_name(params), log_system_metrics=True)
         self.run_id = self.run.info.run_id
+        self.model_id: str | None = None  # the LoggedModel, once log_served_model made it
         if not resume_run_id:
             mlflow.log_params({k: _param_value(v) for k, v in params.flat().items()})
             mlflow.set_tags(run_tags(params))
+        # (again on a resume: MLflow keeps one input per dataset and run)
+        self.datasets = log_datasets(training_rows, params.paths.data) if training_rows is not None else {}
 
     def log_epoch(self, stats: EpochStats) -> None:
         values = {k: float(v) for k, v in vars(stats).items() if k not in ("epoch", "seconds")}
         mlflow.log_metrics(values, step=stats.epoch)
 
     def finish_training(self, summary: dict[str, Any], device: str, precision: str) -> None:
-        mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})
+        """The summary metrics; the best epoch's val figures name the val dataset. (log_model then copies these
+        step-0 metrics onto the LoggedModel, so its page shows them next to the test figures.)"""
+        numbers = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}
+        val = {k: v for k, v in numbers.items() if k.startswith("best_val_")}
+        mlflow.log_metrics({k: v for k, v in numbers.items() if k not in val})
+        mlflow.log_metrics(val, dataset=self.datasets.get("val"))
         mlflow.set_tags({"device": device, "precision": precision})
         for path in (self.params.paths.train_metrics, self.params.paths.validation_report):
             mlflow.log_artifact(path, artifact_path="metrics")
         mlflow.log_artifacts(self.params.paths.train_plots, artifact_path="plots/train")
 
     def log_served_model(self, model_path: str, example: pd.DataFrame, example_output: pd.DataFrame) -> str:
-        """Log the pyfunc model (models from code) and register it; returns the new version number."""
+        """Log the pyfunc model (models from code) and register it; returns the new version number.
+
+        MLflow 3 makes it a LoggedModel (self.model_id) carrying the run's params and provenance tags; evaluation
+        links the test metrics to it."""
+        tags = run_tags(self.params)
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(SERVED_MODEL_CODE),
@@ -93,7 +148,10 @@ class RunTracker:
             input_example=example,
             pip_requirements=_served_requirements(),
             registered_model_name=self.params.tracking.registered_model,
+            params={k: _param_value(v) for k, v in self.params.flat().items()},
+            tags={k: tags[k] for k in ("git_commit", "data_dvc_hash")},
         )
+        self.model_id = info.model_id
         return str(info.registered_model_version)
 
     def end(self, status: str = "FINISHED") -> None:
@@ -102,37 +160,39 @@ class RunTracker:
 
 def run_tags(params: Params) -> dict[str, str]:
     return {
-        "git_commit": _git("rev-parse", "HEAD") or "unknown",
-        "git_dirty": str(bool(_git("status", "--porcelain", "--untracked-files=no"))).lower(),
+        "git_commit": git("rev-parse", "HEAD") or "unknown",
+        "git_dirty": str(git_dirty()).lower(),
         "data_dvc_hash": dvc_data_hash(params.paths.data),
         "torch_version": torch.__version__,
         "dvc_exp_name": os.environ.get("DVC_EXP_NAME", ""),
     }
 
 
-def dvc_data_hash(data_dir: str) -> str:
-    """DVC's hash of the dataset: from `data/*.dvc` files if the data is `dvc add`-ed, else from dvc.lock."""
-    hashes = {}
-    for split in ("Training", "Testing"):
-        dvc_file = Path(data_dir) / f"{split}.dvc"
-        if dvc_file.is_file():
-            outs = (yaml.safe_load(dvc_file.read_text()) or {}).get("outs", [{}])
-            hashes[split] = outs[0].get("md5", "")
-    if not hashes and Path("dvc.lock").is_file():
-        stage = (yaml.safe_load(Path("dvc.lock").read_text()) or {}).get("stages", {}).get("validate", {})
-        for dep in stage.get("deps", []):
-            name = Path(dep.get("path", "")).name
-            if name in ("Training", "Testing"):
-                hashes[name] = dep.get("md5", "")
-    return ",".join(f"{k}:{v}" for k, v in sorted(hashes.items())) or "untracked"
+def log_datasets(rows: pd.DataFrame, data_dir: str) -> dict[str, Any]:
+    """Each split among the manifest `rows` as a dataset input of the active run; returns them by split.
 
-
-def _git(*args: str) -> str:
-    try:
-        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=True)
-        return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return ""
+    The digest is DVC's hash of the folder the rows come from (data/Training for train and val, data/Testing for
+    test, as in data/<folder>.dvc or dvc.lock), or MLflow's own digest of the rows where DVC tracks neither. The
+    name adds a fingerprint of the rows (`val-5e1f0a2c`): MLflow keeps one record per (name, digest), and a
+    changed split (val_fraction, split_seed, ...) draws other rows from the same folder version."""
+    hashes = dvc_data_hashes(data_dir)
+    datasets = {}
+    for split, context in DATASET_CONTEXTS.items():
+        part = rows[rows["split"] == split].reset_index(drop=True)
+        if part.empty:
+            continue
+        folder = "Testing" if split == "test" else "Training"
+        fingerprint = hashlib.sha256("\n".join(sorted(part["sha256"] + " " + part["path"] + " " + part["label"]))
+                                     .encode()).hexdigest()[:8]
+        # MLflow's UserWarnings here are not for us: "source can be interpreted in multiple ways" (both readings
+        # are the local folder) and the hint about integer columns in a *model* input schema.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(part, source=str((Path(data_dir) / folder).resolve()), targets="label",
+                                              name=f"{split}-{fingerprint}", digest=hashes.get(folder))
+            mlflow.log_input(dataset, context=context, tags={"dvc_hash": hashes.get(folder, "untracked")})
+        datasets[split] = dataset
+    return datasets
 
 
 def _param_value(value: Any) -> str:
@@ -159,9 +219,12 @@ def read_run_info(path: str) -> dict[str, Any]:
 
 
 def write_run_info(path: str, tracker: RunTracker, model_version: str | None) -> None:
+    uri = tracking_uri()
     write_json(path, {"run_id": tracker.run_id, "experiment": tracker.params.tracking.experiment,
+                      "experiment_id": tracker.experiment_id,
                       "registered_model": tracker.params.tracking.registered_model,
-                      "model_version": model_version, "tracking_uri": tracking_uri()})
+                      "model_version": model_version, "model_id": tracker.model_id, "tracking_uri": uri,
+                      "ui_url": f"{ui_base(uri)}/#/experiments/{tracker.experiment_id}/runs/{tracker.run_id}"})
 
 
 class RunLogger:
@@ -169,6 +232,8 @@ class RunLogger:
 
     def __init__(self, run_info: dict[str, Any]) -> None:
         self.info = run_info
+        self.model_id = run_info.get("model_id")  # the LoggedModel the test metrics belong to
+        self.test_set = None
         mlflow.set_tracking_uri(tracking_uri())
         try:
             mlflow.start_run(run_id=run_info["run_id"])
@@ -179,6 +244,16 @@ class RunLogger:
     def log_metrics(self, metrics: dict[str, float], prefix: str = "") -> None:
         mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in metrics.items() if v is not None})
 
+    def log_test_set(self, rows: pd.DataFrame, data_dir: str) -> None:
+        """The Testing rows evaluated, as the run's `testing` dataset (the test metrics then name it)."""
+        self.test_set = log_datasets(rows, data_dir).get("test")
+
+    def log_test_metrics(self, metrics: dict[str, float], prefix: str) -> None:
+        """Metrics of the model on the test set: on the run, and on its LoggedModel with the dataset they come
+        from, so MLflow's model pages show them."""
+        mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in metrics.items() if v is not None},
+                           model_id=self.model_id, dataset=self.test_set)
+
     def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
         mlflow.log_artifact(path, artifact_path=artifact_path)
 
@@ -188,21 +263,23 @@ class RunLogger:
     def set_tags(self, tags: dict[str, str]) -> None:
         mlflow.set_tags(tags)
 
-    def promote(self, test_macro_f1: float) -> dict[str, Any]:
-        """Alias this run's model version `champion` if its test macro-F1 is at least the champion's, else
-        `challenger`. Returns the decision and both figures (also logged to the run)."""
+    def run_tags(self) -> dict[str, str]:
+        return dict(MlflowClient().get_run(self.info["run_id"]).data.tags)
+
+    def promote(self, promotion_metric: str) -> dict[str, Any]:
+        """Alias this run's model version `champion` if it is at least as good as the current champion, else
+        `challenger`. Both figures are the runs' own metrics: the first of PROMOTION_KEYS[promotion_metric] that
+        both runs have (so leak-free Testing, or val where either lacks it). A version that cannot be compared
+        with the champion on any of them stays `challenger`. Returns the decision (also logged to the run)."""
         name, version = self.info["registered_model"], self.info.get("model_version")
         if not version:
             return {"decision": "not registered (tracking.log_model is false)"}
         client = MlflowClient()
-        champion_f1 = None
-        try:
-            champion = client.get_model_version_by_alias(name, "champion")
-            if str(champion.version) != str(version):  # ModelVersion.version is an int in MLflow 3
-                champion_f1 = client.get_run(champion.run_id).data.metrics.get("test_macro_f1")
-        except MlflowException:
-            champion = None  # no champion yet
-        wins = champion_f1 is None or test_macro_f1 >= champion_f1
+        mine = client.get_run(self.info["run_id"]).data.metrics
+        champion, theirs = self._champion(client, name, str(version))
+        keys = [k for k in PROMOTION_KEYS[promotion_metric] if k in mine and (theirs is None or k in theirs)]
+        key = keys[0] if keys else None
+        wins = theirs is None or (key is not None and mine[key] >= theirs[key])
         alias = "champion" if wins else "challenger"
         client.set_registered_model_alias(name, alias, str(version))
         if wins:  # a former challenger that now wins is no longer the challenger
@@ -211,13 +288,41 @@ class RunLogger:
                     client.delete_registered_model_alias(name, "challenger")
             except MlflowException:
                 pass
-        decision = {"decision": alias, "model": name, "version": str(version), "test_macro_f1": test_macro_f1,
+        previous = theirs.get(key) if theirs is not None and key else None
+        decision = {"decision": alias, "model": name, "version": str(version), "promotion_metric": promotion_metric,
+                    "metric": key, "value": mine.get(key) if key else None,
                     "previous_champion_version": str(champion.version) if champion else None,
-                    "previous_champion_test_macro_f1": champion_f1}
-        mlflow.set_tags({"promotion": alias, "promotion_previous_champion": str(decision["previous_champion_version"])})
-        if champion_f1 is not None:
-            mlflow.log_metric("previous_champion_test_macro_f1", champion_f1)
+                    "previous_champion_value": previous}
+        mlflow.set_tags({"promotion": alias, "promotion_metric": str(key),
+                         "promotion_previous_champion": str(decision["previous_champion_version"])})
+        if previous is not None:
+            mlflow.log_metric(f"previous_champion_{key}", previous)
         return decision
+
+    @staticmethod
+    def _champion(client: MlflowClient, name: str, version: str):
+        """The champion version other than `version` and its run's metrics, or (champion or None, None)."""
+        try:
+            champion = client.get_model_version_by_alias(name, "champion")
+        except MlflowException:
+            return None, None  # no champion yet
+        if str(champion.version) == version:  # ModelVersion.version is an int in MLflow 3
+            return champion, None
+        return champion, client.get_run(champion.run_id).data.metrics
+
+    def document_model(self, card_path: str, description: str, tags: dict[str, str]) -> None:
+        """The model card goes with the model (its LoggedModel's artifacts, so `models:/name/version` holds it)
+        and with the run (beside report.html); the registered version gets the description and the tags."""
+        mlflow.log_artifact(card_path, artifact_path="report")
+        client = MlflowClient()
+        if self.model_id:
+            client.log_model_artifact(self.model_id, card_path)
+            client.set_logged_model_tags(self.model_id, tags)
+        name, version = self.info["registered_model"], self.info.get("model_version")
+        if version:
+            client.update_model_version(name, str(version), description=description)
+            for key, value in tags.items():
+                client.set_model_version_tag(name, str(version), key, value)
 
     def end(self) -> None:
         mlflow.end_run()

@@ -1,0 +1,264 @@
+"""The model card, and the registered version's description and tags, from one run's facts: dicts in, text out.
+
+`facts` holds what the run wrote: `run` (reports/mlflow_run.json), `classes`, `params` (the model file's),
+`preprocessing`, `validation` (reports/validation.json), `training` (the train summary), `evaluation`
+(metrics/eval.json; `temperature`, `ece_uncalibrated` and `external` are rendered when present), `tags` (the
+MLflow run's: git commit, data hash, device) and `promotion` (the evaluate stage's decision, optional).
+Every statement under "Known failure modes" is derived from those numbers; nothing is written by hand per run.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+DISCLAIMER = "research use, not a diagnostic device"
+INTENDED_USE = ("Research on telling {classes} apart on single axial brain MRI slices (one image per prediction). "
+                "Not for diagnosis, triage or any clinical decision; not validated on scanners, sequences or "
+                "populations other than its training data's.")
+METRICS = ("accuracy", "macro_f1", "weighted_f1", "log_loss", "ece", "roc_auc_ovr")
+# Thresholds of the failure-mode checks (on 0..1 metrics).
+LOW_RECALL = 0.5  # a class with a lower recall misses most of its scans
+SHIFT_GAP = 0.10  # val macro-F1 this much above Testing macro-F1: Testing is not drawn like Training
+LEAK_GAP = 0.05  # all-Testing macro-F1 this much above leak-free: the headline is inflated by copies
+HIGH_ECE = 0.10  # expected calibration error above this: probabilities are not chances
+SMALL_N = 100  # fewer leak-free Testing scans than this: wide uncertainty
+
+
+def render(facts: dict[str, Any]) -> str:
+    """The model card, markdown."""
+    sections = [_title(facts), _model(facts), ("Intended use", _intended_use(facts)), ("Data", _data(facts)),
+                ("Splits", _splits(facts)), ("Leakage found", _leakage(facts)), ("Metrics", _metrics(facts)),
+                ("Calibration", _calibration(facts["evaluation"]))]
+    external = facts["evaluation"].get("external")
+    if external:
+        sections.append(("External data", _external(external)))
+    sections.append(("Known failure modes (derived from the numbers above)",
+                     "\n".join(f"- {line}" for line in failure_modes(facts))))
+    return "\n\n".join(text if isinstance(text, str) else f"## {text[0]}\n\n{text[1]}" for text in sections) + "\n"
+
+
+def version_description(facts: dict[str, Any]) -> str:
+    """The registered version's description (markdown, a few lines): what it is, its figures, where the card is."""
+    e, lf, train = facts["evaluation"], facts["evaluation"].get("leak_free", {}), facts["training"]
+    rows = [("val (best epoch)", train.get("best_val_accuracy"), train.get("best_val_macro_f1"),
+             facts["validation"].get("n_val")),
+            ("all Testing", e.get("accuracy"), e.get("macro_f1"), e.get("n")),
+            ("leak-free Testing", lf.get("accuracy"), lf.get("macro_f1"), lf.get("n"))]
+    table = _table(["", "accuracy", "macro-F1", "n"], [[name, *values] for name, *values in rows])
+    return (f"ResNet50 classifier of axial brain MRI slices ({', '.join(facts['classes'])}). "
+            f"**{DISCLAIMER.capitalize()}.**\n\n{table}\n\n"
+            f"Data (DVC): `{facts['tags'].get('data_dvc_hash', 'unknown')}`; git commit "
+            f"`{facts['tags'].get('git_commit', 'unknown')}`. Preprocessing: {preprocessing_text(facts)}. "
+            "Full model card: `model_card.md` in this version's artifacts.")
+
+
+def version_tags(facts: dict[str, Any]) -> dict[str, str]:
+    """Tags of the registered version (and its LoggedModel): provenance, headline figures, use."""
+    e, lf = facts["evaluation"], facts["evaluation"].get("leak_free", {})
+    tags = {"data_dvc_hash": facts["tags"].get("data_dvc_hash", "unknown"),
+            "git_commit": facts["tags"].get("git_commit", "unknown"),
+            "preprocessing": preprocessing_text(facts),
+            "intended_use": INTENDED_USE.format(classes=", ".join(facts["classes"])),
+            "disclaimer": DISCLAIMER, "model_card": "model_card.md"}
+    for prefix, metrics in (("test_", e), ("test_leak_free_", lf)):
+        for name in ("accuracy", "macro_f1", "n"):
+            if metrics.get(name) is not None:
+                tags[f"{prefix}{name}"] = _fmt(metrics[name])
+    promotion = facts.get("promotion") or {}
+    if promotion.get("metric"):
+        tags["promotion_metric"] = f"{promotion['metric']}={_fmt(promotion['value'])}"
+    return tags
+
+
+def preprocessing_text(facts: dict[str, Any]) -> str:
+    """What every scan goes through, from the model file's `preprocessing` (with or without a `scan` step)."""
+    p = facts["preprocessing"]
+    scan = p.get("scan") or {"size": p["resize_size"]}
+    size, crop = scan["size"], p["image_size"]
+    steps = ["8-bit grayscale"]
+    if scan.get("head_crop"):
+        steps.append(f"cropped to the head (margin {scan['crop_margin']}) and padded to {size}x{size}")
+    else:
+        steps.append(f"resized to {size}x{size} (shorter side, centre)")
+    if scan.get("intensity") == "percentile":
+        low, high = scan["percentiles"]
+        steps.append(f"intensity windowed to the head's {low:g}-{high:g} percentiles")
+    elif scan.get("intensity") == "equalize":
+        steps.append("histogram-equalised over the head")
+    steps.append(f"centre crop {crop}x{crop}, repeated to 3 channels, normalised with mean {_floats(p['mean'])} and "
+                 f"std {_floats(p['std'])}")
+    return ", ".join(steps)
+
+
+def failure_modes(facts: dict[str, Any]) -> list[str]:
+    """Plain statements, each backed by a figure of the card; the weakest class always comes first."""
+    e, lf, train = facts["evaluation"], facts["evaluation"].get("leak_free", {}), facts["training"]
+    lines = []
+    tested = {c: m for c, m in e.get("per_class", {}).items() if m["support"] > 0}
+    if tested:
+        worst = min(tested, key=lambda c: tested[c]["recall"])
+        recall = tested[worst]["recall"]
+        lines.append(f"Weakest class: {worst}, recall {recall:.2f} on all Testing (support {tested[worst]['support']})"
+                     + (": most of its scans are missed." if recall < LOW_RECALL else "."))
+        noisiest = min(tested, key=lambda c: tested[c]["precision"])
+        lines.append(f"Least reliable positive call: {noisiest}, precision {tested[noisiest]['precision']:.2f}.")
+    flags = []  # the checks below; each adds a line only when its figure says so
+    untested = [c for c, m in e.get("per_class", {}).items() if m["support"] == 0]
+    if untested:
+        flags.append(f"No Testing scans of {', '.join(untested)}: untested on those classes.")
+    val_f1 = train.get("best_val_macro_f1")
+    for name, metrics in (("all Testing", e), ("leak-free Testing", lf)):
+        if val_f1 is not None and metrics.get("macro_f1") is not None and val_f1 - metrics["macro_f1"] > SHIFT_GAP:
+            flags.append(f"Macro-F1 drops from {val_f1:.2f} on val to {metrics['macro_f1']:.2f} on {name}: scans not "
+                         "drawn like the training set are classified worse; expect the lower figure on new data.")
+    if e.get("macro_f1") is not None and lf.get("macro_f1") is not None and e["macro_f1"] - lf["macro_f1"] > LEAK_GAP:
+        flags.append(f"The all-Testing macro-F1 ({e['macro_f1']:.2f}) is inflated by Testing scans that have a copy "
+                     f"in Training; on the {lf['n']} without one it is {lf['macro_f1']:.2f}.")
+    if lf.get("n", 0) == 0:
+        flags.append("No Testing scan is free of a copy in Training: no Testing figure measures generalisation.")
+    elif lf["n"] < SMALL_N:
+        low, high = wilson_interval(lf["accuracy"], lf["n"])
+        flags.append(f"The leak-free figures rest on {lf['n']} scans: accuracy {lf['accuracy']:.2f}, 95% interval "
+                     f"{low:.2f}-{high:.2f}.")
+    if e.get("ece") is not None and e["ece"] > HIGH_ECE:
+        flags.append(f"Probabilities are miscalibrated (ECE {e['ece']:.3f} on all Testing): do not read them as the "
+                     "chance of being right.")
+    external = e.get("external") or {}
+    if external.get("macro_f1") is not None and val_f1 is not None and val_f1 - external["macro_f1"] > SHIFT_GAP:
+        flags.append(f"On the external data macro-F1 is {external['macro_f1']:.2f} (val {val_f1:.2f}): it does not "
+                     "carry over to other sources as is.")
+    return lines + (flags or ["No other check (val vs Testing gap, leakage gap, sample size, calibration) flagged "
+                              "a problem."])
+
+
+def wilson_interval(proportion: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion measured on n cases."""
+    centre = (proportion + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(proportion * (1 - proportion) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+# ---- sections ---------------------------------------------------------------------------------------------------
+
+def _title(facts: dict[str, Any]) -> str:
+    run = facts["run"]
+    version = f" version {run['model_version']}" if run.get("model_version") else ""
+    return (f"# Model card: {run.get('registered_model', 'model')}{version}\n\n"
+            f"> **{DISCLAIMER.capitalize()}.** Generated from MLflow run `{run.get('run_id', '')}` by the evaluate "
+            "stage; every figure below comes from that run's files.")
+
+
+def _model(facts: dict[str, Any]) -> tuple[str, str]:
+    params, train, run, tags = facts["params"], facts["training"], facts["run"], facts["tags"]
+    t = params["train"]
+    weights = params["model"]["weights"]
+    rows = [["architecture", f"ResNet50, {len(facts['classes'])} classes: {', '.join(facts['classes'])}"],
+            ["initial weights", "none (trained from scratch)" if weights == "none" else weights],
+            ["input", preprocessing_text(facts)],
+            ["training", f"{t['optimizer']}, lr {t['lr']}, {t['scheduler']} schedule, batch {t['batch_size']}, "
+                         f"{train.get('epochs_run', '?')} epochs run, best epoch {train.get('best_epoch', '?')} "
+                         "by val macro-F1"],
+            ["git commit", tags.get("git_commit", "unknown")
+             + (" (with uncommitted changes)" if tags.get("git_dirty") == "true" else "")],
+            ["data (DVC hash)", tags.get("data_dvc_hash", "unknown")],
+            ["MLflow", f"experiment {run.get('experiment', '')}, run {run.get('run_id', '')}, "
+                       f"model {run.get('model_id') or 'not logged'}"]]
+    if tags.get("device"):
+        rows.append(["trained on", tags["device"]])
+    return "Model", _table(["", ""], rows)
+
+
+def _intended_use(facts: dict[str, Any]) -> str:
+    return (INTENDED_USE.format(classes=", ".join(facts["classes"])) + "\n\nInput: one image file per scan (JPEG, "
+            "PNG or anything Pillow reads), as `braintumor predict` or the served model's `image` column takes it. "
+            "Output: a label and one probability per class.")
+
+
+def _data(facts: dict[str, Any]) -> str:
+    v, classes = facts["validation"], facts["classes"]
+    per = v["per_class"]
+    rows = [[c, per["train"][c], per["val"][c], per["test"][c]] for c in classes]
+    rows.append(["total", v["n_train_fit"], v["n_val"], v["n_test"]])
+    return (_table(["class", "train", "val", "test"], rows) + f"\n\n{v['n_excluded']} files excluded as unusable "
+            "(listed in reports/validation.json).")
+
+
+def _splits(facts: dict[str, Any]) -> str:
+    d = facts["params"]["data"]
+    return (f"`val` is {d['val_fraction']:.0%} of the Training folder, stratified by class and grouped by duplicates "
+            f"(seed {d['split_seed']}): no scan has an exact or near copy on the other side. Training picks its best "
+            "epoch on `val`. `test` is the Testing folder, read only by the evaluate stage.")
+
+
+def _leakage(facts: dict[str, Any]) -> str:
+    v, threshold = facts["validation"], facts["params"]["data"]["near_duplicate_threshold"]
+    leaked = v["test_exact_in_train"] + v["test_near_in_train"]
+    return "\n".join([
+        f"- {v['test_exact_in_train']} of {v['n_test']} Testing scans are byte-identical to a Training scan and "
+        f"{v['test_near_in_train']} more are near copies (thumbnail correlation >= {threshold}): {leaked} leak, "
+        f"{v['test_leak_free']} are leak-free.",
+        f"- {v['exact_duplicates_in_train']} extra byte-identical copies inside Training; {v['label_conflicts']} "
+        "groups of copies filed under different classes."])
+
+
+def _metrics(facts: dict[str, Any]) -> str:
+    e, lf, train = facts["evaluation"], facts["evaluation"].get("leak_free", {}), facts["training"]
+    val = {"accuracy": train.get("best_val_accuracy"), "macro_f1": train.get("best_val_macro_f1")}
+    rows = [[name, val.get(name), e.get(name), lf.get(name)] for name in METRICS]
+    rows.append(["scans", facts["validation"].get("n_val"), e.get("n"), lf.get("n", 0)])
+    parts = [_table(["metric", "val (best epoch)", "all Testing", "leak-free Testing"], rows)]
+    intervals = ["{} {:.2f}-{:.2f}".format(name, *wilson_interval(m["accuracy"], m["n"]))
+                 for name, m in (("all Testing", e), ("leak-free Testing", lf)) if m.get("n")]
+    if intervals:
+        parts.append("Accuracy, 95% interval: " + "; ".join(intervals) + ".")
+    per = e.get("per_class", {})
+    if per:
+        parts.append("Per class, all Testing:\n\n" + _table(
+            ["class", "precision", "recall", "F1", "support"],
+            [[c, m["precision"], m["recall"], m["f1"], m["support"]] for c, m in per.items()]))
+    promotion = facts.get("promotion") or {}
+    if promotion.get("metric"):
+        parts.append(f"Champion/challenger comparison (evaluate.promotion_metric = {promotion['promotion_metric']}): "
+                     f"{promotion['metric']} = {_fmt(promotion['value'])}.")
+    return "\n\n".join(parts)
+
+
+def _calibration(e: dict[str, Any]) -> str:
+    lf = e.get("leak_free", {})
+    lines = [f"Expected calibration error: {_fmt(e.get('ece'))} on all Testing, {_fmt(lf.get('ece'))} leak-free; "
+             f"log loss {_fmt(e.get('log_loss'))} / {_fmt(lf.get('log_loss'))}."]
+    if e.get("temperature") is not None:
+        before = f" (ECE {_fmt(e['ece_uncalibrated'])} before)" if e.get("ece_uncalibrated") is not None else ""
+        lines.append(f"Probabilities are temperature-scaled with T = {_fmt(e['temperature'])}{before}.")
+    return " ".join(lines)
+
+
+def _external(external: dict[str, Any]) -> str:
+    """evaluate.external_data's figures: all its scans and those without a copy in Training (`copy_free`)."""
+    copy_free = external.get("copy_free") or {}
+    rows = [[name, external.get(name), copy_free.get(name)] for name in (*METRICS, "n")
+            if external.get(name) is not None]
+    described = [f"{k}: {v}" for k, v in external.items() if isinstance(v, str)]
+    copies = [f"{external[k]} {k.replace('_in_train', '')} copies of Training scans"
+              for k in ("exact_in_train", "near_in_train") if k in external]
+    text = "; ".join(described + copies)
+    return (text + ".\n\n" if text else "") + _table(["metric", "external", "external without copies"], rows)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(value) for value in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    return str(value)
+
+
+def _floats(values: Any) -> str:
+    return "(" + ", ".join(f"{v:.3f}" for v in values) + ")"
