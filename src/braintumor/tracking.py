@@ -114,20 +114,17 @@ class RunTracker:
         if not resume_run_id:
             mlflow.log_params({k: _param_value(v) for k, v in params.flat().items()})
             mlflow.set_tags(run_tags(params))
-        # (again on a resume: MLflow keeps one input per dataset and run)
-        self.datasets = log_datasets(training_rows, params.paths.data) if training_rows is not None else {}
+            if training_rows is not None:
+                log_datasets(training_rows, params.paths.data)
 
     def log_epoch(self, stats: EpochStats) -> None:
         values = {k: float(v) for k, v in vars(stats).items() if k not in ("epoch", "seconds")}
         mlflow.log_metrics(values, step=stats.epoch)
 
     def finish_training(self, summary: dict[str, Any], device: str, precision: str) -> None:
-        """The summary metrics; the best epoch's val figures name the val dataset. (log_model then copies these
-        step-0 metrics onto the LoggedModel, so its page shows them next to the test figures.)"""
-        numbers = {k: float(v) for k, v in summary.items() if isinstance(v, (int, float))}
-        val = {k: v for k, v in numbers.items() if k.startswith("best_val_")}
-        mlflow.log_metrics({k: v for k, v in numbers.items() if k not in val})
-        mlflow.log_metrics(val, dataset=self.datasets.get("val"))
+        """The summary metrics (log_model then copies these step-0 metrics onto the LoggedModel, without a dataset,
+        so its page shows them next to the test figures)."""
+        mlflow.log_metrics({k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})
         mlflow.set_tags({"device": device, "precision": precision})
         for path in (self.params.paths.train_metrics, self.params.paths.validation_report):
             mlflow.log_artifact(path, artifact_path="metrics")
