@@ -17,6 +17,7 @@ from braintumor.data.sample import write_sample_dataset
 from braintumor.data.splits import write_manifest
 from braintumor.data.validate import validate_dataset
 from braintumor.errors import BrainTumorError
+from braintumor.fileio import write_json
 from braintumor.model import build_model, save_model
 from braintumor.pipeline import evaluate
 from braintumor.transforms import Preprocessing
@@ -26,9 +27,13 @@ def _setup(sample_root, tmp_path, model_classes):
     params = tiny_params(sample_root)
     paths = dataclasses.replace(params.paths, manifest=str(tmp_path / "splits.csv"), model=str(tmp_path / "m.pt"),
                                 run_info=str(tmp_path / "run.json"), cache=str(tmp_path / "cache"),
-                                eval_metrics=str(tmp_path / "eval.json"), eval_plots=str(tmp_path / "plots"))
+                                eval_metrics=str(tmp_path / "eval.json"), eval_plots=str(tmp_path / "plots"),
+                                validation_report=str(tmp_path / "validation.json"),
+                                model_card=str(tmp_path / "model_card.md"))
     params = dataclasses.replace(params, paths=paths)
-    write_manifest(validate_dataset(sample_root, params.data, workers=1, progress=False).manifest, paths.manifest)
+    validated = validate_dataset(sample_root, params.data, workers=1, progress=False)
+    write_manifest(validated.manifest, paths.manifest)
+    write_json(paths.validation_report, validated.report)
     save_model(paths.model, build_model("none", len(model_classes)), classes=model_classes,
                preprocessing=Preprocessing.from_config(params.model, params.preprocess), params=params.to_dict(), metrics={})
     return params
@@ -99,6 +104,9 @@ def test_evaluate_scores_an_external_set_and_its_copy_free_part(sample_root, tmp
     assert logged["external_n"] == 14 and logged["external_copy_free_n"] == 12
     assert logged["external_accuracy"] == pytest.approx(ext["accuracy"])
     assert "test_ece_uncalibrated" in logged and "test_temperature" in logged
+    card = (tmp_path / "model_card.md").read_text()  # the model card renders the external figures too
+    assert "## External data" in card and f"path: {external}; 1 exact copies of Training scans" in card
+    assert f"| accuracy | {ext['accuracy']:.3f} | {ext['copy_free']['accuracy']:.3f} |" in card
 
 
 def test_evaluate_names_a_missing_external_folder(sample_root, tmp_path):
