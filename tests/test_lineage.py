@@ -112,7 +112,7 @@ def test_test_metrics_are_on_the_logged_model_with_their_dataset(tracked):
         json.loads((tracked["root"] / tracked["params"].paths.train_metrics).read_text())["best_val_macro_f1"])
     assert model.params["train.epochs"] == "1" and model.tags["git_commit"] == tracked["commit"]
     version = client.get_model_version(REGISTERED, info["model_version"])
-    assert version.model_id == info["model_id"]
+    assert version.source == f"models:/{info['model_id']}"  # the registered version is this LoggedModel
 
 
 @pytest.mark.slow

@@ -44,7 +44,7 @@ def test_edited_params_name_the_run_after_what_changed(repo):
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["train"]["lr"] = 0.003
     params["model"]["dropout"] = 0.2
-    params["evaluate"]["tta_hflip"] = False  # spelled out, but the committed default: no difference
+    params["evaluate"]["calibration_bins"] = 15  # spelled out, but the committed default: no difference
     (repo / "params.yaml").write_text(yaml.safe_dump(params))
     assert run_name(load_params("params.yaml")) == "model.dropout=0.2, train.lr=0.003"
 
