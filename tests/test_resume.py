@@ -45,8 +45,7 @@ def test_kill_9_during_training_then_rerun_resumes(sample_root, tmp_path):
     killed_at = torch.load(found[0], weights_only=True)["epoch"]
 
     rerun = run([sys.executable, str(REPO / "stages/train.py")], cwd=tmp_path, env=env)
-    assert f"resuming from {found[0].relative_to(tmp_path)}" in rerun.stdout or "resuming from" in rerun.stdout
-    assert f"after epoch {killed_at}" in rerun.stdout
+    assert "resuming from " in rerun.stdout and f"{found[0].name} after epoch {killed_at}" in rerun.stdout
     assert "epoch 1/4" not in rerun.stdout  # finished epochs are not trained again
     assert (tmp_path / "models" / "model.pt").is_file()
     assert not list(checkpoints.glob("train-*.pt"))  # a finished run leaves no checkpoint behind

@@ -75,6 +75,24 @@ def test_interrupted_then_resumed_run_ends_with_the_same_metrics(tiny_data, samp
         assert torch.equal(value, resumed.best_state[key]), key
 
 
+class Recorder:
+    def __init__(self) -> None:
+        self.epochs: list[int] = []
+
+    def log_epoch(self, stats) -> None:
+        self.epochs.append(stats.epoch)
+
+
+def test_a_kill_between_checkpoint_and_log_replays_the_checkpointed_epochs_to_the_logger(tiny_data, sample_root,
+                                                                                          tmp_path):
+    params = tiny_params(sample_root, train={"epochs": 3})
+    with pytest.raises(KilledAfterEpoch):  # epoch 2 is checkpointed, never logged
+        _fit(tiny_data, params, tmp_path / "c.pt", logger=KillAfter(2))
+    recorder = Recorder()
+    _fit(tiny_data, params, tmp_path / "c.pt", logger=recorder)
+    assert recorder.epochs == [1, 2, 3]  # the logger keeps what it already has (RunTracker does)
+
+
 def test_two_runs_with_the_same_params_give_the_same_metrics(tiny_data, sample_root, tmp_path):
     params = tiny_params(sample_root, train={"epochs": 2, "deterministic": True})
     first = _fit(tiny_data, params, tmp_path / "a.pt")

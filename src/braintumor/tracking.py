@@ -111,6 +111,7 @@ class RunTracker:
                                     run_name=None if resume_run_id else run_name(params), log_system_metrics=True)
         self.run_id = self.run.info.run_id
         self.model_id: str | None = None  # the LoggedModel, once log_served_model made it
+        self._logged_epochs = {m.step for m in MlflowClient().get_metric_history(self.run_id, "val_macro_f1")}
         if not resume_run_id:
             mlflow.log_params({k: _param_value(v) for k, v in params.flat().items()})
             mlflow.set_tags(run_tags(params))
@@ -118,6 +119,9 @@ class RunTracker:
                 log_datasets(training_rows, params.paths.data)
 
     def log_epoch(self, stats: EpochStats) -> None:
+        if stats.epoch in self._logged_epochs:  # a resumed run replays the epochs it has
+            return
+        self._logged_epochs.add(stats.epoch)
         values = {k: float(v) for k, v in vars(stats).items() if k not in ("epoch", "seconds")}
         mlflow.log_metrics(values, step=stats.epoch)
 

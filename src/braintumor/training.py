@@ -58,7 +58,8 @@ class EpochStats:
 
 
 class EpochLogger(Protocol):
-    def log_epoch(self, stats: EpochStats) -> None: ...
+    def log_epoch(self, stats: EpochStats) -> None:
+        """Record one epoch; called again with the checkpoint's epochs after a resume, so skip what it has."""
 
 
 @dataclass
@@ -135,6 +136,9 @@ def fit(model: nn.Module, data: TrainData, cfg: TrainConfig, augment: AugmentCon
     state = TrainState(extra=dict(extra or {}))
     if _resume(checkpoint_path, state, model, step) and dist_info.is_main:
         print(f"train: resuming from {checkpoint_path} after epoch {state.epoch}")
+        if logger is not None:  # a kill between checkpoint and log lost the last epoch's metrics: log them again
+            for stats in state.history:
+                logger.log_epoch(stats)
     if dist_info.enabled and dist_info.is_main:
         print(f"train: DistributedDataParallel over {dist_info.world_size} processes "
               f"({dist.get_backend()}), batch {cfg.batch_size} per process")
