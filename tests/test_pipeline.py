@@ -126,9 +126,13 @@ def reset(repo: Path) -> None:
 def project(tmp_path_factory) -> dict:
     """The project after one full `dvc repro`: repo path, the repro's output, and the MLflow runs right after."""
     repo = make_project(tmp_path_factory.mktemp("pipeline"))
-    first = sh(repo, "dvc", "repro")
+    # Every Python process lists what it imports on stderr (-X importtime), one stream with dvc's own output,
+    # so each stage's imports follow its "Running stage" line (test_each_stage_declares_every_module_it_imports).
+    first = subprocess.run(["dvc", "repro"], cwd=repo, env={**_env(), "PYTHONPROFILEIMPORTTIME": "1"}, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600, check=False)
+    assert first.returncode == 0, first.stdout[-20000:]
     sh(repo, "git", "commit", "-q", "-m", "pipeline outputs")  # dvc.lock (autostaged, core.autostage)
-    return {"repo": repo, "repro": out(first), "runs": [r.info.run_id for r in runs_of(repo)]}
+    return {"repo": repo, "repro": first.stdout, "runs": [r.info.run_id for r in runs_of(repo)]}
 
 
 # ---- 1. one full run ------------------------------------------------------------------------------------------
@@ -226,6 +230,29 @@ def test_report_is_self_contained_and_every_image_decodes(project, tmp_path):
         with Image.open(shot) as rendered:
             pixels = rendered.convert("L").resize((64, 200))
             assert len(set(pixels.getdata())) > 20  # not a blank page
+
+
+@pytest.mark.slow
+def test_each_stage_declares_every_module_it_imports(project):
+    """A change to any module a stage runs reruns that stage: its deps in dvc.yaml name every braintumor module
+    the stage imported in the real run above (and only files that exist)."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    parts = re.split(r"Running stage '([\w-]+)'", project["repro"])
+    imported = {name: set(re.findall(r"import time:.*\|\s*(braintumor(?:\.\w+)*)\s*$", text, re.MULTILINE))
+                for name, text in zip(parts[1::2], parts[2::2])}
+    assert set(imported) == set(STAGES)
+    undeclared = {}
+    for name, modules in imported.items():
+        assert "braintumor.cli" in modules, f"no import list for stage {name}: is -X importtime working?"
+        files = set()
+        for module in modules:
+            path = Path("src", *module.split("."))
+            files.add(str(path / "__init__.py") if (REPO / path).is_dir() else f"{path}.py")
+        deps = {d for d in stages[name]["deps"] if not d.startswith("$")}
+        assert all((REPO / d).exists() for d in deps), f"stage {name} declares missing files"
+        if files - deps:
+            undeclared[name] = sorted(files - deps)
+    assert not undeclared, f"dvc.yaml stages import modules their deps do not name: {undeclared}"
 
 
 # ---- 2. nothing changed, nothing runs -------------------------------------------------------------------------

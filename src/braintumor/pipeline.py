@@ -19,22 +19,26 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from braintumor.checkpoint import checkpoint_extra
+from typing import TYPE_CHECKING
+
 from braintumor.config import Params
 from braintumor.errors import BrainTumorError
-from braintumor.data.cache import SquaresDataset, cached_squares
-from braintumor.data.splits import read_manifest, rows, write_manifest
-from braintumor.data.validate import validate_dataset
 from braintumor.fileio import atomic_path, project_path, write_json
-from braintumor.model import Inference, build_model, save_model
-from braintumor.runtime import init_distributed
-from braintumor.training import TrainData, fit
-from braintumor.transforms import Preprocessing
 
+if TYPE_CHECKING:
+    from braintumor.model import Inference
+    from braintumor.training import TrainData
+    from braintumor.transforms import Preprocessing
+
+# Each stage imports the modules it runs inside its function, so a stage loads exactly what dvc.yaml lists as its
+# deps (tests/test_pipeline.py checks the two agree).
 log = logging.getLogger(__name__)
 
 
 def validate(params: Params) -> dict:
+    from braintumor.data.splits import write_manifest
+    from braintumor.data.validate import validate_dataset
+
     result = validate_dataset(params.paths.data, params.data)
     write_manifest(result.manifest, params.paths.manifest)
     write_json(params.paths.validation_report, result.report)
@@ -49,6 +53,12 @@ def validate(params: Params) -> dict:
 
 def train(params: Params) -> dict:
     """Train on the manifest's train rows, select on val, write the model, metrics and curves; log to MLflow."""
+    from braintumor.checkpoint import checkpoint_extra
+    from braintumor.model import build_model, save_model
+    from braintumor.runtime import init_distributed
+    from braintumor.training import fit
+    from braintumor.transforms import Preprocessing
+
     use_cuda = params.train.device in ("auto", "cuda") and torch.cuda.is_available()
     dist_info = init_distributed("cuda" if use_cuda else "cpu")
     data, images = _training_data(params, dist_info)
@@ -96,7 +106,9 @@ def train(params: Params) -> dict:
 def _calibrate(model, data: TrainData, prep: Preprocessing, params: Params) -> Inference:
     """The selected model's inference settings, with the temperature fitted on val (calibration.py)."""
     from braintumor.calibration import fit_temperature
+    from braintumor.data.cache import SquaresDataset
     from braintumor.inference import predict_logits
+    from braintumor.model import Inference
     from braintumor.transforms import eval_preset
 
     device = next(model.parameters()).device
@@ -111,6 +123,11 @@ def _calibrate(model, data: TrainData, prep: Preprocessing, params: Params) -> I
 
 def _training_data(params: Params, dist_info) -> tuple[TrainData, pd.DataFrame]:
     """The manifest's train and val rows, decoded once into the cache (rank 0 decodes; other ranks read it)."""
+    from braintumor.data.cache import cached_squares
+    from braintumor.data.splits import read_manifest, rows
+    from braintumor.training import TrainData
+    from braintumor.transforms import Preprocessing
+
     frame = read_manifest(params.paths.manifest, params.data.classes)
     images = rows(frame, "train", "val").sort_values("path", kind="stable").reset_index(drop=True)
     cache = project_path(params.paths.cache)  # shared by `dvc exp run --temp` copies of the repository
@@ -161,7 +178,9 @@ def augment_preview(params: Params) -> None:
     """A PNG grid of training scans and their augmented views, made with the train preset.
 
     The report stage logs it to the run's MLflow artifacts."""
+    from braintumor.data.splits import read_manifest, rows
     from braintumor.preview import preview_figure
+    from braintumor.transforms import Preprocessing
 
     frame = read_manifest(params.paths.manifest, params.data.classes)
     fig = preview_figure(rows(frame, "train"), params.paths.data, params.data.classes,
@@ -176,6 +195,7 @@ def evaluate(params: Params) -> dict:
     """Batched inference on the Testing rows (and the external set, if any); metrics overall and on the leak-free
     subset; promotion."""
     from braintumor import evaluation as ev
+    from braintumor.data.splits import read_manifest, rows
     from braintumor.model import load_model
     from braintumor.runtime import select_device
     from braintumor.tracking import RunLogger, read_run_info
@@ -234,7 +254,8 @@ class _Scorer:
     """The model file's inference (preprocessing, TTA, temperature) over manifest-like rows, and their metrics."""
 
     def __init__(self, model, device, bundle: dict, params: Params) -> None:
-        from braintumor.transforms import eval_preset
+        from braintumor.model import Inference
+        from braintumor.transforms import Preprocessing, eval_preset
 
         self.model, self.device, self.params = model, device, params
         self.prep = Preprocessing.from_dict(bundle["preprocessing"])
@@ -242,6 +263,7 @@ class _Scorer:
         self.transform = eval_preset(self.prep)
 
     def logits(self, frame: pd.DataFrame, root: str | Path) -> tuple[torch.Tensor, np.ndarray]:
+        from braintumor.data.cache import SquaresDataset, cached_squares
         from braintumor.inference import predict_logits
 
         squares = cached_squares(frame, root, self.prep.scan, project_path(self.params.paths.cache),
@@ -275,6 +297,7 @@ class _Scorer:
 def _evaluate_external(scorer: _Scorer, frame: pd.DataFrame, params: Params) -> tuple[dict, str]:
     """Metrics on the external set (all of it, and its part without copies of Training scans), and its CSV."""
     from braintumor.data.external import load_external
+    from braintumor.data.splits import rows
 
     external = load_external(params.evaluate.external_data, rows(frame, "train", "val"), params.paths.data,
                              params.data)

@@ -17,7 +17,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 import numpy as np
@@ -31,7 +31,9 @@ from braintumor.config import Params
 from braintumor.errors import BrainTumorError
 from braintumor.fileio import project_root, read_json, write_json
 from braintumor.provenance import dvc_data_hash, dvc_data_hashes, git, git_dirty, run_name
-from braintumor.training import EpochStats
+
+if TYPE_CHECKING:
+    from braintumor.training import EpochStats  # the training core is not loaded by evaluate or report
 
 log = logging.getLogger(__name__)
 SERVED_MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
