@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,21 +65,31 @@ def tracking_uri() -> str:
 
 
 def _use_store(experiment: str) -> str:
-    """Point mlflow at the store and return the experiment id (created with artifacts beside the SQLite file)."""
+    """Point mlflow at the store and return the experiment id (created with artifacts beside the SQLite file).
+
+    Two runs starting at once (a `dvc exp run --queue` worker each) may both create the experiment or its tag;
+    the one that loses that race finds the winner's on its second try."""
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
-    try:
-        found = mlflow.get_experiment_by_name(experiment)
-        if found is None:
-            location = (project_root() / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
-            return mlflow.create_experiment(experiment, artifact_location=location, tags=EXPERIMENT_KIND)
-        for key, value in EXPERIMENT_KIND.items():
-            if key not in found.tags:  # an experiment made before this tag; a type chosen in the UI stays
-                MlflowClient().set_experiment_tag(found.experiment_id, key, value)
-        return found.experiment_id
-    except MlflowException as exc:
-        raise BrainTumorError(f"cannot reach the MLflow tracking store {uri}: {exc}. Check MLFLOW_TRACKING_URI, "
-                              "or unset it to use the local mlflow.db.") from None
+    for _ in range(2):
+        try:
+            return _experiment_id(experiment, uri)
+        except MlflowException as exc:
+            error = exc
+            time.sleep(0.5)
+    raise BrainTumorError(f"cannot reach the MLflow tracking store {uri}: {error}. Check MLFLOW_TRACKING_URI, "
+                          "or unset it to use the local mlflow.db.")
+
+
+def _experiment_id(experiment: str, uri: str) -> str:
+    found = mlflow.get_experiment_by_name(experiment)
+    if found is None:
+        location = (project_root() / "mlartifacts").as_uri() if uri.startswith("sqlite:") else None
+        return mlflow.create_experiment(experiment, artifact_location=location, tags=EXPERIMENT_KIND)
+    for key, value in EXPERIMENT_KIND.items():
+        if key not in found.tags:  # an experiment made before this tag; a type chosen in the UI stays
+            MlflowClient().set_experiment_tag(found.experiment_id, key, value)
+    return found.experiment_id
 
 
 def ui_base(uri: str) -> str:
@@ -262,9 +273,6 @@ class RunLogger:
 
     def log_figure(self, figure, name: str) -> None:
         mlflow.log_figure(figure, name)
-
-    def set_tags(self, tags: dict[str, str]) -> None:
-        mlflow.set_tags(tags)
 
     def run_tags(self) -> dict[str, str]:
         return dict(MlflowClient().get_run(self.info["run_id"]).data.tags)
