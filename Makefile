@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test test-fast bench team-up clean-outputs
+.PHONY: install run test test-fast bench team-up
 
 # Reinstalls only when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml

@@ -18,7 +18,7 @@ BIN = Path(sys.executable).parent  # the venv's bin: dvc, mlflow, braintumor
 
 
 def tiny_params_dict(data_root: str | Path, **overrides: dict) -> dict:
-    """Params for seconds-long runs: 48 px scans, ResNet50 from scratch, one epoch on CPU."""
+    """params.yaml's values with what makes runs seconds long: 32 px crops, one epoch on CPU, small batches."""
     raw = {
         "paths": {"data": str(data_root)},
         "model": {"weights": "none", "image_size": 32, "resize_size": 40},

@@ -221,3 +221,16 @@ def test_cli_reports_a_bad_param_in_one_line_without_traceback(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1
     assert "train.scheduler = 'linear'" in errors[0] and "step" in errors[0] and "cosine" in errors[0]
+
+
+def test_the_dataclass_defaults_are_params_yaml():
+    """One source of defaults: a key left out of params.yaml means what params.yaml says, and test params are
+    params.yaml's recipe plus the overrides each test names."""
+    raw = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    defaults = Params().to_dict()
+    assert set(raw) == set(defaults)
+    for section, values in raw.items():
+        assert set(values) == set(defaults[section]), f"params.yaml {section} keys differ from the dataclass"
+        for key, value in values.items():
+            assert defaults[section][key] == value, f"{section}.{key}: dataclass {defaults[section][key]!r}, " \
+                                                     f"params.yaml {value!r}"

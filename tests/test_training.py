@@ -180,7 +180,7 @@ def test_no_weight_decay_on_norm_and_bias_parameters(sample_root):
 
 def test_learning_rate_schedules_step_per_batch(sample_root):
     step = lr_lambda(tiny_params(sample_root, train={"scheduler": "step", "step_size": 7, "gamma": 0.1,
-                                                     "epochs": 20}).train, steps_per_epoch=10)
+                                                     "warmup_epochs": 0, "epochs": 20}).train, steps_per_epoch=10)
     # Step decays at epoch boundaries: after 7 epochs (70 steps) and 14 epochs (140 steps).
     assert [step(s) for s in (0, 69, 70, 139, 140)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
     cosine = lr_lambda(tiny_params(sample_root, train={"scheduler": "cosine", "warmup_epochs": 2,
