@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from braintumor import charts
+from braintumor.evaluation import confusion
 from braintumor.explain import grad_cam, overlay
 from braintumor.serving import Predictor
 
@@ -153,11 +154,10 @@ def _or_na(value: Any) -> Any:
 
 
 def _confusion(predictions: pd.DataFrame, classes: list[str]) -> np.ndarray:
+    """evaluation.confusion of the predictions table's class names."""
     index = {c: i for i, c in enumerate(classes)}
-    matrix = np.zeros((len(classes), len(classes)), dtype=int)
-    for actual, predicted in zip(predictions["actual"], predictions["predicted"]):
-        matrix[index[actual], index[predicted]] += 1
-    return matrix
+    return confusion(predictions["actual"].map(index).to_numpy(), predictions["predicted"].map(index).to_numpy(),
+                     len(classes))
 
 
 def _prediction_grid(inputs: ReportInputs, predictor: Predictor, count: int, *, wrong_only: bool) -> str:
