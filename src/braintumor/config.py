@@ -7,6 +7,7 @@ what is allowed, so `dvc exp run -S train.lr=abc` fails in a second, not after a
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -20,6 +21,7 @@ from braintumor.errors import ConfigError
 DEFAULT_CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
 DEFAULT_ALIASES = {"glioma": "glioma_tumor", "meningioma": "meningioma_tumor", "notumor": "no_tumor",
                    "pituitary": "pituitary_tumor"}  # the newer Kaggle set's folder names
+MAX_SEED = 2**32 - 1  # numpy, torch and Python's random all take it; train.seed * 1000 + epoch stays far below 2**63
 
 
 @dataclass(frozen=True)
@@ -50,18 +52,48 @@ class DataConfig:
     split_seed: int = 42
     # Pearson correlation of 64x64 grayscale thumbnails above which two images are near copies.
     near_duplicate_threshold: float = 0.97
+    # Limits checked on a file's size and header, before its pixels are decoded: decompression bombs, thin
+    # images (1 x 40,000 pixels) that resizing would blow up, and files too big to read into memory.
     max_image_pixels: int = 40_000_000
+    max_aspect_ratio: float = 5.0  # long side / short side; MRI slices are near square
+    max_file_bytes: int = 250_000_000  # a 16-bit 8192 x 8192 uncompressed TIFF is 134 MB
     on_bad_file: Literal["exclude", "fail"] = "exclude"
 
     def __post_init__(self) -> None:
         _check(len(self.classes) >= 2, "data.classes", self.classes, "at least two class names")
         _check(len(set(self.classes)) == len(self.classes), "data.classes", self.classes, "distinct names")
+        for name in self.classes:
+            _check(is_plain_name(name), "data.classes", name, PLAIN_NAME)
         for alias, target in self.aliases.items():
+            _check(is_plain_name(alias), "data.aliases", alias, f"folder names: {PLAIN_NAME}")
             _check(target in self.classes, f"data.aliases.{alias}", target, f"one of {self.classes}")
         _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", self.val_fraction, "a number in (0, 1)")
+        _check(0 <= self.split_seed <= MAX_SEED, "data.split_seed", self.split_seed, f"an integer in [0, {MAX_SEED}]")
         _check(0.0 < self.near_duplicate_threshold <= 1.0, "data.near_duplicate_threshold",
                self.near_duplicate_threshold, "a number in (0, 1]")
-        _check(self.max_image_pixels > 0, "data.max_image_pixels", self.max_image_pixels, "a positive integer")
+        pillow_limit = _pillow_pixel_limit()
+        _check(0 < self.max_image_pixels <= pillow_limit, "data.max_image_pixels", self.max_image_pixels,
+               f"an integer in [1, {pillow_limit:,}] (above that, Pillow's own decompression-bomb check fires first)")
+        _check(1.0 <= self.max_aspect_ratio <= 100.0, "data.max_aspect_ratio", self.max_aspect_ratio,
+               "a ratio of long side to short side in [1, 100]")
+        _check(self.max_file_bytes > 0, "data.max_file_bytes", self.max_file_bytes, "a positive number of bytes")
+
+
+PLAIN_NAME = ("a plain folder name: not empty, no / or \\, not starting with a dot, no control characters, "
+              "no leading or trailing spaces")
+
+
+def is_plain_name(name: str) -> bool:
+    """Can `name` be one folder inside data/Training? (Never a path: `../../x` would leave data/.)"""
+    return (bool(name) and name == name.strip() and not name.startswith(".")
+            and not any(c in "/\\" or ord(c) < 32 or ord(c) == 127 for c in name))
+
+
+def _pillow_pixel_limit() -> int:
+    """Pillow warns about (and imaging.py refuses) images over Image.MAX_IMAGE_PIXELS before our own check."""
+    from PIL import Image  # here, not at the top: loading params stays light
+
+    return int(Image.MAX_IMAGE_PIXELS) if Image.MAX_IMAGE_PIXELS else 2**62
 
 
 @dataclass(frozen=True)
@@ -117,6 +149,8 @@ class AugmentConfig:
         _check(0.0 <= self.blur_sharpen <= 1.0, "augment.blur_sharpen", self.blur_sharpen,
                "a strength in [0, 1] (0 switches it off)")
         _check(0.0 <= self.noise <= 0.5, "augment.noise", self.noise, "a noise std in [0, 0.5] (0 switches it off)")
+        _check(0 <= self.preview_seed <= MAX_SEED, "augment.preview_seed", self.preview_seed,
+               f"an integer in [0, {MAX_SEED}]")
         _check(self.preview_images_per_class >= 1, "augment.preview_images_per_class",
                self.preview_images_per_class, "an integer >= 1")
         _check(self.preview_views >= 1, "augment.preview_views", self.preview_views, "an integer >= 1")
@@ -178,6 +212,7 @@ class TrainConfig:
             _check(getattr(self, key) >= 1, f"train.{key}", getattr(self, key), "an integer >= 1")
         for key in ("warmup_epochs", "head_only_epochs", "patience", "num_workers", "threads"):
             _check(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), "an integer >= 0")
+        _check(0 <= self.seed <= MAX_SEED, "train.seed", self.seed, f"an integer in [0, {MAX_SEED}]")
         _check(self.lr > 0, "train.lr", self.lr, "a positive learning rate")
         _check(0.0 <= self.momentum < 1.0, "train.momentum", self.momentum, "a number in [0, 1)")
         _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "a number >= 0")
@@ -354,6 +389,8 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if hint is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} = {value!r} has the wrong type: expected a number")
+        if not math.isfinite(value):  # `.inf` and `.nan` are valid YAML floats
+            raise ConfigError(f"{key} = {value!r} is not allowed: expected a finite number")
         return float(value)
     if hint is str:
         if not isinstance(value, str):
