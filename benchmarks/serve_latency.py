@@ -61,6 +61,7 @@ def build_and_register(workdir: Path) -> str:
 
     from braintumor.config import params_from_dict
     from braintumor.data.cache import load_square
+    from braintumor.imaging import ImageLimits
     from braintumor.model import build_model, save_model
     from braintumor.pipeline import _log_served_model
     from braintumor.tracking import RunTracker
@@ -75,7 +76,7 @@ def build_and_register(workdir: Path) -> str:
     model = build_model("none", len(params.data.classes))
     save_model(params.paths.model, model, classes=params.data.classes,
                preprocessing=Preprocessing.from_config(params.model, params.preprocess), params=params.to_dict(), metrics={})
-    example = load_square(jpeg_bytes(0), Preprocessing.from_config(params.model, params.preprocess).scan, params.data.max_image_pixels)
+    example = load_square(jpeg_bytes(0), Preprocessing.from_config(params.model, params.preprocess).scan, ImageLimits.of(params.data))
     tracker = RunTracker(params)
     try:
         version = _log_served_model(tracker, params, example)

@@ -31,6 +31,7 @@ from braintumor import runtime
 from braintumor.config import load_params
 from braintumor.data.cache import cached_squares
 from braintumor.data.scan import scan_dataset
+from braintumor.imaging import ImageLimits
 from braintumor.model import build_model
 from braintumor.training import TrainData, fit
 from braintumor.transforms import Preprocessing
@@ -95,7 +96,7 @@ def project(dataset: Path, images: int, cache: Path, overrides: dict, size: int)
                           "label": [f.label for f in picks]})
     start = time.perf_counter()
     scan = Preprocessing.from_config(model_cfg, params.preprocess).scan
-    squares = cached_squares(frame, dataset, scan, cache, max_pixels=params.data.max_image_pixels, progress=False)
+    squares = cached_squares(frame, dataset, scan, cache, limits=ImageLimits.of(params.data), progress=False)
     cache_seconds = time.perf_counter() - start
     labels = frame["label"].map({c: i for i, c in enumerate(params.data.classes)}).to_numpy()
     # The last 8 images are a token val set: fit() validates every epoch; its time is not in images_per_s.

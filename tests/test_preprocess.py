@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 from braintumor.data.cache import load_square
+from braintumor.imaging import ImageLimits
 from braintumor.data.sample import synthetic_slice
 from braintumor.preprocess import ScanPrep, head_box, largest_component, pad_to_square, prepare_square
 
@@ -97,6 +98,6 @@ def test_files_and_bytes_give_the_same_square(tmp_path):
     path = tmp_path / "scan.png"
     Image.fromarray(_scan_with_border_and_label()).save(path)
     prep = ScanPrep(size=64, head_crop=True, intensity="equalize")
-    from_file = load_square(path, prep, max_pixels=10**7)
-    assert np.array_equal(from_file, load_square(path.read_bytes(), prep, max_pixels=10**7))
-    assert np.array_equal(from_file, load_square(path, prep, max_pixels=10**7))  # deterministic
+    from_file = load_square(path, prep, limits=ImageLimits(max_pixels=10**7))
+    assert np.array_equal(from_file, load_square(path.read_bytes(), prep, limits=ImageLimits(max_pixels=10**7)))
+    assert np.array_equal(from_file, load_square(path, prep, limits=ImageLimits(max_pixels=10**7)))  # deterministic

@@ -13,6 +13,7 @@ import torch
 import braintumor.preview
 import braintumor.transforms
 from braintumor.data.validate import validate_dataset
+from braintumor.imaging import ImageLimits
 from braintumor.preview import preview_figure
 from braintumor.transforms import Preprocessing, display_preset, eval_preset, train_preset
 
@@ -29,7 +30,7 @@ def setup(sample_root):
 def render(setup, data_root, augment=None) -> plt.Figure:
     params, train_rows, prep = setup
     return preview_figure(train_rows, data_root, params.data.classes, prep, augment or params.augment,
-                          max_pixels=params.data.max_image_pixels)
+                          limits=ImageLimits.of(params.data))
 
 
 def png_bytes(fig: plt.Figure) -> bytes:
@@ -281,7 +282,7 @@ def test_only_the_rows_given_are_shown(setup, sample_root):
     one_each = train_rows.groupby("label").head(1)
     augment = dataclasses.replace(params.augment, preview_images_per_class=3, preview_views=1)
     fig = preview_figure(one_each, sample_root, params.data.classes, prep, augment,
-                         max_pixels=params.data.max_image_pixels)
+                         limits=ImageLimits.of(params.data))
     try:
         shown_rows = [tuple(ax.get_ylabel().split("\n")) for ax in np.array(fig.axes).reshape(-1, 3)[:, 0]]
         assert shown_rows == list(zip(one_each["label"], one_each["path"].map(lambda p: p.rsplit("/", 1)[-1])))

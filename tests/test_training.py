@@ -15,6 +15,7 @@ from braintumor.data.splits import rows
 from braintumor.data.validate import validate_dataset
 from braintumor.ema import WeightEMA
 from braintumor.errors import BrainTumorError, ConfigError
+from braintumor.imaging import ImageLimits
 from braintumor.model import Inference, build_model, keep_frozen_in_eval, load_model, save_model, set_frozen
 from braintumor.preprocess import ScanPrep
 from braintumor.training import TrainData, build_optimizer, fit, lr_lambda
@@ -27,7 +28,7 @@ def tiny_data(sample_root, tmp_path_factory) -> TrainData:
     frame = validate_dataset(sample_root, params.data, workers=1, progress=False).manifest
     images = rows(frame, "train", "val")
     squares = cached_squares(images, sample_root, Preprocessing.from_config(params.model, params.preprocess).scan, tmp_path_factory.mktemp("cache"),
-                             max_pixels=params.data.max_image_pixels, workers=1, progress=False)
+                             limits=ImageLimits.of(params.data), workers=1, progress=False)
     labels = images["label"].map({c: i for i, c in enumerate(params.data.classes)}).to_numpy()
     is_val = (images["split"] == "val").to_numpy()
     return TrainData(squares[~is_val], labels[~is_val], squares[is_val], labels[is_val], params.data.classes)

@@ -21,8 +21,8 @@ from braintumor.data.sample import synthetic_slice
 from braintumor.data.splits import MANIFEST_COLUMNS, grouped_stratified_val, read_manifest, write_manifest
 from braintumor.data.validate import validate_dataset
 from braintumor.errors import BrainTumorError, DataError
-from braintumor.imaging import (ImageProblem, decode_grayscale, is_candidate, open_checked, square_resize,
-                                to_grayscale)
+from braintumor.imaging import (ImageLimits, ImageProblem, decode_grayscale, is_candidate, open_checked,
+                                square_resize, to_grayscale)
 
 from conftest import REPO, run, tiny_params, tiny_params_dict
 
@@ -453,19 +453,19 @@ def png_header_only(width: int, height: int) -> bytes:
 
 def test_decompression_bomb_is_refused_before_decoding():
     with pytest.raises(ImageProblem, match="decompression bomb"):
-        open_checked(png_header_only(30_000, 30_000), max_pixels=10**12)
+        open_checked(png_header_only(30_000, 30_000), limits=ImageLimits(max_pixels=10**12))
     with pytest.raises(ImageProblem, match="over the limit data.max_image_pixels=1,000"):
-        open_checked(png_header_only(100, 100), max_pixels=1000)
+        open_checked(png_header_only(100, 100), limits=ImageLimits(max_pixels=1000))
     # Within limits, the same header with no pixel data is a truncated image.
     with pytest.raises(ImageProblem, match="truncated"):
-        open_checked(png_header_only(100, 100), max_pixels=10**6)
+        open_checked(png_header_only(100, 100), limits=ImageLimits(max_pixels=10**6))
 
 
 def test_sixteen_bit_scan_is_stretched_to_the_full_8_bit_range():
-    ramp = np.tile(np.linspace(1000, 3000, 64).astype(np.uint16), (8, 1))
+    ramp = np.tile(np.linspace(1000, 3000, 64).astype(np.uint16), (32, 1))
     buffer = io.BytesIO()
     Image.fromarray(ramp).save(buffer, "PNG")
-    gray = decode_grayscale(buffer.getvalue(), max_pixels=10**6)
+    gray = decode_grayscale(buffer.getvalue(), limits=ImageLimits(max_pixels=10**6))
     pixels = np.asarray(gray)
     assert gray.mode == "L" and pixels.min() == 0 and pixels.max() == 255
     assert (np.diff(pixels[0].astype(int)) >= 0).all()  # order of intensities kept

@@ -125,6 +125,7 @@ def _training_data(params: Params, dist_info) -> tuple[TrainData, pd.DataFrame]:
     """The manifest's train and val rows, decoded once into the cache (rank 0 decodes; other ranks read it)."""
     from braintumor.data.cache import cached_squares
     from braintumor.data.splits import read_manifest, rows
+    from braintumor.imaging import ImageLimits
     from braintumor.training import TrainData
     from braintumor.transforms import Preprocessing
 
@@ -134,7 +135,7 @@ def _training_data(params: Params, dist_info) -> tuple[TrainData, pd.DataFrame]:
 
     def decoded():
         return cached_squares(images, params.paths.data, Preprocessing.from_config(params.model, params.preprocess).scan,
-                              cache, max_pixels=params.data.max_image_pixels, progress=dist_info.is_main)
+                              cache, limits=ImageLimits.of(params.data), progress=dist_info.is_main)
 
     if dist_info.enabled:
         squares = decoded() if dist_info.is_main else None
@@ -179,13 +180,14 @@ def augment_preview(params: Params) -> None:
 
     The report stage logs it to the run's MLflow artifacts."""
     from braintumor.data.splits import read_manifest, rows
+    from braintumor.imaging import ImageLimits
     from braintumor.preview import preview_figure
     from braintumor.transforms import Preprocessing
 
     frame = read_manifest(params.paths.manifest, params.data.classes)
     fig = preview_figure(rows(frame, "train"), params.paths.data, params.data.classes,
                          Preprocessing.from_config(params.model, params.preprocess), params.augment,
-                         max_pixels=params.data.max_image_pixels)
+                         limits=ImageLimits.of(params.data))
     with atomic_path(params.paths.preview) as tmp:
         fig.savefig(tmp, format="png", dpi=80)
     print(f"augment_preview: wrote {params.paths.preview}")
@@ -264,10 +266,11 @@ class _Scorer:
 
     def logits(self, frame: pd.DataFrame, root: str | Path) -> tuple[torch.Tensor, np.ndarray]:
         from braintumor.data.cache import SquaresDataset, cached_squares
+        from braintumor.imaging import ImageLimits
         from braintumor.inference import predict_logits
 
         squares = cached_squares(frame, root, self.prep.scan, project_path(self.params.paths.cache),
-                                 max_pixels=self.params.data.max_image_pixels)
+                                 limits=ImageLimits.of(self.params.data))
         labels = frame["label"].map({c: i for i, c in enumerate(self.params.data.classes)}).to_numpy()
         loader = torch.utils.data.DataLoader(SquaresDataset(squares, labels),
                                              batch_size=self.params.evaluate.batch_size)

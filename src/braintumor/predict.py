@@ -16,7 +16,7 @@ from PIL import Image
 from braintumor.errors import BrainTumorError
 from braintumor.explain import grad_cam, overlay
 from braintumor.fileio import atomic_path, write_text
-from braintumor.imaging import ImageProblem
+from braintumor.imaging import problem_of
 from braintumor.serving import Predictor, find_images
 
 log = logging.getLogger(__name__)
@@ -44,8 +44,8 @@ def predict_paths(paths: list[str], model: str, *, output: str | None = None,
         try:
             squares.append(predictor.square(path))
             kept.append(path)
-        except (ImageProblem, OSError) as exc:
-            print(f"skipped {path}: {exc}")
+        except Exception as exc:  # one file's problem, whatever it is: the other files are still predicted
+            print(f"skipped {path}: {problem_of(exc)}")
     if not kept:
         raise BrainTumorError(f"no readable image among {', '.join(map(str, paths))}; give image files "
                               "(.jpg, .png, ...) or folders that hold them.")
@@ -87,13 +87,25 @@ def _write_gradcams(predictor: Predictor, files: list[Path], squares: list[np.nd
 
 
 def _overlay_names(files: list[Path]) -> list[str]:
-    """One name per scan: its stem, or where stems repeat (a folder of class folders: glioma/0001.jpg,
-    meningioma/0001.jpg), its path under the scans' common folder with `__` for `/`."""
-    stems = Counter(p.stem for p in files)
-    if all(stems[p.stem] == 1 for p in files):
+    """One distinct name per scan: its stem, or where stems repeat (a folder of class folders: glioma/0001.jpg,
+    meningioma/0001.jpg), its path under the scans' common folder with `__` for `/`, and its extension where that
+    is still the same (x.jpg and x.png in one folder). A name that is still taken (a__b.jpg next to a/b.jpg, or
+    names that differ only in case, which are one file on macOS and Windows) gets `_2`, `_3`, ... until it is free.
+    """
+    stems = Counter(p.stem.casefold() for p in files)
+    if all(stems[p.stem.casefold()] == 1 for p in files):
         return [p.stem for p in files]
     resolved = [p.resolve() for p in files]
     root = Path(os.path.commonpath([p.parent for p in resolved]))
-    names = ["__".join(p.relative_to(root).with_suffix("").parts) for p in resolved]
-    counts = Counter(names)  # still the same: x.jpg and x.png in one folder
-    return [f"{n}_{p.suffix.lstrip('.')}" if counts[n] > 1 else n for n, p in zip(names, resolved)]
+    bases = ["__".join(p.relative_to(root).with_suffix("").parts) for p in resolved]
+    repeats = Counter(b.casefold() for b in bases)
+    names, taken = [], set()
+    for base, path in zip(bases, resolved):
+        base = f"{base}_{path.suffix.lstrip('.')}" if repeats[base.casefold()] > 1 else base
+        name, k = base, 1
+        while name.casefold() in taken:
+            k += 1
+            name = f"{base}_{k}"
+        taken.add(name.casefold())
+        names.append(name)
+    return names

@@ -16,12 +16,13 @@ import torch  # noqa: E402
 
 from braintumor.config import AugmentConfig  # noqa: E402
 from braintumor.data.cache import load_square  # noqa: E402
-from braintumor.imaging import decode_grayscale  # noqa: E402
+from braintumor.errors import DataError  # noqa: E402
+from braintumor.imaging import ImageLimits, decode_grayscale, problem_of  # noqa: E402
 from braintumor.transforms import Preprocessing, display_preset, eval_preset  # noqa: E402
 
 
 def preview_figure(train_rows: pd.DataFrame, data_root: str | Path, classes: list[str], prep: Preprocessing,
-                   augment: AugmentConfig, *, max_pixels: int) -> plt.Figure:
+                   augment: AugmentConfig, *, limits: ImageLimits) -> plt.Figure:
     rng = np.random.default_rng(augment.preview_seed)
     picks = []
     for label in classes:
@@ -35,8 +36,7 @@ def preview_figure(train_rows: pd.DataFrame, data_root: str | Path, classes: lis
     fig, axes = plt.subplots(len(picks), cols, figsize=(1.9 * cols, 2.0 * len(picks)), squeeze=False)
     titles = ["scan as stored", "preprocessed\n(eval view)"] + [f"train view {i + 1}" for i in range(cols - 2)]
     for row, (label, path) in enumerate(picks):
-        stored = np.asarray(decode_grayscale(Path(data_root) / path, max_pixels=max_pixels))  # before preprocessing
-        square = torch.from_numpy(load_square(Path(data_root) / path, prep.scan, max_pixels))[None]  # (1,S,S)
+        stored, square = _load(Path(data_root) / path, prep, limits)
         augmented = views(square.expand(augment.preview_views, 1, -1, -1), draws)  # (V, 1, H, W) uint8
         images = [stored, eval_view.crop(square)[0].numpy()] + [view[0].numpy() for view in augmented]
         for col, image in enumerate(images):
@@ -56,3 +56,13 @@ def preview_figure(train_rows: pd.DataFrame, data_root: str | Path, classes: lis
                  f"noise {augment.noise:g}", fontsize=8, wrap=True)
     fig.tight_layout()
     return fig
+
+
+def _load(path: Path, prep: Preprocessing, limits: ImageLimits) -> tuple[np.ndarray, torch.Tensor]:
+    """(the scan as stored, (1, S, S) after preprocessing); a file changed since validate is a DataError."""
+    try:
+        stored = np.asarray(decode_grayscale(path, limits=limits))  # before preprocessing
+        return stored, torch.from_numpy(load_square(path, prep.scan, limits))[None]
+    except Exception as exc:
+        raise DataError(f"{path} can no longer be read ({problem_of(exc)}); it changed after the validate stage "
+                        "ran. Rerun the pipeline: `dvc repro`.") from None

@@ -1,6 +1,6 @@
 """Predictions from a model file: the core of `braintumor predict` and of the served MLflow model.
 
-Input rows are raw image bytes (any format Pillow reads; grayscale, RGB, RGBA, 16-bit); the output is a label,
+Input rows are raw image bytes (JPEG, PNG, BMP, TIFF, WebP, GIF; grayscale, RGB, RGBA, 16-bit); the output is a label,
 its probability and one probability column per class. A bad row raises `RequestError` naming the row and why.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import os
 from pathlib import Path
 
@@ -17,12 +18,13 @@ import torch
 
 from braintumor.data.cache import load_square
 from braintumor.errors import BrainTumorError
-from braintumor.imaging import ImageProblem
+from braintumor.imaging import ImageLimits, ImageProblem, check_file_size, problem_of
 from braintumor.inference import predict_logits, probabilities
 from braintumor.model import Inference, load_model
 from braintumor.transforms import Preprocessing, eval_preset
 
 INPUT_COLUMN = "image"
+log = logging.getLogger(__name__)
 
 
 class RequestError(BrainTumorError):
@@ -44,12 +46,12 @@ class Predictor:
         self.prep = Preprocessing.from_dict(bundle["preprocessing"])
         self.inference = Inference.from_dict(bundle.get("inference"))
         self.transform = eval_preset(self.prep)
-        self.max_pixels = int(bundle["params"]["data"]["max_image_pixels"])
+        self.limits = ImageLimits.of(bundle["params"]["data"])
         self.bundle = bundle
 
     def square(self, source: bytes | str | os.PathLike) -> np.ndarray:
         """One scan -> (S, S) uint8, exactly as evaluation sees it. Raises ImageProblem."""
-        return load_square(source, self.prep.scan, self.max_pixels)
+        return load_square(source, self.prep.scan, self.limits)
 
     def probabilities(self, squares: list[np.ndarray]) -> np.ndarray:
         """(N, C) class probabilities for (S, S) uint8 squares: evaluation's inference, temperature included."""
@@ -78,9 +80,11 @@ class Predictor:
         squares, problems = [], []
         for row, value in enumerate(frame[INPUT_COLUMN].tolist()):
             try:
-                squares.append(self.square(decode_base64(value)))
-            except (RequestError, ImageProblem) as exc:
-                problems.append((row, str(exc)))
+                squares.append(self.square(decode_base64(value, max_bytes=self.limits.max_file_bytes)))
+            except Exception as exc:  # one row's problem, whatever it is: the other rows and the server go on
+                if not isinstance(exc, (BrainTumorError, ImageProblem)):
+                    log.warning("row %d could not be prepared", row, exc_info=True)  # for the server's log only
+                problems.append((row, problem_of(exc)))
         if problems:
             listed = "; ".join(f"row {row}: {reason}" for row, reason in problems[:10])
             more = f"; and {len(problems) - 10} more" if len(problems) > 10 else ""
@@ -88,8 +92,11 @@ class Predictor:
         return self.table(self.probabilities(squares))
 
 
-def decode_base64(value: object) -> bytes:
-    """A row's value -> the image file's bytes. Line breaks (as `base64` wraps its output) are allowed."""
+def decode_base64(value: object, *, max_bytes: int) -> bytes:
+    """A row's value -> the image file's bytes. Line breaks (as `base64` wraps its output) are allowed.
+
+    A value that would decode to more than `max_bytes` (data.max_file_bytes) is refused before it is decoded.
+    """
     if isinstance(value, (bytes, bytearray)):
         value = bytes(value).decode("ascii", errors="replace")
     missing = value is None or (isinstance(value, float) and np.isnan(value))  # JSON null arrives as None or NaN
@@ -98,8 +105,10 @@ def decode_base64(value: object) -> bytes:
     if not isinstance(value, str):
         raise RequestError(f"a value of type {type(value).__name__}, not a string; send the image file's bytes, "
                            "base64-encoded")
+    text = "".join(value.split())
+    check_file_size(len(text) // 4 * 3 - text[-2:].count("="), max_bytes)  # before decoding: 3 bytes per 4 chars
     try:
-        data = base64.b64decode("".join(value.split()), validate=True)
+        data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise RequestError("not valid base64; encode the image file's bytes with base64") from None
     if not data:

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from braintumor.errors import DataError
 from braintumor.fileio import atomic_path
-from braintumor.imaging import ImageProblem, decode_grayscale
+from braintumor.imaging import ImageLimits, decode_grayscale, problem_of
 from braintumor.preprocess import ScanPrep, prepare_square
 from braintumor.progress import progress_bar
 
@@ -33,11 +33,11 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 2  # bump when decode_grayscale or prepare_square change what they produce
 
 
-def load_square(source: str | os.PathLike | bytes, scan: ScanPrep, max_pixels: int) -> np.ndarray:
+def load_square(source: str | os.PathLike | bytes, scan: ScanPrep, limits: ImageLimits) -> np.ndarray:
     """One scan (a file path or its bytes) -> (S, S) uint8: the input of every preset."""
     # JPEGs decode at a reduced scale still >= 2S per side when the head is cropped out of the frame afterwards.
     draft = 2 * scan.size if scan.head_crop else scan.size
-    return prepare_square(decode_grayscale(source, max_pixels=max_pixels, draft=draft), scan)
+    return prepare_square(decode_grayscale(source, limits=limits, draft=draft), scan)
 
 
 def cache_key(frame: "pd.DataFrame", scan: ScanPrep) -> str:
@@ -48,7 +48,7 @@ def cache_key(frame: "pd.DataFrame", scan: ScanPrep) -> str:
 
 
 def cached_squares(frame: "pd.DataFrame", data_root: str | Path, scan: ScanPrep, cache_dir: str | Path, *,
-                   max_pixels: int, workers: int | None = None, progress: bool = True) -> np.ndarray:
+                   limits: ImageLimits, workers: int | None = None, progress: bool = True) -> np.ndarray:
     """(N, S, S) uint8 for the manifest rows in `frame` (memory-mapped from the cache file)."""
     target = Path(cache_dir) / "images" / f"squares-{scan.size}px-{cache_key(frame, scan)}.npy"
     if target.is_file():
@@ -59,7 +59,7 @@ def cached_squares(frame: "pd.DataFrame", data_root: str | Path, scan: ScanPrep,
     bar = progress_bar(total=len(paths), desc=f"preparing scans at {scan.size}px (once, cached)", unit="img",
                        disable=not progress)
     with bar, ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = pool.map(_decode_row, paths, [scan] * len(paths), [max_pixels] * len(paths), chunksize=16)
+        results = pool.map(_decode_row, paths, [scan] * len(paths), [limits] * len(paths), chunksize=16)
         for i, (square, problem) in enumerate(results):
             if problem:
                 raise DataError(f"{paths[i]} can no longer be read ({problem}); it changed after the validate "
@@ -73,11 +73,11 @@ def cached_squares(frame: "pd.DataFrame", data_root: str | Path, scan: ScanPrep,
     return squares
 
 
-def _decode_row(path: str, scan: ScanPrep, max_pixels: int) -> tuple[np.ndarray | None, str | None]:
+def _decode_row(path: str, scan: ScanPrep, limits: ImageLimits) -> tuple[np.ndarray | None, str | None]:
     try:
-        return load_square(path, scan, max_pixels), None
-    except (ImageProblem, OSError) as exc:
-        return None, str(exc)
+        return load_square(path, scan, limits), None
+    except Exception as exc:  # one file's problem, whatever it is, never a crash of the worker pool
+        return None, problem_of(exc)
 
 
 class SquaresDataset(Dataset):

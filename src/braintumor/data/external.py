@@ -20,6 +20,7 @@ from braintumor.data.duplicates import best_match
 from braintumor.data.scan import scan_class_folders
 from braintumor.data.validate import inspect_all
 from braintumor.errors import DataError
+from braintumor.imaging import ImageLimits
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def load_external(root: str | Path, training: pd.DataFrame, data_root: str | Pat
         raise DataError(f"evaluate.external_data = {str(root)!r}: no such folder. Point it at a folder of "
                         f"<class>/ folders ({', '.join(config.classes)}; data.aliases apply), or set it to '' .")
     scan = scan_class_folders(root, root, "external", config.classes, config.aliases)
-    infos = inspect_all([f.path for f in scan.files], config.max_image_pixels, workers=workers, progress=progress,
+    infos = inspect_all([f.path for f in scan.files], ImageLimits.of(config), workers=workers, progress=progress,
                         desc="evaluate: checking the external set")
     excluded = [{"path": f.relpath, "reason": i["problem"]} for f, i in zip(scan.files, infos) if "problem" in i]
     for item in excluded:
@@ -55,7 +56,7 @@ def load_external(root: str | Path, training: pd.DataFrame, data_root: str | Pat
     if not usable:
         raise DataError(f"the external set {root} holds no usable image (see the warnings above).")
 
-    train_infos = inspect_all([Path(data_root) / p for p in training["path"]], config.max_image_pixels,
+    train_infos = inspect_all([Path(data_root) / p for p in training["path"]], ImageLimits.of(config),
                               workers=workers, progress=progress, desc="evaluate: fingerprinting Training")
     train_hashes = set(training["sha256"])
     train_prints = np.stack([i["fingerprint"] for i in train_infos if "fingerprint" in i]).astype(np.float32)

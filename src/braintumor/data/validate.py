@@ -24,7 +24,7 @@ from braintumor.data.duplicates import THUMB, DisjointSets, best_match, fingerpr
 from braintumor.data.scan import scan_dataset
 from braintumor.data.splits import grouped_stratified_val
 from braintumor.errors import DataError
-from braintumor.imaging import ImageProblem, open_checked, to_grayscale
+from braintumor.imaging import ImageLimits, open_checked, problem_of, read_checked, to_grayscale
 
 log = logging.getLogger(__name__)
 
@@ -35,24 +35,22 @@ class ValidationResult:
     manifest: pd.DataFrame
 
 
-def inspect_file(path: str, max_pixels: int) -> dict[str, Any]:
+def inspect_file(path: str, limits: ImageLimits) -> dict[str, Any]:
     """Hash, check and fingerprint one file. Runs in worker processes: returns a problem instead of raising."""
     try:
-        data = Path(path).read_bytes()
-        image = open_checked(data, max_pixels=max_pixels, draft=THUMB)
+        data = read_checked(path, max_file_bytes=limits.max_file_bytes)  # its size is checked before reading
+        image = open_checked(data, limits=limits, draft=THUMB)
         (width, height), mode = image.info["source_size"], image.info["source_mode"]
         return {"sha256": hashlib.sha256(data).hexdigest(), "width": width, "height": height, "mode": mode,
                 "fingerprint": fingerprint(to_grayscale(image))}
-    except ImageProblem as exc:
-        return {"problem": str(exc)}
-    except OSError as exc:
-        return {"problem": f"cannot read the file ({exc.strerror or exc})"}
+    except Exception as exc:  # one file's problem, whatever it is, never a crash of the scan
+        return {"problem": problem_of(exc)}
 
 
 def validate_dataset(root: str | Path, config: DataConfig, *, workers: int | None = None,
                      progress: bool = True) -> ValidationResult:
     scan = scan_dataset(root, config.classes, config.aliases)
-    infos = inspect_all([f.path for f in scan.files], config.max_image_pixels, workers=workers, progress=progress)
+    infos = inspect_all([f.path for f in scan.files], ImageLimits.of(config), workers=workers, progress=progress)
 
     problems = [{"path": f.relpath, "reason": info["problem"]} for f, info in zip(scan.files, infos)
                 if "problem" in info]
@@ -85,7 +83,7 @@ def validate_dataset(root: str | Path, config: DataConfig, *, workers: int | Non
     return ValidationResult(report=report, manifest=frame)
 
 
-def inspect_all(paths: list[str | Path], max_pixels: int, *, workers: int | None, progress: bool,
+def inspect_all(paths: list[str | Path], limits: ImageLimits, *, workers: int | None, progress: bool,
                 desc: str = "validate: hashing and checking") -> list[dict[str, Any]]:
     """`inspect_file` of every path, in worker processes; in the order given."""
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
@@ -95,12 +93,12 @@ def inspect_all(paths: list[str | Path], max_pixels: int, *, workers: int | None
         if workers <= 1:
             results = []
             for path in paths:
-                results.append(inspect_file(path, max_pixels))
+                results.append(inspect_file(path, limits))
                 bar.update()
             return results
         with ProcessPoolExecutor(max_workers=workers) as pool:
             results = []
-            for info in pool.map(inspect_file, paths, [max_pixels] * len(paths), chunksize=32):
+            for info in pool.map(inspect_file, paths, [limits] * len(paths), chunksize=32):
                 results.append(info)
                 bar.update()
             return results
