@@ -79,8 +79,26 @@ def validate_dataset(root: str | Path, config: DataConfig, *, workers: int | Non
     })
     prints = np.stack([i["fingerprint"] for _, i in usable]).astype(np.float32)  # (N, 4096)
     report, frame = _duplicates_and_splits(frame, prints, config)
+    _check_train_and_val(frame, config)
     report = {**_counts(frame, problems, scan.ignored, config.classes), **report}
     return ValidationResult(report=report, manifest=frame)
+
+
+def _check_train_and_val(frame: pd.DataFrame, config: DataConfig) -> None:
+    """Every class needs train scans to learn from and val scans to select the epoch on (else val metrics are NaN)."""
+    needed = next(n for n in range(2, 10**6) if round(n * config.val_fraction) >= 1)
+    for label in config.classes:
+        training = frame[(frame["label"] == label) & (frame["split"] != "test")]
+        for role in ("train", "val"):
+            if (training["split"] == role).any():
+                continue
+            groups = training["group"].nunique()
+            copies = (f" ({groups} distinct: copies of one scan stay on one side of the split)"
+                      if groups < len(training) else "")
+            raise DataError(f"no {role} scan of class {label}: it has {len(training)} usable Training scan(s){copies}, "
+                            f"and with data.val_fraction={config.val_fraction:g} a class needs at least {needed} "
+                            f"distinct ones to have both train and val scans. Add Training scans of {label}, or raise "
+                            "data.val_fraction.")
 
 
 def inspect_all(paths: list[str | Path], limits: ImageLimits, *, workers: int | None, progress: bool,
