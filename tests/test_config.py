@@ -234,3 +234,65 @@ def test_the_dataclass_defaults_are_params_yaml():
         for key, value in values.items():
             assert defaults[section][key] == value, f"{section}.{key}: dataclass {defaults[section][key]!r}, " \
                                                      f"params.yaml {value!r}"
+
+
+# --- params that used to load and fail later -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overrides, key, value", [
+    ({"train": {"seed": -1}}, "train.seed", -1),
+    ({"train": {"seed": 2**64}}, "train.seed", 2**64),
+    ({"data": {"split_seed": -5}}, "data.split_seed", -5),
+    ({"augment": {"preview_seed": 2**32}}, "augment.preview_seed", 2**32),
+])
+def test_a_seed_outside_what_numpy_and_torch_take_is_refused_at_load(overrides, key, value):
+    assert f"{key} = {value!r} is not allowed: expected an integer in [0, 4294967295]" in config_error(overrides)
+
+
+@pytest.mark.parametrize("text, key", [
+    ("train:\n  lr: .inf\n", "train.lr = inf"),
+    ("train:\n  weight_decay: -.inf\n", "train.weight_decay = -inf"),
+    ("data:\n  max_aspect_ratio: .nan\n", "data.max_aspect_ratio = nan"),
+])
+def test_an_infinite_or_nan_number_is_refused_at_load(tmp_path, text, key):
+    (tmp_path / "params.yaml").write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=re.escape(f"{key} is not allowed: expected a finite number")):
+        load_params(tmp_path / "params.yaml")
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "a/b", "..", ".hidden", "back\\slash", " padded", "tab\there", ""])
+def test_a_class_name_that_is_not_a_plain_folder_name_is_refused(name):
+    message = config_error({"data": {"classes": ["glioma", name]}})
+    assert f"data.classes = {name!r} is not allowed: expected a plain folder name" in message
+    # an alias can only point at a class, so it cannot name a path either
+    message = config_error({"data": {"classes": ["glioma", "other"], "aliases": {"x": name}}})
+    assert "data.aliases.x" in message
+
+
+def test_an_alias_folder_name_that_is_a_path_is_refused():
+    message = config_error({"data": {"aliases": {"../up": "no_tumor"}}})
+    assert "data.aliases = '../up' is not allowed: expected folder names: a plain folder name" in message
+
+
+def test_class_names_with_spaces_and_unicode_are_plain_folder_names():
+    params = params_from_dict({"data": {"classes": ["no tumor", "gliome (grade 2)", "膠質腫"]}})
+    assert params.data.classes == ["no tumor", "gliome (grade 2)", "膠質腫"]
+
+
+def test_a_pixel_limit_above_pillows_own_is_refused_at_load():
+    from PIL import Image
+
+    over = Image.MAX_IMAGE_PIXELS + 1
+    message = config_error({"data": {"max_image_pixels": over}})
+    assert f"data.max_image_pixels = {over!r} is not allowed: expected an integer in [1, " \
+           f"{Image.MAX_IMAGE_PIXELS:,}] (above that, Pillow's own decompression-bomb check fires first)" in message
+    assert params_from_dict({"data": {"max_image_pixels": Image.MAX_IMAGE_PIXELS}})
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"data": {"max_aspect_ratio": 0.5}}, "data.max_aspect_ratio"),
+    ({"data": {"max_aspect_ratio": 1000}}, "data.max_aspect_ratio"),
+    ({"data": {"max_file_bytes": 0}}, "data.max_file_bytes"),
+])
+def test_image_limits_out_of_range_are_refused(overrides, key):
+    assert f"{key} = " in config_error(overrides)

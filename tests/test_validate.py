@@ -17,7 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from braintumor.data.sample import synthetic_slice
+from braintumor.data.sample import synthetic_slice, write_sample_dataset
 from braintumor.data.splits import MANIFEST_COLUMNS, grouped_stratified_val, read_manifest, write_manifest
 from braintumor.data.validate import validate_dataset
 from braintumor.errors import BrainTumorError, DataError
@@ -526,3 +526,27 @@ def test_cli_on_a_broken_dataset_exits_2_with_a_one_line_error(dataset_copy, tmp
 
 def test_data_error_is_a_user_error():
     assert issubclass(DataError, BrainTumorError)
+
+
+# --- a split too small to train on ---------------------------------------------------------------------------------
+
+
+def test_too_few_scans_for_a_val_split_stop_validation_saying_how_many_are_needed(tmp_path):
+    write_sample_dataset(tmp_path / "data", per_class=3, test_per_class=2, size=64, seed=1)
+    with pytest.raises(DataError) as caught:
+        validate(tmp_path / "data")
+    assert str(caught.value) == (
+        "no val scan of class glioma_tumor: it has 3 usable Training scan(s), and with data.val_fraction=0.15 a class "
+        "needs at least 4 distinct ones to have both train and val scans. Add Training scans of glioma_tumor, or "
+        "raise data.val_fraction.")
+    assert validate(tmp_path / "data", val_fraction=0.2).report["n_val"] == 4  # round(3 * 0.2) = 1 per class
+
+
+def test_a_class_whose_scans_are_all_copies_of_one_has_no_val_scan(dataset_copy):
+    folder = dataset_copy / "Training" / "pituitary_tumor"
+    first = sorted(folder.iterdir())[0].read_bytes()
+    for path in folder.iterdir():
+        path.write_bytes(first)
+    with pytest.raises(DataError, match=r"no val scan of class pituitary_tumor: it has 6 usable Training scan\(s\) "
+                                        r"\(1 distinct: copies of one scan stay on one side of the split\)"):
+        validate(dataset_copy)

@@ -32,7 +32,11 @@ def _guarded(action: Callable[[], Any]) -> Any:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted; outputs written so far are complete (every write is atomic)", file=sys.stderr)
+        # True of every file this project writes: outputs go through fileio.atomic_path, datasets (sample-data,
+        # import-data) through fileio.staged_folders. The MLflow run of an interrupted training is marked FAILED.
+        print("interrupted: no output was left half-written (each file is complete or absent; sample-data and "
+              "import-data leave no dataset); rerun to finish (training resumes from its last finished epoch)",
+              file=sys.stderr)
         sys.exit(130)
 
 
@@ -62,7 +66,12 @@ def _import_data(args: argparse.Namespace) -> None:
 
     params = load_params(args.params)
     dest = args.dest or params.paths.data
-    counts = import_dataset(args.source, dest, params.data.classes, params.data.aliases)
+    result = import_dataset(args.source, dest, params.data.classes, params.data.aliases,
+                            max_file_bytes=params.data.max_file_bytes)
+    if result.skipped_links:
+        listed = ", ".join(result.skipped_links[:10]) + (" ..." if len(result.skipped_links) > 10 else "")
+        print(f"import-data: skipped {len(result.skipped_links)} symbolic link(s), never followed: {listed}")
+    counts = result.counts
     print(f"import-data: copied {counts.get('Training', 0)} Training and {counts.get('Testing', 0)} Testing images "
           f"into {dest}/. Version it: dvc add {dest}/Training {dest}/Testing && git add {dest}/*.dvc\n"
           "Train on it with the best recipe for a CPU, from scratch (offline):  braintumor recipe cpu-scratch\n"

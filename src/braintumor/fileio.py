@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +14,12 @@ from typing import Any
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success it is renamed over `path` in one step."""
+    """Yield a temporary path next to `path`; on success it is renamed over `path` in one step.
+
+    The file's bytes reach the disk before the rename and the rename itself after it (fsync of the file, then of
+    its folder), so neither a crash nor a power cut can leave an empty or half-written `path`: it holds the old
+    content or the new one.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -22,9 +28,48 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs get the usual permissions
     try:
         yield tmp
+        _fsync(tmp)
         os.replace(tmp, target)
+        _fsync(target.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's data, or a folder's entries, to the disk."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # a folder cannot be opened on Windows, where the rename is durable on its own
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def staged_folders(parent: str | os.PathLike, names: list[str]) -> Iterator[Path]:
+    """Yield an empty hidden folder inside `parent` to build the folders `names` in; on success each is renamed
+    into `parent` (never over a folder with anything in it). On any failure or Ctrl-C, nothing of it is left.
+    """
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".incomplete-", dir=parent))
+    moved: list[Path] = []
+    try:
+        yield staging
+        for name in names:
+            target = parent / name
+            if target.is_dir() and not target.is_symlink() and not any(target.iterdir()):
+                target.rmdir()  # an empty folder left by hand; rename cannot replace it everywhere
+            os.rename(staging / name, target)
+            moved.append(target)
+    except BaseException:
+        for target in moved:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _umask() -> int:

@@ -20,6 +20,8 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from braintumor.config import DEFAULT_CLASSES
+from braintumor.errors import DataError
+from braintumor.fileio import staged_folders
 
 SPLITS = ("Training", "Testing")
 CANVAS = 256
@@ -27,19 +29,27 @@ CANVAS = 256
 
 def write_sample_dataset(root: str | Path, *, per_class: int = 100, test_per_class: int | None = None,
                          seed: int = 0, size: int = CANVAS, classes: list[str] | None = None) -> dict[str, int]:
-    """Write `root/Training/<class>/*.jpg` and `root/Testing/<class>/*.jpg`; return the count per split."""
+    """Write `root/Training/<class>/*.jpg` and `root/Testing/<class>/*.jpg`; return the count per split.
+
+    Refuses a `root` that already holds a dataset (synthetic scans must never mix into real ones). Both folders
+    appear at once when every image is written: an interrupted call leaves nothing behind.
+    """
+    if has_dataset(root):
+        raise DataError(f"{root} already holds a dataset (Training/ or Testing/ with files in it); nothing was "
+                        "written. Give an empty or new folder, or move the dataset away first.")
     classes = classes or list(DEFAULT_CLASSES)
     test_per_class = max(2, per_class // 4) if test_per_class is None else test_per_class
     counts = {}
-    for split_index, (split, n) in enumerate(zip(SPLITS, (per_class, test_per_class))):
-        for class_index, name in enumerate(classes):
-            folder = Path(root) / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                rng = np.random.default_rng([seed, split_index, class_index, i])
-                image = synthetic_slice(rng, _lesion_kind(name), size=size)
-                image.save(folder / f"{split[:2].lower()}_{i:04d}.jpg", quality=92)
-        counts[split] = n * len(classes)
+    with staged_folders(root, list(SPLITS)) as staging:
+        for split_index, (split, n) in enumerate(zip(SPLITS, (per_class, test_per_class))):
+            for class_index, name in enumerate(classes):
+                folder = staging / split / name
+                folder.mkdir(parents=True, exist_ok=True)
+                for i in range(n):
+                    rng = np.random.default_rng([seed, split_index, class_index, i])
+                    image = synthetic_slice(rng, _lesion_kind(name), size=size)
+                    image.save(folder / f"{split[:2].lower()}_{i:04d}.jpg", quality=92)
+            counts[split] = n * len(classes)
     return counts
 
 
