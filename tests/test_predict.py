@@ -156,3 +156,18 @@ def test_unknown_model_uri_exits_2(capsys, scans, tmp_path, monkeypatch):
     errors = [line for line in err.splitlines() if line.startswith("error:")]  # (MLflow logs INFO lines too)
     assert len(errors) == 1 and errors[0].startswith("error: cannot fetch models:/no-such-model/1 from sqlite:///")
     assert "Traceback" not in err
+
+
+def test_gradcam_names_stay_distinct_when_a_file_name_holds_the_separator(capsys, model_file, sample_root, tmp_path):
+    # a__b.jpg beside a/b.jpg, and x.jpg beside X.JPG in another folder (one file on macOS and Windows)
+    scan = (sample_root / "Testing" / "glioma_tumor" / "te_0000.jpg").read_bytes()
+    scans = tmp_path / "scans"
+    for rel in ("a__b.jpg", "a/b.jpg", "c/x.jpg", "c/X.JPG", "d/x.jpg"):
+        (scans / rel).parent.mkdir(parents=True, exist_ok=True)
+        (scans / rel).write_bytes(scan)
+    folder = tmp_path / "cams"
+    code, _, err = predict(capsys, str(scans), "--model", str(model_file), "--gradcam", str(folder))
+    assert code == 0, err
+    written = sorted(p.name for p in folder.iterdir())
+    assert len(written) == 5
+    assert len({name.casefold() for name in written}) == 5

@@ -345,3 +345,35 @@ def test_training_reports_the_precision_it_ran_in(tiny_data, sample_root, tmp_pa
     assert result.precision == "bf16"
     result = _fit(tiny_data, tiny_params(sample_root, train={"cpu_bf16": False}), tmp_path / "fp32.pt")
     assert result.precision == "fp32"
+
+
+class Epochs:
+    """An EpochLogger that records which epochs were trained."""
+
+    def __init__(self) -> None:
+        self.trained: list[int] = []
+
+    def log_epoch(self, stats) -> None:
+        self.trained.append(stats.epoch)
+
+
+def test_a_readable_checkpoint_that_cannot_be_resumed_starts_over_with_a_warning(tiny_data, sample_root, tmp_path,
+                                                                                 caplog):
+    params = tiny_params(sample_root, train={"epochs": 1, "deterministic": True})
+    straight = _fit(tiny_data, params, tmp_path / "straight.pt")  # leaves its checkpoint after epoch 1
+    damages = {
+        "it lacks scheduler, since_best": lambda ckpt: (ckpt.pop("scheduler"), ckpt.pop("since_best")),  # older
+        "its weights do not fit this network": lambda ckpt: ckpt["model"].update({"fc.weight": torch.zeros(7, 2048)}),
+        "an_unknown_column": lambda ckpt: ckpt["history"][0].update({"an_unknown_column": 1.0}),  # another version
+    }
+    for reason, damage in damages.items():
+        ckpt = torch.load(tmp_path / "straight.pt", weights_only=True)
+        damage(ckpt)
+        torch.save(ckpt, tmp_path / "damaged.pt")
+        epochs = Epochs()
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            again = _fit(tiny_data, params, tmp_path / "damaged.pt", logger=epochs)
+        assert reason in caplog.text and "training starts from epoch 1" in caplog.text
+        assert epochs.trained == [1]  # trained afresh (resuming the finished checkpoint would train nothing)
+        assert _curves(again) == _curves(straight)

@@ -183,9 +183,16 @@ def fit(model: nn.Module, data: TrainData, cfg: TrainConfig, augment: AugmentCon
 
 
 def _resume(checkpoint_path, state: TrainState, model: nn.Module, step: Step) -> bool:
-    """Load the checkpoint into the model, the step's parts and `state`; False when there is none."""
-    ckpt = load_checkpoint(checkpoint_path)
+    """Load the checkpoint into the model, the step's parts and `state`; False when there is none to resume."""
+    ckpt = load_checkpoint(checkpoint_path, model=model)  # None also when it cannot be resumed from
     if ckpt is None:
+        return False
+    try:  # before anything is loaded: what another version wrote starts over, never half-resumed
+        history = [EpochStats(**h) for h in ckpt["history"]]
+        if (step.ema is None) != (ckpt["ema"] is None):
+            raise TypeError("weight EMA on one side only")
+    except TypeError as exc:
+        log.warning("ignoring checkpoint %s (%s); training starts from epoch 1", checkpoint_path, exc)
         return False
     model.load_state_dict(ckpt["model"])
     for name in ("optimizer", "scheduler", "scaler", "ema"):
@@ -195,7 +202,7 @@ def _resume(checkpoint_path, state: TrainState, model: nn.Module, step: Step) ->
     runtime.set_rng_states(ckpt["rng"])
     state.epoch, state.best_f1, state.best_epoch = ckpt["epoch"], ckpt["best_f1"], ckpt["best_epoch"]
     state.best_state, state.since_best = ckpt["best_state"], ckpt["since_best"]
-    state.history = [EpochStats(**h) for h in ckpt["history"]]
+    state.history = history
     state.extra = {**ckpt.get("extra", {}), **state.extra}
     return True
 
