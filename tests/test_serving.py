@@ -30,6 +30,7 @@ pytestmark = pytest.mark.slow
 CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
 MODEL_URI = "models:/brain-tumor-classifier/1"
 MAX_PIXELS = 200_000  # data.max_image_pixels of the served model: a 600x600 image is over it
+MAX_FILE_BYTES = 5_000_000  # data.max_file_bytes of the served model
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Served:
     root: Path  # the project folder: params.yaml, models/model.pt, mlflow.db
     url: str
     env: dict  # MLFLOW_TRACKING_URI of the temporary store
+    pid: int  # `mlflow models serve`, whose child processes answer the requests
 
     def post(self, payload: dict | bytes) -> tuple[int, dict]:
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
@@ -107,7 +109,7 @@ def served(sample_root, tmp_path_factory):
     root = tmp_path_factory.mktemp("serving")
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
     # Relative paths (models/model.pt, manifests/, .cache, mlartifacts/) land in `root`, the stages' working folder.
-    params = tiny_params_dict(sample_root, data={"max_image_pixels": MAX_PIXELS})
+    params = tiny_params_dict(sample_root, data={"max_image_pixels": MAX_PIXELS, "max_file_bytes": MAX_FILE_BYTES})
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     run([str(BIN / "braintumor"), "validate", "--params", "params.yaml"], cwd=root, env=env)
     trained = run([sys.executable, str(REPO / "stages" / "train.py"), "--params", "params.yaml"], cwd=root, env=env)
@@ -124,7 +126,7 @@ def served(sample_root, tmp_path_factory):
             cwd=root, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         _wait_ready(url, proc, log)
-        yield Served(root, url, env)
+        yield Served(root, url, env, proc.pid)
     finally:
         _stop(proc)
 
@@ -260,5 +262,80 @@ def test_a_good_request_succeeds_after_bad_ones(served, scans, batch_predictions
     status, body = served.post(_request(scans["jpeg"].read_bytes()))
     assert status == 200, body
     assert body["predictions"][0]["label"] == batch_predictions[0]["label"]
+    for key in CLASSES:
+        assert body["predictions"][0][key] == pytest.approx(batch_predictions[0][key], abs=1e-6)
+
+
+# --- hostile requests ----------------------------------------------------------------------------------------------
+
+RSS_GROWTH_BOUND_MB = 250  # what the server's processes may grow by, over all the hostile requests (68 MB seen)
+
+
+def _tree_rss_mb(pid: int) -> float:
+    """VmRSS of a process and all its descendants, in MB (from /proc)."""
+    total, stack = 0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+            for task in Path(f"/proc/{current}/task").iterdir():
+                stack += [int(child) for child in (task / "children").read_text().split()]
+        except (OSError, StopIteration):
+            continue
+    return total / 1024
+
+
+def _tiff(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.astype(np.float32), mode="F").save(buffer, format="TIFF")
+    return buffer.getvalue()
+
+
+def _eps() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (16, 16), 120).save(buffer, format="EPS")
+    return buffer.getvalue()
+
+
+def _hostile_payloads(good: str) -> dict[str, tuple[dict, str]]:
+    """name -> (request, how the answer's detail must start)."""
+    nan_scan = np.full((64, 64), 500.0)
+    nan_scan[5, 5] = np.nan
+    fifty_mb = base64.b64encode(os.urandom(37_500_000)).decode("ascii")  # 50,000,000 characters of base64
+    bombs = {250, 500, 999}
+    thin = _b64(_png(Image.new("L", (1, 40_000), 90)))
+    return {
+        "thin bomb": (_request(good, thin), "1 of 2 rows cannot be used: row 1: 1x40000 is 40,000.0 times longer "
+                                            "than wide, over the limit data.max_aspect_ratio=5"),
+        "NaN TIFF": (_request(_b64(_tiff(nan_scan))), "1 of 1 rows cannot be used: row 0: 1 of 4,096 pixels are not "
+                                                      "finite numbers (NaN or infinity)"),
+        "EPS": (_request(good, _b64(_eps())), "1 of 2 rows cannot be used: row 1: not an image in an accepted format"),
+        "50 MB base64": (_request(fifty_mb), f"1 of 1 rows cannot be used: row 0: 37,500,000 bytes is over the limit "
+                                             f"data.max_file_bytes={MAX_FILE_BYTES:,}"),
+        "1,000 rows": (_request(*(thin if i in bombs else good for i in range(1000))),
+                       "3 of 1000 rows cannot be used: row 250: 1x40000 is"),
+    }
+
+
+def test_hostile_requests_get_400_naming_the_row_in_bounded_memory_and_the_server_goes_on(served, scans,
+                                                                                            batch_predictions):
+    good = _b64(scans["jpeg"].read_bytes())
+    assert served.post(_request(good))[0] == 200
+    baseline = _tree_rss_mb(served.pid)
+    assert baseline > 100  # the tree was found: a ResNet50 and MLflow are loaded
+    peak = baseline
+    for name, (payload, detail) in _hostile_payloads(good).items():
+        status, body = served.post(payload)
+        assert status == 400, (name, body)
+        assert body["detail"].startswith(detail), (name, body["detail"][:300])
+        assert [row["row"] for row in body["rows"]] == ([250, 500, 999] if name == "1,000 rows" else
+                                                        [int(detail.split("row ")[1].split(":")[0])])
+        assert "Traceback" not in body["message"] and str(served.root) not in body["message"], name
+        peak = max(peak, _tree_rss_mb(served.pid))
+        assert peak - baseline < RSS_GROWTH_BOUND_MB, (name, baseline, peak)
+    print(f"server RSS: {baseline:.0f} MB before the hostile requests, at most {peak:.0f} MB after one")
+    status, body = served.post(_request(good))
+    assert status == 200, body
     for key in CLASSES:
         assert body["predictions"][0][key] == pytest.approx(batch_predictions[0][key], abs=1e-6)
