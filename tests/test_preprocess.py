@@ -8,9 +8,9 @@ import pytest
 from PIL import Image
 
 from braintumor.data.cache import load_square
-from braintumor.imaging import ImageLimits
 from braintumor.data.sample import synthetic_slice
-from braintumor.preprocess import ScanPrep, head_box, largest_component, pad_to_square, prepare_square
+from braintumor.imaging import ImageLimits
+from braintumor.preprocess import ScanPrep, centre_square, head_box, largest_component, pad_to_square, prepare_square
 
 
 def _scan_with_border_and_label() -> np.ndarray:
@@ -51,13 +51,34 @@ def test_blank_and_full_frames_keep_the_whole_image():
 
 
 @pytest.mark.parametrize("shape", [(1, 40_000), (40_000, 1), (3, 9_000), (128, 128)])
-def test_thin_images_never_allocate_more_than_the_square(shape):
+def test_thin_images_never_allocate_more_than_the_square(shape, monkeypatch):
+    # Every resize is recorded: none may make an image larger than the (64, 64) output, whatever the aspect
+    # ratio (resizing the short side of 1 x 40,000 to 64 first would make 64 x 2,560,000 pixels).
+    made = []
+    real_resize = Image.Image.resize
+
+    def resize(self, size, *args, **kwargs):
+        made.append(tuple(size))
+        return real_resize(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", resize)
     image = Image.fromarray(np.full(shape, 180, dtype=np.uint8))
     for prep in (ScanPrep(size=64, head_crop=True, intensity="percentile"), ScanPrep(size=64)):
         square = prepare_square(image, prep)
         assert square.shape == (64, 64) and square.dtype == np.uint8
-    padded = pad_to_square(image, 64)
-    assert padded.shape == (64, 64)
+    assert pad_to_square(image, 64).shape == (64, 64)
+    assert made and max(w * h for w, h in made) <= 64 * 64, made
+
+
+def test_centre_square_keeps_the_centre_and_crops_the_sides():
+    wide = np.zeros((50, 100), np.uint8)
+    wide[:, 20:80] = 255  # bright centre, dark sides (outside the centre square 25:75)
+    out = centre_square(Image.fromarray(wide), 20)
+    assert out.shape == (20, 20) and out.dtype == np.uint8
+    assert out.min() >= 250  # the dark sides were cropped away
+    tall = np.zeros((100, 50), np.uint8)
+    tall[:20], tall[80:] = 255, 255  # bright top and bottom, outside the centre square 25:75
+    assert centre_square(Image.fromarray(tall), 20).max() == 0
 
 
 def test_pad_to_square_keeps_the_aspect_ratio_centred_on_black():

@@ -21,8 +21,7 @@ from braintumor.data.sample import synthetic_slice, write_sample_dataset
 from braintumor.data.splits import MANIFEST_COLUMNS, grouped_stratified_val, read_manifest, write_manifest
 from braintumor.data.validate import validate_dataset
 from braintumor.errors import BrainTumorError, DataError
-from braintumor.imaging import (ImageLimits, ImageProblem, decode_grayscale, is_candidate, open_checked,
-                                square_resize, to_grayscale)
+from braintumor.imaging import ImageLimits, ImageProblem, decode_grayscale, is_candidate, open_checked, to_grayscale
 
 from conftest import REPO, run, tiny_params, tiny_params_dict
 
@@ -495,14 +494,6 @@ def test_file_kinds_read_as_scans():
     assert is_candidate(Path("a/Scan 1.JPG")) and is_candidate(Path("b.png")) and is_candidate(Path("c.tiff"))
     for name in (".DS_Store", "Thumbs.db", "._x.jpg", ".hidden.png", "notes.txt", "scan.dcm"):
         assert not is_candidate(Path(name)), name
-
-
-def test_square_resize_crops_the_centre():
-    wide = np.zeros((50, 100), np.uint8)
-    wide[:, 20:80] = 255  # bright centre, dark sides (outside the centre square 25:75)
-    out = square_resize(Image.fromarray(wide), 20)
-    assert out.shape == (20, 20) and out.dtype == np.uint8
-    assert out.min() >= 250  # the dark sides were cropped away
 
 
 # --- command line ------------------------------------------------------------------------------------------------

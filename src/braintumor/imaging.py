@@ -169,15 +169,3 @@ def decode_grayscale(source: str | os.PathLike | bytes, *, limits: ImageLimits,
     """The one way a scan becomes pixels: checked open, full decode, then 8-bit grayscale."""
     return to_grayscale(open_checked(source, limits=limits, draft=draft))
 
-
-def square_resize(image: Image.Image, size: int) -> np.ndarray:
-    """Resize the shorter side to `size` and centre-crop to size x size. Returns (size, size) uint8.
-
-    This is the first step of every preset in transforms.py and the form the training cache stores.
-    """
-    width, height = image.size
-    scale = size / min(width, height)
-    new_w, new_h = max(size, round(width * scale)), max(size, round(height * scale))
-    resized = image.resize((new_w, new_h), Image.BILINEAR)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return np.array(resized.crop((left, top, left + size, top + size)), dtype=np.uint8)  # writable copy

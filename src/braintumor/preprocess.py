@@ -50,14 +50,16 @@ def prepare_square(image: Image.Image, prep: ScanPrep) -> np.ndarray:
 
 
 def centre_square(image: Image.Image, size: int) -> np.ndarray:
-    """Resize the shorter side to `size` and centre-crop to (size, size) (no head crop)."""
+    """The centre square of the image (its side the shorter side), resized to (size, size) (no head crop).
+
+    Only that square is resampled, straight into (size, size): whatever the aspect ratio, nothing larger is
+    allocated (a 1 x 40,000 image must not become a 256 x 10,240,000 array on the way).
+    """
     width, height = image.size
-    scale = size / min(width, height)
-    # The longer side is capped: a 1 x 40,000 image must not become a 128 x 5,120,000 array first.
-    new_w, new_h = (max(size, min(round(width * scale), 8 * size)), max(size, min(round(height * scale), 8 * size)))
-    resized = image.resize((new_w, new_h), Image.BILINEAR)
-    left, top = (new_w - size) // 2, (new_h - size) // 2
-    return np.array(resized.crop((left, top, left + size, top + size)), dtype=np.uint8)  # writable copy
+    side = min(width, height)
+    left, top = (width - side) / 2, (height - side) / 2
+    resized = image.resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side))
+    return np.array(resized, dtype=np.uint8)  # writable copy
 
 
 def pad_to_square(image: Image.Image, size: int) -> np.ndarray:

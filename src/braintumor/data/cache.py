@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 2  # bump when decode_grayscale or prepare_square change what they produce
+CACHE_VERSION = 3  # bump when decode_grayscale or prepare_square change what they produce
 
 
 def load_square(source: str | os.PathLike | bytes, scan: ScanPrep, limits: ImageLimits) -> np.ndarray:
