@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import io
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -192,6 +193,23 @@ def test_a_zip_bomb_member_is_refused_before_extraction(tmp_path):
     with pytest.raises(DataError, match=r"would extract to 50,000,000 bytes, over data.max_file_bytes=1,000,000"):
         import_dataset(archive, tmp_path / "data", ["glioma", "other"], {}, max_file_bytes=1_000_000)
     assert not (tmp_path / "data" / "Training").exists()
+
+
+def test_an_import_bigger_than_the_free_disk_is_refused_before_anything_is_copied(tmp_path, monkeypatch):
+    # Many members, each under the size and ratio limits, can still add up to more than the disk holds.
+    archive = tmp_path / "archive.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for i in range(20):
+            zf.writestr(f"Training/glioma/{i:02d}.bmp", os.urandom(100_000))
+        zf.writestr("Testing/glioma/b.jpg", jpeg(2))
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(importer.shutil, "disk_usage",
+                        lambda path: real_usage(path)._replace(free=1_500_000))  # a nearly full disk
+    total = 20 * 100_000 + len(jpeg(2))
+    with pytest.raises(DataError, match=rf"archive.zip: the images take {total:,} bytes, more than the 1,500,000 "
+                                        r"bytes free on the disk of .*data; nothing was imported"):
+        import_dataset(archive, tmp_path / "data", ["glioma", "other"], {}, max_file_bytes=MAX_BYTES)
+    assert os.listdir(tmp_path / "data") == []
 
 
 def test_only_image_members_of_a_zip_are_extracted(tmp_path):

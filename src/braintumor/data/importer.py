@@ -121,8 +121,8 @@ def _import(entries: list[_Entry], links: list[str], dest: Path, classes: list[s
     dest.mkdir(parents=True, exist_ok=True)
     free = shutil.disk_usage(dest).free
     if total > free:
-        raise DataError(f"{origin}: the images take {total / 1e9:.2f} GB, more than the {free / 1e9:.2f} GB free "
-                        f"on the disk of {dest}; nothing was imported.")
+        raise DataError(f"{origin}: the images take {total:,} bytes, more than the {free:,} bytes free on the disk "
+                        f"of {dest}; nothing was imported. Free some space, or import onto another disk.")
     counts: dict[str, int] = {}
     with staged_folders(dest, list(SPLIT_FOLDERS.values())) as staging:
         for folder in SPLIT_FOLDERS.values():
