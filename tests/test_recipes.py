@@ -14,9 +14,9 @@ import yaml
 from conftest import BIN, REPO
 
 from braintumor.data.cache import cached_squares
+from braintumor.data.validate import validate_dataset
 from braintumor.errors import ConfigError
 from braintumor.imaging import ImageLimits
-from braintumor.errors import ConfigError
 from braintumor.model import build_model
 from braintumor.recipes import Recipe, list_recipes, load_recipe
 from braintumor.training import TrainData, fit
@@ -79,8 +79,8 @@ def test_recipe_trains_for_a_few_steps(name, sample_root, tmp_path):
     manifest = validate_dataset(sample_root, params.data, workers=1, progress=False).manifest
     frame = manifest[manifest["split"] != "test"].head(24)
     prep = Preprocessing.from_config(params.model, params.preprocess)
-    squares = cached_squares(frame, sample_root, prep.scan, tmp_path / "cache", limits=ImageLimits(max_pixels=10**8), workers=1,
-                             progress=False)
+    squares = cached_squares(frame, sample_root, prep.scan, tmp_path / "cache", limits=ImageLimits(max_pixels=10**8),
+                             workers=1, progress=False)
     labels = frame["label"].map({c: i for i, c in enumerate(params.data.classes)}).to_numpy()
     data = TrainData(squares[:16], labels[:16], squares[16:], labels[16:], params.data.classes)
     model = build_model(weights, len(params.data.classes), params.model.dropout)
