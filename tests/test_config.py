@@ -275,7 +275,7 @@ def test_an_alias_folder_name_that_is_a_path_is_refused():
 
 
 def test_class_names_with_spaces_and_unicode_are_plain_folder_names():
-    params = params_from_dict({"data": {"classes": ["no tumor", "gliome (grade 2)", "膠質腫"]}})
+    params = params_from_dict({"data": {"classes": ["no tumor", "gliome (grade 2)", "膠質腫"], "aliases": {}}})
     assert params.data.classes == ["no tumor", "gliome (grade 2)", "膠質腫"]
 
 
