@@ -262,8 +262,11 @@ def test_sample_data_interrupted_leaves_no_dataset(tmp_path, monkeypatch):
 
 def test_ctrl_c_of_sample_data_prints_what_is_true_and_leaves_no_dataset(tmp_path):
     target = tmp_path / "data"
+    # Ctrl-C's default action even where this runs as a background job (which starts with SIGINT ignored, and
+    # then Python never raises KeyboardInterrupt)
     proc = subprocess.Popen([str(BIN / "braintumor"), "sample-data", str(target), "--per-class", "2000"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not list(target.glob(".incomplete-*/Training/*/*.jpg")):
         assert proc.poll() is None, proc.communicate()
