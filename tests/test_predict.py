@@ -99,7 +99,8 @@ def test_output_carries_every_class_probability(capsys, model_file, scans, tmp_p
     assert code == 0, err
     assert out.splitlines()[-1] == f"wrote {output}"
     table = pd.read_csv(output) if suffix == "csv" else pd.DataFrame(json.loads(output.read_text()))
-    assert list(table.columns) == ["file", "label", "probability", *CLASSES]
+    assert list(table.columns) == ["file", "frame", "label", "probability", *CLASSES]
+    assert list(table["frame"]) == [0] * len(table)  # one picture per file
     files = sorted(scans.rglob("*.jpg"))
     assert list(table["file"]) == [str(p) for p in files]
 

@@ -492,8 +492,9 @@ def test_cmyk_and_rgb_scans_become_grayscale():
 
 def test_file_kinds_read_as_scans():
     assert is_candidate(Path("a/Scan 1.JPG")) and is_candidate(Path("b.png")) and is_candidate(Path("c.tiff"))
-    for name in (".DS_Store", "Thumbs.db", "._x.jpg", ".hidden.png", "notes.txt", "scan.dcm"):
+    for name in (".DS_Store", "Thumbs.db", "._x.jpg", ".hidden.png", "notes.txt", "scan.dcm.txt"):
         assert not is_candidate(Path(name)), name
+    assert is_candidate(Path("scan.dcm")) and is_candidate(Path("brain.nii.gz"))  # DICOM and NIfTI: test_medical.py
 
 
 # --- command line ------------------------------------------------------------------------------------------------

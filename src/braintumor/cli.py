@@ -58,7 +58,8 @@ def _validate(args: argparse.Namespace) -> None:
 def _predict(args: argparse.Namespace) -> None:
     from braintumor.predict import predict_paths
 
-    predict_paths(args.paths, args.model, output=args.output, gradcam_dir=args.gradcam)
+    predict_paths(args.paths, args.model, output=args.output, gradcam_dir=args.gradcam, device=args.device,
+                  precision=args.precision, middle=args.middle)
 
 
 def _import_data(args: argparse.Namespace) -> None:
@@ -132,11 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_validate)
 
     p = sub.add_parser("predict", help="label scans on disk (files or folders, recursive)")
-    p.add_argument("paths", nargs="+", help="image files or folders")
+    p.add_argument("paths", nargs="+", help="image, DICOM or NIfTI files, or folders")
     p.add_argument("--model", default="models/model.pt",
                    help="a model file, or an MLflow model URI such as models:/brain-tumor-classifier@champion")
     p.add_argument("--output", help="write every class probability to a .csv or .json file")
     p.add_argument("--gradcam", metavar="DIR", help="also write a Grad-CAM overlay PNG per scan into DIR")
+    p.add_argument("--middle", type=int, metavar="N",
+                   help="predict only the N middle slices of each NIfTI volume (or frames of a multi-frame DICOM)")
+    p.add_argument("--device", default="auto",
+                   help="auto (default: MLFLOW_DEFAULT_PREDICTION_DEVICE if set, else CUDA when present, else CPU), "
+                        "cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                   help="fp32 (default), or bf16 / fp16 autocast on a CUDA GPU (see README: Serving on a GPU)")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("import-data", help="copy a dataset folder or the Kaggle zip into data/ (aliases applied)")

@@ -69,9 +69,13 @@ def problem_of(exc: Exception) -> str:
 
 
 def is_candidate(path: Path) -> bool:
-    """Should this file be read as an image? (Hidden and OS junk files are skipped silently.)"""
+    """Should this file be read as a scan? (Hidden and OS junk files are skipped silently.)"""
+    from braintumor.medical import is_medical_name  # DICOM (.dcm, or the DICM preamble) and NIfTI
+
     name = path.name
-    return not name.startswith(".") and name.lower() not in IGNORED_NAMES and path.suffix.lower() in IMAGE_SUFFIXES
+    if name.startswith(".") or name.lower() in IGNORED_NAMES:
+        return False
+    return path.suffix.lower() in IMAGE_SUFFIXES or is_medical_name(path)
 
 
 def read_checked(source: str | os.PathLike | bytes, *, max_file_bytes: int) -> bytes:
@@ -103,6 +107,11 @@ def open_checked(source: str | os.PathLike | bytes, *, limits: ImageLimits, draf
     data = read_checked(source, max_file_bytes=limits.max_file_bytes)
     if not data:
         raise ImageProblem("empty file (0 bytes)")
+    from braintumor.medical import kind_of, single_picture
+
+    kind = kind_of(data, "" if isinstance(source, (bytes, bytearray)) else os.fspath(source))
+    if kind:  # DICOM and NIfTI are read by pydicom and nibabel (medical.py), never by Pillow
+        return single_picture(data, kind, max_pixels=max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

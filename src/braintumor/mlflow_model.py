@@ -1,12 +1,19 @@
 """The served model, logged as MLflow "models from code": this file is the model's code, not a pickle.
 
 `mlflow models serve -m models:/brain-tumor-classifier@champion --env-manager local` loads it. Requests carry a
-column `image` of base64-encoded image bytes; a bad row answers HTTP 400 naming the row and the reason.
+column `image` of base64-encoded file bytes (an image, a DICOM or a NIfTI file); the answer has one row per
+picture (`row`, `frame`: a multi-frame DICOM or a volume gives several); a bad row answers HTTP 400 naming the row
+and the reason.
+
+Where it runs: `model_config={"device": ...}` when the model is loaded with one, else MLflow's
+MLFLOW_DEFAULT_PREDICTION_DEVICE, else CUDA when PyTorch sees a GPU, else the CPU (the order of MLflow's PyTorch
+flavor). Precision: `model_config={"precision": ...}` or BRAINTUMOR_PREDICTION_PRECISION, fp32 unless set.
 
 MLflow's scoring server puts its own prefix (with a preview of the request) before our message; the error body
 also carries our message alone as `detail`, and the bad rows as `rows`: [{"row": 1, "reason": "..."}].
 """
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -16,7 +23,10 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from braintumor.errors import BrainTumorError
+from braintumor.runtime import prediction_autocast, prediction_device
 from braintumor.serving import Predictor
+
+PRECISION_ENV = "BRAINTUMOR_PREDICTION_PRECISION"
 
 
 class BrainTumorClassifier(mlflow.pyfunc.PythonModel):
@@ -31,7 +41,13 @@ class BrainTumorClassifier(mlflow.pyfunc.PythonModel):
         # thread was 30-50% slower (2 cores): served latency was 1.4-1.6x the bare forward pass, about 1x this
         # way (benchmarks/serve_latency.py). Concurrent requests also take turns instead of oversubscribing cores.
         self.inference = ThreadPoolExecutor(max_workers=1, thread_name_prefix="braintumor-inference")
-        self.predictor = self.inference.submit(Predictor, context.artifacts["model"]).result()
+        config = context.model_config or {}
+        device = prediction_device(config.get("device"), option="model_config device")
+        precision = config.get("precision") or os.environ.get(PRECISION_ENV) or "fp32"
+        prediction_autocast(device, precision,  # a wrong setting is named as the user wrote it
+                            option="model_config precision" if config.get("precision") else PRECISION_ENV)
+        self.predictor = self.inference.submit(Predictor, context.artifacts["model"], device=device,
+                                               precision=precision).result()
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         try:

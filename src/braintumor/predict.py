@@ -1,4 +1,9 @@
-"""`braintumor predict`: labels and probabilities for scans on disk, with the served model's exact numbers."""
+"""`braintumor predict`: labels and probabilities for scans on disk, with the served model's exact numbers.
+
+One row per picture: a 2-D image, each frame of a multi-frame DICOM, each axial slice of a NIfTI volume (`frame`
+says which; 0 for a 2-D image). A volume also gets a summary row (no `frame`): the class probabilities averaged
+over its slices that show a head, and the label with the highest mean.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import json
 import logging
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +23,26 @@ from braintumor.errors import BrainTumorError
 from braintumor.explain import grad_cam, overlay
 from braintumor.fileio import atomic_path, write_text
 from braintumor.imaging import problem_of
+from braintumor.medical import Pictures
+from braintumor.preprocess import head_fraction
+from braintumor.runtime import prediction_device
 from braintumor.serving import Predictor, find_images
 
 log = logging.getLogger(__name__)
+# A slice "shows a head" when the head crop's region (the largest region brighter than preprocess.crop_threshold
+# of the volume's 99th percentile) covers at least this fraction of it. It measures head tissue, not brain: in a
+# volume that reaches the neck, neck slices count too (--middle keeps to the centre).
+MIN_HEAD_FRACTION = 0.1
+
+
+@dataclass
+class Scan:
+    """One file's pictures to predict (all of them, or the middle ones), and for volumes which show a head."""
+
+    path: Path
+    pictures: Pictures
+    squares: list[np.ndarray]
+    shows_head: list[bool] | None = None  # per picture, for volumes
 
 
 def resolve_model(model: str) -> Path:
@@ -31,41 +54,105 @@ def resolve_model(model: str) -> Path:
     return Path(model)
 
 
-def predict_paths(paths: list[str], model: str, *, output: str | None = None,
-                  gradcam_dir: str | None = None) -> pd.DataFrame:
+def predict_paths(paths: list[str], model: str, *, output: str | None = None, gradcam_dir: str | None = None,
+                  device: str = "auto", precision: str = "fp32", middle: int | None = None) -> pd.DataFrame:
     if output and not output.endswith((".csv", ".json")):  # before any work, not after it
         raise BrainTumorError(f"--output {output}: use a .csv or .json file name")
-    predictor = Predictor(resolve_model(model))
+    if middle is not None and middle < 1:
+        raise BrainTumorError(f"--middle {middle}: give the number of middle slices to predict, 1 or more")
+    target = prediction_device(device)  # a GPU that is not there: said before a model is fetched
+    predictor = Predictor(resolve_model(model), device=target, precision=precision)
     files, missing = find_images(paths)
     for path in missing:
         print(f"skipped {path}: no such file or folder")
-    squares, kept = [], []
+    scans = []
     for path in files:
         try:
-            squares.append(predictor.square(path))
-            kept.append(path)
+            scans.append(_read_scan(predictor, path, middle))
         except Exception as exc:  # one file's problem, whatever it is: the other files are still predicted
             print(f"skipped {path}: {problem_of(exc)}")
-    if not kept:
+    if not scans:
         raise BrainTumorError(f"no readable image among {', '.join(map(str, paths))}; give image files "
-                              "(.jpg, .png, ...) or folders that hold them.")
-    table = predictor.table(predictor.probabilities(squares))
-    table.insert(0, "file", [str(p) for p in kept])
-    width = max(len(str(p)) for p in kept)
-    for file, label, prob in zip(table["file"], table["label"], table["probability"]):
-        print(f"{file:<{width}}  {label:<18} {prob:.3f}")
+                              "(.jpg, .png, .dcm, .nii.gz, ...) or folders that hold them.")
+    probs = predictor.probabilities([square for scan in scans for square in scan.squares])  # (N pictures, C)
+    table = _table(predictor, scans, probs)
+    _print_table(table, scans)
     if output:
         _write_table(table, output)
         print(f"wrote {output}")
     if gradcam_dir:
-        _write_gradcams(predictor, kept, squares, table, Path(gradcam_dir))
+        _write_gradcams(predictor, scans, table[table["frame"].notna()], Path(gradcam_dir))
         print(f"wrote Grad-CAM overlays to {gradcam_dir}/")
     return table
 
 
+def _read_scan(predictor: Predictor, path: Path, middle: int | None) -> Scan:
+    pictures = predictor.pictures(path)
+    keep = middle_indices(len(pictures.images), middle)
+    shows_head = None
+    if pictures.is_volume:
+        level = float(np.percentile(np.stack([np.asarray(image) for image in pictures.images]), 99))
+        shows_head = [head_fraction(np.asarray(pictures.images[i]), threshold=predictor.prep.scan.crop_threshold,
+                                    level=level) >= MIN_HEAD_FRACTION for i in keep]
+    pictures = Pictures([pictures.images[i] for i in keep], [pictures.numbers[i] for i in keep], pictures.kind,
+                        pictures.description)
+    return Scan(path, pictures, predictor.squares(pictures), shows_head)
+
+
+def middle_indices(count: int, middle: int | None) -> list[int]:
+    """All of range(count), or its `middle` central indices (the lower middle first when the parity differs)."""
+    if middle is None or middle >= count or count <= 1:
+        return list(range(count))
+    start = (count - middle) // 2
+    return list(range(start, start + middle))
+
+
+def _table(predictor: Predictor, scans: list[Scan], probs: np.ndarray) -> pd.DataFrame:
+    """One row per picture (file, frame, label, probability, per class), a volume's summary row after its slices."""
+    parts, start = [], 0
+    for scan in scans:
+        count = len(scan.squares)
+        rows = predictor.table(probs[start:start + count])
+        rows.insert(0, "frame", pd.array(scan.pictures.numbers, dtype="Int64"))
+        rows.insert(0, "file", str(scan.path))
+        parts.append(rows)
+        if scan.shows_head is not None and any(scan.shows_head):
+            mean = probs[start:start + count][np.array(scan.shows_head)].mean(axis=0, keepdims=True)  # (1, C)
+            summary = predictor.table(mean)
+            summary.insert(0, "frame", pd.array([None], dtype="Int64"))
+            summary.insert(0, "file", str(scan.path))
+            parts.append(summary)
+        start += count
+    return pd.concat(parts, ignore_index=True)
+
+
+def _print_table(table: pd.DataFrame, scans: list[Scan]) -> None:
+    word = {scan_path: ("slice" if scan.pictures.is_volume else "frame") for scan in scans
+            for scan_path in [str(scan.path)]}
+    several = {str(scan.path) for scan in scans if len(scan.squares) > 1 or scan.pictures.is_volume}
+    heads = {str(scan.path): (sum(scan.shows_head), len(scan.shows_head)) for scan in scans if scan.shows_head}
+    names = []
+    for file, frame in zip(table["file"], table["frame"]):
+        if file not in several:
+            names.append(file)
+        elif pd.isna(frame):
+            shown, total = heads[file]
+            names.append(f"{file} [volume: mean of the {shown} of {total} slices that show a head]")
+        else:
+            names.append(f"{file} [{word[file]} {frame}]")
+    for scan in scans:
+        if scan.shows_head is not None and not any(scan.shows_head):
+            print(f"{scan.path}: no slice shows a head (head region >= {MIN_HEAD_FRACTION:.0%} of the slice); "
+                  "no volume summary")
+    width = max(len(name) for name in names)
+    for name, label, prob in zip(names, table["label"], table["probability"]):
+        print(f"{name:<{width}}  {label:<18} {prob:.3f}")
+
+
 def _write_table(table: pd.DataFrame, output: str) -> None:
     if output.endswith(".json"):
-        write_text(output, json.dumps(table.to_dict(orient="records"), indent=2) + "\n")
+        records = table.astype({"frame": object}).where(table.notna(), None).to_dict(orient="records")
+        write_text(output, json.dumps(records, indent=2) + "\n")  # a volume's summary row: "frame": null
     elif output.endswith(".csv"):
         with atomic_path(output) as tmp:
             table.to_csv(tmp, index=False, float_format="%.6f")
@@ -73,12 +160,16 @@ def _write_table(table: pd.DataFrame, output: str) -> None:
         raise BrainTumorError(f"--output {output}: use a .csv or .json file name")
 
 
-def _write_gradcams(predictor: Predictor, files: list[Path], squares: list[np.ndarray], table: pd.DataFrame,
-                    folder: Path) -> None:
+def _write_gradcams(predictor: Predictor, scans: list[Scan], table: pd.DataFrame, folder: Path) -> None:
+    """One overlay per picture (not per volume summary): `<name>.gradcam.png`, `<name>.frame-<n>.gradcam.png`."""
     folder.mkdir(parents=True, exist_ok=True)
     size = predictor.prep.image_size
-    for name, square, label in zip(_overlay_names(files), squares, table["label"]):
-        tensor = predictor.transform(torch.from_numpy(square)[None])[None]  # (1, 3, H, W)
+    squares = [square for scan in scans for square in scan.squares]
+    names = [name if len(scan.squares) == 1 and not scan.pictures.is_volume else f"{name}.frame-{number}"
+             for name, scan in zip(_overlay_names([scan.path for scan in scans]), scans)
+             for number in scan.pictures.numbers]
+    for name, square, label in zip(names, squares, table["label"]):
+        tensor = predictor.transform(torch.from_numpy(square)[None].to(predictor.device))[None]  # (1, 3, H, W)
         cam, _ = grad_cam(predictor.model, predictor.model.layer4, tensor, predictor.classes.index(label))
         top = (square.shape[0] - size) // 2
         picture = overlay(square[top:top + size, top:top + size], cam)

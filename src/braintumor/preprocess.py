@@ -79,13 +79,7 @@ def head_box(pixels: np.ndarray, *, threshold: float, margin: float) -> tuple[in
     The whole scan when no region stands out (a blank image, or one that is all foreground).
     """
     height, width = pixels.shape
-    factor = max(1, int(np.ceil(max(height, width) / _MASK_SIDE)))
-    thumb = _block_mean(pixels, factor)  # (h, w) float32, each cell the mean of a factor x factor block
-    level = np.percentile(thumb, 99)
-    if level <= 0:
-        return 0, 0, width, height
-    mask = _dilate(thumb > threshold * level)  # close one-cell gaps (a thin skull, a dark sulcus)
-    region = largest_component(mask)
+    region, factor = head_region(pixels, threshold=threshold)
     if not region.any():
         return 0, 0, width, height
     ys, xs = np.nonzero(region)
@@ -93,6 +87,29 @@ def head_box(pixels: np.ndarray, *, threshold: float, margin: float) -> tuple[in
     left, right = xs.min() * factor, min(width, (xs.max() + 1) * factor)
     pad = int(round(margin * max(bottom - top, right - left)))
     return max(0, left - pad), max(0, top - pad), min(width, right + pad), min(height, bottom + pad)
+
+
+def head_region(pixels: np.ndarray, *, threshold: float, level: float | None = None) -> tuple[np.ndarray, int]:
+    """The head on a thumbnail of a (H, W) uint8 scan: (boolean (h, w) mask, thumbnail cell size in pixels).
+
+    The largest region brighter than `threshold` x `level` (default: the thumbnail's 99th percentile). Empty when
+    the level is 0 (a black scan)."""
+    height, width = pixels.shape
+    factor = max(1, int(np.ceil(max(height, width) / _MASK_SIDE)))
+    thumb = _block_mean(pixels, factor)  # (h, w) float32, each cell the mean of a factor x factor block
+    level = np.percentile(thumb, 99) if level is None else level
+    if level <= 0:
+        return np.zeros(thumb.shape, dtype=bool), factor
+    mask = _dilate(thumb > threshold * level)  # close one-cell gaps (a thin skull, a dark sulcus)
+    return largest_component(mask), factor
+
+
+def head_fraction(pixels: np.ndarray, *, threshold: float, level: float) -> float:
+    """The fraction of a (H, W) uint8 scan that its head region covers, with the brightness `level` given (one for
+    all the slices of a volume: a slice of noise outside the head then has no region, whatever its own range)."""
+    region, factor = head_region(pixels, threshold=threshold, level=level)
+    height, width = pixels.shape
+    return min(1.0, float(region.sum()) * factor * factor / (height * width))  # edge cells are partly outside
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:

@@ -54,6 +54,63 @@ def select_device(preference: str, dist_info: DistInfo = DistInfo()) -> torch.de
     return torch.device(preference)
 
 
+# ---- where predictions run (braintumor predict, the served model) ------------------------------------------------
+
+PREDICTION_DEVICE_ENV = "MLFLOW_DEFAULT_PREDICTION_DEVICE"  # MLflow's own variable (its PyTorch flavor reads it)
+PREDICTION_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def prediction_device(choice: str | None = "auto", *, option: str = "--device") -> torch.device:
+    """The device predictions run on, in the order MLflow's PyTorch flavor uses: an explicit `choice` (cpu, cuda,
+    cuda:N); else (`auto` or None) MLFLOW_DEFAULT_PREDICTION_DEVICE when set; else CUDA when PyTorch sees a GPU;
+    else the CPU. A GPU asked for and not there is a ConfigError, never a silent CPU run."""
+    if choice in (None, "", "auto"):
+        named = os.environ.get(PREDICTION_DEVICE_ENV, "").strip()
+        if named:
+            return _prediction_device(named, f"{PREDICTION_DEVICE_ENV}={named}", f"unset {PREDICTION_DEVICE_ENV}")
+        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    return _prediction_device(str(choice), f"{option} {choice}", f"use {option} auto or cpu")
+
+
+def _prediction_device(name: str, where: str, instead: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        device = None
+    if device is None or device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"{where}: not a device for predictions; use auto, cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+            raise ConfigError(f"{where}, but PyTorch sees no CUDA GPU here (torch {torch.__version__}, {build}); "
+                              f"{instead}")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ConfigError(f"{where}, but there are only {torch.cuda.device_count()} CUDA GPU(s) "
+                              f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    return device
+
+
+def prediction_autocast(device: torch.device, precision: str, *, option: str = "--precision") -> torch.dtype | None:
+    """None (fp32) or the autocast dtype for predictions. bf16 and fp16 are for CUDA GPUs only, and opt-in: fp32 is
+    the default until benchmarks/prediction_precision.py has shown them within tolerance on the GPU at hand."""
+    if precision not in PREDICTION_PRECISIONS:
+        raise ConfigError(f"{option} {precision!r} is not allowed: expected one of {', '.join(PREDICTION_PRECISIONS)}")
+    dtype = PREDICTION_PRECISIONS[precision]
+    if dtype is not None and device.type != "cuda":
+        raise ConfigError(f"{option} {precision} runs on a CUDA GPU only, and predictions run on {device}; "
+                          "use fp32 there")
+    if dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"{option} bf16, but this GPU has no bf16 support; use fp16 or fp32")
+    return dtype
+
+
+def strict_fp32(device: torch.device) -> None:
+    """On a CUDA GPU, no TF32 in convolutions or matmuls (cuDNN allows it by default): fp32 means fp32."""
+    if device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def configure(device: torch.device, *, threads: int, deterministic: bool) -> None:
     if threads > 0:
         torch.set_num_threads(threads)

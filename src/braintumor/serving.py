@@ -1,7 +1,9 @@
 """Predictions from a model file: the core of `braintumor predict` and of the served MLflow model.
 
-Input rows are raw image bytes (JPEG, PNG, BMP, TIFF, WebP, GIF; grayscale, RGB, RGBA, 16-bit); the output is a label,
-its probability and one probability column per class. A bad row raises `RequestError` naming the row and why.
+Input rows are raw file bytes (JPEG, PNG, BMP, TIFF, WebP, GIF; grayscale, RGB, RGBA, 16-bit; DICOM; NIfTI); the
+output has one row per picture: the input `row`, the `frame` (of a multi-frame DICOM, or the axial slice of a NIfTI
+volume; 0 for a single picture), a label, its probability and one probability column per class. A bad row raises
+`RequestError` naming the row and why.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from braintumor.data.cache import load_square
+from braintumor.data.cache import draft_size, load_square
 from braintumor.errors import BrainTumorError
 from braintumor.imaging import ImageLimits, ImageProblem, check_file_size, problem_of
 from braintumor.inference import predict_logits, probabilities
+from braintumor.medical import Pictures, read_pictures
 from braintumor.model import Inference, load_model
+from braintumor.preprocess import prepare_square
+from braintumor.runtime import prediction_autocast, strict_fp32
 from braintumor.transforms import Preprocessing, eval_preset
 
 INPUT_COLUMN = "image"
@@ -39,9 +44,14 @@ class RequestError(BrainTumorError):
 
 
 class Predictor:
-    def __init__(self, model_path: str | os.PathLike, device: str = "cpu", batch_size: int = 32) -> None:
-        self.model, bundle = load_model(model_path, device)
+    def __init__(self, model_path: str | os.PathLike, device: str | torch.device = "cpu", batch_size: int = 32,
+                 precision: str = "fp32") -> None:
+        """`device` as runtime.prediction_device chose it; `precision` fp32, or bf16 / fp16 autocast on CUDA."""
         self.device, self.batch_size = torch.device(device), batch_size
+        self.amp_dtype = prediction_autocast(self.device, precision)
+        if self.amp_dtype is None:
+            strict_fp32(self.device)
+        self.model, bundle = load_model(model_path, self.device)
         self.classes: list[str] = list(bundle["classes"])
         self.prep = Preprocessing.from_dict(bundle["preprocessing"])
         self.inference = Inference.from_dict(bundle.get("inference"))
@@ -53,6 +63,14 @@ class Predictor:
         """One scan -> (S, S) uint8, exactly as evaluation sees it. Raises ImageProblem."""
         return load_square(source, self.prep.scan, self.limits)
 
+    def pictures(self, source: bytes | str | os.PathLike) -> Pictures:
+        """Every 2-D picture in one file (one; a DICOM's frames; a NIfTI's axial slices). Raises ImageProblem."""
+        return read_pictures(source, limits=self.limits, draft=draft_size(self.prep.scan))
+
+    def squares(self, pictures: Pictures) -> list[np.ndarray]:
+        """Each picture -> (S, S) uint8, exactly as evaluation sees a scan (`square` of a one-picture file)."""
+        return [prepare_square(image, self.prep.scan) for image in pictures.images]
+
     def probabilities(self, squares: list[np.ndarray]) -> np.ndarray:
         """(N, C) class probabilities for (S, S) uint8 squares: evaluation's inference, temperature included."""
         if not squares:
@@ -60,7 +78,7 @@ class Predictor:
         batches = ((torch.from_numpy(np.stack(squares[i:i + self.batch_size]))[:, None], torch.zeros(0))
                    for i in range(0, len(squares), self.batch_size))  # (B, 1, S, S) uint8, no labels
         logits, _ = predict_logits(self.model, batches, self.device, self.transform,
-                                   tta_hflip=self.inference.tta_hflip)
+                                   tta_hflip=self.inference.tta_hflip, amp_dtype=self.amp_dtype)
         return probabilities(logits, self.inference.temperature)
 
     def table(self, probs: np.ndarray) -> pd.DataFrame:
@@ -77,19 +95,26 @@ class Predictor:
             got = list(frame.columns) if isinstance(frame, pd.DataFrame) else type(frame).__name__
             raise RequestError(f"the request needs a column {INPUT_COLUMN!r} of base64-encoded image bytes; "
                                f"got columns {got}")
-        squares, problems = [], []
+        squares, rows, frames, problems = [], [], [], []
         for row, value in enumerate(frame[INPUT_COLUMN].tolist()):
             try:
-                squares.append(self.square(decode_base64(value, max_bytes=self.limits.max_file_bytes)))
+                pictures = self.pictures(decode_base64(value, max_bytes=self.limits.max_file_bytes))
+                squares.extend(self.squares(pictures))
             except Exception as exc:  # one row's problem, whatever it is: the other rows and the server go on
                 if not isinstance(exc, (BrainTumorError, ImageProblem)):
                     log.warning("row %d could not be prepared", row, exc_info=True)  # for the server's log only
                 problems.append((row, problem_of(exc)))
+                continue
+            rows.extend([row] * len(pictures.numbers))
+            frames.extend(pictures.numbers)
         if problems:
             listed = "; ".join(f"row {row}: {reason}" for row, reason in problems[:10])
             more = f"; and {len(problems) - 10} more" if len(problems) > 10 else ""
             raise RequestError(f"{len(problems)} of {len(frame)} rows cannot be used: {listed}{more}", problems)
-        return self.table(self.probabilities(squares))
+        table = self.table(self.probabilities(squares))
+        table.insert(0, "frame", frames)
+        table.insert(0, "row", rows)
+        return table
 
 
 def decode_base64(value: object, *, max_bytes: int) -> bytes:

@@ -215,12 +215,15 @@ def _param_value(value: Any) -> str:
 
 
 def _served_requirements() -> list[str]:
+    import nibabel
     import PIL
+    import pydicom
     import torchvision
 
     return [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
             f"torchvision=={torchvision.__version__.split('+')[0]}", f"pillow=={PIL.__version__}",
-            f"numpy=={np.__version__}", f"pandas=={pd.__version__}", "pyyaml", "tqdm"]
+            f"numpy=={np.__version__}", f"pandas=={pd.__version__}", f"pydicom=={pydicom.__version__}",
+            f"nibabel=={nibabel.__version__}", "pyyaml", "tqdm"]
 
 
 # ---- evaluation and report: log into the training run -------------------------------------------------------

@@ -35,9 +35,12 @@ CACHE_VERSION = 3  # bump when decode_grayscale or prepare_square change what th
 
 def load_square(source: str | os.PathLike | bytes, scan: ScanPrep, limits: ImageLimits) -> np.ndarray:
     """One scan (a file path or its bytes) -> (S, S) uint8: the input of every preset."""
-    # JPEGs decode at a reduced scale still >= 2S per side when the head is cropped out of the frame afterwards.
-    draft = 2 * scan.size if scan.head_crop else scan.size
-    return prepare_square(decode_grayscale(source, limits=limits, draft=draft), scan)
+    return prepare_square(decode_grayscale(source, limits=limits, draft=draft_size(scan)), scan)
+
+
+def draft_size(scan: ScanPrep) -> int:
+    """JPEGs decode at a reduced scale still >= this per side: 2S when the head is cropped out of the frame after."""
+    return 2 * scan.size if scan.head_crop else scan.size
 
 
 def cache_key(frame: "pd.DataFrame", scan: ScanPrep) -> str:
