@@ -24,6 +24,7 @@ import pytest
 import yaml
 from conftest import BIN, REPO, run, tiny_params_dict
 from PIL import Image
+from scan_files import compressed_dicom_bytes, dicom_bytes, nifti_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -178,8 +179,9 @@ def batch_predictions(served, scans) -> list[dict]:
 
 def test_a_batch_of_formats_gets_one_row_per_image(batch_predictions, scans):
     assert len(batch_predictions) == len(scans) == 4
-    for row in batch_predictions:
-        assert list(row) == ["label", "probability", *CLASSES]
+    for i, row in enumerate(batch_predictions):
+        assert list(row) == ["row", "frame", "label", "probability", *CLASSES]
+        assert (row["row"], row["frame"]) == (i, 0)
         probs = np.array([row[c] for c in CLASSES])
         assert probs.sum() == pytest.approx(1, abs=1e-6)
         assert np.all((probs >= 0) & (probs <= 1))
@@ -217,6 +219,8 @@ BAD_ROWS = {
     "a-number": (lambda good: [good, 42], 1, "a value of type int, not a string"),
     "too-many-pixels": (lambda good: [_b64(_png(Image.new("L", (600, 600), 40)))], 0,
                         f"600x600 = 360,000 pixels is over the limit data.max_image_pixels={MAX_PIXELS:,}"),
+    "undecodable-dicom": (lambda good: [good, _b64(compressed_dicom_bytes())], 1,
+                          "DICOM compressed as JPEG Lossless, Non-Hierarchical, First-Order Prediction"),
 }
 
 
@@ -339,3 +343,35 @@ def test_hostile_requests_get_400_naming_the_row_in_bounded_memory_and_the_serve
     assert status == 200, body
     for key in CLASSES:
         assert body["predictions"][0][key] == pytest.approx(batch_predictions[0][key], abs=1e-6)
+
+
+def test_dicom_frames_and_nifti_slices_get_a_row_each_with_the_cli_numbers(served, scans):
+    """A JPEG, a 2-frame DICOM of scans and a 3-slice NIfTI volume in one request: a row per picture, `row` and
+    `frame` saying which, and the numbers `braintumor predict` gives for the same files."""
+    folder = served.root / "medical"
+    folder.mkdir(exist_ok=True)
+    with Image.open(scans["jpeg"]) as image:
+        first = np.asarray(image.convert("L"))
+    with Image.open(scans["png"]) as image:
+        second = np.asarray(image.convert("L"))
+    files = {"series.dcm": dicom_bytes(np.stack([first, second]), NumberOfFrames=2),
+             "brain.nii.gz": nifti_bytes(np.stack([second.T, first.T, second.T], axis=2).astype(np.int16), gz=True)}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    status, body = served.post(_request(scans["jpeg"].read_bytes(), *files.values()))
+    assert status == 200, body
+    served_rows = body["predictions"]
+    assert [(r["row"], r["frame"]) for r in served_rows] == [(0, 0), (1, 0), (1, 1), (2, 0), (2, 1), (2, 2)]
+    # the DICOM's first frame holds the JPEG's pixels: the same prediction
+    for key in CLASSES:
+        assert served_rows[1][key] == pytest.approx(served_rows[0][key], abs=1e-6)
+
+    output = served.root / "predict-medical.json"
+    paths = [scans["jpeg"], folder / "series.dcm", folder / "brain.nii.gz"]
+    run([str(BIN / "braintumor"), "predict", *(str(p) for p in paths), "--model", "models/model.pt",
+         "--output", str(output)], cwd=served.root, env=served.env, timeout=300)
+    local = [r for r in json.loads(output.read_text()) if r["frame"] is not None]  # not the volume summary
+    assert [(r["file"], r["frame"]) for r in local] == [(str(paths[r["row"]]), r["frame"]) for r in served_rows]
+    for mine, theirs in zip(local, served_rows):
+        for key in ["probability", *CLASSES]:
+            assert mine[key] == pytest.approx(theirs[key], abs=1e-6), (mine["file"], mine["frame"], key)
