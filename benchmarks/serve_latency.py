@@ -1,6 +1,7 @@
 """Latency of the served model (`mlflow models serve`) against the bare network's forward pass, in one run.
 
     python benchmarks/serve_latency.py [--model-uri models:/brain-tumor-classifier@champion] [--requests 100]
+                                       [--device auto|cpu|cuda] [--precision fp32|bf16|fp16]
 
 By default it builds its own setup in a temporary folder: a from-scratch ResNet50 at the real serving size
 (image_size 224, resize_size 256), logged and registered in a temporary SQLite store through the training stage's
@@ -14,7 +15,9 @@ It serves the model on 127.0.0.1 at a free port and, for one 512x512 JPEG:
   p50 over --forward-runs runs, with the server's torch thread count (torch's default in both, or --threads);
   forward runs and requests alternate in --rounds rounds, so both see the same load on a shared machine;
 - batch16: throughput with requests of 16 different 512x512 JPEGs.
-The server is always stopped at the end.
+The server is always stopped at the end. The server and the forward timing run on the same device and precision:
+--device sets MLFLOW_DEFAULT_PREDICTION_DEVICE for both (default auto: a GPU when there is one), --precision sets
+BRAINTUMOR_PREDICTION_PRECISION (default fp32).
 
 The forward pass is timed in a helper process started, like the server, in a session of its own: Linux's
 autogroup scheduling gives each session an equal share of the CPUs, so on a busy machine a forward pass timed
@@ -188,13 +191,19 @@ def forward_worker(model_path: str, image_path: str) -> None:
 
     from braintumor.serving import Predictor
 
-    predictor = Predictor(model_path)
+    from braintumor.runtime import PREDICTION_PRECISION_ENV as PRECISION_ENV
+    from braintumor.runtime import prediction_device
+
+    # as the served model chooses: MLFLOW_DEFAULT_PREDICTION_DEVICE, else CUDA when present; the same precision
+    predictor = Predictor(model_path, device=prediction_device("auto"),
+                          precision=os.environ.get(PRECISION_ENV) or "fp32")
     square = predictor.square(Path(image_path).read_bytes())
     probs = predictor.probabilities([square])[0]
     for _ in range(3):  # warm-up: the first calls allocate and pick kernels
         predictor.probabilities([square])
     print(json.dumps({"classes": predictor.classes, "probabilities": probs.tolist(),
-                      "threads": torch.get_num_threads()}), flush=True)
+                      "threads": torch.get_num_threads(), "device": str(predictor.device),
+                      "precision": os.environ.get(PRECISION_ENV) or "fp32"}), flush=True)
     for line in sys.stdin:
         print(json.dumps(timed(lambda: predictor.probabilities([square]), int(line))), flush=True)
 
@@ -239,6 +248,10 @@ def main() -> None:
     parser.add_argument("--batch-requests", type=int, default=4, help="requests of 16 images (default 4)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads for the server and the forward timing (default: torch's default)")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N, for the server "
+                                                          "and the forward timing")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                        help="bf16 / fp16 autocast on a GPU (default fp32)")
     parser.add_argument("--ready-timeout", type=float, default=180, help="seconds to wait for the server")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (server log, store)")
     parser.add_argument("--forward-worker", nargs=2, metavar=("MODEL", "IMAGE"), help=argparse.SUPPRESS)
@@ -251,6 +264,9 @@ def main() -> None:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # uvicorn is in the venv
     if args.threads > 0:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
+    if args.device != "auto":
+        env["MLFLOW_DEFAULT_PREDICTION_DEVICE"] = args.device
+    env["BRAINTUMOR_PREDICTION_PRECISION"] = args.precision
     server = timer = None
     cwd = Path.cwd()
     try:
@@ -307,8 +323,9 @@ def main() -> None:
     forward_p50 = float(np.percentile(forward, 50)) * 1000
     serve_p50, serve_p95 = (float(v) * 1000 for v in np.percentile(serve, [50, 95]))
     img_s = 16 * len(batch_times) / sum(batch_times)
-    print(f"image: 512x512 JPEG, {len(image) / 1024:.0f} KiB ({len(one) / 1024:.0f} KiB request); torch threads "
-          f"{timer.info['threads']}; served and bare probabilities differ by at most {drift:.1e}")
+    print(f"image: 512x512 JPEG, {len(image) / 1024:.0f} KiB ({len(one) / 1024:.0f} KiB request); device "
+          f"{timer.info['device']} ({timer.info['precision']}); torch threads {timer.info['threads']}; served and "
+          f"bare probabilities differ by at most {drift:.1e}")
     print(f"forward: p50 {forward_p50:.1f} ms, min {min(forward) * 1000:.1f} ms over {len(forward)} runs")
     print(f"serve: p50 {serve_p50:.1f} ms, p95 {serve_p95:.1f} ms, min {min(serve) * 1000:.1f} ms over "
           f"{len(serve)} requests; p50 overhead {serve_p50 - forward_p50:.1f} ms")

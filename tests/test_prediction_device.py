@@ -13,12 +13,12 @@ from conftest import tiny_params
 from braintumor.cli import main
 from braintumor.errors import ConfigError
 from braintumor.model import build_model, save_model
-from braintumor.runtime import PREDICTION_DEVICE_ENV, prediction_autocast, prediction_device
+from braintumor.runtime import (HALF_PRECISION_TOLERANCE, PREDICTION_DEVICE_ENV, prediction_autocast,
+                                prediction_device)
 from braintumor.serving import Predictor
 from braintumor.transforms import Preprocessing
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
-TOLERANCE = 0.01  # bf16/fp16 probabilities may differ from fp32 by at most this (benchmarks/prediction_precision.py)
 
 
 @pytest.fixture
@@ -136,4 +136,4 @@ def test_half_precision_stays_within_tolerance_of_fp32_on_a_gpu(model_file, samp
     squares = [reference.square(p) for p in scans]
     fp32 = reference.probabilities(squares)
     half = Predictor(model_file, device="cuda", precision=precision).probabilities(squares)
-    assert np.abs(half - fp32).max() <= TOLERANCE
+    assert np.abs(half - fp32).max() <= HALF_PRECISION_TOLERANCE

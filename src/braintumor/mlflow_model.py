@@ -23,10 +23,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from braintumor.errors import BrainTumorError
+from braintumor.runtime import PREDICTION_PRECISION_ENV as PRECISION_ENV
 from braintumor.runtime import prediction_autocast, prediction_device
 from braintumor.serving import Predictor
-
-PRECISION_ENV = "BRAINTUMOR_PREDICTION_PRECISION"
 
 
 class BrainTumorClassifier(mlflow.pyfunc.PythonModel):

@@ -57,7 +57,11 @@ def select_device(preference: str, dist_info: DistInfo = DistInfo()) -> torch.de
 # ---- where predictions run (braintumor predict, the served model) ------------------------------------------------
 
 PREDICTION_DEVICE_ENV = "MLFLOW_DEFAULT_PREDICTION_DEVICE"  # MLflow's own variable (its PyTorch flavor reads it)
+PREDICTION_PRECISION_ENV = "BRAINTUMOR_PREDICTION_PRECISION"  # the served model's precision (fp32 unless set)
 PREDICTION_PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# bf16 / fp16 are safe for a model on a GPU when every class probability stays within this of fp32's
+# (benchmarks/prediction_precision.py measures it); a label can then change only where the top two are that close.
+HALF_PRECISION_TOLERANCE = 0.01
 
 
 def prediction_device(choice: str | None = "auto", *, option: str = "--device") -> torch.device:
