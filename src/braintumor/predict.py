@@ -43,6 +43,7 @@ class Scan:
     pictures: Pictures
     squares: list[np.ndarray]
     shows_head: list[bool] | None = None  # per picture, for volumes
+    several: bool = False  # the file holds more than one picture (or is a volume): rows name the frame or slice
 
 
 def resolve_model(model: str) -> Path:
@@ -94,9 +95,10 @@ def _read_scan(predictor: Predictor, path: Path, middle: int | None) -> Scan:
         level = float(np.percentile(np.stack([np.asarray(image) for image in pictures.images]), 99))
         shows_head = [head_fraction(np.asarray(pictures.images[i]), threshold=predictor.prep.scan.crop_threshold,
                                     level=level) >= MIN_HEAD_FRACTION for i in keep]
-    pictures = Pictures([pictures.images[i] for i in keep], [pictures.numbers[i] for i in keep], pictures.kind,
+    several = len(keep) > 1 or len(pictures.images) > 1 or pictures.is_volume
+    selected = Pictures([pictures.images[i] for i in keep], [pictures.numbers[i] for i in keep], pictures.kind,
                         pictures.description)
-    return Scan(path, pictures, predictor.squares(pictures), shows_head)
+    return Scan(path, selected, predictor.squares(selected), shows_head, several)
 
 
 def middle_indices(count: int, middle: int | None) -> list[int]:
@@ -127,21 +129,14 @@ def _table(predictor: Predictor, scans: list[Scan], probs: np.ndarray) -> pd.Dat
 
 
 def _print_table(table: pd.DataFrame, scans: list[Scan]) -> None:
-    word = {scan_path: ("slice" if scan.pictures.is_volume else "frame") for scan in scans
-            for scan_path in [str(scan.path)]}
-    several = {str(scan.path) for scan in scans if len(scan.squares) > 1 or scan.pictures.is_volume}
-    heads = {str(scan.path): (sum(scan.shows_head), len(scan.shows_head)) for scan in scans if scan.shows_head}
-    names = []
-    for file, frame in zip(table["file"], table["frame"]):
-        if file not in several:
-            names.append(file)
-        elif pd.isna(frame):
-            shown, total = heads[file]
-            names.append(f"{file} [volume: mean of the {shown} of {total} slices that show a head]")
-        else:
-            names.append(f"{file} [{word[file]} {frame}]")
+    names = []  # in the order of _table's rows
     for scan in scans:
-        if scan.shows_head is not None and not any(scan.shows_head):
+        word = "slice" if scan.pictures.is_volume else "frame"
+        names += [f"{scan.path} [{word} {n}]" if scan.several else str(scan.path) for n in scan.pictures.numbers]
+        if scan.shows_head is not None and any(scan.shows_head):
+            names.append(f"{scan.path} [volume: mean of the {sum(scan.shows_head)} of {len(scan.shows_head)} "
+                         "slices that show a head]")
+        elif scan.shows_head is not None:
             print(f"{scan.path}: no slice shows a head (head region >= {MIN_HEAD_FRACTION:.0%} of the slice); "
                   "no volume summary")
     width = max(len(name) for name in names)
@@ -165,7 +160,7 @@ def _write_gradcams(predictor: Predictor, scans: list[Scan], table: pd.DataFrame
     folder.mkdir(parents=True, exist_ok=True)
     size = predictor.prep.image_size
     squares = [square for scan in scans for square in scan.squares]
-    names = [name if len(scan.squares) == 1 and not scan.pictures.is_volume else f"{name}.frame-{number}"
+    names = [f"{name}.frame-{number}" if scan.several else name
              for name, scan in zip(_overlay_names([scan.path for scan in scans]), scans)
              for number in scan.pictures.numbers]
     for name, square, label in zip(names, squares, table["label"]):
