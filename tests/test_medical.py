@@ -17,7 +17,8 @@ from scan_files import compressed_dicom_bytes, dicom_bytes, nifti_bytes
 
 from braintumor.data.cache import load_square
 from braintumor.imaging import ImageProblem, decode_grayscale, is_candidate, open_checked
-from braintumor.medical import apply_window, read_pictures
+from braintumor.dicom import apply_window
+from braintumor.medical import read_pictures
 from braintumor.preprocess import ScanPrep
 
 MAX = 10**7

@@ -18,13 +18,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from braintumor.data.cache import draft_size, load_square
+from braintumor.data.cache import draft_size, load_square, squares_of
 from braintumor.errors import BrainTumorError
 from braintumor.imaging import ImageLimits, ImageProblem, check_file_size, problem_of
 from braintumor.inference import predict_logits, probabilities
 from braintumor.medical import Pictures, read_pictures
 from braintumor.model import Inference, load_model
-from braintumor.preprocess import prepare_square
 from braintumor.runtime import prediction_autocast, strict_fp32
 from braintumor.transforms import Preprocessing, eval_preset
 
@@ -69,7 +68,7 @@ class Predictor:
 
     def squares(self, pictures: Pictures) -> list[np.ndarray]:
         """Each picture -> (S, S) uint8, exactly as evaluation sees a scan (`square` of a one-picture file)."""
-        return [prepare_square(image, self.prep.scan) for image in pictures.images]
+        return squares_of(pictures, self.prep.scan)
 
     def probabilities(self, squares: list[np.ndarray]) -> np.ndarray:
         """(N, C) class probabilities for (S, S) uint8 squares: evaluation's inference, temperature included."""

@@ -29,6 +29,8 @@ from braintumor.progress import progress_bar
 if TYPE_CHECKING:
     import pandas as pd
 
+    from braintumor.medical import Pictures
+
 log = logging.getLogger(__name__)
 CACHE_VERSION = 3  # bump when decode_grayscale or prepare_square change what they produce
 
@@ -36,6 +38,12 @@ CACHE_VERSION = 3  # bump when decode_grayscale or prepare_square change what th
 def load_square(source: str | os.PathLike | bytes, scan: ScanPrep, limits: ImageLimits) -> np.ndarray:
     """One scan (a file path or its bytes) -> (S, S) uint8: the input of every preset."""
     return prepare_square(decode_grayscale(source, limits=limits, draft=draft_size(scan)), scan)
+
+
+def squares_of(pictures: "Pictures", scan: ScanPrep) -> list[np.ndarray]:
+    """Every picture of one file (medical.read_pictures: a DICOM's frames, a volume's slices) -> (S, S) uint8,
+    each as `load_square` makes a one-picture file's."""
+    return [prepare_square(image, scan) for image in pictures.images]
 
 
 def draft_size(scan: ScanPrep) -> int:
