@@ -35,7 +35,7 @@ def read_nifti(data: bytes, *, max_pixels: int) -> Pictures:
         header = header_class(binaryblock=head[:header_class.template_dtype.itemsize])
         shape = tuple(int(n) for n in header.get_data_shape())
         itemsize = header.get_data_dtype().itemsize
-        offset = int(header["vox_offset"])
+        offset = max(int(header["vox_offset"]), header_class.template_dtype.itemsize + 4)  # voxels follow the header
     except Exception as exc:
         raise ImageProblem(f"unreadable NIfTI-{version} header ({type(exc).__name__}: {exc})") from None
     shape = _volume_shape(shape)
