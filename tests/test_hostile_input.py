@@ -209,7 +209,7 @@ def test_an_eps_file_is_refused_without_running_its_interpreter(monkeypatch, tmp
     data = eps()
     with Image.open(io.BytesIO(data)) as image:
         assert image.format == "EPS"  # Pillow, left to itself, takes it as an image
-    with pytest.raises(ImageProblem, match=r"not an image in an accepted format \(JPEG, PNG, BMP, TIFF, WEBP, GIF\)"):
+    with pytest.raises(ImageProblem, match=r"not an image in an accepted format \(JPEG, PNG, BMP, TIFF, WEBP, GIF, DICOM, NIfTI\)"):
         open_checked(data, limits=LIMITS)
     path = tmp_path / "scan.jpg"  # an image's name does not make it one
     path.write_bytes(data)

@@ -16,17 +16,17 @@ from pydicom.dataset import Dataset
 from scan_files import compressed_dicom_bytes, dicom_bytes, nifti_bytes
 
 from braintumor.data.cache import load_square
-from braintumor.imaging import ImageProblem, decode_grayscale, is_candidate, open_checked
+from braintumor.imaging import ImageLimits, ImageProblem, decode_grayscale, is_candidate, open_checked
 from braintumor.dicom import apply_window
 from braintumor.medical import read_pictures
 from braintumor.preprocess import ScanPrep
 
-MAX = 10**7
+LIMITS = ImageLimits(max_pixels=10**7)
 PREP = ScanPrep(size=48, head_crop=True, intensity="percentile")
 
 
 def gray(source: bytes) -> np.ndarray:
-    return np.asarray(decode_grayscale(source, max_pixels=MAX))
+    return np.asarray(decode_grayscale(source, limits=LIMITS))
 
 
 def phantom(size: int = 64, seed: int = 0) -> np.ndarray:
@@ -49,7 +49,7 @@ def test_8bit_dicom_is_the_picture_a_png_of_its_pixels_is():
     pixels = np.round(phantom() * 255).astype(np.uint8)
     dicom = dicom_bytes(pixels)
     assert np.array_equal(gray(dicom), pixels)
-    assert np.array_equal(load_square(dicom, PREP, MAX), load_square(png(pixels), PREP, MAX))
+    assert np.array_equal(load_square(dicom, PREP, LIMITS), load_square(png(pixels), PREP, LIMITS))
 
 
 def test_16bit_signed_rescale_then_window():
@@ -91,7 +91,7 @@ def test_monochrome1_is_inverted():
 
 def test_multi_frame_gives_one_picture_per_frame():
     frames = np.stack([np.round(phantom(seed=i) * 255).astype(np.uint8) for i in range(3)])
-    pictures = read_pictures(dicom_bytes(frames, NumberOfFrames=3), max_pixels=MAX)
+    pictures = read_pictures(dicom_bytes(frames, NumberOfFrames=3), limits=LIMITS)
     assert pictures.numbers == [0, 1, 2] and pictures.kind == "dicom"
     for image, frame in zip(pictures.images, frames):
         assert image.mode == "L" and np.array_equal(np.asarray(image), frame)
@@ -113,7 +113,7 @@ def test_enhanced_multi_frame_uses_each_frames_own_window():
     ds.PerFrameFunctionalGroupsSequence = per_frame
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
-    pictures = read_pictures(buffer.getvalue(), max_pixels=MAX)
+    pictures = read_pictures(buffer.getvalue(), limits=LIMITS)
     assert [int(np.asarray(p).max()) for p in pictures.images] == [128, 0]
 
 
@@ -121,12 +121,12 @@ def test_class_folders_refuse_a_multi_frame_dicom_with_the_reason():
     data = dicom_bytes(np.zeros((3, 16, 16), dtype=np.uint8), NumberOfFrames=3)
     with pytest.raises(ImageProblem, match=r"DICOM MONOCHROME2 8-bit, 3 frames: 3 frames in one file, but a class "
                                            r"folder takes one 2-D slice per file"):
-        open_checked(data, max_pixels=MAX)
+        open_checked(data, limits=LIMITS)
 
 
 def test_a_compressed_syntax_without_decoder_names_the_syntax_and_the_packages():
     with pytest.raises(ImageProblem) as caught:
-        read_pictures(compressed_dicom_bytes(), max_pixels=MAX)
+        read_pictures(compressed_dicom_bytes(), limits=LIMITS)
     message = str(caught.value)
     assert message.startswith("DICOM compressed as JPEG Lossless, Non-Hierarchical, First-Order Prediction")
     assert "(1.2.840.10008.1.2.4.70)" in message
@@ -134,9 +134,15 @@ def test_a_compressed_syntax_without_decoder_names_the_syntax_and_the_packages()
 
 
 def test_dicom_limits_and_broken_files():
+    thin = dicom_bytes(np.zeros((4, 40), dtype=np.uint8))
+    with pytest.raises(ImageProblem, match=r"40x4 is 10.0 times longer than wide, over the limit data.max_aspect_ratio"):
+        read_pictures(thin, limits=ImageLimits(max_pixels=10**7, max_aspect_ratio=5))
+    with pytest.raises(ImageProblem, match=r"bytes is over the limit data.max_file_bytes=1,000"):
+        read_pictures(dicom_bytes(np.zeros((64, 64), dtype=np.uint8)), limits=ImageLimits(max_file_bytes=1000))
     with pytest.raises(ImageProblem, match=r"3 frames of 16x16 = 768 pixels in one file, over the limit "
                                            r"data.max_image_pixels=700"):
-        read_pictures(dicom_bytes(np.zeros((3, 16, 16), dtype=np.uint8), NumberOfFrames=3), max_pixels=700)
+        read_pictures(dicom_bytes(np.zeros((3, 16, 16), dtype=np.uint8), NumberOfFrames=3),
+                      limits=ImageLimits(max_pixels=700))
     no_pixels = dicom_bytes(np.zeros((4, 4), dtype=np.uint8))
     import pydicom
 
@@ -145,10 +151,10 @@ def test_dicom_limits_and_broken_files():
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     with pytest.raises(ImageProblem, match="a DICOM file without pixel data"):
-        read_pictures(buffer.getvalue(), max_pixels=MAX)
+        read_pictures(buffer.getvalue(), limits=LIMITS)
     truncated = dicom_bytes(np.zeros((64, 64), dtype=np.uint16))[:-1000]
     with pytest.raises(ImageProblem):
-        read_pictures(truncated, max_pixels=MAX)
+        read_pictures(truncated, limits=LIMITS)
 
 
 def test_dicom_files_are_found_by_suffix_or_preamble(tmp_path):
@@ -162,7 +168,7 @@ def test_dicom_files_are_found_by_suffix_or_preamble(tmp_path):
     # a .dcm without preamble (a bare data set, as some tools write) is read too
     bare = tmp_path / "bare.dcm"
     bare.write_bytes(dicom_bytes(pixels + 7, preamble=False))
-    assert np.asarray(decode_grayscale(bare, max_pixels=MAX)).tolist() == (pixels + 7).tolist()
+    assert np.asarray(decode_grayscale(bare, limits=LIMITS)).tolist() == (pixels + 7).tolist()
 
 
 # ---- NIfTI ---------------------------------------------------------------------------------------------------
@@ -177,7 +183,7 @@ def marked_volume() -> np.ndarray:
 
 
 def test_nifti_slices_are_axial_anterior_up_patient_right_on_the_left():
-    pictures = read_pictures(nifti_bytes(marked_volume()), max_pixels=MAX)
+    pictures = read_pictures(nifti_bytes(marked_volume()), limits=LIMITS)
     assert pictures.kind == "nifti" and pictures.numbers == [0, 1, 2, 3, 4]
     picture = np.asarray(pictures.images[0])
     assert picture.shape == (24, 20)  # rows = Y, columns = X
@@ -189,41 +195,44 @@ def test_nifti_slices_are_axial_anterior_up_patient_right_on_the_left():
 
 def test_nifti_orientation_comes_from_the_affine():
     """The same anatomy stored left-to-right (LAS) gives the same pictures: nibabel reorients to RAS+."""
-    ras = read_pictures(nifti_bytes(marked_volume()), max_pixels=MAX)
+    ras = read_pictures(nifti_bytes(marked_volume()), limits=LIMITS)
     las_affine = np.diag([-1.0, 1.0, 1.0, 1.0])
     las_affine[0, 3] = 19
-    las = read_pictures(nifti_bytes(marked_volume()[::-1].copy(), las_affine), max_pixels=MAX)
+    las = read_pictures(nifti_bytes(marked_volume()[::-1].copy(), las_affine), limits=LIMITS)
     for a, b in zip(ras.images, las.images):
         assert np.array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_nifti_gz_scaling_and_display_range():
     volume = marked_volume()
-    plain = read_pictures(nifti_bytes(volume), max_pixels=MAX)
-    packed = read_pictures(nifti_bytes(volume, gz=True), max_pixels=MAX)
+    plain = read_pictures(nifti_bytes(volume), limits=LIMITS)
+    packed = read_pictures(nifti_bytes(volume, gz=True), limits=LIMITS)
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(plain.images, packed.images))
     # cal_min / cal_max is the display window when set: 100..1000 -> 0..255
-    shown = read_pictures(nifti_bytes(volume, cal_min=100, cal_max=1000), max_pixels=MAX)
+    shown = read_pictures(nifti_bytes(volume, cal_min=100, cal_max=1000), limits=LIMITS)
     picture = np.asarray(shown.images[0])
     assert picture[12, 10] == 0 and picture[0, 10] == 255 and picture[12, 1] == round(400 / 900 * 255)
 
 
 def test_nifti_non_square_voxels_become_square_pixels():
     affine = np.diag([1.0, 2.0, 1.0, 1.0])  # 2 mm along Y: the picture is twice as tall as the voxel count
-    pictures = read_pictures(nifti_bytes(marked_volume(), affine), max_pixels=MAX)
+    pictures = read_pictures(nifti_bytes(marked_volume(), affine), limits=LIMITS)
     assert pictures.images[0].size == (20, 48)
 
 
 def test_nifti_problems_are_named():
+    stretched = np.diag([1.0, 8.0, 1.0, 1.0])  # 8 mm voxels along Y: the square-pixel picture would be 20 x 192
+    with pytest.raises(ImageProblem, match=r"20x192 is 9.6 times longer than wide, over the limit"):
+        read_pictures(nifti_bytes(marked_volume(), stretched), limits=ImageLimits(max_pixels=10**7, max_aspect_ratio=5))
     with pytest.raises(ImageProblem, match=r"a 4-D NIfTI image 20x24x5x2: give one 3-D volume"):
-        read_pictures(nifti_bytes(np.zeros((20, 24, 5, 2), dtype=np.int16)), max_pixels=MAX)
+        read_pictures(nifti_bytes(np.zeros((20, 24, 5, 2), dtype=np.int16)), limits=LIMITS)
     with pytest.raises(ImageProblem, match=r"truncated NIfTI file"):
-        read_pictures(nifti_bytes(marked_volume())[:-100], max_pixels=MAX)
+        read_pictures(nifti_bytes(marked_volume())[:-100], limits=LIMITS)
     with pytest.raises(ImageProblem, match=r"5 slices of 20x24 = 2,400 pixels in one file, over the limit"):
-        read_pictures(nifti_bytes(marked_volume(), gz=True), max_pixels=2000)
+        read_pictures(nifti_bytes(marked_volume(), gz=True), limits=ImageLimits(max_pixels=2000))
     with pytest.raises(ImageProblem, match=r"^NIfTI-1 20x24x5 int16: 5 axial slices in one file, but a class "
                                            r"folder takes one 2-D slice per file"):
-        open_checked(nifti_bytes(marked_volume()), max_pixels=MAX)
+        open_checked(nifti_bytes(marked_volume()), limits=LIMITS)
 
 
 def test_nifti_files_are_candidates(tmp_path):

@@ -16,6 +16,7 @@ from scan_files import compressed_dicom_bytes, dicom_bytes, nifti_bytes
 from braintumor.cli import main
 from braintumor.data.cache import cached_squares, load_square
 from braintumor.data.validate import validate_dataset
+from braintumor.imaging import ImageLimits
 from braintumor.model import build_model, save_model
 from braintumor.serving import Predictor
 from braintumor.transforms import Preprocessing
@@ -78,11 +79,11 @@ def test_validate_and_training_cache_take_dicom_as_the_jpeg_it_came_from(dataset
     # The training cache (what every epoch reads) holds for each DICOM the square its JPEG gives.
     prep = Preprocessing.from_config(params.model, params.preprocess).scan
     rows = result.manifest[result.manifest["path"].isin([d.relative_to(dataset_copy).as_posix() for d in originals])]
-    squares = cached_squares(rows, dataset_copy, prep, tmp_path / "cache", max_pixels=params.data.max_image_pixels,
-                             workers=1, progress=False)
+    limits = ImageLimits.of(params.data)
+    squares = cached_squares(rows, dataset_copy, prep, tmp_path / "cache", limits=limits, workers=1, progress=False)
     for square, rel in zip(squares, rows["path"]):
         jpeg = originals[dataset_copy / rel]
-        assert np.array_equal(square, load_square(jpeg, prep, params.data.max_image_pixels)), rel
+        assert np.array_equal(square, load_square(jpeg, prep, limits)), rel
 
 
 @pytest.fixture(scope="module")

@@ -14,14 +14,14 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-from braintumor.imaging import ImageProblem
+from braintumor.imaging import ImageLimits, ImageProblem
 from braintumor.medical import Pictures, check_finite, check_pixels, has_dicom_preamble, percentile_window
 
 # pydicom names a decoder plugin; pip installs it under this name.
 PIP_NAMES = {"gdcm": "python-gdcm"}
 
 
-def read_dicom(data: bytes, *, max_pixels: int) -> Pictures:
+def read_dicom(data: bytes, *, limits: ImageLimits) -> Pictures:
     import pydicom
 
     try:
@@ -37,7 +37,7 @@ def read_dicom(data: bytes, *, max_pixels: int) -> Pictures:
         frames = int(ds.get("NumberOfFrames") or 1)
     except Exception as exc:
         raise ImageProblem(f"a DICOM image without valid Rows, Columns or Number of Frames ({exc})") from None
-    check_pixels(rows, columns, frames, max_pixels, unit="frames")
+    check_pixels(rows, columns, frames, limits, unit="frames")
     _check_decoder(ds)
     try:
         pixels = ds.pixel_array  # (R, C), (F, R, C), (R, C, 3) or (F, R, C, 3); YBR arrives as RGB

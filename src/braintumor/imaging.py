@@ -30,6 +30,8 @@ SUPPORTED_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RG
 # file (EPS would start Ghostscript, when installed, on untrusted input). The JPEG reader also opens the JPEGs that
 # cameras and phones write with a second, preview picture (Pillow calls them MPO) as the JPEG they are.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "BMP", "TIFF", "WEBP", "GIF")
+# Read before Pillow is asked, by pydicom and nibabel (medical.py), with the same limits.
+MEDICAL_FORMATS = ("DICOM", "NIfTI")
 
 
 class ImageProblem(ValueError):
@@ -111,7 +113,7 @@ def open_checked(source: str | os.PathLike | bytes, *, limits: ImageLimits, draf
 
     kind = kind_of(data, "" if isinstance(source, (bytes, bytearray)) else os.fspath(source))
     if kind:  # DICOM and NIfTI are read by pydicom and nibabel (medical.py), never by Pillow
-        return single_picture(data, kind, max_pixels=max_pixels)
+        return single_picture(data, kind, limits=limits)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -119,7 +121,8 @@ def open_checked(source: str | os.PathLike | bytes, *, limits: ImageLimits, draf
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageProblem(f"too many pixels, a possible decompression bomb ({exc})") from None
     except UnidentifiedImageError:
-        raise ImageProblem(f"not an image in an accepted format ({', '.join(ACCEPTED_FORMATS)})") from None
+        raise ImageProblem(f"not an image in an accepted format ({', '.join(ACCEPTED_FORMATS + MEDICAL_FORMATS)})"
+                           ) from None
     except Exception as exc:  # Pillow raises many types for malformed headers
         raise ImageProblem(f"unreadable image header ({type(exc).__name__}: {exc})") from None
     _check_header(image, limits)
@@ -135,7 +138,13 @@ def open_checked(source: str | os.PathLike | bytes, *, limits: ImageLimits, draf
 
 
 def _check_header(image: Image.Image, limits: ImageLimits) -> None:
-    width, height = image.size
+    check_dimensions(*image.size, limits)
+    if image.mode not in SUPPORTED_MODES:
+        raise ImageProblem(f"unsupported image mode {image.mode!r}; save it as grayscale or RGB")
+
+
+def check_dimensions(width: int, height: int, limits: ImageLimits) -> None:
+    """Raise ImageProblem for a picture with no pixels, too many, or too thin (before anything is decoded)."""
     if width < 1 or height < 1:
         raise ImageProblem(f"{width}x{height} image has no pixels")
     if width * height > limits.max_pixels:
@@ -145,8 +154,6 @@ def _check_header(image: Image.Image, limits: ImageLimits) -> None:
     if ratio > limits.max_aspect_ratio:
         raise ImageProblem(f"{width}x{height} is {ratio:,.1f} times longer than wide, over the limit "
                            f"data.max_aspect_ratio={limits.max_aspect_ratio:g}; crop it to the scan")
-    if image.mode not in SUPPORTED_MODES:
-        raise ImageProblem(f"unsupported image mode {image.mode!r}; save it as grayscale or RGB")
 
 
 def to_grayscale(image: Image.Image) -> Image.Image:

@@ -17,7 +17,9 @@ head crop, intensity step and presets (preprocess.py, transforms.py): one code p
 
 The readers are dicom.py and nifti.py; this module says which one a file needs and holds what they share. The
 class folders take one 2-D scan per file, so `single_picture` refuses multi-frame files and volumes there.
-Every limit is checked before pixels are decoded: pixels per picture and per file (data.max_image_pixels).
+Every limit is checked before pixels are decoded: the file's size (data.max_file_bytes), each picture's pixels and
+aspect ratio (data.max_image_pixels, data.max_aspect_ratio) and the pixels of all of a file's pictures together
+(data.max_image_pixels again).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from braintumor.imaging import ImageProblem, decode_grayscale
+from braintumor.imaging import ImageLimits, ImageProblem, check_dimensions, decode_grayscale, read_checked
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -83,27 +85,27 @@ def kind_of(data: bytes, name: str = "") -> str | None:
     return None
 
 
-def read_pictures(source: str | os.PathLike | bytes, *, max_pixels: int, draft: int | None = None) -> Pictures:
+def read_pictures(source: str | os.PathLike | bytes, *, limits: ImageLimits, draft: int | None = None) -> Pictures:
     """Every 2-D picture in a file (a path or its bytes): one for raster images and single-frame DICOM, one per
     frame of a multi-frame DICOM, one per axial slice of a NIfTI volume. Raises ImageProblem."""
     name = "" if isinstance(source, (bytes, bytearray)) else os.fspath(source)
-    data = bytes(source) if isinstance(source, (bytes, bytearray)) else Path(source).read_bytes()
+    data = read_checked(source, max_file_bytes=limits.max_file_bytes)  # its size is checked before reading
     if not data:
         raise ImageProblem("empty file (0 bytes)")
     kind = kind_of(data, name)
     if kind == "dicom":
         from braintumor.dicom import read_dicom
 
-        return read_dicom(data, max_pixels=max_pixels)
+        return read_dicom(data, limits=limits)
     if kind == "nifti":
         from braintumor.nifti import read_nifti
 
-        return read_nifti(data, max_pixels=max_pixels)
-    image = decode_grayscale(data, max_pixels=max_pixels, draft=draft)
+        return read_nifti(data, limits=limits)
+    image = decode_grayscale(data, limits=limits, draft=draft)
     return Pictures([image], [0], "image", "image")
 
 
-def single_picture(data: bytes, kind: str, *, max_pixels: int) -> Image.Image:
+def single_picture(data: bytes, kind: str, *, limits: ImageLimits) -> Image.Image:
     """The one picture of a DICOM or NIfTI file, for the class folders (one labelled 2-D scan per file).
 
     The returned mode-L image carries `source_size` and `source_mode` in `info`, as `imaging.open_checked` sets
@@ -112,7 +114,7 @@ def single_picture(data: bytes, kind: str, *, max_pixels: int) -> Image.Image:
     from braintumor.dicom import read_dicom
     from braintumor.nifti import read_nifti
 
-    pictures = read_dicom(data, max_pixels=max_pixels) if kind == "dicom" else read_nifti(data, max_pixels=max_pixels)
+    pictures = read_dicom(data, limits=limits) if kind == "dicom" else read_nifti(data, limits=limits)
     if len(pictures.images) > 1:
         what = "frames" if kind == "dicom" else "axial slices"
         raise ImageProblem(f"{pictures.description}: {len(pictures.images)} {what} in one file, but a class folder "
@@ -139,15 +141,15 @@ def percentile_window(values: np.ndarray) -> np.ndarray:
 
 
 
-def check_pixels(rows: int, columns: int, count: int, max_pixels: int, *, unit: str) -> None:
-    if rows < 1 or columns < 1 or count < 1:
-        raise ImageProblem(f"{columns}x{rows} picture(s), {count} {unit}: no pixels")
-    if rows * columns > max_pixels:
-        raise ImageProblem(f"{columns}x{rows} = {rows * columns:,} pixels is over the limit data.max_image_pixels="
-                           f"{max_pixels:,} (a possible decompression bomb); raise the limit if the scan is real")
-    if rows * columns * count > max_pixels:
+def check_pixels(rows: int, columns: int, count: int, limits: ImageLimits, *, unit: str) -> None:
+    """Each picture's pixels and aspect ratio, then all of the file's pictures together (before decoding)."""
+    if count < 1:
+        raise ImageProblem(f"{count} {unit}: no pixels")
+    check_dimensions(columns, rows, limits)
+    if rows * columns * count > limits.max_pixels:
         raise ImageProblem(f"{count} {unit} of {columns}x{rows} = {rows * columns * count:,} pixels in one file, over "
-                           f"the limit data.max_image_pixels={max_pixels:,}; raise the limit if the scan is real")
+                           f"the limit data.max_image_pixels={limits.max_pixels:,}; raise the limit if the scan is "
+                           "real")
 
 
 def check_finite(values: np.ndarray) -> None:

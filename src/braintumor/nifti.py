@@ -14,14 +14,14 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from braintumor.imaging import ImageProblem
+from braintumor.imaging import ImageLimits, ImageProblem, check_dimensions
 from braintumor.medical import Pictures, check_finite, check_pixels, percentile_window
 
 _GZIP_MAGIC = b"\x1f\x8b"
 MAX_NIFTI_OFFSET = 64 * 2**20  # header extensions (DICOM tags, JSON sidecars) are kilobytes; 64 MiB is generous
 
 
-def read_nifti(data: bytes, *, max_pixels: int) -> Pictures:
+def read_nifti(data: bytes, *, limits: ImageLimits) -> Pictures:
     import nibabel as nib
 
     head = header_bytes(data)
@@ -43,7 +43,7 @@ def read_nifti(data: bytes, *, max_pixels: int) -> Pictures:
         raise ImageProblem(f"a {len(shape)}-D NIfTI image {'x'.join(map(str, shape))}: give one 3-D volume "
                            "(e.g. the first of a series: `fslroi in.nii.gz out.nii.gz 0 1`)")
     columns, rows, slices = (shape + (1, 1))[:3]
-    check_pixels(rows, columns, slices, max_pixels, unit="slices")
+    check_pixels(rows, columns, slices, limits, unit="slices")
     if not 0 <= offset <= MAX_NIFTI_OFFSET:  # the header and its extensions come first; bounds what is inflated
         raise ImageProblem(f"NIfTI vox_offset {offset:,} is outside 0..{MAX_NIFTI_OFFSET:,}: a corrupt header")
     needed = offset + int(np.prod(shape)) * itemsize
@@ -63,20 +63,21 @@ def read_nifti(data: bytes, *, max_pixels: int) -> Pictures:
     shown = (np.clip((volume - low) / (high - low), 0, 1) if np.isfinite([low, high]).all() and high > low
              else percentile_window(volume))
     gray = np.round(shown * 255.0).astype(np.uint8)
-    images = [_axial_picture(gray[:, :, k], zooms) for k in range(gray.shape[2])]
+    images = [_axial_picture(gray[:, :, k], zooms, limits) for k in range(gray.shape[2])]
     description = f"NIfTI-{version} {'x'.join(map(str, gray.shape))} {header.get_data_dtype()}"
     return Pictures(images, list(range(len(images))), "nifti", description)
 
 
-def _axial_picture(plane: np.ndarray, zooms: list[float]) -> Image.Image:
+def _axial_picture(plane: np.ndarray, zooms: list[float], limits: ImageLimits) -> Image.Image:
     """An (X, Y) RAS+ plane -> the image radiology shows: rows anterior to posterior, columns patient's right to
     left; resampled to square pixels when the voxels are not square in-plane."""
     image = Image.fromarray(np.ascontiguousarray(plane[::-1, ::-1].T), mode="L")
     dx, dy = zooms if all(z > 0 and np.isfinite(z) for z in zooms) else (1.0, 1.0)
     if abs(dx - dy) > 0.01 * max(dx, dy):
         scale = min(dx, dy)
-        width, height = image.size
-        image = image.resize((max(1, round(width * dx / scale)), max(1, round(height * dy / scale))), Image.BILINEAR)
+        size = (max(1, round(image.width * dx / scale)), max(1, round(image.height * dy / scale)))
+        check_dimensions(*size, limits)  # before the resize allocates it
+        image = image.resize(size, Image.BILINEAR)
     return image
 
 
