@@ -44,6 +44,23 @@ def sample_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def model_file(sample_root, tmp_path_factory) -> Path:
+    """An untrained ResNet50 model file at the tiny params' size: predicting needs a model, not a good one."""
+    import torch
+
+    from braintumor.model import build_model, save_model
+    from braintumor.transforms import Preprocessing
+
+    params = tiny_params(sample_root)
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "model.pt"
+    save_model(path, build_model("none", len(params.data.classes)), classes=params.data.classes,
+               preprocessing=Preprocessing.from_config(params.model, params.preprocess), params=params.to_dict(),
+               metrics={})
+    return path
+
+
 @pytest.fixture
 def dataset_copy(sample_root, tmp_path) -> Path:
     """A private copy of the sample dataset that a test may change."""

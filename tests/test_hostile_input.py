@@ -21,10 +21,8 @@ from braintumor.data import cache
 from braintumor.data.cache import _decode_row
 from braintumor.data.validate import inspect_file, validate_dataset
 from braintumor.imaging import ImageLimits, ImageProblem, decode_grayscale, open_checked
-from braintumor.model import build_model, save_model
 from braintumor.preprocess import ScanPrep
 from braintumor.serving import Predictor, RequestError
-from braintumor.transforms import Preprocessing
 
 LIMITS = ImageLimits()  # the defaults of params.yaml
 SCAN = ScanPrep(size=40)  # how the training cache prepares a scan (no head crop: the path is under test)
@@ -52,19 +50,6 @@ def eps() -> bytes:
     buffer = io.BytesIO()
     Image.new("L", (16, 16), 120).save(buffer, format="EPS")
     return buffer.getvalue()
-
-
-@pytest.fixture(scope="module")
-def model_file(sample_root, tmp_path_factory) -> Path:
-    """An untrained model at the tiny params' size (40 px squares): the paths are under test, not the network."""
-    import torch
-
-    params = tiny_params(sample_root)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_model(path, build_model("none", len(params.data.classes)), classes=params.data.classes,
-               preprocessing=Preprocessing.from_config(params.model, params.preprocess), params=params.to_dict(), metrics={})
-    return path
 
 
 @pytest.fixture(scope="module")

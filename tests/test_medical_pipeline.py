@@ -17,7 +17,6 @@ from braintumor.cli import main
 from braintumor.data.cache import cached_squares, load_square
 from braintumor.data.validate import validate_dataset
 from braintumor.imaging import ImageLimits
-from braintumor.model import build_model, save_model
 from braintumor.serving import Predictor
 from braintumor.transforms import Preprocessing
 
@@ -84,20 +83,6 @@ def test_validate_and_training_cache_take_dicom_as_the_jpeg_it_came_from(dataset
     for square, rel in zip(squares, rows["path"]):
         jpeg = originals[dataset_copy / rel]
         assert np.array_equal(square, load_square(jpeg, prep, limits)), rel
-
-
-@pytest.fixture(scope="module")
-def model_file(sample_root, tmp_path_factory):
-    """An untrained ResNet50 model file at the tiny params' size: predicting needs a model, not a good one."""
-    import torch
-
-    params = tiny_params(sample_root)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_model(path, build_model("none", len(params.data.classes)), classes=params.data.classes,
-               preprocessing=Preprocessing.from_config(params.model, params.preprocess), params=params.to_dict(),
-               metrics={})
-    return path
 
 
 @pytest.fixture

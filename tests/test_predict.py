@@ -8,28 +8,13 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import BIN, run, tiny_params
+from conftest import BIN, run
 from PIL import Image
 
 from braintumor.cli import main
-from braintumor.model import build_model, save_model
 from braintumor.serving import Predictor
-from braintumor.transforms import Preprocessing
 
 CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
-
-
-@pytest.fixture(scope="module")
-def model_file(sample_root, tmp_path_factory):
-    """An untrained ResNet50 model file at the tiny params' size: predicting needs a model, not a good one."""
-    import torch
-
-    params = tiny_params(sample_root)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_model(path, build_model("none", len(params.data.classes)), classes=params.data.classes,
-               preprocessing=Preprocessing.from_config(params.model, params.preprocess), params=params.to_dict(), metrics={})
-    return path
 
 
 @pytest.fixture

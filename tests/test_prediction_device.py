@@ -8,15 +8,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_params
 
 from braintumor.cli import main
 from braintumor.errors import ConfigError
-from braintumor.model import build_model, save_model
 from braintumor.runtime import (HALF_PRECISION_TOLERANCE, PREDICTION_DEVICE_ENV, prediction_autocast,
                                 prediction_device)
 from braintumor.serving import Predictor
-from braintumor.transforms import Preprocessing
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -81,17 +78,6 @@ def test_half_precision_only_on_cuda_and_only_when_asked(gpus):
     gpus(1, bf16=False)
     with pytest.raises(ConfigError, match=r"^--precision bf16, but this GPU has no bf16 support; use fp16 or fp32"):
         prediction_autocast(CUDA, "bf16")
-
-
-@pytest.fixture(scope="module")
-def model_file(sample_root, tmp_path_factory):
-    params = tiny_params(sample_root)
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_model(path, build_model("none", len(params.data.classes)), classes=params.data.classes,
-               preprocessing=Preprocessing.from_config(params.model, params.preprocess), params=params.to_dict(),
-               metrics={})
-    return path
 
 
 def test_predict_device_cuda_without_a_gpu_exits_2_before_fetching_a_model(capsys, gpus, sample_root, tmp_path):
