@@ -5,7 +5,7 @@
 
 By default it builds its own setup in a temporary folder: a from-scratch ResNet50 at the real serving size
 (image_size 224, resize_size 256), logged and registered in a temporary SQLite store through the training stage's
-own path (`pipeline._log_served_model` -> `RunTracker.log_served_model`), so the served model is the project's
+own path (`pipeline.log_served_model` -> `RunTracker.log_served_model`), so the served model is the project's
 pyfunc. With --model-uri it serves a model from the store MLFLOW_TRACKING_URI names (default: ./mlflow.db).
 
 It serves the model on 127.0.0.1 at a free port and, for one 512x512 JPEG:
@@ -35,8 +35,6 @@ import io
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -45,8 +43,9 @@ from pathlib import Path
 
 import numpy as np
 
+from braintumor.processes import served_model, venv_env
+
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 
 
 def jpeg_bytes(seed: int, size: int = 512) -> bytes:
@@ -66,7 +65,7 @@ def build_and_register(workdir: Path) -> str:
     from braintumor.data.cache import load_square
     from braintumor.imaging import ImageLimits
     from braintumor.model import build_model, save_model
-    from braintumor.pipeline import _log_served_model
+    from braintumor.pipeline import log_served_model
     from braintumor.tracking import RunTracker
     from braintumor.transforms import Preprocessing
 
@@ -82,75 +81,12 @@ def build_and_register(workdir: Path) -> str:
     example = load_square(jpeg_bytes(0), Preprocessing.from_config(params.model, params.preprocess).scan, ImageLimits.of(params.data))
     tracker = RunTracker(params)
     try:
-        version = _log_served_model(tracker, params, example)
+        version = log_served_model(tracker, params, example)
     except BaseException:
         tracker.end("FAILED")
         raise
     tracker.end()
     return f"models:/{params.tracking.registered_model}/{version}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """`mlflow models serve` in its own process group, so stopping it also stops its uvicorn child."""
-
-    def __init__(self, model_uri: str, port: int, env: dict, log_path: Path) -> None:
-        self.port, self.log_path = port, log_path
-        self.log = open(log_path, "wb")
-        self.proc = subprocess.Popen(
-            [str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
-             "-h", "127.0.0.1", "-p", str(port)],
-            env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def wait_ready(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited ({self.proc.returncode}):\n{self.tail()}")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
-                conn.request("GET", "/ping")
-                if conn.getresponse().status == 200:
-                    return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"the server was not ready after {timeout:.0f} s:\n{self.tail()}")
-
-    def tail(self) -> str:
-        self.log.flush()
-        return self.log_path.read_bytes()[-3000:].decode(errors="replace")
-
-    def stop(self) -> None:
-        """uvicorn first, so that `mlflow models serve` reaps it and exits (stopping the parent first would hand
-        the child to init, which in a container may leave it a zombie); then whatever is left of the group."""
-        if self.proc.poll() is None:
-            try:
-                children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
-            except OSError:
-                children = []
-            for child in children:
-                try:
-                    os.kill(int(child), signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
-            try:
-                self.proc.wait(timeout=20 if children else 0.1)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(self.proc.pid, signal.SIGTERM)
-                    self.proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                    self.proc.wait()
-                except ProcessLookupError:
-                    pass
-        self.log.close()
 
 
 def body_for(images: list[bytes]) -> bytes:
@@ -238,6 +174,27 @@ class ForwardTimer:
                 self.proc.wait()
 
 
+def measure(port: int, image: bytes, timer: ForwardTimer, args) -> tuple[list[float], list[float], list[float], float, float]:
+    """(forward times, single-image request times, 16-image request times, the largest difference between the
+    served and the bare probabilities, the single-image request's KiB), forward runs and requests alternating."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+    one = body_for([image])
+    served = post(conn, one)["predictions"][0]
+    drift = max(abs(served[c] - p) for c, p in zip(timer.info["classes"], timer.info["probabilities"]))
+    for _ in range(3):  # warm-up
+        post(conn, one)
+    forward, serve = [], []
+    for n_forward, n_requests in zip(split(args.forward_runs, args.rounds), split(args.requests, args.rounds)):
+        forward += timer.times(n_forward)
+        serve += timed(lambda: post(conn, one), n_requests)
+
+    batch = body_for([jpeg_bytes(seed) for seed in range(16)])
+    post(conn, batch)  # warm-up
+    batch_times = timed(lambda: post(conn, batch), args.batch_requests)
+    conn.close()
+    return forward, serve, batch_times, drift, len(one) / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-uri", help="serve this registered model (e.g. models:/brain-tumor-classifier"
@@ -261,13 +218,13 @@ def main() -> None:
         return
 
     workdir = Path(tempfile.mkdtemp(prefix="serve-latency-"))
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}  # uvicorn is in the venv
+    env = venv_env()  # uvicorn is in the venv
     if args.threads > 0:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(args.threads)
     if args.device != "auto":
         env["MLFLOW_DEFAULT_PREDICTION_DEVICE"] = args.device
     env["BRAINTUMOR_PREDICTION_PRECISION"] = args.precision
-    server = timer = None
+    timer = None
     cwd = Path.cwd()
     try:
         if args.model_uri:
@@ -283,37 +240,18 @@ def main() -> None:
             print(f"setup: built and registered {model_uri} in {time.perf_counter() - t0:.1f} s", flush=True)
         os.environ["MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]
 
-        port = free_port()
-        t0 = time.perf_counter()
-        server = Server(model_uri, port, env, workdir / "server.log")
         from braintumor.tracking import download_model_file
 
         image = jpeg_bytes(0)
         (workdir / "image.jpg").write_bytes(image)
         timer = ForwardTimer(download_model_file(model_uri), workdir / "image.jpg", env)
-        server.wait_ready(args.ready_timeout)
-        print(f"server: {model_uri} on 127.0.0.1:{port}, ready in {time.perf_counter() - t0:.1f} s", flush=True)
-
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-        one = body_for([image])
-        served = post(conn, one)["predictions"][0]
-        drift = max(abs(served[c] - p) for c, p in zip(timer.info["classes"], timer.info["probabilities"]))
-        for _ in range(3):  # warm-up
-            post(conn, one)
-        forward, serve = [], []
-        for n_forward, n_requests in zip(split(args.forward_runs, args.rounds), split(args.requests, args.rounds)):
-            forward += timer.times(n_forward)
-            serve += timed(lambda: post(conn, one), n_requests)
-
-        batch = body_for([jpeg_bytes(seed) for seed in range(16)])
-        post(conn, batch)  # warm-up
-        batch_times = timed(lambda: post(conn, batch), args.batch_requests)
-        conn.close()
+        t0 = time.perf_counter()
+        with served_model(model_uri, workdir / "server.log", env=env, timeout=args.ready_timeout) as server:
+            print(f"server: {model_uri} on {server.url}, ready in {time.perf_counter() - t0:.1f} s", flush=True)
+            forward, serve, batch_times, drift, request_kib = measure(server.port, image, timer, args)
     finally:
         if timer is not None:
             timer.stop()
-        if server is not None:
-            server.stop()
         os.chdir(cwd)
         if args.keep:
             print(f"kept {workdir}")
@@ -323,7 +261,7 @@ def main() -> None:
     forward_p50 = float(np.percentile(forward, 50)) * 1000
     serve_p50, serve_p95 = (float(v) * 1000 for v in np.percentile(serve, [50, 95]))
     img_s = 16 * len(batch_times) / sum(batch_times)
-    print(f"image: 512x512 JPEG, {len(image) / 1024:.0f} KiB ({len(one) / 1024:.0f} KiB request); device "
+    print(f"image: 512x512 JPEG, {len(image) / 1024:.0f} KiB ({request_kib:.0f} KiB request); device "
           f"{timer.info['device']} ({timer.info['precision']}); torch threads {timer.info['threads']}; served and "
           f"bare probabilities differ by at most {drift:.1e}")
     print(f"forward: p50 {forward_p50:.1f} ms, min {min(forward) * 1000:.1f} ms over {len(forward)} runs")

@@ -27,15 +27,15 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from braintumor.processes import BIN, ServerError, free_port, start_process, stop_process, wait_http
 
 ARTIFACTS_BUCKET = "mlflow-artifacts"
 DVC_BUCKET = "dvc-store"
@@ -45,7 +45,7 @@ INSTALL_POSTGRES = ("PostgreSQL's server binaries (initdb, pg_ctl, postgres) are
                     "`apt-get install postgresql` (Debian, Ubuntu) or `brew install postgresql@15` (macOS)")
 
 
-class StackError(RuntimeError):
+class StackError(ServerError):
     """A part of the stack is missing or did not start; the message says which and what to do."""
 
 
@@ -78,70 +78,6 @@ class TeamStack:
 
         return boto3.client("s3", endpoint_url=self.s3_endpoint, region_name=REGION,
                             aws_access_key_id=self.s3_access_key, aws_secret_access_key=self.s3_secret_key)
-
-
-# ---- processes ------------------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_process(cmd: list[str], log: Path, env: dict[str, str] | None = None,
-                  cwd: Path | None = None) -> subprocess.Popen:
-    """A server in a process group of its own (so that stop_process also reaches its workers), output to `log`."""
-    with open(log, "ab") as log_file:
-        return subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                start_new_session=True)
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    """Stop a server and its workers, never leaving one behind.
-
-    The children go first, so that the parent reaps them and exits (stopping the parent first would hand them to
-    init, which in a container may never reap them); whatever is left then goes with the process group.
-    """
-    if proc.poll() is not None:
-        return
-    try:
-        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-    except OSError:
-        children = []
-    for child in children:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(child), signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(timeout=30 if children else 0.1)
-    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 30)):
-        if proc.poll() is not None:
-            break
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, sig)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=wait)
-    with contextlib.suppress(ProcessLookupError):  # workers the parent left behind
-        os.killpg(proc.pid, signal.SIGKILL)
-
-
-def wait_http(url: str, proc: subprocess.Popen, log: Path, what: str, timeout: float = 600) -> None:
-    """Until `url` answers 200; a server that exits or never answers is reported with the end of its log."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise StackError(f"{what} exited ({proc.returncode}):\n{_tail(log)}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise StackError(f"{what} not answering {url} after {timeout:.0f} s:\n{_tail(log)}")
-
-
-def _tail(log: Path, chars: int = 3000) -> str:
-    return log.read_text(errors="replace")[-chars:] if log.is_file() else "(no log)"
 
 
 # ---- PostgreSQL ----------------------------------------------------------------------------------------------
@@ -256,8 +192,7 @@ def mlflow_server(db_uri: str, db_password: str, s3_endpoint: str, s3_access_key
                AWS_DEFAULT_REGION=REGION, MLFLOW_S3_ENDPOINT_URL=s3_endpoint, AWS_EC2_METADATA_DISABLED="true",
                # no job runner: its eight processes serve GenAI features this project does not use
                MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    mlflow = Path(sys.executable).with_name("mlflow")
-    proc = start_process([str(mlflow), "server", "--backend-store-uri", db_uri,
+    proc = start_process([str(BIN / "mlflow"), "server", "--backend-store-uri", db_uri,
                           "--artifacts-destination", f"s3://{ARTIFACTS_BUCKET}", "--serve-artifacts",
                           "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], log, env=env)
     try:
@@ -326,7 +261,7 @@ Ctrl-C stops it all; runs, models and objects are gone then (moto keeps objects 
                 time.sleep(3600)
     except KeyboardInterrupt:
         print("\nstopping the team stack")
-    except StackError as exc:
+    except ServerError as exc:  # StackError included
         print(f"error: {exc}", file=sys.stderr)
         return 1
     finally:

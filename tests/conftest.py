@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from braintumor.config import Params, params_from_dict
 from braintumor.data.sample import write_sample_dataset
+from braintumor.processes import BIN, venv_env  # noqa: F401  (BIN: the venv's bin, for the tests)
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent  # the venv's bin: dvc, mlflow, braintumor
 
 
 def tiny_params_dict(data_root: str | Path, **overrides: dict) -> dict:
@@ -34,6 +32,18 @@ def tiny_params_dict(data_root: str | Path, **overrides: dict) -> dict:
 
 def tiny_params(data_root: str | Path, **overrides: dict) -> Params:
     return params_from_dict(tiny_params_dict(data_root, **overrides))
+
+
+@pytest.fixture(scope="module")
+def module_dir(request, tmp_path_factory) -> Path:
+    """A folder for one test module's shared files (a DVC project, an MLflow store, a server's artifacts), removed
+    after the module's last test unless one of its tests failed: trained ResNet50 checkpoints are 100-300 MB each
+    and a CI disk holds a few GB. (A passed test's own tmp_path goes at once: tmp_path_retention_policy.)"""
+    path = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    failed_before = request.session.testsfailed
+    yield path
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -72,8 +82,7 @@ def dataset_copy(sample_root, tmp_path) -> Path:
 def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True,
         timeout: int = 600) -> subprocess.CompletedProcess:
     """Run a command with the venv's tools first on PATH; on failure, show its output."""
-    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})}
-    result = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
+    result = subprocess.run(cmd, cwd=cwd, env=venv_env(env), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result

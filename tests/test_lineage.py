@@ -33,13 +33,13 @@ def _git(root: Path, *args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def tracked(sample_root, tmp_path_factory):
+def tracked(sample_root, module_dir):
     """The project folder after validate, train and evaluate; the MLflow client of its store; its run info."""
     import shutil
 
     from braintumor import pipeline
 
-    root = tmp_path_factory.mktemp("lineage")
+    root = module_dir
     shutil.copytree(sample_root, root / "data")
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict("data")))
     run(["git", "init", "-q"], cwd=root)

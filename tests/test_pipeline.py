@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN, REPO, tiny_params_dict
+from braintumor.processes import venv_env
+from conftest import REPO, tiny_params_dict
 
 STAGES = ["validate", "augment_preview", "train", "evaluate", "report"]
 OUTPUTS = ["manifests/splits.csv", "reports/validation.json", "reports/augment_preview.png", "models/model.pt",
@@ -36,7 +37,7 @@ def _env() -> dict[str, str]:
     """The caller's environment without anything that would point MLflow, DVC or git elsewhere."""
     drop = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE")
     env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("DVC_")}
-    env.update(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", DVC_NO_ANALYTICS="1", OMP_NUM_THREADS="2",
+    env.update(PATH=venv_env()["PATH"], DVC_NO_ANALYTICS="1", OMP_NUM_THREADS="2",
                MPLBACKEND="Agg", MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1")  # tiny runs are shorter than 10 s
     return env
 
@@ -91,7 +92,7 @@ def runs_of(repo: Path) -> list:
 def make_project(root: Path) -> Path:
     """A git repository with what the pipeline needs, the tiny sample in data/ and tiny params, committed."""
     repo = root.resolve() / "repo"  # resolved, as the pipeline resolves its root (fileio.project_root)
-    repo.mkdir()
+    repo.mkdir(parents=True)
     for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "data/.gitignore", "data/README.md",
                  ".dvc/config", ".dvc/plots/roc_per_class.json"):
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
@@ -123,9 +124,9 @@ def reset(repo: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> dict:
+def project(module_dir) -> dict:
     """The project after one full `dvc repro`: repo path, the repro's output, and the MLflow runs right after."""
-    repo = make_project(tmp_path_factory.mktemp("pipeline"))
+    repo = make_project(module_dir / "pipeline")
     # Every Python process lists what it imports on stderr (-X importtime), one stream with dvc's own output,
     # so each stage's imports follow its "Running stage" line (test_each_stage_declares_every_module_it_imports).
     first = subprocess.run(["dvc", "repro"], cwd=repo, env={**_env(), "PYTHONPROFILEIMPORTTIME": "1"}, text=True,

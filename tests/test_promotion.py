@@ -18,9 +18,9 @@ _names = itertools.count()
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory):
+def store(module_dir):
     """One SQLite store for the module (creating one takes seconds); each test registers its own model name."""
-    root = tmp_path_factory.mktemp("mlflow")
+    root = module_dir
     (root / "model").mkdir()
     return root
 

@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 import yaml
+from braintumor.processes import venv_env
 from conftest import BIN, REPO, run, tiny_params_dict
 from mlflow.tracking import MlflowClient
 
@@ -25,8 +26,7 @@ def test_kill_9_during_training_then_rerun_resumes(sample_root, tmp_path):
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     run([str(BIN / "braintumor"), "validate"], cwd=tmp_path, env=env)
 
-    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **env}
-    stage = subprocess.Popen([sys.executable, str(REPO / "stages/train.py")], cwd=tmp_path, env=full_env,
+    stage = subprocess.Popen([sys.executable, str(REPO / "stages/train.py")], cwd=tmp_path, env=venv_env(env),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = tmp_path / "cache" / "checkpoints"
     deadline = time.monotonic() + 300

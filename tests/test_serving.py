@@ -9,11 +9,7 @@ import base64
 import io
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -22,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from braintumor.processes import served_model
 from conftest import BIN, REPO, run, tiny_params_dict
 from PIL import Image
 from scan_files import compressed_dicom_bytes, dicom_bytes, nifti_bytes
@@ -52,62 +49,9 @@ class Served:
             return exc.code, json.loads(exc.read())
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"mlflow models serve exited ({proc.returncode}):\n{log.read_text(errors='replace')[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"mlflow models serve not ready after {timeout:.0f} s:\n{log.read_text(errors='replace')[-3000:]}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """Stop `mlflow models serve` and its uvicorn child; never leave either behind.
-
-    The child goes first, so that the parent reaps it and exits: stopping the parent first would hand the child
-    to init, which in a container may never reap it (a zombie). Whatever is left then goes with the group.
-    """
-    if proc.poll() is not None:
-        return
-    try:
-        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-    except OSError:
-        children = []
-    for child in children:
-        try:
-            os.kill(int(child), signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    try:
-        proc.wait(timeout=30 if children else 0.1)
-        return
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server has a process group of its own (start_new_session)
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    except ProcessLookupError:
-        pass
-
-
 @pytest.fixture(scope="module")
-def served(sample_root, tmp_path_factory):
-    root = tmp_path_factory.mktemp("serving")
+def served(sample_root, module_dir):
+    root = module_dir
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}"}
     # Relative paths (models/model.pt, manifests/, .cache, mlartifacts/) land in `root`, the stages' working folder.
     params = tiny_params_dict(sample_root, data={"max_image_pixels": MAX_PIXELS, "max_file_bytes": MAX_FILE_BYTES})
@@ -116,20 +60,8 @@ def served(sample_root, tmp_path_factory):
     trained = run([sys.executable, str(REPO / "stages" / "train.py"), "--params", "params.yaml"], cwd=root, env=env)
     assert "registered brain-tumor-classifier version 1" in trained.stdout
 
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = root / "server.log"
-    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **env}
-    with open(log, "wb") as log_file:
-        proc = subprocess.Popen(
-            [str(BIN / "mlflow"), "models", "serve", "-m", MODEL_URI, "--env-manager", "local",
-             "-h", "127.0.0.1", "-p", str(port)],
-            cwd=root, env=full_env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait_ready(url, proc, log)
-        yield Served(root, url, env, proc.pid)
-    finally:
-        _stop(proc)
+    with served_model(MODEL_URI, root / "server.log", env=env, cwd=root) as server:
+        yield Served(root, server.url, env, server.pid)
 
 
 def _png(image: Image.Image) -> bytes:

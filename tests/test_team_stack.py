@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN, REPO
+from braintumor.processes import served_model, venv_env
+from conftest import REPO
 from test_pipeline import file_hashes, make_project, ran
 
 sys.path.insert(0, str(REPO / "deploy"))
@@ -39,7 +40,7 @@ def team_env(stack: team_stack.TeamStack) -> dict[str, str]:
     that would point MLflow, AWS clients, DVC or git elsewhere."""
     drop = ("MLFLOW_", "AWS_", "DVC_", "GIT_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-    env.update(PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", DVC_NO_ANALYTICS="1", OMP_NUM_THREADS="2",
+    env.update(PATH=venv_env()["PATH"], DVC_NO_ANALYTICS="1", OMP_NUM_THREADS="2",
                MPLBACKEND="Agg", AWS_EC2_METADATA_DISABLED="true")  # credentials from the environment alone
     env.update(stack.client_env())
     return env
@@ -59,12 +60,12 @@ def sha256(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
+def stack(module_dir):
     try:
         team_stack.postgres_bindir()
     except team_stack.StackError as exc:  # CI installs PostgreSQL (.ci/run): there a missing server is a failure
         (pytest.fail if os.environ.get("CI") else pytest.skip)(str(exc))
-    with team_stack.team_stack(tmp_path_factory.mktemp("team-stack")) as running:
+    with team_stack.team_stack(module_dir / "team-stack") as running:
         yield running
 
 
@@ -76,10 +77,10 @@ def client(stack):
 
 
 @pytest.fixture(scope="module")
-def team_project(stack, tmp_path_factory) -> dict:
+def team_project(stack, module_dir) -> dict:
     """The project with the team's remote, after `dvc repro` (committed) and `dvc exp run -S train.seed=7`, reset
     to the committed state (the first run's outputs, from the DVC cache)."""
-    repo = make_project(tmp_path_factory.mktemp("team"))
+    repo = make_project(module_dir / "team")
     sh(stack, repo, "dvc", "add", "data/Training", "data/Testing")
     sh(stack, repo, "dvc", "remote", "add", "-d", "team", stack.dvc_remote_url)
     sh(stack, repo, "dvc", "remote", "modify", "team", "endpointurl", stack.s3_endpoint)
@@ -215,21 +216,13 @@ def test_predict_and_serve_the_champion_from_the_server(stack, team_project, tmp
     sh(stack, tmp_path, "braintumor", "predict", str(scan), "--model", CHAMPION, "--output", "predicted.json")
     predicted = json.loads((tmp_path / "predicted.json").read_text())[0]
 
-    port = team_stack.free_port()
-    log = tmp_path / "serve.log"
-    proc = team_stack.start_process([str(BIN / "mlflow"), "models", "serve", "-m", CHAMPION, "--env-manager",
-                                     "local", "-h", "127.0.0.1", "-p", str(port)], log, env=team_env(stack),
-                                    cwd=tmp_path)
-    try:
-        team_stack.wait_http(f"http://127.0.0.1:{port}/ping", proc, log, "mlflow models serve")
+    with served_model(CHAMPION, tmp_path / "serve.log", env=team_env(stack), cwd=tmp_path) as server:
         image = base64.b64encode(scan.read_bytes()).decode("ascii")
         body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[image]]}}).encode()
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
+        request = urllib.request.Request(f"{server.url}/invocations", data=body,
                                          headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=120) as response:
             served = json.loads(response.read())["predictions"][0]
-    finally:
-        team_stack.stop_process(proc)
     assert served["label"] == predicted["label"]
     for name in ("glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor", "probability"):
         assert served[name] == pytest.approx(predicted[name], abs=1e-6)

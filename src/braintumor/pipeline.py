@@ -91,7 +91,7 @@ def train(params: Params) -> dict:
     tracker.finish_training(summary, result.device, result.precision)
     version = None
     if params.tracking.log_model:
-        version = _log_served_model(tracker, params, data.train_squares[0])
+        version = log_served_model(tracker, params, data.train_squares[0])
     from braintumor.tracking import write_run_info
 
     write_run_info(params.paths.run_info, tracker, version)
@@ -164,8 +164,9 @@ def _write_history(history, path: Path) -> None:
         frame.to_csv(tmp, index=False, float_format="%.6g")
 
 
-def _log_served_model(tracker, params: Params, example_square: np.ndarray) -> str:
-    """Log and register the pyfunc model, with one real scan (as a PNG) as its input example."""
+def log_served_model(tracker, params: Params, example_square: np.ndarray) -> str:
+    """Log and register the pyfunc model, with one real scan (as a PNG) as its input example; returns the
+    registered version. The train stage calls it, and benchmarks/serve_latency.py to serve what the stage would."""
     from braintumor.serving import Predictor
 
     buffer = io.BytesIO()

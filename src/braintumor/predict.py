@@ -16,11 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image
 
 from braintumor.errors import BrainTumorError
-from braintumor.explain import grad_cam, overlay
 from braintumor.fileio import atomic_path, write_text
 from braintumor.imaging import problem_of
 from braintumor.medical import Pictures
@@ -158,16 +156,12 @@ def _write_table(table: pd.DataFrame, output: str) -> None:
 def _write_gradcams(predictor: Predictor, scans: list[Scan], table: pd.DataFrame, folder: Path) -> None:
     """One overlay per picture (not per volume summary): `<name>.gradcam.png`, `<name>.frame-<n>.gradcam.png`."""
     folder.mkdir(parents=True, exist_ok=True)
-    size = predictor.prep.image_size
     squares = [square for scan in scans for square in scan.squares]
     names = [f"{name}.frame-{number}" if scan.several else name
              for name, scan in zip(_overlay_names([scan.path for scan in scans]), scans)
              for number in scan.pictures.numbers]
     for name, square, label in zip(names, squares, table["label"]):
-        tensor = predictor.transform(torch.from_numpy(square)[None].to(predictor.device))[None]  # (1, 3, H, W)
-        cam, _ = grad_cam(predictor.model, predictor.model.layer4, tensor, predictor.classes.index(label))
-        top = (square.shape[0] - size) // 2
-        picture = overlay(square[top:top + size, top:top + size], cam)
+        picture = predictor.explain(square, label)
         with atomic_path(folder / f"{name}.gradcam.png") as tmp:
             Image.fromarray(picture).save(tmp, format="PNG")
 

@@ -12,12 +12,10 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import torch
 import yaml
 
 from braintumor import charts
 from braintumor.evaluation import confusion
-from braintumor.explain import grad_cam, overlay
 from braintumor.serving import Predictor
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
@@ -186,9 +184,7 @@ def _gradcam_section(inputs: ReportInputs, predictor: Predictor) -> str:
                 continue
             row = pick.sort_values("probability", ascending=not correct).iloc[0]
             square = predictor.square(Path(inputs.data_root) / row["path"])
-            tensor = predictor.transform(torch.from_numpy(square)[None])[None]  # (1, 3, H, W)
-            cam, _ = grad_cam(predictor.model, predictor.model.layer4, tensor, predictor.classes.index(row["predicted"]))
-            pictures.append(overlay(predictor.transform.crop(square), cam))
+            pictures.append(predictor.explain(square, row["predicted"]))
             captions.append(f"{'correct' if correct else 'WRONG'}: true {label.replace('_tumor', '')}\n"
                             f"pred {row['predicted'].replace('_tumor', '')} {row['probability']:.2f}")
     note = "<p class=note>Where the evidence for the predicted class lies (red = strongest).</p>"

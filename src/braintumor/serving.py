@@ -80,6 +80,15 @@ class Predictor:
                                    tta_hflip=self.inference.tta_hflip, amp_dtype=self.amp_dtype)
         return probabilities(logits, self.inference.temperature)
 
+    def explain(self, square: np.ndarray, label: str) -> np.ndarray:
+        """Grad-CAM of `label` for one (S, S) uint8 square: the crop the network sees, with the heat map of where
+        the evidence for `label` lies laid over it; (H, W, 3) uint8. For `predict --gradcam` and the report."""
+        from braintumor.explain import grad_cam, overlay  # Grad-CAM only: training never loads it
+
+        tensor = self.transform(torch.from_numpy(square)[None].to(self.device))[None]  # (1, 3, H, W)
+        cam, _ = grad_cam(self.model, self.model.layer4, tensor, self.classes.index(label))
+        return overlay(self.transform.crop(square), cam)
+
     def table(self, probs: np.ndarray) -> pd.DataFrame:
         best = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=int)
         frame = pd.DataFrame({"label": [self.classes[i] for i in best],
