@@ -24,7 +24,7 @@ import torch
 
 from braintumor import runtime
 from braintumor.config import load_params
-from braintumor.data.cache import cached_squares
+from braintumor.data.cache import cached_images
 from braintumor.data.sample import write_sample_dataset
 from braintumor.data.scan import scan_dataset
 from braintumor.imaging import ImageLimits
@@ -41,10 +41,10 @@ def train_data(dataset: Path, per_class: int, params, prep: Preprocessing, cache
     frame = pd.DataFrame({"path": [f.relpath for f in files], "label": [f.label for f in files]})
     frame = frame.sort_values("path", kind="stable").groupby("label", group_keys=False).head(per_class)
     frame = frame.reset_index(drop=True).assign(sha256=lambda f: f["path"])  # the cache keys on it
-    squares = cached_squares(frame, dataset, prep.scan, cache, limits=ImageLimits.of(params.data))
+    images = cached_images(frame, dataset, prep.scan, cache, limits=ImageLimits.of(params.data))
     labels = frame["label"].map({c: i for i, c in enumerate(params.data.classes)}).to_numpy()
     is_val = np.arange(len(frame)) % 4 == 0
-    return TrainData(squares[~is_val], labels[~is_val], squares[is_val], labels[is_val], params.data.classes)
+    return TrainData(images[~is_val], labels[~is_val], images[is_val], labels[is_val], params.data.classes)
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import torch
 
 from braintumor.config import AugmentConfig, TrainConfig
 from braintumor.data.sample import synthetic_slice
-from braintumor.preprocess import ScanPrep, prepare_square
+from braintumor.preprocess import ScanPrep, prepare_image
 from braintumor.model import build_model
 from braintumor.training import TrainData, fit
 from braintumor.transforms import Preprocessing
@@ -26,7 +26,7 @@ SCAN = ScanPrep(size=224, head_crop=True, intensity="percentile")  # the GPU rec
 
 
 def _make(i: int) -> np.ndarray:
-    return prepare_square(synthetic_slice(np.random.default_rng(i), KINDS[i % 4], size=256), SCAN)
+    return prepare_image(synthetic_slice(np.random.default_rng(i), KINDS[i % 4], size=256), SCAN)
 
 
 def main() -> None:

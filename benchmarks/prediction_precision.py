@@ -9,7 +9,7 @@ then predicted by the model file's own inference (temperature, TTA) on:
 - cuda-tf32: cuDNN's and cuBLAS's TF32 on (PyTorch's default for convolutions);
 - cuda-bf16, cuda-fp16: `--precision bf16` / `fp16` (autocast).
 For each: the largest absolute difference of any class probability from cpu-fp32 and from cuda-fp32, the share
-of labels that agree with cpu-fp32, and the throughput (images/s, prepared squares to probabilities, --repeats
+of labels that agree with cpu-fp32, and the throughput (images/s, prepared images to probabilities, --repeats
 timed passes after one warm-up).
 
 The rule this checks (README, "Serving on a GPU"): a precision is safe when every class probability of every scan
@@ -32,12 +32,12 @@ import torch
 from braintumor.runtime import HALF_PRECISION_TOLERANCE as TOLERANCE
 
 
-def run(predictor, squares: list[np.ndarray], repeats: int) -> tuple[np.ndarray, float]:
-    probs = predictor.probabilities(squares)  # warm-up: allocation, cuDNN autotuning
+def run(predictor, images: list[np.ndarray], repeats: int) -> tuple[np.ndarray, float]:
+    probs = predictor.probabilities(images)  # warm-up: allocation, cuDNN autotuning
     start = time.perf_counter()
     for _ in range(repeats):
-        probs = predictor.probabilities(squares)  # returns CPU numpy: the GPU has finished
-    return probs, repeats * len(squares) / (time.perf_counter() - start)
+        probs = predictor.probabilities(images)  # returns CPU numpy: the GPU has finished
+    return probs, repeats * len(images) / (time.perf_counter() - start)
 
 
 def main() -> None:
@@ -63,14 +63,14 @@ def main() -> None:
         sys.exit("this benchmark compares GPU precisions: give --device cuda (or cuda:N) on a machine with a GPU")
     files, _ = find_images([args.scans])
     reference = Predictor(args.model, device="cpu", batch_size=args.batch_size)
-    squares = [square for path in files for square in reference.squares(reference.pictures(path))]
-    if not squares:
+    images = [image for path in files for image in reference.images_of(reference.pictures(path))]
+    if not images:
         sys.exit(f"no scans under {args.scans}")
-    print(f"{len(squares)} pictures from {len(files)} files; model {args.model}; {torch.cuda.get_device_name(device)}",
+    print(f"{len(images)} pictures from {len(files)} files; model {args.model}; {torch.cuda.get_device_name(device)}",
           flush=True)
 
     results = {}
-    cpu_probs, cpu_speed = run(reference, squares, 1)
+    cpu_probs, cpu_speed = run(reference, images, 1)
     results["cpu-fp32"] = (cpu_probs, cpu_speed)
     settings = [("cuda-fp32", "fp32", False), ("cuda-tf32", "fp32", True), ("cuda-bf16", "bf16", False),
                 ("cuda-fp16", "fp16", False)]
@@ -80,7 +80,7 @@ def main() -> None:
             continue
         predictor = Predictor(args.model, device=device, batch_size=args.batch_size, precision=precision)
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32 or precision != "fp32"
-        results[name] = run(predictor, squares, args.repeats)
+        results[name] = run(predictor, images, args.repeats)
 
     gpu_fp32 = results["cuda-fp32"][0]
     table = {}
@@ -98,7 +98,7 @@ def main() -> None:
     verdict = {name.split("-")[1]: ("within" if table[name]["max_diff_vs_cpu_fp32"] <= TOLERANCE else "outside")
                for name in ("cuda-bf16", "cuda-fp16") if name in table}
     if args.output:
-        Path(args.output).write_text(json.dumps({"tolerance": TOLERANCE, "pictures": len(squares),
+        Path(args.output).write_text(json.dumps({"tolerance": TOLERANCE, "pictures": len(images),
                                                  "gpu": torch.cuda.get_device_name(device), "results": table},
                                                 indent=2) + "\n")
     print("verdict " + " ".join(f"{k}={v}" for k, v in verdict.items()) + " "

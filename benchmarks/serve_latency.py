@@ -11,7 +11,7 @@ pyfunc. With --model-uri it serves a model from the store MLFLOW_TRACKING_URI na
 It serves the model on 127.0.0.1 at a free port and, for one 512x512 JPEG:
 - serve: p50 and p95 round-trip latency over --requests sequential requests (one keep-alive connection; the
   request body is built once, so client-side encoding is not counted);
-- forward: the bare model's time for the same image, `Predictor.probabilities` on the preprocessed square,
+- forward: the bare model's time for the same image, `Predictor.probabilities` on the preprocessed image,
   p50 over --forward-runs runs, with the server's torch thread count (torch's default in both, or --threads);
   forward runs and requests alternate in --rounds rounds, so both see the same load on a shared machine;
 - batch16: throughput with requests of 16 different 512x512 JPEGs.
@@ -62,7 +62,7 @@ def build_and_register(workdir: Path) -> str:
     import torch
 
     from braintumor.config import params_from_dict
-    from braintumor.data.cache import load_square
+    from braintumor.data.cache import load_image
     from braintumor.imaging import ImageLimits
     from braintumor.model import build_model, save_model
     from braintumor.pipeline import log_served_model
@@ -76,9 +76,10 @@ def build_and_register(workdir: Path) -> str:
     })
     torch.manual_seed(0)
     model = build_model("none", len(params.data.classes))
-    save_model(params.paths.model, model, classes=params.data.classes,
-               preprocessing=Preprocessing.from_config(params.model, params.preprocess), params=params.to_dict(), metrics={})
-    example = load_square(jpeg_bytes(0), Preprocessing.from_config(params.model, params.preprocess).scan, ImageLimits.of(params.data))
+    prep = Preprocessing.from_config(params.model, params.preprocess)
+    save_model(params.paths.model, model, classes=params.data.classes, preprocessing=prep, params=params.to_dict(),
+               metrics={})
+    example = load_image(jpeg_bytes(0), prep.scan, ImageLimits.of(params.data))
     tracker = RunTracker(params)
     try:
         version = log_served_model(tracker, params, example)
@@ -133,15 +134,15 @@ def forward_worker(model_path: str, image_path: str) -> None:
     # as the served model chooses: MLFLOW_DEFAULT_PREDICTION_DEVICE, else CUDA when present; the same precision
     predictor = Predictor(model_path, device=prediction_device("auto"),
                           precision=os.environ.get(PRECISION_ENV) or "fp32")
-    square = predictor.square(Path(image_path).read_bytes())
-    probs = predictor.probabilities([square])[0]
+    image = predictor.load_image(Path(image_path).read_bytes())
+    probs = predictor.probabilities([image])[0]
     for _ in range(3):  # warm-up: the first calls allocate and pick kernels
-        predictor.probabilities([square])
+        predictor.probabilities([image])
     print(json.dumps({"classes": predictor.classes, "probabilities": probs.tolist(),
                       "threads": torch.get_num_threads(), "device": str(predictor.device),
                       "precision": os.environ.get(PRECISION_ENV) or "fp32"}), flush=True)
     for line in sys.stdin:
-        print(json.dumps(timed(lambda: predictor.probabilities([square]), int(line))), flush=True)
+        print(json.dumps(timed(lambda: predictor.probabilities([image]), int(line))), flush=True)
 
 
 class ForwardTimer:
@@ -174,7 +175,8 @@ class ForwardTimer:
                 self.proc.wait()
 
 
-def measure(port: int, image: bytes, timer: ForwardTimer, args) -> tuple[list[float], list[float], list[float], float, float]:
+def measure(port: int, image: bytes, timer: ForwardTimer,
+            args) -> tuple[list[float], list[float], list[float], float, float]:
     """(forward times, single-image request times, 16-image request times, the largest difference between the
     served and the bare probabilities, the single-image request's KiB), forward runs and requests alternating."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)

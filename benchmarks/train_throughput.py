@@ -29,7 +29,7 @@ from torchvision import datasets, transforms
 
 from braintumor import runtime
 from braintumor.config import load_params
-from braintumor.data.cache import cached_squares
+from braintumor.data.cache import cached_images
 from braintumor.data.scan import scan_dataset
 from braintumor.imaging import ImageLimits
 from braintumor.model import build_model
@@ -96,13 +96,14 @@ def project(dataset: Path, images: int, cache: Path, overrides: dict, size: int)
                           "label": [f.label for f in picks]})
     start = time.perf_counter()
     scan = Preprocessing.from_config(model_cfg, params.preprocess).scan
-    squares = cached_squares(frame, dataset, scan, cache, limits=ImageLimits.of(params.data), progress=False)
+    cached = cached_images(frame, dataset, scan, cache, limits=ImageLimits.of(params.data), progress=False)
     cache_seconds = time.perf_counter() - start
     labels = frame["label"].map({c: i for i, c in enumerate(params.data.classes)}).to_numpy()
     # The last 8 images are a token val set: fit() validates every epoch; its time is not in images_per_s.
-    data = TrainData(squares[:images], labels[:images], squares[images:], labels[images:], params.data.classes)
+    data = TrainData(cached[:images], labels[:images], cached[images:], labels[images:], params.data.classes)
     result = fit(build_model("none", len(params.data.classes)), data, train_cfg, params.augment,
-                 Preprocessing.from_config(model_cfg, params.preprocess), checkpoint_path=cache / f"ckpt-{sorted(overrides.items())}.pt", progress=False)
+                 Preprocessing.from_config(model_cfg, params.preprocess),
+                 checkpoint_path=cache / f"ckpt-{sorted(overrides.items())}.pt", progress=False)
     return result.history[0].images_per_s, cache_seconds
 
 

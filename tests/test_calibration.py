@@ -52,8 +52,8 @@ def test_predictor_applies_the_model_files_temperature(sample_root, tmp_path):
                    inference=Inference(temperature=temperature), params=params.to_dict(), metrics={})
     scan = next((sample_root / "Testing" / "glioma_tumor").iterdir()).read_bytes()
     plain, warm = (Predictor(paths[t]) for t in (1.0, 3.0))
-    squares = [plain.square(scan)]
-    p1, p3 = plain.probabilities(squares), warm.probabilities(squares)
+    images = [plain.load_image(scan)]
+    p1, p3 = plain.probabilities(images), warm.probabilities(images)
     logits = torch.from_numpy(np.log(p1))  # softmax is shift-invariant: log-probabilities are logits
     np.testing.assert_allclose(p3, probabilities(logits, 3.0), rtol=1e-9)
     assert p3.max() < p1.max()  # a higher temperature is less sure

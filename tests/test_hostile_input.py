@@ -107,8 +107,8 @@ def test_a_thin_image_is_excluded_by_validate_and_never_reaches_the_cache(datase
     excluded = {p["path"]: p["reason"] for p in result.report["excluded"]}
     assert "data.max_aspect_ratio" in excluded["Training/glioma_tumor/thin.png"]
     assert "Training/glioma_tumor/thin.png" not in set(result.manifest["path"])
-    square, problem = _decode_row(str(dataset_copy / "Training" / "glioma_tumor" / "thin.png"), SCAN, LIMITS)
-    assert square is None and "data.max_aspect_ratio" in problem
+    image, problem = _decode_row(str(dataset_copy / "Training" / "glioma_tumor" / "thin.png"), SCAN, LIMITS)
+    assert image is None and "data.max_aspect_ratio" in problem
 
 
 # --- 1. any exception while preparing one file is that file's problem ----------------------------------------------
@@ -117,14 +117,14 @@ def test_a_thin_image_is_excluded_by_validate_and_never_reaches_the_cache(datase
 @pytest.fixture
 def poisoned(monkeypatch):
     """Preparing an image of 61 x 59 pixels raises MemoryError (as a resize of a huge image would), anywhere."""
-    real = cache.prepare_square
+    real = cache.prepare_image
 
-    def prepare_square(image, scan):
+    def prepare_image(image, scan):
         if image.info.get("source_size") == (61, 59):
             raise MemoryError("Unable to allocate 2.44 GiB for an array with shape (256, 10240000)")
         return real(image, scan)
 
-    monkeypatch.setattr(cache, "prepare_square", prepare_square)
+    monkeypatch.setattr(cache, "prepare_image", prepare_image)
     return png(Image.new("L", (61, 59), 100))
 
 

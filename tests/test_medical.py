@@ -15,7 +15,7 @@ from PIL import Image
 from pydicom.dataset import Dataset
 from scan_files import compressed_dicom_bytes, dicom_bytes, nifti_bytes
 
-from braintumor.data.cache import load_square
+from braintumor.data.cache import load_image
 from braintumor.imaging import ImageLimits, ImageProblem, decode_grayscale, is_candidate, open_checked
 from braintumor.dicom import apply_window
 from braintumor.medical import read_pictures
@@ -49,7 +49,7 @@ def test_8bit_dicom_is_the_picture_a_png_of_its_pixels_is():
     pixels = np.round(phantom() * 255).astype(np.uint8)
     dicom = dicom_bytes(pixels)
     assert np.array_equal(gray(dicom), pixels)
-    assert np.array_equal(load_square(dicom, PREP, LIMITS), load_square(png(pixels), PREP, LIMITS))
+    assert np.array_equal(load_image(dicom, PREP, LIMITS), load_image(png(pixels), PREP, LIMITS))
 
 
 def test_16bit_signed_rescale_then_window():

@@ -14,7 +14,7 @@ from PIL import Image
 from scan_files import compressed_dicom_bytes, dicom_bytes, nifti_bytes
 
 from braintumor.cli import main
-from braintumor.data.cache import cached_squares, load_square
+from braintumor.data.cache import cached_images, load_image
 from braintumor.data.validate import validate_dataset
 from braintumor.imaging import ImageLimits
 from braintumor.serving import Predictor
@@ -75,14 +75,14 @@ def test_validate_and_training_cache_take_dicom_as_the_jpeg_it_came_from(dataset
     assert reasons["Training/no_tumor/volume.nii.gz"].startswith("NIfTI-1 64x64x4 int16: 4 axial slices in one "
                                                                  "file, but a class folder")
 
-    # The training cache (what every epoch reads) holds for each DICOM the square its JPEG gives.
+    # The training cache (what every epoch reads) holds for each DICOM the image its JPEG gives.
     prep = Preprocessing.from_config(params.model, params.preprocess).scan
     rows = result.manifest[result.manifest["path"].isin([d.relative_to(dataset_copy).as_posix() for d in originals])]
     limits = ImageLimits.of(params.data)
-    squares = cached_squares(rows, dataset_copy, prep, tmp_path / "cache", limits=limits, workers=1, progress=False)
-    for square, rel in zip(squares, rows["path"]):
+    images = cached_images(rows, dataset_copy, prep, tmp_path / "cache", limits=limits, workers=1, progress=False)
+    for image, rel in zip(images, rows["path"]):
         jpeg = originals[dataset_copy / rel]
-        assert np.array_equal(square, load_square(jpeg, prep, limits)), rel
+        assert np.array_equal(image, load_image(jpeg, prep, limits)), rel
 
 
 @pytest.fixture
@@ -127,7 +127,7 @@ def test_predict_gives_a_row_per_frame_and_slice_and_a_volume_summary(capsys, mo
 
     # Each DICOM frame is predicted as the JPEG it holds; the volume summary averages the 5 slices with a head.
     predictor = Predictor(model_file)
-    jpeg_probs = predictor.probabilities([predictor.square(p) for p in medical_scans["jpegs"]])
+    jpeg_probs = predictor.probabilities([predictor.load_image(p) for p in medical_scans["jpegs"]])
     np.testing.assert_allclose(table.loc[table["file"] == one, CLASSES], jpeg_probs[:1], atol=1e-9)
     np.testing.assert_allclose(table.loc[table["file"] == series, CLASSES], jpeg_probs[:3], atol=1e-9)
     slices = table[(table["file"] == volume) & table["frame"].notna()]

@@ -4,7 +4,11 @@ One `dvc repro` (module-scoped fixture) is shared by the tests below; each later
 `dvc status` / `dvc repro --dry` where they tell which stages a change reaches, real runs only for the
 experiments (`dvc exp run`, also the proof that a train.* change reruns train, evaluate and report only).
 MLflow is the default store, `mlflow.db` at the repository root: MLFLOW_TRACKING_URI is kept out of every
-subprocess. The tests of this module share one repository and run in file order.
+subprocess. The tests share one repository through fixtures: `project` (the first repro), `workspace_experiment`
+(an exp run in the workspace, then reset) and `temp_experiment` (the dataset DVC-tracked, then an exp run --temp,
+after workspace_experiment). A test that changes the repository puts it back before it ends, and one that needs
+an experiment asks for its fixture, so each test also runs alone (`pytest tests/test_pipeline.py -k exp_show` runs
+the repro and the two experiments it compares).
 """
 
 from __future__ import annotations
@@ -315,53 +319,66 @@ def _exp_name(text: str) -> str:
     return found.group(1)
 
 
-@pytest.mark.slow
-def test_exp_run_in_workspace(project):
-    """A real rerun: a train.* change runs train, evaluate and report, not validate or augment_preview."""
+@pytest.fixture(scope="module")
+def workspace_experiment(project) -> dict:
+    """`dvc exp run -S train.epochs=2` in the workspace, then the committed state restored from the DVC cache:
+    its output, its name, the MLflow runs before it and the run it wrote to reports/mlflow_run.json."""
     repo = project["repo"]
     before = {r.info.run_id for r in runs_of(repo)}
     result = out(sh(repo, "dvc", "exp", "run", "-S", "train.epochs=2"))
+    run_info = json.loads((repo / "reports/mlflow_run.json").read_text())
+    reset(repo)
+    return {"result": result, "name": _exp_name(result), "before": before, "run_info": run_info}
+
+
+@pytest.fixture(scope="module")
+def temp_experiment(project, workspace_experiment) -> dict:
+    """The dataset `dvc add`-ed and committed (a --temp copy is made from git), then
+    `dvc exp run --temp -S train.lr=0.005`. After workspace_experiment, so each test sees one order of events."""
+    repo = project["repo"]
+    sh(repo, "dvc", "add", "data/Training", "data/Testing")
+    sh(repo, "git", "add", "data/Training.dvc", "data/Testing.dvc", "data/.gitignore")
+    sh(repo, "git", "commit", "-q", "-m", "track the dataset with DVC")
+    stale_after_add = changed(repo)
+    before = {r.info.run_id for r in runs_of(repo)}
+    cached = sorted(p.name for p in (repo / ".cache/images").glob("*.npy"))
+    result = out(sh(repo, "dvc", "exp", "run", "--temp", "-S", "train.lr=0.005"))
+    return {"result": result, "name": _exp_name(result), "before": before, "cached": cached,
+            "stale_after_add": stale_after_add}
+
+
+@pytest.mark.slow
+def test_exp_run_in_workspace(project, workspace_experiment):
+    """A real rerun: a train.* change runs train, evaluate and report, not validate or augment_preview."""
+    repo, result, name = project["repo"], workspace_experiment["result"], workspace_experiment["name"]
     assert ran(result) == {"train", "evaluate", "report"}
     assert "Stage 'validate' didn't change, skipping" in result
     assert "Stage 'augment_preview' didn't change, skipping" in result
-    name = _exp_name(result)
-    project["exp_workspace"] = name
 
-    runs = runs_of(repo)
-    new = [r for r in runs if r.info.run_id not in before]
-    assert len(runs) == len(before) + 1 and len(new) == 1
+    new = [r for r in runs_of(repo) if r.info.run_id not in workspace_experiment["before"]]
+    assert len(new) == 1
     run = new[0]
     assert run.info.run_name == name and run.data.tags["dvc_exp_name"] == name
     assert run.data.params["train.epochs"] == "2"
     history = mlflow_client(repo).get_metric_history(run.info.run_id, "val_accuracy")
     assert sorted(m.step for m in history) == [1, 2]
-    assert json.loads((repo / "reports/mlflow_run.json").read_text())["run_id"] == run.info.run_id
-
-    reset(repo)  # every output is in the DVC cache: the committed state comes back whole
+    assert workspace_experiment["run_info"]["run_id"] == run.info.run_id
+    # every output is in the DVC cache: the committed state came back whole
     assert json.loads((repo / "reports/mlflow_run.json").read_text())["run_id"] == project["runs"][0]
 
 
 @pytest.mark.slow
-def test_exp_run_temp_logs_to_repository_store(project):
+def test_exp_run_temp_logs_to_repository_store(project, temp_experiment):
     """--temp runs in a copy under .dvc/tmp/exps/: the copy's MLflow runs and decoded scans are the repository's.
     The copy is made from git, so the dataset must be DVC-tracked (as data/README.md says it is)."""
-    repo = project["repo"]
-    sh(repo, "dvc", "add", "data/Training", "data/Testing")
-    sh(repo, "git", "add", "data/Training.dvc", "data/Testing.dvc", "data/.gitignore")
-    sh(repo, "git", "commit", "-q", "-m", "track the dataset with DVC")
-    assert changed(repo) == set()  # same content hashes: nothing to rerun
-
-    before = {r.info.run_id for r in runs_of(repo)}
-    cached = sorted(p.name for p in (repo / ".cache/images").glob("*.npy"))
-    assert cached, "the first run decoded the scans into .cache/images"
-    result = out(sh(repo, "dvc", "exp", "run", "--temp", "-S", "train.lr=0.005"))
+    repo, result, name = project["repo"], temp_experiment["result"], temp_experiment["name"]
+    assert temp_experiment["stale_after_add"] == set()  # same content hashes: nothing to rerun
+    assert temp_experiment["cached"], "the first run decoded the scans into .cache/images"
     assert ran(result) == {"train", "evaluate", "report"}  # validate's outputs came from the DVC cache
     assert "decoding scans" not in result, "the copy decoded the scans again instead of using the repository's cache"
-    assert sorted(p.name for p in (repo / ".cache/images").glob("*.npy")) == cached
-    name = _exp_name(result)
-    project["exp_temp"] = name
+    assert sorted(p.name for p in (repo / ".cache/images").glob("*.npy")) == temp_experiment["cached"]
 
-    new = [r for r in runs_of(repo) if r.info.run_id not in before]
+    new = [r for r in runs_of(repo) if r.info.run_id not in temp_experiment["before"]]
     assert len(new) == 1, "the --temp run is not in the repository's mlflow.db"
     run = new[0]
     assert run.info.run_name == name and run.data.params["train.lr"] == "0.005"
@@ -374,11 +391,9 @@ def test_exp_run_temp_logs_to_repository_store(project):
 
 
 @pytest.mark.slow
-def test_exp_show_metrics_and_plots_diff(project, tmp_path):
+def test_exp_show_metrics_and_plots_diff(project, workspace_experiment, temp_experiment, tmp_path):
     repo = project["repo"]
-    names = [project.get("exp_workspace"), project.get("exp_temp")]
-    if None in names:
-        pytest.skip("needs the experiments of the tests above")
+    names = [workspace_experiment["name"], temp_experiment["name"]]
 
     shown = json.loads(sh(repo, "dvc", "exp", "show", "--json", "--all-commits").stdout)
     revs = {r["name"]: r for commit in shown for e in commit.get("experiments") or [] for r in e["revs"]}

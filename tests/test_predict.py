@@ -90,7 +90,7 @@ def test_output_carries_every_class_probability(capsys, model_file, scans, tmp_p
     assert list(table["file"]) == [str(p) for p in files]
 
     predictor = Predictor(model_file)  # the same numbers as the library (and so the served model) computes
-    expected = predictor.probabilities([predictor.square(p) for p in files])
+    expected = predictor.probabilities([predictor.load_image(p) for p in files])
     tolerance = 1e-6 if suffix == "json" else 5e-7 + 1e-9  # the CSV keeps 6 decimals
     np.testing.assert_allclose(table[CLASSES].to_numpy(), expected, rtol=0, atol=tolerance)
     np.testing.assert_allclose(table[CLASSES].sum(axis=1), 1, atol=1e-5)

@@ -119,7 +119,7 @@ def test_served_model_reads_model_config_then_the_mlflow_variable(gpus, monkeypa
 def test_half_precision_stays_within_tolerance_of_fp32_on_a_gpu(model_file, sample_root, precision):
     scans = sorted((sample_root / "Testing").rglob("*.jpg"))
     reference = Predictor(model_file, device="cuda")
-    squares = [reference.square(p) for p in scans]
-    fp32 = reference.probabilities(squares)
-    half = Predictor(model_file, device="cuda", precision=precision).probabilities(squares)
+    images = [reference.load_image(p) for p in scans]
+    fp32 = reference.probabilities(images)
+    half = Predictor(model_file, device="cuda", precision=precision).probabilities(images)
     assert np.abs(half - fp32).max() <= HALF_PRECISION_TOLERANCE

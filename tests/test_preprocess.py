@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from braintumor.data.cache import load_square
+from braintumor.data.cache import load_image
 from braintumor.data.sample import synthetic_slice
 from braintumor.imaging import ImageLimits
-from braintumor.preprocess import ScanPrep, centre_square, head_box, largest_component, pad_to_square, prepare_square
+from braintumor.preprocess import ScanPrep, centre_square, head_box, largest_component, pad_to_square, prepare_image
 
 
 def _scan_with_border_and_label() -> np.ndarray:
@@ -64,7 +64,7 @@ def test_thin_images_never_allocate_more_than_the_square(shape, monkeypatch):
     monkeypatch.setattr(Image.Image, "resize", resize)
     image = Image.fromarray(np.full(shape, 180, dtype=np.uint8))
     for prep in (ScanPrep(size=64, head_crop=True, intensity="percentile"), ScanPrep(size=64)):
-        square = prepare_square(image, prep)
+        square = prepare_image(image, prep)
         assert square.shape == (64, 64) and square.dtype == np.uint8
     assert pad_to_square(image, 64).shape == (64, 64)
     assert made and max(w * h for w, h in made) <= 64 * 64, made
@@ -101,24 +101,24 @@ def test_intensity_normalisation_makes_a_dark_and_a_bright_copy_of_a_scan_alike(
     bright = Image.fromarray(np.clip(bright_curve(scan), 0, 255).astype(np.uint8))
     raw = ScanPrep(size=96, head_crop=True, intensity="none")
     norm = ScanPrep(size=96, head_crop=True, intensity=mode)
-    raw_gap = np.abs(prepare_square(dark, raw).astype(float) - prepare_square(bright, raw)).mean()
-    norm_gap = np.abs(prepare_square(dark, norm).astype(float) - prepare_square(bright, norm)).mean()
+    raw_gap = np.abs(prepare_image(dark, raw).astype(float) - prepare_image(bright, raw)).mean()
+    norm_gap = np.abs(prepare_image(dark, norm).astype(float) - prepare_image(bright, norm)).mean()
     assert raw_gap > 40  # before: the two look very different
     assert norm_gap < raw_gap / 3  # after: most of the difference is gone
-    head = prepare_square(bright, norm) > 0
-    assert prepare_square(bright, norm)[head].max() == 255  # the head uses the whole range
+    head = prepare_image(bright, norm) > 0
+    assert prepare_image(bright, norm)[head].max() == 255  # the head uses the whole range
 
 
 def test_no_intensity_step_leaves_pixels_as_they_are():
     scan = Image.fromarray(np.asarray(synthetic_slice(np.random.default_rng(1), "no_tumor", size=64)))
-    square = prepare_square(scan, ScanPrep(size=64, head_crop=False, intensity="none"))
-    assert np.array_equal(square, np.asarray(scan))
+    image = prepare_image(scan, ScanPrep(size=64, head_crop=False, intensity="none"))
+    assert np.array_equal(image, np.asarray(scan))
 
 
 def test_files_and_bytes_give_the_same_square(tmp_path):
     path = tmp_path / "scan.png"
     Image.fromarray(_scan_with_border_and_label()).save(path)
     prep = ScanPrep(size=64, head_crop=True, intensity="equalize")
-    from_file = load_square(path, prep, limits=ImageLimits(max_pixels=10**7))
-    assert np.array_equal(from_file, load_square(path.read_bytes(), prep, limits=ImageLimits(max_pixels=10**7)))
-    assert np.array_equal(from_file, load_square(path, prep, limits=ImageLimits(max_pixels=10**7)))  # deterministic
+    from_file = load_image(path, prep, limits=ImageLimits(max_pixels=10**7))
+    assert np.array_equal(from_file, load_image(path.read_bytes(), prep, limits=ImageLimits(max_pixels=10**7)))
+    assert np.array_equal(from_file, load_image(path, prep, limits=ImageLimits(max_pixels=10**7)))  # deterministic

@@ -51,8 +51,8 @@ def shown(ax) -> np.ndarray:
 
 # ---- transforms: the display preset is the train preset ----------------------------------------------------
 
-def _views(preset, square, n=8, seed=0):
-    return preset(square.expand(n, 1, -1, -1), torch.Generator().manual_seed(seed))
+def _views(preset, image, n=8, seed=0):
+    return preset(image.expand(n, 1, -1, -1), torch.Generator().manual_seed(seed))
 
 
 def test_display_preset_is_the_train_preset_without_normalisation(setup):
@@ -65,10 +65,10 @@ def test_display_preset_is_the_train_preset_without_normalisation(setup):
 
 def test_a_training_input_is_the_previewed_view_normalised(setup):
     params, _, prep = setup
-    square = torch.randint(0, 256, (1, prep.resize_size, prep.resize_size), dtype=torch.uint8)
+    image = torch.randint(0, 256, (1, prep.resize_size, prep.resize_size), dtype=torch.uint8)
     for seed in range(5):
-        view = _views(display_preset(prep, params.augment), square, seed=seed)
-        model_input = _views(train_preset(prep, params.augment), square, seed=seed)
+        view = _views(display_preset(prep, params.augment), image, seed=seed)
+        model_input = _views(train_preset(prep, params.augment), image, seed=seed)
         assert view.dtype == torch.uint8 and view.shape == (8, 1, prep.image_size, prep.image_size)
         assert model_input.shape == (8, 3, prep.image_size, prep.image_size)
         mean, std = torch.tensor(prep.mean).view(1, 3, 1, 1), torch.tensor(prep.std).view(1, 3, 1, 1)
@@ -78,20 +78,20 @@ def test_a_training_input_is_the_previewed_view_normalised(setup):
 
 def test_one_scan_and_a_batch_give_the_same_result(setup):
     params, _, prep = setup
-    square = torch.randint(0, 256, (1, prep.resize_size, prep.resize_size), dtype=torch.uint8)
-    single = train_preset(prep, params.augment)(square, torch.Generator().manual_seed(3))
-    batch = train_preset(prep, params.augment)(square[None], torch.Generator().manual_seed(3))
+    image = torch.randint(0, 256, (1, prep.resize_size, prep.resize_size), dtype=torch.uint8)
+    single = train_preset(prep, params.augment)(image, torch.Generator().manual_seed(3))
+    batch = train_preset(prep, params.augment)(image[None], torch.Generator().manual_seed(3))
     torch.testing.assert_close(single, batch[0])
-    torch.testing.assert_close(eval_preset(prep)(square), eval_preset(prep)(square[None])[0])
+    torch.testing.assert_close(eval_preset(prep)(image), eval_preset(prep)(image[None])[0])
 
 
 def test_eval_preset_is_a_centre_crop_to_the_model_input(setup):
     _, _, prep = setup
-    square = torch.arange(prep.resize_size ** 2, dtype=torch.int64).reshape(1, prep.resize_size, -1)
-    square = (square % 256).to(torch.uint8)
-    out = eval_preset(prep)(square)
+    image = torch.arange(prep.resize_size ** 2, dtype=torch.int64).reshape(1, prep.resize_size, -1)
+    image = (image % 256).to(torch.uint8)
+    out = eval_preset(prep)(image)
     off = (prep.resize_size - prep.image_size) // 2
-    crop = square[:, off:off + prep.image_size, off:off + prep.image_size]
+    crop = image[:, off:off + prep.image_size, off:off + prep.image_size]
     mean, std = torch.tensor(prep.mean)[:, None, None], torch.tensor(prep.std)[:, None, None]
     torch.testing.assert_close(out, (crop.expand(3, -1, -1).float() / 255 - mean) / std)
 
@@ -104,9 +104,9 @@ def _off(params, **changes):
 
 def test_everything_off_is_a_plain_resize_of_the_whole_scan(setup):
     params, _, prep = setup
-    square = torch.randint(0, 256, (1, prep.resize_size, prep.resize_size), dtype=torch.uint8)
-    views = _views(display_preset(prep, _off(params)), square)
-    expected = torch.nn.functional.interpolate(square[None].float(), size=(prep.image_size,) * 2, mode="bilinear",
+    image = torch.randint(0, 256, (1, prep.resize_size, prep.resize_size), dtype=torch.uint8)
+    views = _views(display_preset(prep, _off(params)), image)
+    expected = torch.nn.functional.interpolate(image[None].float(), size=(prep.image_size,) * 2, mode="bilinear",
                                                align_corners=False).round().to(torch.uint8)
     assert (views.int() - expected.int()).abs().max() <= 1
     assert (views == views[0]).all()  # nothing random left

@@ -13,7 +13,7 @@ import torch
 import yaml
 from conftest import BIN, REPO
 
-from braintumor.data.cache import cached_squares
+from braintumor.data.cache import cached_images
 from braintumor.data.validate import validate_dataset
 from braintumor.errors import ConfigError
 from braintumor.imaging import ImageLimits
@@ -79,14 +79,14 @@ def test_recipe_trains_for_a_few_steps(name, sample_root, tmp_path):
     manifest = validate_dataset(sample_root, params.data, workers=1, progress=False).manifest
     frame = manifest[manifest["split"] != "test"].head(24)
     prep = Preprocessing.from_config(params.model, params.preprocess)
-    squares = cached_squares(frame, sample_root, prep.scan, tmp_path / "cache", limits=ImageLimits(max_pixels=10**8),
-                             workers=1, progress=False)
+    images = cached_images(frame, sample_root, prep.scan, tmp_path / "cache", limits=ImageLimits(max_pixels=10**8),
+                           workers=1, progress=False)
     labels = frame["label"].map({c: i for i, c in enumerate(params.data.classes)}).to_numpy()
-    data = TrainData(squares[:16], labels[:16], squares[16:], labels[16:], params.data.classes)
+    data = TrainData(images[:16], labels[:16], images[16:], labels[16:], params.data.classes)
     model = build_model(weights, len(params.data.classes), params.model.dropout)
     result = fit(model, data, train, params.augment, prep, checkpoint_path=tmp_path / "ckpt.pt", progress=False)
     assert len(result.history) == 1 and np.isfinite(result.history[0].train_loss)
-    assert squares.shape[1:] == (params.model.resize_size,) * 2
+    assert images.shape[1:] == (params.model.resize_size,) * 2
 
 
 def test_recipe_command_dry_run_prints_the_dvc_experiment(tmp_path):

@@ -10,8 +10,8 @@ import torch
 from conftest import tiny_params
 
 from braintumor.checkpoint import load_checkpoint
-from braintumor.data.cache import cached_squares
-from braintumor.data.splits import rows
+from braintumor.data.cache import cached_images
+from braintumor.data.splits import in_splits
 from braintumor.data.validate import validate_dataset
 from braintumor.ema import WeightEMA
 from braintumor.errors import BrainTumorError, ConfigError
@@ -26,12 +26,13 @@ from braintumor.transforms import Preprocessing
 def tiny_data(sample_root, tmp_path_factory) -> TrainData:
     params = tiny_params(sample_root)
     frame = validate_dataset(sample_root, params.data, workers=1, progress=False).manifest
-    images = rows(frame, "train", "val")
-    squares = cached_squares(images, sample_root, Preprocessing.from_config(params.model, params.preprocess).scan, tmp_path_factory.mktemp("cache"),
-                             limits=ImageLimits.of(params.data), workers=1, progress=False)
-    labels = images["label"].map({c: i for i, c in enumerate(params.data.classes)}).to_numpy()
-    is_val = (images["split"] == "val").to_numpy()
-    return TrainData(squares[~is_val], labels[~is_val], squares[is_val], labels[is_val], params.data.classes)
+    rows = in_splits(frame, "train", "val")
+    images = cached_images(rows, sample_root, Preprocessing.from_config(params.model, params.preprocess).scan,
+                           tmp_path_factory.mktemp("cache"), limits=ImageLimits.of(params.data), workers=1,
+                           progress=False)
+    labels = rows["label"].map({c: i for i, c in enumerate(params.data.classes)}).to_numpy()
+    is_val = (rows["split"] == "val").to_numpy()
+    return TrainData(images[~is_val], labels[~is_val], images[is_val], labels[is_val], params.data.classes)
 
 
 def _fit(data, params, checkpoint, **kwargs):
@@ -250,10 +251,10 @@ def test_training_reads_no_test_rows(sample_root):
     """Model selection uses val only: the Testing images never enter TrainData."""
     params = tiny_params(sample_root)
     frame = validate_dataset(sample_root, params.data, workers=1, progress=False).manifest
-    selected = rows(frame, "train", "val")
+    selected = in_splits(frame, "train", "val")
     assert not selected["path"].str.startswith("Testing/").any()
     assert set(selected["split"]) == {"train", "val"}
-    assert np.isin(rows(frame, "test")["path"], selected["path"]).sum() == 0
+    assert np.isin(in_splits(frame, "test")["path"], selected["path"]).sum() == 0
 
 
 def test_macro_f1_matches_scikit_learn():

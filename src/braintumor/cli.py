@@ -120,51 +120,56 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="braintumor", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("sample-data", help="write the built-in synthetic sample dataset")
-    p.add_argument("dir", type=Path, help="dataset folder to write (Training/ and Testing/ go inside)")
-    p.add_argument("--per-class", type=int, default=100, help="Training images per class (default 100)")
-    p.add_argument("--test-per-class", type=int, default=None, help="Testing images per class (default per-class/4)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
-    p.set_defaults(func=_sample_data)
+    command = sub.add_parser("sample-data", help="write the built-in synthetic sample dataset")
+    command.add_argument("dir", type=Path, help="dataset folder to write (Training/ and Testing/ go inside)")
+    command.add_argument("--per-class", type=int, default=100, help="Training images per class (default 100)")
+    command.add_argument("--test-per-class", type=int, default=None,
+                         help="Testing images per class (default per-class/4)")
+    command.add_argument("--seed", type=int, default=0)
+    command.add_argument("--size", type=int, default=256, help="image side in pixels (default 256)")
+    command.set_defaults(func=_sample_data)
 
-    p = sub.add_parser("validate", help="run the validate stage (checks, duplicates, leakage, split manifest)")
-    p.add_argument("--params", default="params.yaml")
-    p.set_defaults(func=_validate)
+    command = sub.add_parser("validate", help="run the validate stage (checks, duplicates, leakage, split manifest)")
+    command.add_argument("--params", default="params.yaml")
+    command.set_defaults(func=_validate)
 
-    p = sub.add_parser("predict", help="label scans on disk (files or folders, recursive)")
-    p.add_argument("paths", nargs="+", help="image, DICOM or NIfTI files, or folders")
-    p.add_argument("--model", default="models/model.pt",
-                   help="a model file, or an MLflow model URI such as models:/brain-tumor-classifier@champion")
-    p.add_argument("--output", help="write every class probability to a .csv or .json file")
-    p.add_argument("--gradcam", metavar="DIR", help="also write a Grad-CAM overlay PNG per scan into DIR")
-    p.add_argument("--middle", type=int, metavar="N",
-                   help="predict only the N middle slices of each NIfTI volume (or frames of a multi-frame DICOM)")
-    p.add_argument("--device", default="auto",
-                   help="auto (default: MLFLOW_DEFAULT_PREDICTION_DEVICE if set, else CUDA when present, else CPU), "
-                        "cpu, cuda or cuda:N")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                   help="fp32 (default), or bf16 / fp16 autocast on a CUDA GPU (see README: Serving on a GPU)")
-    p.set_defaults(func=_predict)
+    command = sub.add_parser("predict", help="label scans on disk (files or folders, recursive)")
+    command.add_argument("paths", nargs="+", help="image, DICOM or NIfTI files, or folders")
+    command.add_argument("--model", default="models/model.pt",
+                         help="a model file, or an MLflow model URI such as models:/brain-tumor-classifier@champion")
+    command.add_argument("--output", help="write every class probability to a .csv or .json file")
+    command.add_argument("--gradcam", metavar="DIR", help="also write a Grad-CAM overlay PNG per scan into DIR")
+    command.add_argument("--middle", type=int, metavar="N",
+                         help="predict only the N middle slices of each NIfTI volume "
+                              "(or frames of a multi-frame DICOM)")
+    command.add_argument("--device", default="auto",
+                         help="auto (default: MLFLOW_DEFAULT_PREDICTION_DEVICE if set, else CUDA when present, "
+                              "else CPU), cpu, cuda or cuda:N")
+    command.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                         help="fp32 (default), or bf16 / fp16 autocast on a CUDA GPU "
+                              "(see README: Serving on a GPU)")
+    command.set_defaults(func=_predict)
 
-    p = sub.add_parser("import-data", help="copy a dataset folder or the Kaggle zip into data/ (aliases applied)")
-    p.add_argument("source", type=Path, help="a folder holding Training/ and Testing/, or a .zip of one")
-    p.add_argument("--dest", help="destination (default: paths.data from params.yaml)")
-    p.add_argument("--params", default="params.yaml")
-    p.set_defaults(func=_import_data)
+    command = sub.add_parser("import-data", help="copy a dataset folder or the Kaggle zip into data/ (aliases applied)")
+    command.add_argument("source", type=Path, help="a folder holding Training/ and Testing/, or a .zip of one")
+    command.add_argument("--dest", help="destination (default: paths.data from params.yaml)")
+    command.add_argument("--params", default="params.yaml")
+    command.set_defaults(func=_import_data)
 
-    p = sub.add_parser("recipe", help="run a named recipe (recipes/NAME.yaml) as a DVC experiment; no NAME: list them",
-                       description="Runs `dvc exp run -n NAME-<time> -S key=value ...` with the recipe's params. More "
-                       "`dvc exp run` options go after --, e.g. `braintumor recipe cpu-scratch -- --temp`.")
-    p.add_argument("name", nargs="?", help="the recipe (a file recipes/NAME.yaml)")
-    p.add_argument("--dry-run", action="store_true", help="check the recipe and print the dvc command only")
-    p.add_argument("--params", default="params.yaml")
-    p.set_defaults(func=_recipe)
+    command = sub.add_parser("recipe",
+                             help="run a named recipe (recipes/NAME.yaml) as a DVC experiment; no NAME: list them",
+                             description="Runs `dvc exp run -n NAME-<time> -S key=value ...` with the recipe's "
+                             "params. More `dvc exp run` options go after --, e.g. "
+                             "`braintumor recipe cpu-scratch -- --temp`.")
+    command.add_argument("name", nargs="?", help="the recipe (a file recipes/NAME.yaml)")
+    command.add_argument("--dry-run", action="store_true", help="check the recipe and print the dvc command only")
+    command.add_argument("--params", default="params.yaml")
+    command.set_defaults(func=_recipe)
 
-    p = sub.add_parser("runs-url", help="print the MLflow UI address of the experiment's runs table "
-                                        "(in the UI's Model training view)")
-    p.add_argument("--params", default="params.yaml")
-    p.set_defaults(func=_runs_url)
+    command = sub.add_parser("runs-url", help="print the MLflow UI address of the experiment's runs table "
+                                              "(in the UI's Model training view)")
+    command.add_argument("--params", default="params.yaml")
+    command.set_defaults(func=_runs_url)
     return parser
 
 

@@ -21,11 +21,11 @@ def predict_logits(model: nn.Module, batches, device: torch.device, transform, *
                    channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (logits (N, C) float64 on the CPU, labels (N,)). Model must be in eval mode.
 
-    batches yield (uint8 squares (B, 1, S, S), labels); `transform` (the eval preset) runs on `device`.
+    batches yield (uint8 images (B, 1, S, S), labels); `transform` (the eval preset) runs on `device`.
     """
     logits, labels = [], []
-    for squares, targets in batches:
-        images = transform(squares.to(device, non_blocking=True))  # (B, 3, H, W)
+    for batch, targets in batches:
+        images = transform(batch.to(device, non_blocking=True))  # (B, 3, H, W)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp_dtype):

@@ -40,7 +40,7 @@ PERCENTILE_WINDOW = (0.5, 99.5)  # the fallback window: robust to a few hot pixe
 
 @dataclass(frozen=True)
 class Pictures:
-    """The 2-D pictures in one file, each an 8-bit grayscale (mode L) image ready for `prepare_square`."""
+    """The 2-D pictures in one file, each an 8-bit grayscale (mode L) image ready for `prepare_image`."""
 
     images: list[Image.Image]
     numbers: list[int]  # the frame (DICOM), axial slice (NIfTI, inferior to superior) or 0 (one picture)

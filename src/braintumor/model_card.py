@@ -40,11 +40,11 @@ def render(facts: dict[str, Any]) -> str:
 
 def version_description(facts: dict[str, Any]) -> str:
     """The registered version's description (markdown, a few lines): what it is, its figures, where the card is."""
-    e, lf, train = facts["evaluation"], facts["evaluation"].get("leak_free", {}), facts["training"]
+    test, leak_free, train = facts["evaluation"], facts["evaluation"].get("leak_free", {}), facts["training"]
     rows = [("val (best epoch)", train.get("best_val_accuracy"), train.get("best_val_macro_f1"),
              facts["validation"].get("n_val")),
-            ("all Testing", e.get("accuracy"), e.get("macro_f1"), e.get("n")),
-            ("leak-free Testing", lf.get("accuracy"), lf.get("macro_f1"), lf.get("n"))]
+            ("all Testing", test.get("accuracy"), test.get("macro_f1"), test.get("n")),
+            ("leak-free Testing", leak_free.get("accuracy"), leak_free.get("macro_f1"), leak_free.get("n"))]
     table = _table(["", "accuracy", "macro-F1", "n"], [[name, *values] for name, *values in rows])
     return (f"ResNet50 classifier of axial brain MRI slices ({', '.join(facts['classes'])}). "
             f"**{DISCLAIMER.capitalize()}.**\n\n{table}\n\n"
@@ -55,13 +55,13 @@ def version_description(facts: dict[str, Any]) -> str:
 
 def version_tags(facts: dict[str, Any]) -> dict[str, str]:
     """Tags of the registered version (and its LoggedModel): provenance, headline figures, use."""
-    e, lf = facts["evaluation"], facts["evaluation"].get("leak_free", {})
+    test, leak_free = facts["evaluation"], facts["evaluation"].get("leak_free", {})
     tags = {"data_dvc_hash": facts["tags"].get("data_dvc_hash", "unknown"),
             "git_commit": facts["tags"].get("git_commit", "unknown"),
             "preprocessing": preprocessing_text(facts),
             "intended_use": INTENDED_USE.format(classes=", ".join(facts["classes"])),
             "disclaimer": DISCLAIMER, "model_card": "model_card.md"}
-    for prefix, metrics in (("test_", e), ("test_leak_free_", lf)):
+    for prefix, metrics in (("test_", test), ("test_leak_free_", leak_free)):
         for name in ("accuracy", "macro_f1", "n"):
             if metrics.get(name) is not None:
                 tags[f"{prefix}{name}"] = _fmt(metrics[name])
@@ -73,9 +73,9 @@ def version_tags(facts: dict[str, Any]) -> dict[str, str]:
 
 def preprocessing_text(facts: dict[str, Any]) -> str:
     """What every scan goes through, from the model file's `preprocessing` (with or without a `scan` step)."""
-    p = facts["preprocessing"]
-    scan = p.get("scan") or {"size": p["resize_size"]}
-    size, crop = scan["size"], p["image_size"]
+    prep = facts["preprocessing"]
+    scan = prep.get("scan") or {"size": prep["resize_size"]}
+    size, crop = scan["size"], prep["image_size"]
     steps = ["8-bit grayscale"]
     if scan.get("head_crop"):
         steps.append(f"cropped to the head (margin {scan['crop_margin']}) and padded to {size}x{size}")
@@ -86,16 +86,16 @@ def preprocessing_text(facts: dict[str, Any]) -> str:
         steps.append(f"intensity windowed to the head's {low:g}-{high:g} percentiles")
     elif scan.get("intensity") == "equalize":
         steps.append("histogram-equalised over the head")
-    steps.append(f"centre crop {crop}x{crop}, repeated to 3 channels, normalised with mean {_floats(p['mean'])} and "
-                 f"std {_floats(p['std'])}")
+    steps.append(f"centre crop {crop}x{crop}, repeated to 3 channels, normalised with mean {_floats(prep['mean'])} and "
+                 f"std {_floats(prep['std'])}")
     return ", ".join(steps)
 
 
 def failure_modes(facts: dict[str, Any]) -> list[str]:
     """Plain statements, each backed by a figure of the card; the weakest class always comes first."""
-    e, lf, train = facts["evaluation"], facts["evaluation"].get("leak_free", {}), facts["training"]
+    test, leak_free, train = facts["evaluation"], facts["evaluation"].get("leak_free", {}), facts["training"]
     lines = []
-    tested = {c: m for c, m in e.get("per_class", {}).items() if m["support"] > 0}
+    tested = {c: m for c, m in test.get("per_class", {}).items() if m["support"] > 0}
     if tested:
         worst = min(tested, key=lambda c: tested[c]["recall"])
         recall = tested[worst]["recall"]
@@ -104,27 +104,28 @@ def failure_modes(facts: dict[str, Any]) -> list[str]:
         noisiest = min(tested, key=lambda c: tested[c]["precision"])
         lines.append(f"Least reliable positive call: {noisiest}, precision {tested[noisiest]['precision']:.2f}.")
     flags = []  # the checks below; each adds a line only when its figure says so
-    untested = [c for c, m in e.get("per_class", {}).items() if m["support"] == 0]
+    untested = [c for c, m in test.get("per_class", {}).items() if m["support"] == 0]
     if untested:
         flags.append(f"No Testing scans of {', '.join(untested)}: untested on those classes.")
     val_f1 = train.get("best_val_macro_f1")
-    for name, metrics in (("all Testing", e), ("leak-free Testing", lf)):
+    for name, metrics in (("all Testing", test), ("leak-free Testing", leak_free)):
         if val_f1 is not None and metrics.get("macro_f1") is not None and val_f1 - metrics["macro_f1"] > SHIFT_GAP:
             flags.append(f"Macro-F1 drops from {val_f1:.2f} on val to {metrics['macro_f1']:.2f} on {name}: scans not "
                          "drawn like the training set are classified worse; expect the lower figure on new data.")
-    if e.get("macro_f1") is not None and lf.get("macro_f1") is not None and e["macro_f1"] - lf["macro_f1"] > LEAK_GAP:
-        flags.append(f"The all-Testing macro-F1 ({e['macro_f1']:.2f}) is inflated by Testing scans that have a copy "
-                     f"in Training; on the {lf['n']} without one it is {lf['macro_f1']:.2f}.")
-    if lf.get("n", 0) == 0:
+    test_f1, leak_free_f1 = test.get("macro_f1"), leak_free.get("macro_f1")
+    if test_f1 is not None and leak_free_f1 is not None and test_f1 - leak_free_f1 > LEAK_GAP:
+        flags.append(f"The all-Testing macro-F1 ({test['macro_f1']:.2f}) is inflated by Testing scans that have a copy "
+                     f"in Training; on the {leak_free['n']} without one it is {leak_free['macro_f1']:.2f}.")
+    if leak_free.get("n", 0) == 0:
         flags.append("No Testing scan is free of a copy in Training: no Testing figure measures generalisation.")
-    elif lf["n"] < SMALL_N:
-        low, high = wilson_interval(lf["accuracy"], lf["n"])
-        flags.append(f"The leak-free figures rest on {lf['n']} scans: accuracy {lf['accuracy']:.2f}, 95% interval "
-                     f"{low:.2f}-{high:.2f}.")
-    if e.get("ece") is not None and e["ece"] > HIGH_ECE:
-        flags.append(f"Probabilities are miscalibrated (ECE {e['ece']:.3f} on all Testing): do not read them as the "
+    elif leak_free["n"] < SMALL_N:
+        low, high = wilson_interval(leak_free["accuracy"], leak_free["n"])
+        flags.append(f"The leak-free figures rest on {leak_free['n']} scans: accuracy {leak_free['accuracy']:.2f}, "
+                     f"95% interval {low:.2f}-{high:.2f}.")
+    if test.get("ece") is not None and test["ece"] > HIGH_ECE:
+        flags.append(f"Probabilities are miscalibrated (ECE {test['ece']:.3f} on all Testing): do not read them as the "
                      "chance of being right.")
-    external = e.get("external") or {}
+    external = test.get("external") or {}
     if external.get("macro_f1") is not None and val_f1 is not None and val_f1 - external["macro_f1"] > SHIFT_GAP:
         flags.append(f"On the external data macro-F1 is {external['macro_f1']:.2f} (val {val_f1:.2f}): it does not "
                      "carry over to other sources as is.")
@@ -151,14 +152,14 @@ def _title(facts: dict[str, Any]) -> str:
 
 def _model(facts: dict[str, Any]) -> tuple[str, str]:
     params, train, run, tags = facts["params"], facts["training"], facts["run"], facts["tags"]
-    t = params["train"]
+    recipe = params["train"]
     weights = params["model"]["weights"]
     rows = [["architecture", f"ResNet50, {len(facts['classes'])} classes: {', '.join(facts['classes'])}"],
             ["initial weights", "none (trained from scratch)" if weights == "none" else weights],
             ["input", preprocessing_text(facts)],
-            ["training", f"{t['optimizer']}, lr {t['lr']}, {t['scheduler']} schedule, batch {t['batch_size']}, "
-                         f"{train.get('epochs_run', '?')} epochs run, best epoch {train.get('best_epoch', '?')} "
-                         "by val macro-F1"],
+            ["training", f"{recipe['optimizer']}, lr {recipe['lr']}, {recipe['scheduler']} schedule, "
+                         f"batch {recipe['batch_size']}, {train.get('epochs_run', '?')} epochs run, "
+                         f"best epoch {train.get('best_epoch', '?')} by val macro-F1"],
             ["git commit", tags.get("git_commit", "unknown")
              + (" (with uncommitted changes)" if tags.get("git_dirty") == "true" else "")],
             ["data (DVC hash)", tags.get("data_dvc_hash", "unknown")],
@@ -176,43 +177,43 @@ def _intended_use(facts: dict[str, Any]) -> str:
 
 
 def _data(facts: dict[str, Any]) -> str:
-    v, classes = facts["validation"], facts["classes"]
-    per = v["per_class"]
+    report, classes = facts["validation"], facts["classes"]
+    per = report["per_class"]
     rows = [[c, per["train"][c], per["val"][c], per["test"][c]] for c in classes]
-    rows.append(["total", v["n_train_fit"], v["n_val"], v["n_test"]])
-    return (_table(["class", "train", "val", "test"], rows) + f"\n\n{v['n_excluded']} files excluded as unusable "
+    rows.append(["total", report["n_train_fit"], report["n_val"], report["n_test"]])
+    return (_table(["class", "train", "val", "test"], rows) + f"\n\n{report['n_excluded']} files excluded as unusable "
             "(listed in reports/validation.json).")
 
 
 def _splits(facts: dict[str, Any]) -> str:
-    d = facts["params"]["data"]
-    return (f"`val` is {d['val_fraction']:.0%} of the Training folder, stratified by class and grouped by duplicates "
-            f"(seed {d['split_seed']}): no scan has an exact or near copy on the other side. Training picks its best "
-            "epoch on `val`. `test` is the Testing folder, read only by the evaluate stage.")
+    data = facts["params"]["data"]
+    return (f"`val` is {data['val_fraction']:.0%} of the Training folder, stratified by class and grouped by "
+            f"duplicates (seed {data['split_seed']}): no scan has an exact or near copy on the other side. Training "
+            "picks its best epoch on `val`. `test` is the Testing folder, read only by the evaluate stage.")
 
 
 def _leakage(facts: dict[str, Any]) -> str:
-    v, threshold = facts["validation"], facts["params"]["data"]["near_duplicate_threshold"]
-    leaked = v["test_exact_in_train"] + v["test_near_in_train"]
+    report, threshold = facts["validation"], facts["params"]["data"]["near_duplicate_threshold"]
+    leaked = report["test_exact_in_train"] + report["test_near_in_train"]
     return "\n".join([
-        f"- {v['test_exact_in_train']} of {v['n_test']} Testing scans are byte-identical to a Training scan and "
-        f"{v['test_near_in_train']} more are near copies (thumbnail correlation >= {threshold}): {leaked} leak, "
-        f"{v['test_leak_free']} are leak-free.",
-        f"- {v['exact_duplicates_in_train']} extra byte-identical copies inside Training; {v['label_conflicts']} "
-        "groups of copies filed under different classes."])
+        f"- {report['test_exact_in_train']} of {report['n_test']} Testing scans are byte-identical to a Training "
+        f"scan and {report['test_near_in_train']} more are near copies (thumbnail correlation >= {threshold}): "
+        f"{leaked} leak, {report['test_leak_free']} are leak-free.",
+        f"- {report['exact_duplicates_in_train']} extra byte-identical copies inside Training; "
+        f"{report['label_conflicts']} groups of copies filed under different classes."])
 
 
 def _metrics(facts: dict[str, Any]) -> str:
-    e, lf, train = facts["evaluation"], facts["evaluation"].get("leak_free", {}), facts["training"]
+    test, leak_free, train = facts["evaluation"], facts["evaluation"].get("leak_free", {}), facts["training"]
     val = {"accuracy": train.get("best_val_accuracy"), "macro_f1": train.get("best_val_macro_f1")}
-    rows = [[name, val.get(name), e.get(name), lf.get(name)] for name in METRICS]
-    rows.append(["scans", facts["validation"].get("n_val"), e.get("n"), lf.get("n", 0)])
+    rows = [[name, val.get(name), test.get(name), leak_free.get(name)] for name in METRICS]
+    rows.append(["scans", facts["validation"].get("n_val"), test.get("n"), leak_free.get("n", 0)])
     parts = [_table(["metric", "val (best epoch)", "all Testing", "leak-free Testing"], rows)]
     intervals = ["{} {:.2f}-{:.2f}".format(name, *wilson_interval(m["accuracy"], m["n"]))
-                 for name, m in (("all Testing", e), ("leak-free Testing", lf)) if m.get("n")]
+                 for name, m in (("all Testing", test), ("leak-free Testing", leak_free)) if m.get("n")]
     if intervals:
         parts.append("Accuracy, 95% interval: " + "; ".join(intervals) + ".")
-    per = e.get("per_class", {})
+    per = test.get("per_class", {})
     if per:
         parts.append("Per class, all Testing:\n\n" + _table(
             ["class", "precision", "recall", "F1", "support"],
@@ -224,13 +225,14 @@ def _metrics(facts: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
-def _calibration(e: dict[str, Any]) -> str:
-    lf = e.get("leak_free", {})
-    lines = [f"Expected calibration error: {_fmt(e.get('ece'))} on all Testing, {_fmt(lf.get('ece'))} leak-free; "
-             f"log loss {_fmt(e.get('log_loss'))} / {_fmt(lf.get('log_loss'))}."]
-    if e.get("temperature") is not None:
-        before = f" (ECE {_fmt(e['ece_uncalibrated'])} before)" if e.get("ece_uncalibrated") is not None else ""
-        lines.append(f"Probabilities are temperature-scaled with T = {_fmt(e['temperature'])}{before}.")
+def _calibration(test: dict[str, Any]) -> str:
+    leak_free = test.get("leak_free", {})
+    lines = [f"Expected calibration error: {_fmt(test.get('ece'))} on all Testing, "
+             f"{_fmt(leak_free.get('ece'))} leak-free; "
+             f"log loss {_fmt(test.get('log_loss'))} / {_fmt(leak_free.get('log_loss'))}."]
+    if test.get("temperature") is not None:
+        before = f" (ECE {_fmt(test['ece_uncalibrated'])} before)" if test.get("ece_uncalibrated") is not None else ""
+        lines.append(f"Probabilities are temperature-scaled with T = {_fmt(test['temperature'])}{before}.")
     return " ".join(lines)
 
 

@@ -42,13 +42,14 @@ def validate(params: Params) -> dict:
     result = validate_dataset(params.paths.data, params.data)
     write_manifest(result.manifest, params.paths.manifest)
     write_json(params.paths.validation_report, result.report)
-    r = result.report
-    print(f"validate: {r['n_train']} Training images ({r['n_train_fit']} train / {r['n_val']} val), "
-          f"{r['n_test']} Testing, {r['n_excluded']} excluded; {r['exact_duplicates_in_train']} exact duplicates "
-          f"in Training; Testing with a copy in Training: {r['test_exact_in_train']} exact, "
-          f"{r['test_near_in_train']} near; {r['label_conflicts']} label conflicts.")
+    report = result.report
+    print(f"validate: {report['n_train']} Training images ({report['n_train_fit']} train / {report['n_val']} val), "
+          f"{report['n_test']} Testing, {report['n_excluded']} excluded; "
+          f"{report['exact_duplicates_in_train']} exact duplicates in Training; "
+          f"Testing with a copy in Training: {report['test_exact_in_train']} exact, "
+          f"{report['test_near_in_train']} near; {report['label_conflicts']} label conflicts.")
     print(f"validate: wrote {params.paths.validation_report} and {params.paths.manifest}")
-    return r
+    return report
 
 
 def train(params: Params) -> dict:
@@ -91,7 +92,7 @@ def train(params: Params) -> dict:
     tracker.finish_training(summary, result.device, result.precision)
     version = None
     if params.tracking.log_model:
-        version = log_served_model(tracker, params, data.train_squares[0])
+        version = log_served_model(tracker, params, data.train_images[0])
     from braintumor.tracking import write_run_info
 
     write_run_info(params.paths.run_info, tracker, version)
@@ -106,13 +107,13 @@ def train(params: Params) -> dict:
 def _calibrate(model, data: TrainData, prep: Preprocessing, params: Params) -> Inference:
     """The selected model's inference settings, with the temperature fitted on val (calibration.py)."""
     from braintumor.calibration import fit_temperature
-    from braintumor.data.cache import SquaresDataset
+    from braintumor.data.cache import ImageDataset
     from braintumor.inference import predict_logits
     from braintumor.model import Inference
     from braintumor.transforms import eval_preset
 
     device = next(model.parameters()).device
-    loader = torch.utils.data.DataLoader(SquaresDataset(data.val_squares, data.val_labels),
+    loader = torch.utils.data.DataLoader(ImageDataset(data.val_images, data.val_labels),
                                          batch_size=params.evaluate.batch_size)
     logits, labels = predict_logits(model.eval(), loader, device, eval_preset(prep),
                                     tta_hflip=params.model.tta_hflip)
@@ -123,37 +124,37 @@ def _calibrate(model, data: TrainData, prep: Preprocessing, params: Params) -> I
 
 def _training_data(params: Params, dist_info) -> tuple[TrainData, pd.DataFrame]:
     """The manifest's train and val rows, decoded once into the cache (rank 0 decodes; other ranks read it)."""
-    from braintumor.data.cache import cached_squares
-    from braintumor.data.splits import read_manifest, rows
+    from braintumor.data.cache import cached_images
+    from braintumor.data.splits import in_splits, read_manifest
     from braintumor.imaging import ImageLimits
     from braintumor.training import TrainData
     from braintumor.transforms import Preprocessing
 
     frame = read_manifest(params.paths.manifest, params.data.classes)
-    images = rows(frame, "train", "val").sort_values("path", kind="stable").reset_index(drop=True)
+    rows = in_splits(frame, "train", "val").sort_values("path", kind="stable").reset_index(drop=True)
     cache = project_path(params.paths.cache)  # shared by `dvc exp run --temp` copies of the repository
 
     def decoded():
-        return cached_squares(images, params.paths.data, Preprocessing.from_config(params.model, params.preprocess).scan,
-                              cache, limits=ImageLimits.of(params.data), progress=dist_info.is_main)
+        return cached_images(rows, params.paths.data, Preprocessing.from_config(params.model, params.preprocess).scan,
+                             cache, limits=ImageLimits.of(params.data), progress=dist_info.is_main)
 
     if dist_info.enabled:
-        squares = decoded() if dist_info.is_main else None
+        images = decoded() if dist_info.is_main else None
         torch.distributed.barrier()
-        squares = squares if squares is not None else decoded()
+        images = images if images is not None else decoded()
     else:
-        squares = decoded()
+        images = decoded()
     label_index = {name: i for i, name in enumerate(params.data.classes)}
-    labels = images["label"].map(label_index).to_numpy()
-    is_val = (images["split"] == "val").to_numpy()
-    return TrainData(squares[~is_val], labels[~is_val], squares[is_val], labels[is_val], params.data.classes), images
+    labels = rows["label"].map(label_index).to_numpy()
+    is_val = (rows["split"] == "val").to_numpy()
+    return TrainData(images[~is_val], labels[~is_val], images[is_val], labels[is_val], params.data.classes), rows
 
 
-def _checkpoint_path(params: Params, images: pd.DataFrame) -> Path:
+def _checkpoint_path(params: Params, rows: pd.DataFrame) -> Path:
     """The checkpoint belongs to these exact params and data: a changed param starts afresh, a rerun resumes."""
     identity = {k: v for k, v in params.to_dict().items() if k in ("preprocess", "model", "train", "augment")}
     identity["classes"] = params.data.classes
-    identity["rows"] = images[["path", "sha256", "split"]].to_numpy().tolist()
+    identity["rows"] = rows[["path", "sha256", "split"]].to_numpy().tolist()
     fingerprint = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
     return project_path(params.paths.cache) / "checkpoints" / f"train-{fingerprint}.pt"
 
@@ -164,13 +165,13 @@ def _write_history(history, path: Path) -> None:
         frame.to_csv(tmp, index=False, float_format="%.6g")
 
 
-def log_served_model(tracker, params: Params, example_square: np.ndarray) -> str:
+def log_served_model(tracker, params: Params, example_image: np.ndarray) -> str:
     """Log and register the pyfunc model, with one real scan (as a PNG) as its input example; returns the
     registered version. The train stage calls it, and benchmarks/serve_latency.py to serve what the stage would."""
     from braintumor.serving import Predictor
 
     buffer = io.BytesIO()
-    Image.fromarray(np.asarray(example_square)).save(buffer, format="PNG")
+    Image.fromarray(np.asarray(example_image)).save(buffer, format="PNG")
     example = pd.DataFrame({"image": [base64.b64encode(buffer.getvalue()).decode("ascii")]})
     output = Predictor(params.paths.model).predict_frame(example)
     return tracker.log_served_model(params.paths.model, example, output)
@@ -180,13 +181,13 @@ def augment_preview(params: Params) -> None:
     """A PNG grid of training scans and their augmented views, made with the train preset.
 
     The report stage logs it to the run's MLflow artifacts."""
-    from braintumor.data.splits import read_manifest, rows
+    from braintumor.data.splits import in_splits, read_manifest
     from braintumor.imaging import ImageLimits
     from braintumor.preview import preview_figure
     from braintumor.transforms import Preprocessing
 
     frame = read_manifest(params.paths.manifest, params.data.classes)
-    fig = preview_figure(rows(frame, "train"), params.paths.data, params.data.classes,
+    fig = preview_figure(in_splits(frame, "train"), params.paths.data, params.data.classes,
                          Preprocessing.from_config(params.model, params.preprocess), params.augment,
                          limits=ImageLimits.of(params.data))
     with atomic_path(params.paths.preview) as tmp:
@@ -198,7 +199,7 @@ def evaluate(params: Params) -> dict:
     """Batched inference on the Testing rows (and the external set, if any); metrics overall and on the leak-free
     subset; promotion."""
     from braintumor import evaluation as ev
-    from braintumor.data.splits import read_manifest, rows
+    from braintumor.data.splits import in_splits, read_manifest
     from braintumor.model import load_model
     from braintumor.runtime import select_device
     from braintumor.tracking import RunLogger, read_run_info
@@ -210,7 +211,7 @@ def evaluate(params: Params) -> dict:
         raise BrainTumorError(f"{params.paths.model} was trained on classes {bundle['classes']} but data.classes is "
                               f"{params.data.classes}. Retrain (`dvc repro train`) or restore data.classes.")
     scorer = _Scorer(model, device, bundle, params)
-    test = rows(frame, "test")
+    test = in_splits(frame, "test")
     logits, y_true = scorer.logits(test, params.paths.data)
     probs = scorer.probabilities(logits)
     leak_free = ev.leak_free_mask(test)
@@ -266,14 +267,14 @@ class _Scorer:
         self.transform = eval_preset(self.prep)
 
     def logits(self, frame: pd.DataFrame, root: str | Path) -> tuple[torch.Tensor, np.ndarray]:
-        from braintumor.data.cache import SquaresDataset, cached_squares
+        from braintumor.data.cache import ImageDataset, cached_images
         from braintumor.imaging import ImageLimits
         from braintumor.inference import predict_logits
 
-        squares = cached_squares(frame, root, self.prep.scan, project_path(self.params.paths.cache),
-                                 limits=ImageLimits.of(self.params.data))
+        images = cached_images(frame, root, self.prep.scan, project_path(self.params.paths.cache),
+                               limits=ImageLimits.of(self.params.data))
         labels = frame["label"].map({c: i for i, c in enumerate(self.params.data.classes)}).to_numpy()
-        loader = torch.utils.data.DataLoader(SquaresDataset(squares, labels),
+        loader = torch.utils.data.DataLoader(ImageDataset(images, labels),
                                              batch_size=self.params.evaluate.batch_size)
         logits, y_true = predict_logits(self.model, loader, self.device, self.transform,
                                         tta_hflip=self.inference.tta_hflip)
@@ -301,9 +302,9 @@ class _Scorer:
 def _evaluate_external(scorer: _Scorer, frame: pd.DataFrame, params: Params) -> tuple[dict, str]:
     """Metrics on the external set (all of it, and its part without copies of Training scans), and its CSV."""
     from braintumor.data.external import load_external
-    from braintumor.data.splits import rows
+    from braintumor.data.splits import in_splits
 
-    external = load_external(params.evaluate.external_data, rows(frame, "train", "val"), params.paths.data,
+    external = load_external(params.evaluate.external_data, in_splits(frame, "train", "val"), params.paths.data,
                              params.data)
     logits, y_true = scorer.logits(external.frame, external.root)
     copy_free = external.copy_free
@@ -382,7 +383,8 @@ def report(params: Params) -> None:
         params=params.to_dict(), validation=read_json(params.paths.validation_report),
         history=pd.read_csv(Path(params.paths.train_plots) / "history.csv"),
         evaluation=read_json(params.paths.eval_metrics), predictions=pd.read_csv(plots / "predictions.csv"),
-        reliability=pd.read_csv(plots / "reliability.csv"), roc=pd.read_csv(plots / "roc.csv"), preview_png=Path(params.paths.preview).read_bytes(),
+        reliability=pd.read_csv(plots / "reliability.csv"), roc=pd.read_csv(plots / "roc.csv"),
+        preview_png=Path(params.paths.preview).read_bytes(),
         run_info=run_info, run_tags=run_tags_of(run_info["run_id"]), data_root=params.paths.data,
         model_path=params.paths.model, model_card=Path(params.paths.model_card).read_text(encoding="utf-8"),
         model_card_href=os.path.relpath(params.paths.model_card, Path(params.paths.report).parent))

@@ -39,7 +39,7 @@ class Scan:
 
     path: Path
     pictures: Pictures
-    squares: list[np.ndarray]
+    images: list[np.ndarray]  # (S, S) uint8, one per picture
     shows_head: list[bool] | None = None  # per picture, for volumes
     several: bool = False  # the file holds more than one picture (or is a volume): rows name the frame or slice
 
@@ -73,7 +73,7 @@ def predict_paths(paths: list[str], model: str, *, output: str | None = None, gr
     if not scans:
         raise BrainTumorError(f"no readable image among {', '.join(map(str, paths))}; give image files "
                               "(.jpg, .png, .dcm, .nii.gz, ...) or folders that hold them.")
-    probs = predictor.probabilities([square for scan in scans for square in scan.squares])  # (N pictures, C)
+    probs = predictor.probabilities([image for scan in scans for image in scan.images])  # (N pictures, C)
     table = _table(predictor, scans, probs)
     _print_table(table, scans)
     if output:
@@ -96,7 +96,7 @@ def _read_scan(predictor: Predictor, path: Path, middle: int | None) -> Scan:
     several = len(keep) > 1 or len(pictures.images) > 1 or pictures.is_volume
     selected = Pictures([pictures.images[i] for i in keep], [pictures.numbers[i] for i in keep], pictures.kind,
                         pictures.description)
-    return Scan(path, selected, predictor.squares(selected), shows_head, several)
+    return Scan(path, selected, predictor.images_of(selected), shows_head, several)
 
 
 def middle_indices(count: int, middle: int | None) -> list[int]:
@@ -111,7 +111,7 @@ def _table(predictor: Predictor, scans: list[Scan], probs: np.ndarray) -> pd.Dat
     """One row per picture (file, frame, label, probability, per class), a volume's summary row after its slices."""
     parts, start = [], 0
     for scan in scans:
-        count = len(scan.squares)
+        count = len(scan.images)
         rows = predictor.table(probs[start:start + count])
         rows.insert(0, "frame", pd.array(scan.pictures.numbers, dtype="Int64"))
         rows.insert(0, "file", str(scan.path))
@@ -156,12 +156,12 @@ def _write_table(table: pd.DataFrame, output: str) -> None:
 def _write_gradcams(predictor: Predictor, scans: list[Scan], table: pd.DataFrame, folder: Path) -> None:
     """One overlay per picture (not per volume summary): `<name>.gradcam.png`, `<name>.frame-<n>.gradcam.png`."""
     folder.mkdir(parents=True, exist_ok=True)
-    squares = [square for scan in scans for square in scan.squares]
+    images = [image for scan in scans for image in scan.images]
     names = [f"{name}.frame-{number}" if scan.several else name
              for name, scan in zip(_overlay_names([scan.path for scan in scans]), scans)
              for number in scan.pictures.numbers]
-    for name, square, label in zip(names, squares, table["label"]):
-        picture = predictor.explain(square, label)
+    for name, image, label in zip(names, images, table["label"]):
+        picture = predictor.explain(image, label)
         with atomic_path(folder / f"{name}.gradcam.png") as tmp:
             Image.fromarray(picture).save(tmp, format="PNG")
 

@@ -12,7 +12,7 @@ This step takes away what differs between sources and keeps the anatomy:
 3. **Intensity**: a per-scan window from the head's own percentiles (`percentile`), or histogram equalisation
    of the head (`equalize`), so brightness and contrast no longer tell one source from another.
 
-One function, `prepare_square`, runs in validation's preview, the training cache, evaluation, `braintumor
+One function, `prepare_image`, runs in validation's preview, the training cache, evaluation, `braintumor
 predict` and the served model; its settings (`ScanPrep`) are saved in the model file. numpy and Pillow only.
 """
 
@@ -29,7 +29,7 @@ _MASK_SIDE = 64  # the head is found on a thumbnail this size (longer side): che
 
 @dataclass(frozen=True)
 class ScanPrep:
-    """How a decoded grayscale scan becomes the (S, S) uint8 square the presets take."""
+    """How a decoded grayscale scan becomes the (S, S) uint8 image the presets take."""
 
     size: int  # S, model.resize_size
     head_crop: bool = False  # False: resize the shorter side to S and centre-crop (format-1 model files)
@@ -39,14 +39,14 @@ class ScanPrep:
     percentiles: tuple[float, float] = (1.0, 99.0)
 
 
-def prepare_square(image: Image.Image, prep: ScanPrep) -> np.ndarray:
+def prepare_image(image: Image.Image, prep: ScanPrep) -> np.ndarray:
     """A mode-L image of any size -> (S, S) uint8, as every stage sees it."""
     if prep.head_crop:
         box = head_box(np.asarray(image), threshold=prep.crop_threshold, margin=prep.crop_margin)
-        square = pad_to_square(image.crop(box), prep.size)
+        resized = pad_to_square(image.crop(box), prep.size)
     else:
-        square = centre_square(image, prep.size)
-    return normalise_intensity(square, prep)
+        resized = centre_square(image, prep.size)
+    return normalise_intensity(resized, prep)
 
 
 def centre_square(image: Image.Image, size: int) -> np.ndarray:
@@ -131,25 +131,25 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == counts.argmax()
 
 
-def normalise_intensity(square: np.ndarray, prep: ScanPrep) -> np.ndarray:
+def normalise_intensity(image: np.ndarray, prep: ScanPrep) -> np.ndarray:
     """(S, S) uint8 -> (S, S) uint8 with the head's intensities windowed or equalised; background stays 0."""
     if prep.intensity == "none":
-        return square
-    level = np.percentile(square, 99)
-    head = square > prep.crop_threshold * level if level > 0 else np.zeros(square.shape, dtype=bool)
+        return image
+    level = np.percentile(image, 99)
+    head = image > prep.crop_threshold * level if level > 0 else np.zeros(image.shape, dtype=bool)
     if head.sum() < 16:  # nothing to measure: leave the scan as it is
-        return square
-    values = square[head]
+        return image
+    values = image[head]
     if prep.intensity == "percentile":
         low, high = np.percentile(values, prep.percentiles)
         if high <= low:
-            return square
-        scaled = (square.astype(np.float32) - low) * (255.0 / (high - low))
+            return image
+        scaled = (image.astype(np.float32) - low) * (255.0 / (high - low))
         return np.clip(np.round(scaled), 0, 255).astype(np.uint8)
     # equalize: each grey level -> the fraction of head pixels at or below it, so the head's histogram is flat.
     cdf = np.cumsum(np.bincount(values, minlength=256)).astype(np.float64)
     lut = np.round(255.0 * cdf / cdf[-1]).astype(np.uint8)
-    return np.where(head, lut[square], 0).astype(np.uint8)
+    return np.where(head, lut[image], 0).astype(np.uint8)
 
 
 def _block_mean(pixels: np.ndarray, factor: int) -> np.ndarray:

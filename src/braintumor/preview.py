@@ -15,7 +15,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from braintumor.config import AugmentConfig  # noqa: E402
-from braintumor.data.cache import load_square  # noqa: E402
+from braintumor.data.cache import load_image  # noqa: E402
 from braintumor.errors import DataError  # noqa: E402
 from braintumor.imaging import ImageLimits, decode_grayscale, problem_of  # noqa: E402
 from braintumor.transforms import Preprocessing, display_preset, eval_preset  # noqa: E402
@@ -36,9 +36,9 @@ def preview_figure(train_rows: pd.DataFrame, data_root: str | Path, classes: lis
     fig, axes = plt.subplots(len(picks), cols, figsize=(1.9 * cols, 2.0 * len(picks)), squeeze=False)
     titles = ["scan as stored", "preprocessed\n(eval view)"] + [f"train view {i + 1}" for i in range(cols - 2)]
     for row, (label, path) in enumerate(picks):
-        stored, square = _load(Path(data_root) / path, prep, limits)
-        augmented = views(square.expand(augment.preview_views, 1, -1, -1), draws)  # (V, 1, H, W) uint8
-        images = [stored, eval_view.crop(square)[0].numpy()] + [view[0].numpy() for view in augmented]
+        stored, prepared = _load(Path(data_root) / path, prep, limits)
+        augmented = views(prepared.expand(augment.preview_views, 1, -1, -1), draws)  # (V, 1, H, W) uint8
+        images = [stored, eval_view.crop(prepared)[0].numpy()] + [view[0].numpy() for view in augmented]
         for col, image in enumerate(images):
             ax = axes[row, col]
             ax.imshow(image, cmap="gray", vmin=0, vmax=255)
@@ -62,7 +62,7 @@ def _load(path: Path, prep: Preprocessing, limits: ImageLimits) -> tuple[np.ndar
     """(the scan as stored, (1, S, S) after preprocessing); a file changed since validate is a DataError."""
     try:
         stored = np.asarray(decode_grayscale(path, limits=limits))  # before preprocessing
-        return stored, torch.from_numpy(load_square(path, prep.scan, limits))[None]
+        return stored, torch.from_numpy(load_image(path, prep.scan, limits))[None]
     except Exception as exc:
         raise DataError(f"{path} can no longer be read ({problem_of(exc)}); it changed after the validate stage "
                         "ran. Rerun the pipeline: `dvc repro`.") from None

@@ -93,56 +93,58 @@ def build_report(inputs: ReportInputs, *, samples: int, mistakes: int, gradcam: 
             f"{html.escape(str(inputs.run_info.get('run_id', '')))}</h1>{body}</body></html>")
 
 
-def _dataset_section(v: dict[str, Any], classes: list[str]) -> str:
-    per = v["per_class"]
+def _dataset_section(validation: dict[str, Any], classes: list[str]) -> str:
+    per = validation["per_class"]
     rows = [[c, per["train"][c], per["val"][c], per["test"][c]] for c in classes]
-    rows.append(["total", v["n_train_fit"], v["n_val"], v["n_test"]])
-    leak = v["test_exact_in_train"] + v["test_near_in_train"]
+    rows.append(["total", validation["n_train_fit"], validation["n_val"], validation["n_test"]])
+    leak = validation["test_exact_in_train"] + validation["test_near_in_train"]
     parts = [_table(rows, ["class", "train", "val", "test"]),
-             _table([["excluded (unusable) files", v["n_excluded"]],
-                     ["exact duplicates inside Training", v["exact_duplicates_in_train"]],
-                     ["Testing images with a byte-identical copy in Training", v["test_exact_in_train"]],
-                     ["Testing images with a near-identical copy in Training", v["test_near_in_train"]],
-                     ["leak-free Testing images", v["test_leak_free"]],
-                     ["groups of copies filed under different classes", v["label_conflicts"]],
-                     ["image modes", ", ".join(f"{k}: {n}" for k, n in v["image_modes"].items())],
-                     ["image sizes (min / median / max)", " / ".join(v["image_sizes"].values())]],
+             _table([["excluded (unusable) files", validation["n_excluded"]],
+                     ["exact duplicates inside Training", validation["exact_duplicates_in_train"]],
+                     ["Testing images with a byte-identical copy in Training", validation["test_exact_in_train"]],
+                     ["Testing images with a near-identical copy in Training", validation["test_near_in_train"]],
+                     ["leak-free Testing images", validation["test_leak_free"]],
+                     ["groups of copies filed under different classes", validation["label_conflicts"]],
+                     ["image modes", ", ".join(f"{k}: {n}" for k, n in validation["image_modes"].items())],
+                     ["image sizes (min / median / max)", " / ".join(validation["image_sizes"].values())]],
                     ["check", "result"])]
     if leak:
-        parts.append(f"<p class=warn>{leak} of {v['n_test']} Testing images have a copy in Training: the headline "
-                     "test figures are optimistic. The leak-free figures below leave them out.</p>")
-    if v["excluded"]:
-        parts.append(_table([[e["path"], e["reason"]] for e in v["excluded"][:50]], ["excluded file", "reason"]))
+        parts.append(f"<p class=warn>{leak} of {validation['n_test']} Testing images have a copy in Training: "
+                     "the headline test figures are optimistic. The leak-free figures below leave them out.</p>")
+    if validation["excluded"]:
+        excluded = [[item["path"], item["reason"]] for item in validation["excluded"][:50]]
+        parts.append(_table(excluded, ["excluded file", "reason"]))
     return "".join(parts)
 
 
-def _metrics_section(e: dict[str, Any], classes: list[str]) -> str:
-    lf = e.get("leak_free", {})
+def _metrics_section(test: dict[str, Any], classes: list[str]) -> str:
+    lf = test.get("leak_free", {})
     names = ["accuracy", "macro_f1", "weighted_f1", "log_loss", "ece", "roc_auc_ovr"]
-    rows = [[n, e.get(n) if e.get(n) is not None else "n/a", lf.get(n) if lf.get(n) is not None else "n/a"]
+    rows = [[n, test.get(n) if test.get(n) is not None else "n/a", lf.get(n) if lf.get(n) is not None else "n/a"]
             for n in names]
-    rows.append(["ECE before temperature scaling", _or_na(e.get("ece_uncalibrated")),
+    rows.append(["ECE before temperature scaling", _or_na(test.get("ece_uncalibrated")),
                  _or_na(lf.get("ece_uncalibrated"))])
-    rows.append(["images", e["n"], lf.get("n", 0)])
-    per = [[c, e["per_class"][c]["precision"], e["per_class"][c]["recall"], e["per_class"][c]["f1"],
-            e["per_class"][c]["support"]] for c in classes]
-    note = (f"<p class=note>Probabilities are softmax(logits / T) with T = {e['temperature']:.3f}, fitted on val "
+    rows.append(["images", test["n"], lf.get("n", 0)])
+    per = [[c, test["per_class"][c]["precision"], test["per_class"][c]["recall"], test["per_class"][c]["f1"],
+            test["per_class"][c]["support"]] for c in classes]
+    note = (f"<p class=note>Probabilities are softmax(logits / T) with T = {test['temperature']:.3f}, fitted on val "
             "(temperature scaling: labels, accuracy and F1 are unchanged; log loss and ECE are after it).</p>"
-            if "temperature" in e else "")
+            if "temperature" in test else "")
     return (_table(rows, ["metric", "all Testing", "leak-free Testing"]) + note
             + _table(per, ["class", "precision", "recall", "F1", "support"]))
 
 
-def _external_section(x: dict[str, Any], classes: list[str]) -> str:
-    free = x.get("copy_free", {})
+def _external_section(external: dict[str, Any], classes: list[str]) -> str:
+    free = external.get("copy_free", {})
     names = ["accuracy", "macro_f1", "weighted_f1", "log_loss", "ece", "roc_auc_ovr"]
-    rows = [[n, _or_na(x.get(n)), _or_na(free.get(n))] for n in names]
-    rows.append(["images", x["n"], free.get("n", 0)])
-    per = [[c, x["per_class"][c]["precision"], x["per_class"][c]["recall"], x["per_class"][c]["f1"],
-            x["per_class"][c]["support"]] for c in classes if c in x.get("per_class", {})]
-    return (f"<p>Another labelled dataset, <code>{html.escape(str(x['path']))}</code>: {x['exact_in_train']} "
-            f"byte-identical and {x['near_in_train']} near copies of Training scans found and left out of the "
-            f"copy-free column; {x['n_excluded']} unusable files excluded.</p>"
+    rows = [[n, _or_na(external.get(n)), _or_na(free.get(n))] for n in names]
+    rows.append(["images", external["n"], free.get("n", 0)])
+    scores = external.get("per_class", {})
+    per = [[c, scores[c]["precision"], scores[c]["recall"], scores[c]["f1"], scores[c]["support"]]
+           for c in classes if c in scores]
+    return (f"<p>Another labelled dataset, <code>{html.escape(str(external['path']))}</code>: "
+            f"{external['exact_in_train']} byte-identical and {external['near_in_train']} near copies of Training "
+            f"scans found and left out of the copy-free column; {external['n_excluded']} unusable files excluded.</p>"
             + _table(rows, ["metric", "all external", "copy-free external"])
             + _table(per, ["class", "precision", "recall", "F1", "support"]))
 
@@ -167,7 +169,7 @@ def _prediction_grid(inputs: ReportInputs, predictor: Predictor, count: int, *, 
     else:
         frame = frame.sample(n=min(count, len(frame)), random_state=0)
     frame = frame.head(count)
-    images = [predictor.square(Path(inputs.data_root) / p) for p in frame["path"]]
+    images = [predictor.load_image(Path(inputs.data_root) / p) for p in frame["path"]]
     captions = [f"{Path(p).name[:20]}\ntrue {a.replace('_tumor', '')}\npred {b.replace('_tumor', '')} {q:.2f}"
                 for p, a, b, q in zip(frame["path"], frame["actual"], frame["predicted"], frame["probability"])]
     colors = ["green" if a == b else "red" for a, b in zip(frame["actual"], frame["predicted"])]
@@ -183,8 +185,8 @@ def _gradcam_section(inputs: ReportInputs, predictor: Predictor) -> str:
             if pick.empty:
                 continue
             row = pick.sort_values("probability", ascending=not correct).iloc[0]
-            square = predictor.square(Path(inputs.data_root) / row["path"])
-            pictures.append(predictor.explain(square, row["predicted"]))
+            image = predictor.load_image(Path(inputs.data_root) / row["path"])
+            pictures.append(predictor.explain(image, row["predicted"]))
             captions.append(f"{'correct' if correct else 'WRONG'}: true {label.replace('_tumor', '')}\n"
                             f"pred {row['predicted'].replace('_tumor', '')} {row['probability']:.2f}")
     note = "<p class=note>Where the evidence for the predicted class lies (red = strongest).</p>"

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from braintumor.data.cache import draft_size, load_square, squares_of
+from braintumor.data.cache import draft_size, load_image, images_of
 from braintumor.errors import BrainTumorError
 from braintumor.imaging import ImageLimits, ImageProblem, check_file_size, problem_of
 from braintumor.inference import predict_logits, probabilities
@@ -58,36 +58,36 @@ class Predictor:
         self.limits = ImageLimits.of(bundle["params"]["data"])
         self.bundle = bundle
 
-    def square(self, source: bytes | str | os.PathLike) -> np.ndarray:
+    def load_image(self, source: bytes | str | os.PathLike) -> np.ndarray:
         """One scan -> (S, S) uint8, exactly as evaluation sees it. Raises ImageProblem."""
-        return load_square(source, self.prep.scan, self.limits)
+        return load_image(source, self.prep.scan, self.limits)
 
     def pictures(self, source: bytes | str | os.PathLike) -> Pictures:
         """Every 2-D picture in one file (one; a DICOM's frames; a NIfTI's axial slices). Raises ImageProblem."""
         return read_pictures(source, limits=self.limits, draft=draft_size(self.prep.scan))
 
-    def squares(self, pictures: Pictures) -> list[np.ndarray]:
-        """Each picture -> (S, S) uint8, exactly as evaluation sees a scan (`square` of a one-picture file)."""
-        return squares_of(pictures, self.prep.scan)
+    def images_of(self, pictures: Pictures) -> list[np.ndarray]:
+        """Each picture -> (S, S) uint8, exactly as evaluation sees a scan (`load_image` of a one-picture file)."""
+        return images_of(pictures, self.prep.scan)
 
-    def probabilities(self, squares: list[np.ndarray]) -> np.ndarray:
-        """(N, C) class probabilities for (S, S) uint8 squares: evaluation's inference, temperature included."""
-        if not squares:
+    def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
+        """(N, C) class probabilities for (S, S) uint8 images: evaluation's inference, temperature included."""
+        if not images:
             return np.zeros((0, len(self.classes)))
-        batches = ((torch.from_numpy(np.stack(squares[i:i + self.batch_size]))[:, None], torch.zeros(0))
-                   for i in range(0, len(squares), self.batch_size))  # (B, 1, S, S) uint8, no labels
+        batches = ((torch.from_numpy(np.stack(images[i:i + self.batch_size]))[:, None], torch.zeros(0))
+                   for i in range(0, len(images), self.batch_size))  # (B, 1, S, S) uint8, no labels
         logits, _ = predict_logits(self.model, batches, self.device, self.transform,
                                    tta_hflip=self.inference.tta_hflip, amp_dtype=self.amp_dtype)
         return probabilities(logits, self.inference.temperature)
 
-    def explain(self, square: np.ndarray, label: str) -> np.ndarray:
-        """Grad-CAM of `label` for one (S, S) uint8 square: the crop the network sees, with the heat map of where
+    def explain(self, image: np.ndarray, label: str) -> np.ndarray:
+        """Grad-CAM of `label` for one (S, S) uint8 image: the crop the network sees, with the heat map of where
         the evidence for `label` lies laid over it; (H, W, 3) uint8. For `predict --gradcam` and the report."""
         from braintumor.explain import grad_cam, overlay  # Grad-CAM only: training never loads it
 
-        tensor = self.transform(torch.from_numpy(square)[None].to(self.device))[None]  # (1, 3, H, W)
+        tensor = self.transform(torch.from_numpy(image)[None].to(self.device))[None]  # (1, 3, H, W)
         cam, _ = grad_cam(self.model, self.model.layer4, tensor, self.classes.index(label))
-        return overlay(self.transform.crop(square), cam)
+        return overlay(self.transform.crop(image), cam)
 
     def table(self, probs: np.ndarray) -> pd.DataFrame:
         best = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=int)
@@ -103,11 +103,11 @@ class Predictor:
             got = list(frame.columns) if isinstance(frame, pd.DataFrame) else type(frame).__name__
             raise RequestError(f"the request needs a column {INPUT_COLUMN!r} of base64-encoded image bytes; "
                                f"got columns {got}")
-        squares, rows, frames, problems = [], [], [], []
+        images, rows, frames, problems = [], [], [], []
         for row, value in enumerate(frame[INPUT_COLUMN].tolist()):
             try:
                 pictures = self.pictures(decode_base64(value, max_bytes=self.limits.max_file_bytes))
-                squares.extend(self.squares(pictures))
+                images.extend(self.images_of(pictures))
             except Exception as exc:  # one row's problem, whatever it is: the other rows and the server go on
                 if not isinstance(exc, (BrainTumorError, ImageProblem)):
                     log.warning("row %d could not be prepared", row, exc_info=True)  # for the server's log only
@@ -119,7 +119,7 @@ class Predictor:
             listed = "; ".join(f"row {row}: {reason}" for row, reason in problems[:10])
             more = f"; and {len(problems) - 10} more" if len(problems) > 10 else ""
             raise RequestError(f"{len(problems)} of {len(frame)} rows cannot be used: {listed}{more}", problems)
-        table = self.table(self.probabilities(squares))
+        table = self.table(self.probabilities(images))
         table.insert(0, "frame", frames)
         table.insert(0, "row", rows)
         return table

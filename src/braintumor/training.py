@@ -1,8 +1,9 @@
 """The training loop. Imports neither mlflow nor dvc: it runs on a bare CUDA machine with torch and torchvision.
 
 Per step, in order: augment -> forward -> loss -> backward -> (clip) -> optimizer step -> lr step -> (EMA update);
-per epoch: validate -> checkpoint -> log. Resuming after a kill reloads the last checkpoint; on CPU with `train.deterministic`, an interrupted and
-resumed run ends with the same metrics as an uninterrupted one (each epoch reseeds from (seed, epoch)).
+per epoch: validate -> checkpoint -> log. Resuming after a kill reloads the last checkpoint; on CPU with
+`train.deterministic`, an interrupted and resumed run ends with the same metrics as an uninterrupted one (each epoch
+reseeds from (seed, epoch)).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from braintumor import runtime
 from braintumor.progress import progress_bar
 from braintumor.checkpoint import load_checkpoint, save_checkpoint
 from braintumor.config import AugmentConfig, TrainConfig
-from braintumor.data.cache import SquaresDataset
+from braintumor.data.cache import ImageDataset
 from braintumor.ema import WeightEMA
 from braintumor.errors import BrainTumorError
 from braintumor.inference import predict_probs
@@ -37,9 +38,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class TrainData:
-    train_squares: np.ndarray  # (N, S, S) uint8
+    train_images: np.ndarray  # (N, S, S) uint8
     train_labels: np.ndarray  # (N,) class indices
-    val_squares: np.ndarray
+    val_images: np.ndarray
     val_labels: np.ndarray
     classes: list[str]
 
@@ -126,7 +127,7 @@ def fit(model: nn.Module, data: TrainData, cfg: TrainConfig, augment: AugmentCon
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
 
-    train_set = SquaresDataset(data.train_squares, data.train_labels)
+    train_set = ImageDataset(data.train_images, data.train_labels)
     steps_per_epoch = len(_train_loader(train_set, cfg, device, dist_info, epoch=1))
     optimizer = build_optimizer(model, cfg)
     step = Step(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch)),
@@ -143,7 +144,7 @@ def fit(model: nn.Module, data: TrainData, cfg: TrainConfig, augment: AugmentCon
         print(f"train: DistributedDataParallel over {dist_info.world_size} processes "
               f"({dist.get_backend()}), batch {cfg.batch_size} per process")
     augment_batch, eval_batch = train_preset(prep, augment), eval_preset(prep)
-    val_loader = _loader(SquaresDataset(data.val_squares, data.val_labels), cfg, device, shuffle=False)
+    val_loader = _loader(ImageDataset(data.val_images, data.val_labels), cfg, device, shuffle=False)
     selected = step.ema.model if step.ema else model  # what is validated, selected and saved
     stopped_early = False
     for epoch in range(state.epoch + 1, cfg.epochs + 1):
@@ -223,9 +224,9 @@ def train_one_epoch(net: nn.Module, model: nn.Module, batches, augment, step: St
     keep_frozen_in_eval(model)
     loss_sum, correct, seen = 0.0, 0, 0
     t0 = time.perf_counter()
-    for batch, (squares, targets) in enumerate(batches, start=1):
-        squares = squares.to(device, non_blocking=True)  # (B, 1, S, S) uint8
-        images = augment(squares).contiguous(memory_format=memory_format)  # (B, 3, H, W) float, on device
+    for batch, (cached, targets) in enumerate(batches, start=1):
+        cached = cached.to(device, non_blocking=True)  # (B, 1, S, S) uint8, as the cache holds them
+        images = augment(cached).contiguous(memory_format=memory_format)  # (B, 3, H, W) float, on device
         targets = targets.to(device, non_blocking=True)  # (B,)
         with runtime.autocast(device, step.amp_dtype):
             logits = net(images)  # (B, C)

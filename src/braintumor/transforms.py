@@ -1,6 +1,6 @@
 """Train and eval presets, side by side (after torchvision's classification reference, presets.py).
 
-Both take the (S, S) uint8 squares that `preprocess.prepare_square` makes (S = model.resize_size), which is also
+Both take the (S, S) uint8 images that `preprocess.prepare_image` makes (S = model.resize_size), which is also
 what the training cache stores, one scan `(1, S, S)` or a batch `(B, 1, S, S)`, on any device. Augmentation runs per
 batch on the training device: one affine warp (`grid_sample`) does the random resized crop, flip and rotation of
 every scan at once, so a GPU is never starved by per-image CPU work.
@@ -30,7 +30,7 @@ CURVE_POINTS = 4  # knots of the random intensity curve (augment.intensity_curve
 class Preprocessing:
     """Everything needed to turn a scan into the network's input the way training did; saved in models/model.pt.
 
-    `scan` makes the (S, S) uint8 square from a decoded scan (preprocess.py); the eval preset then centre-crops
+    `scan` makes the (S, S) uint8 image from a decoded scan (preprocess.py); the eval preset then centre-crops
     `image_size` and normalises with `mean` / `std`.
     """
 
@@ -66,7 +66,7 @@ def _as_batch(x: torch.Tensor) -> tuple[torch.Tensor, bool]:
     if x.ndim == 3:  # one scan (1, S, S)
         return x[None], True
     if x.ndim != 4 or x.shape[1] != 1:
-        raise ValueError(f"expected (1, S, S) or (B, 1, S, S) grayscale squares, got shape {tuple(x.shape)}")
+        raise ValueError(f"expected (1, S, S) or (B, 1, S, S) grayscale images, got shape {tuple(x.shape)}")
     return x, False
 
 
@@ -78,7 +78,8 @@ def _normalise(x: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
 
 
 class EvalPreset:
-    """Centre crop image_size from the square, scale to [0, 1], normalise: (…, 1, S, S) uint8 -> (…, 3, H, W)."""
+    """Centre crop image_size from the (S, S) image, scale to [0, 1], normalise:
+    (…, 1, S, S) uint8 -> (…, 3, H, W)."""
 
     def __init__(self, prep: Preprocessing) -> None:
         self.prep = prep

@@ -76,6 +76,6 @@ def read_manifest(path: str | Path, classes: list[str] | None = None) -> pd.Data
     return frame
 
 
-def rows(frame: pd.DataFrame, *splits: str) -> pd.DataFrame:
+def in_splits(frame: pd.DataFrame, *splits: str) -> pd.DataFrame:
     """The manifest rows of the given roles, in manifest order, with a fresh 0..n-1 index."""
     return frame[frame["split"].isin(splits)].reset_index(drop=True)
