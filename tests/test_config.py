@@ -105,6 +105,7 @@ def test_a_section_that_is_not_a_mapping_is_refused():
     ({"train": {"lr": float("nan")}}, "train.lr", float("nan")),
     ({"train": {"epochs": 0}}, "train.epochs", 0),
     ({"train": {"momentum": 1.0}}, "train.momentum", 1.0),
+    ({"train": {"mixup": -0.2}}, "train.mixup", -0.2),
     ({"train": {"epochs": 3, "head_only_epochs": 3}}, "train.head_only_epochs", 3),
     ({"evaluate": {"calibration_bins": 1}}, "evaluate.calibration_bins", 1),
     ({"tracking": {"experiment": "  "}}, "tracking.experiment", "  "),

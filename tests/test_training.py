@@ -7,6 +7,7 @@ import urllib.error
 import numpy as np
 import pytest
 import torch
+from torch import nn
 from conftest import tiny_params
 
 from braintumor.checkpoint import load_checkpoint
@@ -18,8 +19,8 @@ from braintumor.errors import BrainTumorError, ConfigError
 from braintumor.imaging import ImageLimits
 from braintumor.model import Inference, build_model, keep_frozen_in_eval, load_model, save_model, set_frozen
 from braintumor.preprocess import ScanPrep
-from braintumor.training import TrainData, build_optimizer, fit, lr_lambda
-from braintumor.transforms import Preprocessing
+from braintumor.training import Step, TrainData, build_optimizer, fit, lr_lambda, train_one_epoch
+from braintumor.transforms import Preprocessing, mixup
 
 
 @pytest.fixture(scope="module")
@@ -378,3 +379,38 @@ def test_a_readable_checkpoint_that_cannot_be_resumed_starts_over_with_a_warning
         assert reason in caplog.text and "training starts from epoch 1" in caplog.text
         assert epochs.trained == [1]  # trained afresh (resuming the finished checkpoint would train nothing)
         assert _curves(again) == _curves(straight)
+
+
+def test_mixup_blends_each_scan_with_a_partner_by_one_beta_weight():
+    images = torch.rand(8, 3, 6, 6)
+    mixed, partner, lam = mixup(images, 0.4, torch.Generator().manual_seed(3))
+    assert 0.0 < lam < 1.0
+    assert sorted(partner.tolist()) == list(range(8))  # a permutation of the batch
+    assert torch.allclose(mixed, lam * images + (1 - lam) * images[partner])
+    again, partner_again, lam_again = mixup(images, 0.4, torch.Generator().manual_seed(3))  # the generator's draws
+    assert lam_again == lam and torch.equal(partner_again, partner) and torch.equal(again, mixed)
+    lams = [mixup(images, 0.4, torch.Generator().manual_seed(seed))[2] for seed in range(200)]
+    assert 0.4 < float(np.mean(lams)) < 0.6 and min(lams) < 0.1 and max(lams) > 0.9  # Beta(0.4, 0.4): U-shaped
+
+
+def test_with_mixup_the_loss_weighs_both_labels_of_each_blend():
+    """train.mixup > 0: the step's loss is lam * CE(label) + (1 - lam) * CE(partner's label), on the mixed scans."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 6 * 6, 4))
+    nn.init.normal_(net[1].weight, std=0.5)  # confident logits: the mixed and the plain loss differ clearly
+    images, targets = torch.rand(6, 3, 6, 6), torch.tensor([0, 1, 2, 3, 0, 1])
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.0)  # the loss of the weights as they are
+    step = Step(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
+                torch.amp.GradScaler("cpu", enabled=False), None, None, 0.0, label_smoothing=0.1, mixup=0.4)
+    loss, _, seen, _ = train_one_epoch(net, net, [(torch.zeros(6, 1, 6, 6, dtype=torch.uint8), targets)],
+                                       lambda _: images, step, torch.device("cpu"), 1, torch.contiguous_format,
+                                       torch.Generator().manual_seed(4))
+    mixed, partner, lam = mixup(images, 0.4, torch.Generator().manual_seed(4))
+    assert 0.3 < lam < 0.7  # a real blend (at lam 0 or 1 the mixed loss is the plain one, permuted)
+    with torch.no_grad():
+        logits = net(mixed)
+    expected = (lam * nn.functional.cross_entropy(logits, targets, label_smoothing=0.1)
+                + (1 - lam) * nn.functional.cross_entropy(logits, targets[partner], label_smoothing=0.1))
+    plain = nn.functional.cross_entropy(net(images), targets, label_smoothing=0.1)
+    assert seen == 6 and loss == pytest.approx(float(expected), rel=1e-5)
+    assert abs(loss - float(plain)) > 1e-3  # the mixed loss, not the plain one

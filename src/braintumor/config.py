@@ -187,6 +187,7 @@ class TrainConfig:
     nesterov: bool = False
     weight_decay: float = 0.05
     label_smoothing: float = 0.0
+    mixup: float = 0.0  # alpha of mixup's Beta(alpha, alpha) blend of two scans and their labels; 0 = off
     scheduler: Literal["step", "cosine"] = "cosine"
     step_size: int = 7
     gamma: float = 0.1
@@ -219,6 +220,8 @@ class TrainConfig:
         _check(self.ema_decay == 0.0 or 0.9 <= self.ema_decay < 1.0, "train.ema_decay", self.ema_decay,
                "0 (off) or a decay in [0.9, 1), e.g. 0.998")
         _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", self.label_smoothing, "a number in [0, 1)")
+        _check(0.0 <= self.mixup <= 10.0, "train.mixup", self.mixup,
+               "the alpha of Beta(alpha, alpha), in [0, 10] (0 switches mixup off; 0.2-0.4 is usual)")
         _check(0.0 < self.gamma <= 1.0, "train.gamma", self.gamma, "a number in (0, 1]")
         _check(self.grad_clip >= 0, "train.grad_clip", self.grad_clip, "a max norm >= 0 (0 = off)")
         _check(not (self.nesterov and self.optimizer != "sgd"), "train.nesterov", self.nesterov,

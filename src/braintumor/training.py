@@ -31,7 +31,7 @@ from braintumor.ema import WeightEMA
 from braintumor.errors import BrainTumorError
 from braintumor.inference import predict_probs
 from braintumor.model import keep_frozen_in_eval, set_frozen
-from braintumor.transforms import Preprocessing, eval_preset, train_preset
+from braintumor.transforms import Preprocessing, eval_preset, mixup, train_preset
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,7 @@ class Step:
     amp_dtype: torch.dtype | None
     grad_clip: float
     label_smoothing: float
+    mixup: float  # train.mixup's alpha; 0 = off
 
 
 def fit(model: nn.Module, data: TrainData, cfg: TrainConfig, augment: AugmentConfig, prep: Preprocessing, *,
@@ -133,7 +134,7 @@ def fit(model: nn.Module, data: TrainData, cfg: TrainConfig, augment: AugmentCon
     step = Step(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch)),
                 torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
                 WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None, amp_dtype, cfg.grad_clip,
-                cfg.label_smoothing)
+                cfg.label_smoothing, cfg.mixup)
     state = TrainState(extra=dict(extra or {}))
     if _resume(checkpoint_path, state, model, step) and dist_info.is_main:
         print(f"train: resuming from {checkpoint_path} after epoch {state.epoch}")
@@ -159,7 +160,7 @@ def fit(model: nn.Module, data: TrainData, cfg: TrainConfig, augment: AugmentCon
         bar = progress_bar(loader, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
                            disable=not (progress and dist_info.is_main))
         loss, acc, n_seen, t_train = train_one_epoch(net, model, bar, lambda x: augment_batch(x, draws), step,
-                                                     device, epoch, memory_format)
+                                                     device, epoch, memory_format, draws)
         val_loss, val_acc, val_f1 = _validate(selected, val_loader, device, eval_batch, amp_dtype, cfg, data.classes)
         stats = EpochStats(epoch, loss, acc, val_loss, val_acc, val_f1, lr,
                            n_seen * dist_info.world_size / max(t_train, 1e-9), time.perf_counter() - t0)
@@ -218,8 +219,10 @@ def _validate(model, loader, device, transform, amp_dtype, cfg: TrainConfig, cla
 
 
 def train_one_epoch(net: nn.Module, model: nn.Module, batches, augment, step: Step, device: torch.device,
-                    epoch: int, memory_format) -> tuple[float, float, int, float]:
-    """One pass over `batches`: (mean train loss, train accuracy, scans seen, seconds)."""
+                    epoch: int, memory_format, draws: torch.Generator | None = None) -> tuple[float, float, int, float]:
+    """One pass over `batches`: (mean train loss, train accuracy, scans seen, seconds).
+
+    With mixup (step.mixup > 0, its draws from `draws`) the loss and the accuracy weigh both labels of a blend."""
     net.train()
     keep_frozen_in_eval(model)
     loss_sum, correct, seen = 0.0, 0, 0
@@ -228,9 +231,16 @@ def train_one_epoch(net: nn.Module, model: nn.Module, batches, augment, step: St
         cached = cached.to(device, non_blocking=True)  # (B, 1, S, S) uint8, as the cache holds them
         images = augment(cached).contiguous(memory_format=memory_format)  # (B, 3, H, W) float, on device
         targets = targets.to(device, non_blocking=True)  # (B,)
+        partner, lam = targets, 1.0
+        if step.mixup > 0:
+            images, order, lam = mixup(images, step.mixup, draws)
+            partner = targets[order]
         with runtime.autocast(device, step.amp_dtype):
             logits = net(images)  # (B, C)
-            loss = nn.functional.cross_entropy(logits.float(), targets, label_smoothing=step.label_smoothing)
+            loss = lam * nn.functional.cross_entropy(logits.float(), targets, label_smoothing=step.label_smoothing)
+            if lam < 1.0:
+                loss = loss + (1 - lam) * nn.functional.cross_entropy(logits.float(), partner,
+                                                                      label_smoothing=step.label_smoothing)
         value = loss.item()
         if not math.isfinite(value):
             raise BrainTumorError(
@@ -247,7 +257,8 @@ def train_one_epoch(net: nn.Module, model: nn.Module, batches, augment, step: St
         if step.ema is not None:
             step.ema.update()
         loss_sum += value * len(targets)
-        correct += int((logits.argmax(1) == targets).sum())
+        predicted = logits.argmax(1)
+        correct += lam * int((predicted == targets).sum()) + (1 - lam) * int((predicted == partner).sum())
         seen += len(targets)
         if hasattr(batches, "set_postfix"):
             batches.set_postfix(loss=f"{loss_sum / seen:.4f}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -194,6 +195,19 @@ def _gaussian_blur(x: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
     x = F.pad(x, (2, 2, 2, 2), mode="reflect")
     x = F.conv2d(x, taps.view(1, 1, 1, 5))
     return F.conv2d(x, taps.view(1, 1, 5, 1))
+
+
+def mixup(images: torch.Tensor, alpha: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Mixup (Zhang et al., 2018) of a normalised batch (B, C, H, W): each scan blended with another of the batch,
+    `lam * x + (1 - lam) * x[partner]`, lam ~ Beta(alpha, alpha) once per batch. Returns (mixed, partner, lam);
+    the loss is lam * CE(y) + (1 - lam) * CE(y[partner]). Draws come from `generator` (CPU), as the train preset's.
+
+    It needs the labels, so it runs in the training step, after the train preset; the preview does not show it.
+    """
+    seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator))
+    lam = float(np.random.default_rng(seed).beta(alpha, alpha))
+    partner = torch.randperm(images.shape[0], generator=generator).to(images.device)
+    return lam * images + (1 - lam) * images[partner], partner, lam
 
 
 def train_preset(prep: Preprocessing, augment: AugmentConfig) -> TrainPreset:
