@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from braintumor.cli import main
 from braintumor.config import Params, params_from_dict
 from braintumor.data.sample import write_sample_dataset
 from braintumor.processes import BIN, venv_env  # noqa: F401  (BIN: the venv's bin, for the tests)
@@ -77,6 +78,17 @@ def dataset_copy(sample_root, tmp_path) -> Path:
     root = tmp_path / "data"
     shutil.copytree(sample_root, root)
     return root
+
+
+def predict(capsys, *args: str) -> tuple[int, str, str]:
+    """`braintumor predict ARGS` in this process: (exit status, stdout, stderr)."""
+    try:
+        main(["predict", *args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True,

@@ -1,4 +1,5 @@
-"""DICOM and NIfTI files made in the test, with pydicom and nibabel (no downloaded fixtures)."""
+"""Scan files made in the test (no downloaded fixtures): DICOM and NIfTI with pydicom and nibabel, and the odd
+formats the hostile-input tests send (a float TIFF, an EPS)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import io
 
 import nibabel as nib
 import numpy as np
+from PIL import Image
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1, MRImageStorage, generate_uid
@@ -58,3 +60,17 @@ def nifti_bytes(volume: np.ndarray, affine: np.ndarray | None = None, *, gz: boo
         image.header[key] = value
     data = image.to_bytes()
     return gzip.compress(data, mtime=0) if gz else data
+
+
+def float_tiff(pixels: np.ndarray) -> bytes:
+    """A 32-bit float TIFF of `pixels` (NaN and inf allowed: what a broken export writes)."""
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.astype(np.float32), mode="F").save(buffer, format="TIFF")
+    return buffer.getvalue()
+
+
+def eps() -> bytes:
+    """A real EPS file (PostScript), as Pillow writes it; Pillow would render it by running Ghostscript."""
+    buffer = io.BytesIO()
+    Image.new("L", (16, 16), 120).save(buffer, format="EPS")
+    return buffer.getvalue()

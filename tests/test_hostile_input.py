@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 from conftest import tiny_params
 from PIL import EpsImagePlugin, Image
+from scan_files import eps, float_tiff
 
 from braintumor.cli import main
 from braintumor.data import cache
@@ -37,19 +38,6 @@ def png(image: Image.Image) -> bytes:
 def thin_png() -> bytes:
     """1 x 40,000 pixels in about 200 bytes: under the pixel limit, 256 x 10,240,000 once the short side is 256."""
     return png(Image.new("L", (1, 40_000), 90))
-
-
-def float_tiff(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels.astype(np.float32), mode="F").save(buffer, format="TIFF")
-    return buffer.getvalue()
-
-
-def eps() -> bytes:
-    """A real EPS file (PostScript), as Pillow writes it; Pillow would render it by running Ghostscript."""
-    buffer = io.BytesIO()
-    Image.new("L", (16, 16), 120).save(buffer, format="EPS")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import tiny_params
+from conftest import predict, tiny_params
 from PIL import Image
 from scan_files import compressed_dicom_bytes, dicom_bytes, nifti_bytes
 
-from braintumor.cli import main
 from braintumor.data.cache import cached_images, load_image
 from braintumor.data.validate import validate_dataset
 from braintumor.imaging import ImageLimits
@@ -101,16 +100,6 @@ def medical_scans(sample_root, tmp_path) -> dict[str, Path]:
     (folder / "brain.nii.gz").write_bytes(nifti_bytes(volume, gz=True))
     return {"one": folder / "one.dcm", "series": folder / "series.dcm", "volume": folder / "brain.nii.gz",
             "jpegs": jpegs}
-
-
-def predict(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(["predict", *args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_predict_gives_a_row_per_frame_and_slice_and_a_volume_summary(capsys, model_file, medical_scans, tmp_path):

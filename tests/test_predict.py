@@ -8,10 +8,9 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import BIN, run
+from conftest import BIN, predict, run
 from PIL import Image
 
-from braintumor.cli import main
 from braintumor.serving import Predictor
 
 CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
@@ -26,17 +25,6 @@ def scans(sample_root, tmp_path):
         for i in range(2):
             shutil.copy(sample_root / "Testing" / source / f"te_{i:04d}.jpg", root / name / f"scan {i}.jpg")
     return root
-
-
-def predict(capsys, *args: str) -> tuple[int, str, str]:
-    """`braintumor predict ARGS` in this process: (exit status, stdout, stderr)."""
-    try:
-        main(["predict", *args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_files_and_folders_are_read_recursively(capsys, model_file, scans, sample_root, tmp_path):

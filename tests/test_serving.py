@@ -21,7 +21,7 @@ import yaml
 from braintumor.processes import served_model
 from conftest import BIN, REPO, run, tiny_params_dict
 from PIL import Image
-from scan_files import compressed_dicom_bytes, dicom_bytes, nifti_bytes
+from scan_files import compressed_dicom_bytes, dicom_bytes, eps, float_tiff, nifti_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -222,18 +222,6 @@ def _tree_rss_mb(pid: int) -> float:
     return total / 1024
 
 
-def _tiff(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels.astype(np.float32), mode="F").save(buffer, format="TIFF")
-    return buffer.getvalue()
-
-
-def _eps() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("L", (16, 16), 120).save(buffer, format="EPS")
-    return buffer.getvalue()
-
-
 def _hostile_payloads(good: str) -> dict[str, tuple[dict, str]]:
     """name -> (request, how the answer's detail must start)."""
     nan_scan = np.full((64, 64), 500.0)
@@ -244,9 +232,9 @@ def _hostile_payloads(good: str) -> dict[str, tuple[dict, str]]:
     return {
         "thin bomb": (_request(good, thin), "1 of 2 rows cannot be used: row 1: 1x40000 is 40,000.0 times longer "
                                             "than wide, over the limit data.max_aspect_ratio=5"),
-        "NaN TIFF": (_request(_b64(_tiff(nan_scan))), "1 of 1 rows cannot be used: row 0: 1 of 4,096 pixels are not "
+        "NaN TIFF": (_request(_b64(float_tiff(nan_scan))), "1 of 1 rows cannot be used: row 0: 1 of 4,096 pixels are not "
                                                       "finite numbers (NaN or infinity)"),
-        "EPS": (_request(good, _b64(_eps())), "1 of 2 rows cannot be used: row 1: not an image in an accepted format"),
+        "EPS": (_request(good, _b64(eps())), "1 of 2 rows cannot be used: row 1: not an image in an accepted format"),
         "50 MB base64": (_request(fifty_mb), f"1 of 1 rows cannot be used: row 0: 37,500,000 bytes is over the limit "
                                              f"data.max_file_bytes={MAX_FILE_BYTES:,}"),
         "1,000 rows": (_request(*(thin if i in bombs else good for i in range(1000))),
