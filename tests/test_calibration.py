@@ -1,4 +1,5 @@
-"""Temperature scaling: fitted on val, stored in the model file, applied wherever probabilities leave the model."""
+"""Temperature scaling: fitted on val (and shifted copies of it), stored in the model file, applied wherever
+probabilities leave the model."""
 
 from __future__ import annotations
 
@@ -8,12 +9,15 @@ import pytest
 import torch
 from conftest import tiny_params
 
-from braintumor.calibration import fit_temperature
+from braintumor.calibration import fit_temperature, fitted_on
+from braintumor.errors import ConfigError
 from braintumor.evaluation import expected_calibration_error
 from braintumor.inference import probabilities
 from braintumor.model import Inference, build_model, save_model
+from braintumor.pipeline import _calibrate
 from braintumor.serving import Predictor
-from braintumor.transforms import Preprocessing
+from braintumor.training import TrainData
+from braintumor.transforms import Preprocessing, eval_preset, shifted_preset, stronger_intensity
 
 
 def _overconfident(n=4000, classes=4, true_temperature=2.5, seed=0):
@@ -59,3 +63,75 @@ def test_predictor_applies_the_model_files_temperature(sample_root, tmp_path):
     assert p3.max() < p1.max()  # a higher temperature is less sure
     frame = pd.DataFrame({"image": [__import__("base64").b64encode(scan).decode()]})
     np.testing.assert_allclose(warm.predict_frame(frame)[params.data.classes].to_numpy(), p3, rtol=1e-9)
+
+
+class _BrightnessClassifier(torch.nn.Module):
+    """Calls a scan bright (class 1) or dark (class 0) by its mean intensity, very sure of itself: right on clean
+    scans, confidently wrong once gamma, brightness or contrast move the mean across the line (another scanner)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sharpness = torch.nn.Parameter(torch.tensor(3.0))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        mean = images[:, 0].mean(dim=(1, 2))  # normalised with ImageNet's red statistics: 0 is about 0.485
+        return torch.stack([-self.sharpness * mean, self.sharpness * mean], dim=1)
+
+
+def _scan_data(n: int = 40, size: int = 40) -> TrainData:
+    rng = np.random.default_rng(0)
+    labels = np.arange(n) % 2
+    levels = np.where(labels == 1, 175, 75)[:, None, None] + rng.integers(-10, 10, (n, 1, 1))
+    images = np.broadcast_to(levels, (n, size, size)).astype(np.uint8).copy()
+    return TrainData(images[:0], labels[:0], images, labels, ["dark", "bright"])
+
+
+@pytest.mark.parametrize("method", ["val", "shifted", "none"])
+def test_calibration_method_decides_what_the_temperature_is_fitted_on(sample_root, method):
+    params = tiny_params(sample_root, train={"calibration": method}, augment={"gamma": 1.5, "contrast": 0.3},
+                         model={"image_size": 32, "resize_size": 40, "tta_hflip": False})
+    prep = Preprocessing.from_config(params.model, params.preprocess)
+    inference = _calibrate(_BrightnessClassifier(), _scan_data(), prep, params)
+    assert inference.calibration == method
+    if method == "none":
+        assert inference.temperature == 1.0
+    elif method == "val":  # always right and sure on val: the fit sharpens further
+        assert inference.temperature < 1.0
+    else:  # the shifted copies hold confident mistakes: the one T must soften
+        assert inference.temperature > 1.0
+
+
+def test_shifted_copies_are_seeded_scaled_intensity_augmentation_without_geometry(sample_root):
+    params = tiny_params(sample_root, augment={"gamma": 1.5, "brightness": 0.2, "contrast": 0.4, "blur_sharpen": 0.3,
+                                               "noise": 0.02, "intensity_curve": 0.5, "rotation_degrees": 30})
+    stronger = stronger_intensity(params.augment, 3.0)
+    assert stronger.gamma == pytest.approx(1.5 ** 3) and stronger.brightness == pytest.approx(0.6)
+    assert stronger.contrast == 0.95 and stronger.blur_sharpen == pytest.approx(0.9)  # contrast kept < 1
+    assert stronger.noise == pytest.approx(0.06) and stronger.intensity_curve == 0.0
+    assert stronger.rotation_degrees == 30  # geometry is not used by the shifted preset at all
+    prep = Preprocessing.from_config(params.model, params.preprocess)
+    images = torch.from_numpy(_scan_data().val_images[:8, None])
+    clean = eval_preset(prep)(images)
+
+    def shifted(seed, strength=2.0):
+        return shifted_preset(prep, params.augment, strength, torch.Generator().manual_seed(seed))(images)
+
+    assert shifted(1).shape == clean.shape
+    torch.testing.assert_close(shifted(1), shifted(1))  # a seeded copy repeats
+    assert not torch.allclose(shifted(1), shifted(2))
+    assert (shifted(1, 3.0) - clean).abs().mean() > (shifted(1, 1.0) - clean).abs().mean()  # stronger shifts more
+
+
+def test_shifted_calibration_needs_intensity_augmentation(sample_root):
+    no_intensity = {"brightness": 0.0, "contrast": 0.0, "gamma": 1.0, "blur_sharpen": 0.0, "noise": 0.0}
+    with pytest.raises(ConfigError, match="train.calibration = 'shifted' is not allowed: expected val or none"):
+        tiny_params(sample_root, augment=no_intensity, train={"calibration": "shifted"})
+    assert tiny_params(sample_root, augment=no_intensity, train={"calibration": "val"}).train.calibration == "val"
+    with pytest.raises(ConfigError, match="train.calibration"):
+        tiny_params(sample_root, train={"calibration": "test"})
+
+
+def test_report_and_model_card_say_what_the_temperature_was_fitted_on():
+    assert fitted_on("val") == "fitted on val (train.calibration: val)"
+    assert "3 copies of it" in fitted_on("shifted") and "1, 2, 3x" in fitted_on("shifted")
+    assert "T = 1" in fitted_on("none")

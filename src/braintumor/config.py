@@ -202,6 +202,10 @@ class TrainConfig:
     # bf16 autocast on CPU. auto: on when the CPU has AMX or AVX512-BF16 (2.5x faster there), fp32 otherwise.
     cpu_bf16: Literal["auto"] | bool = "auto"
     ema_decay: float = 0.0  # exponential moving average of the weights, per step; validated and saved; 0 = off
+    # How the temperature of the probabilities is fitted after training (calibration.py). val: on the val scans
+    # (Guo et al. 2017). shifted: on the val scans and three copies of them through the train preset's intensity
+    # augmentation at 1x, 2x and 3x its strength, for scans from other scanners (Tomani et al. 2021). none: T = 1.
+    calibration: Literal["val", "shifted", "none"] = "shifted"
     channels_last: bool = True
     compile: bool = False
     threads: int = 0  # CPU threads for torch; 0 keeps torch's default
@@ -285,6 +289,14 @@ class Params:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def __post_init__(self) -> None:
+        augment = self.augment
+        has_intensity_shift = (augment.gamma > 1 or augment.brightness > 0 or augment.contrast > 0
+                               or augment.blur_sharpen > 0 or augment.noise > 0)
+        _check(self.train.calibration != "shifted" or has_intensity_shift, "train.calibration",
+               self.train.calibration, "val or none when the augment section has no intensity augmentation "
+               "(shifted copies val through augment.gamma, brightness, contrast, blur_sharpen and noise)")
 
     def flat(self) -> dict[str, Any]:
         """`{"train.lr": 0.01, ...}`: the form MLflow params and `dvc exp run -S` use."""

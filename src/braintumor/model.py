@@ -96,13 +96,15 @@ def keep_frozen_in_eval(model: nn.Module) -> None:
 class Inference:
     """How the network's logits become the probabilities every stage reports; saved in the model file."""
 
-    temperature: float = 1.0  # probabilities = softmax(logits / temperature), fitted on val (calibration.py)
+    temperature: float = 1.0  # probabilities = softmax(logits / temperature), fitted after training (calibration.py)
     tta_hflip: bool = False  # logits averaged over the scan and its mirror image
+    calibration: str = "val"  # how the temperature was fitted: train.calibration (val | shifted | none)
 
     @classmethod
     def from_dict(cls, spec: dict | None) -> Inference:
-        spec = spec or {}
-        return cls(temperature=float(spec.get("temperature", 1.0)), tta_hflip=bool(spec.get("tta_hflip", False)))
+        spec = spec or {}  # model files before train.calibration fitted T on val
+        return cls(temperature=float(spec.get("temperature", 1.0)), tta_hflip=bool(spec.get("tta_hflip", False)),
+                   calibration=str(spec.get("calibration", "val")))
 
 
 def save_model(path: str | Path, model: nn.Module, *, classes: list[str], preprocessing: Preprocessing,

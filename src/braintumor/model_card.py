@@ -29,7 +29,7 @@ def render(facts: dict[str, Any]) -> str:
     """The model card, markdown."""
     sections = [_title(facts), _model(facts), ("Intended use", _intended_use(facts)), ("Data", _data(facts)),
                 ("Splits", _splits(facts)), ("Leakage found", _leakage(facts)), ("Metrics", _metrics(facts)),
-                ("Calibration", _calibration(facts["evaluation"]))]
+                ("Calibration", _calibration(facts["evaluation"], facts["params"]["train"].get("calibration", "val")))]
     external = facts["evaluation"].get("external")
     if external:
         sections.append(("External data", _external(external)))
@@ -225,14 +225,17 @@ def _metrics(facts: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
-def _calibration(test: dict[str, Any]) -> str:
+def _calibration(test: dict[str, Any], method: str) -> str:
+    from braintumor.calibration import fitted_on
+
     leak_free = test.get("leak_free", {})
     lines = [f"Expected calibration error: {_fmt(test.get('ece'))} on all Testing, "
              f"{_fmt(leak_free.get('ece'))} leak-free; "
              f"log loss {_fmt(test.get('log_loss'))} / {_fmt(leak_free.get('log_loss'))}."]
     if test.get("temperature") is not None:
         before = f" (ECE {_fmt(test['ece_uncalibrated'])} before)" if test.get("ece_uncalibrated") is not None else ""
-        lines.append(f"Probabilities are temperature-scaled with T = {_fmt(test['temperature'])}{before}.")
+        lines.append(f"Probabilities are temperature-scaled with T = {_fmt(test['temperature'])}{before}, "
+                     f"{fitted_on(method)}.")
     return " ".join(lines)
 
 

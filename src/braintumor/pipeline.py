@@ -84,7 +84,8 @@ def train(params: Params) -> dict:
         return {}
     model.load_state_dict(result.best_state)
     inference = _calibrate(model, data, prep, params)
-    summary = {**result.summary(), "temperature": inference.temperature, "precision": result.precision}
+    summary = {**result.summary(), "temperature": inference.temperature, "calibration": inference.calibration,
+               "precision": result.precision}
     save_model(params.paths.model, model, classes=params.data.classes, preprocessing=prep, inference=inference,
                params=params.to_dict(), metrics=summary)
     write_json(params.paths.train_metrics, summary)
@@ -105,21 +106,31 @@ def train(params: Params) -> dict:
 
 
 def _calibrate(model, data: TrainData, prep: Preprocessing, params: Params) -> Inference:
-    """The selected model's inference settings, with the temperature fitted on val (calibration.py)."""
-    from braintumor.calibration import fit_temperature
+    """The selected model's inference settings, with the temperature fitted as train.calibration says
+    (calibration.py): on val, on val and shifted copies of it, or none (T = 1)."""
+    from braintumor.calibration import SHIFT_STRENGTHS, fit_temperature
     from braintumor.data.cache import ImageDataset
     from braintumor.inference import predict_logits
     from braintumor.model import Inference
-    from braintumor.transforms import eval_preset
+    from braintumor.transforms import eval_preset, shifted_preset
 
+    method = params.train.calibration
+    if method == "none":
+        return Inference(temperature=1.0, tta_hflip=params.model.tta_hflip, calibration=method)
+    transforms = [eval_preset(prep)]
+    if method == "shifted":  # a fixed seed per copy: the same val copies on every run
+        transforms += [shifted_preset(prep, params.augment, strength, torch.Generator().manual_seed(copy))
+                       for copy, strength in enumerate(SHIFT_STRENGTHS, start=1)]
     device = next(model.parameters()).device
     loader = torch.utils.data.DataLoader(ImageDataset(data.val_images, data.val_labels),
                                          batch_size=params.evaluate.batch_size)
-    logits, labels = predict_logits(model.eval(), loader, device, eval_preset(prep),
-                                    tta_hflip=params.model.tta_hflip)
+    fitted = [predict_logits(model.eval(), loader, device, transform, tta_hflip=params.model.tta_hflip)
+              for transform in transforms]
+    logits, labels = torch.cat([f[0] for f in fitted]), torch.cat([f[1] for f in fitted])
     temperature = fit_temperature(logits, labels)
-    print(f"train: temperature {temperature:.3f}, fitted on {len(labels)} val scans")
-    return Inference(temperature=temperature, tta_hflip=params.model.tta_hflip)
+    print(f"train: temperature {temperature:.3f}, fitted on {len(data.val_labels)} val scans"
+          + (f" and {len(SHIFT_STRENGTHS)} intensity-shifted copies of them" if method == "shifted" else ""))
+    return Inference(temperature=temperature, tta_hflip=params.model.tta_hflip, calibration=method)
 
 
 def _training_data(params: Params, dist_info) -> tuple[TrainData, pd.DataFrame]:

@@ -73,7 +73,8 @@ def build_report(inputs: ReportInputs, *, samples: int, mistakes: int, gradcam: 
                                            "train preset training used (same module, same params).</p>"
                                            + _img(inputs.preview_png)),
         ("Training curves", png(charts.training_curves(inputs.history))),
-        ("Test metrics", _metrics_section(inputs.evaluation, classes)),
+        ("Test metrics", _metrics_section(inputs.evaluation, classes,
+                                           inputs.params["train"].get("calibration", "val"))),
         *([("External validation", _external_section(inputs.evaluation["external"], classes))]
           if "external" in inputs.evaluation else []),
         ("Confusion matrix", png(charts.confusion_matrices(_confusion(inputs.predictions, classes), classes))),
@@ -117,7 +118,9 @@ def _dataset_section(validation: dict[str, Any], classes: list[str]) -> str:
     return "".join(parts)
 
 
-def _metrics_section(test: dict[str, Any], classes: list[str]) -> str:
+def _metrics_section(test: dict[str, Any], classes: list[str], calibration: str) -> str:
+    from braintumor.calibration import fitted_on
+
     lf = test.get("leak_free", {})
     names = ["accuracy", "macro_f1", "weighted_f1", "log_loss", "ece", "roc_auc_ovr"]
     rows = [[n, test.get(n) if test.get(n) is not None else "n/a", lf.get(n) if lf.get(n) is not None else "n/a"]
@@ -127,8 +130,9 @@ def _metrics_section(test: dict[str, Any], classes: list[str]) -> str:
     rows.append(["images", test["n"], lf.get("n", 0)])
     per = [[c, test["per_class"][c]["precision"], test["per_class"][c]["recall"], test["per_class"][c]["f1"],
             test["per_class"][c]["support"]] for c in classes]
-    note = (f"<p class=note>Probabilities are softmax(logits / T) with T = {test['temperature']:.3f}, fitted on val "
-            "(temperature scaling: labels, accuracy and F1 are unchanged; log loss and ECE are after it).</p>"
+    note = (f"<p class=note>Probabilities are softmax(logits / T) with T = {test['temperature']:.3f}, "
+            f"{html.escape(fitted_on(calibration))} (temperature scaling: labels, accuracy and F1 are unchanged; "
+            "log loss and ECE are after it).</p>"
             if "temperature" in test else "")
     return (_table(rows, ["metric", "all Testing", "leak-free Testing"]) + note
             + _table(per, ["class", "precision", "recall", "F1", "support"]))

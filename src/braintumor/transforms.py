@@ -12,7 +12,7 @@ what is previewed is what is trained, and what is served is what was evaluated.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -170,6 +170,35 @@ class TrainPreset:
         return x.clamp(0.0, 1.0)
 
 
+class ShiftedPreset:
+    """The eval preset with the train preset's intensity augmentation (no crop, flip or rotation) at `strength`
+    times its configured strength: val scans as another scanner or sequence might render them. Used to fit the
+    temperature under shift (train.calibration: shifted); draws come from `generator`, so a seeded copy repeats.
+    """
+
+    def __init__(self, prep: Preprocessing, augment: AugmentConfig, strength: float,
+                 generator: torch.Generator) -> None:
+        self.prep, self.generator = prep, generator
+        self.eval = EvalPreset(prep)
+        self.train = TrainPreset(prep, stronger_intensity(augment, strength))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        batch, single = _as_batch(x)
+        out = self.train.intensity(self.eval.crop(batch).float() / 255.0, self.generator)
+        out = _normalise(out, self.prep)
+        return out[0] if single else out
+
+
+def stronger_intensity(augment: AugmentConfig, strength: float) -> AugmentConfig:
+    """`augment` with gamma raised to `strength` and brightness, contrast, blur/sharpen and noise times `strength`,
+    each kept within its allowed range; intensity curves off (they make another image, not another scanner)."""
+    return replace(augment, gamma=min(augment.gamma ** strength, 4.0),
+                   brightness=min(augment.brightness * strength, 0.95),
+                   contrast=min(augment.contrast * strength, 0.95),
+                   blur_sharpen=min(augment.blur_sharpen * strength, 1.0),
+                   noise=min(augment.noise * strength, 0.5), intensity_curve=0.0)
+
+
 def _random_curve(x: torch.Tensor, points: torch.Tensor, *, apply: torch.Tensor) -> torch.Tensor:
     """Map each selected scan's intensities through its own random piecewise-linear curve (not monotonic).
 
@@ -216,6 +245,11 @@ def train_preset(prep: Preprocessing, augment: AugmentConfig) -> TrainPreset:
 
 def eval_preset(prep: Preprocessing) -> EvalPreset:
     return EvalPreset(prep)
+
+
+def shifted_preset(prep: Preprocessing, augment: AugmentConfig, strength: float,
+                   generator: torch.Generator) -> ShiftedPreset:
+    return ShiftedPreset(prep, augment, strength, generator)
 
 
 def display_preset(prep: Preprocessing, augment: AugmentConfig) -> TrainPreset:
