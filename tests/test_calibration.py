@@ -14,7 +14,7 @@ from braintumor.errors import ConfigError
 from braintumor.evaluation import expected_calibration_error
 from braintumor.inference import probabilities
 from braintumor.model import Inference, build_model, save_model
-from braintumor.pipeline import _calibrate
+from braintumor.pipeline import calibrate
 from braintumor.serving import Predictor
 from braintumor.training import TrainData
 from braintumor.transforms import Preprocessing, eval_preset, shifted_preset, stronger_intensity
@@ -91,7 +91,7 @@ def test_calibration_method_decides_what_the_temperature_is_fitted_on(sample_roo
     params = tiny_params(sample_root, train={"calibration": method}, augment={"gamma": 1.5, "contrast": 0.3},
                          model={"image_size": 32, "resize_size": 40, "tta_hflip": False})
     prep = Preprocessing.from_config(params.model, params.preprocess)
-    inference = _calibrate(_BrightnessClassifier(), _scan_data(), prep, params)
+    inference = calibrate(_BrightnessClassifier(), _scan_data(), prep, params)
     assert inference.calibration == method
     if method == "none":
         assert inference.temperature == 1.0

@@ -83,7 +83,7 @@ def train(params: Params) -> dict:
     if not dist_info.is_main:
         return {}
     model.load_state_dict(result.best_state)
-    inference = _calibrate(model, data, prep, params)
+    inference = calibrate(model, data, prep, params)
     summary = {**result.summary(), "temperature": inference.temperature, "calibration": inference.calibration,
                "precision": result.precision}
     save_model(params.paths.model, model, classes=params.data.classes, preprocessing=prep, inference=inference,
@@ -105,7 +105,7 @@ def train(params: Params) -> dict:
     return summary
 
 
-def _calibrate(model, data: TrainData, prep: Preprocessing, params: Params) -> Inference:
+def calibrate(model, data: TrainData, prep: Preprocessing, params: Params) -> Inference:
     """The selected model's inference settings, with the temperature fitted as train.calibration says
     (calibration.py): on val, on val and shifted copies of it, or none (T = 1)."""
     from braintumor.calibration import SHIFT_STRENGTHS, fit_temperature
@@ -221,7 +221,7 @@ def evaluate(params: Params) -> dict:
     if list(bundle["classes"]) != list(params.data.classes):
         raise BrainTumorError(f"{params.paths.model} was trained on classes {bundle['classes']} but data.classes is "
                               f"{params.data.classes}. Retrain (`dvc repro train`) or restore data.classes.")
-    scorer = _Scorer(model, device, bundle, params)
+    scorer = Scorer(model, device, bundle, params)
     test = in_splits(frame, "test")
     logits, y_true = scorer.logits(test, params.paths.data)
     probs = scorer.probabilities(logits)
@@ -265,7 +265,7 @@ def evaluate(params: Params) -> dict:
     return metrics
 
 
-class _Scorer:
+class Scorer:
     """The model file's inference (preprocessing, TTA, temperature) over manifest-like rows, and their metrics."""
 
     def __init__(self, model, device, bundle: dict, params: Params) -> None:
@@ -310,7 +310,7 @@ class _Scorer:
         return metrics
 
 
-def _evaluate_external(scorer: _Scorer, frame: pd.DataFrame, params: Params) -> tuple[dict, str]:
+def _evaluate_external(scorer: Scorer, frame: pd.DataFrame, params: Params) -> tuple[dict, str]:
     """Metrics on the external set (all of it, and its part without copies of Training scans), and its CSV."""
     from braintumor.data.external import load_external
     from braintumor.data.splits import in_splits
