@@ -10,6 +10,13 @@ method (none: T = 1; val: fitted on val; shifted: on val and its intensity-shift
 Testing and on its leak-free part. Accuracy does not change with T. Choose a method by what it is meant for: val
 always prefers `val`; Testing of the public set comes from another source than Training, as deployment scans do.
 Last line: `ece_testing none=... val=... shifted=...`.
+
+    python benchmarks/calibration_shift.py --model M --seeds 8
+
+also refits the shifted temperature with 8 different seeds for the copies (`pipeline.calibrate(seed=...)`), once
+with the train stage's Latin-hypercube draws and once with independent draws per scan (what the copies would be
+without the stratification), and prints the spread of T and of Testing ECE over the seeds for each: how much of a
+reported figure is the copies' luck. Line: `t_spread lhs=MIN..MAX iid=MIN..MAX`.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from braintumor.fileio import project_path
 from braintumor.imaging import ImageLimits
 from braintumor.inference import probabilities
 from braintumor.model import load_model
+from braintumor import transforms
 from braintumor.pipeline import Scorer, calibrate
 from braintumor.training import TrainData
 from braintumor.transforms import Preprocessing
@@ -41,6 +49,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="models/model.pt")
     parser.add_argument("--params", default="params.yaml", help="where the manifest, data and cache are")
+    parser.add_argument("--seeds", type=int, default=0, help="refit the shifted T with this many copy seeds")
     args = parser.parse_args()
 
     project = load_params(args.params)
@@ -77,6 +86,22 @@ def main() -> None:
     accuracy = float((test_logits.argmax(1).numpy() == test_true).mean())
     print(f"accuracy val {(val_logits.argmax(1).numpy() == val_true).mean():.3f} testing {accuracy:.3f}")
     print("ece_testing " + " ".join(f"{m}={results[m]['testing']['ece']:.3f}" for m in METHODS))
+    if args.seeds:
+        shifted = replace(trained, train=replace(trained.train, calibration="shifted"))
+        spreads = {}
+        for draws, table in (("lhs", transforms.latin_hypercube), ("iid", _independent)):
+            transforms.latin_hypercube = table  # what ShiftedPreset draws its table with
+            temperatures = [calibrate(model, data, prep, shifted, seed=seed).temperature for seed in range(args.seeds)]
+            eces = [ev.expected_calibration_error(test_true, probabilities(test_logits, t)) for t in temperatures]
+            spreads[draws] = f"{min(temperatures):.3f}..{max(temperatures):.3f}"
+            print(f"{draws}: T median {np.median(temperatures):.3f} range {spreads[draws]} (sd {np.std(temperatures):.3f}); "
+                  f"Testing ECE median {np.median(eces):.3f} range {min(eces):.3f}..{max(eces):.3f}")
+        print("t_spread " + " ".join(f"{k}={v}" for k, v in spreads.items()))
+
+
+def _independent(n: int, dims: int, generator: torch.Generator) -> torch.Tensor:
+    """Independent uniform draws per scan: the shifted copies without the Latin hypercube's stratification."""
+    return torch.rand(n, dims, generator=generator)
 
 
 if __name__ == "__main__":

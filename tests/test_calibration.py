@@ -17,7 +17,7 @@ from braintumor.model import Inference, build_model, save_model
 from braintumor.pipeline import calibrate
 from braintumor.serving import Predictor
 from braintumor.training import TrainData
-from braintumor.transforms import Preprocessing, eval_preset, shifted_preset, stronger_intensity
+from braintumor.transforms import Preprocessing, eval_preset, latin_hypercube, shifted_preset, stronger_intensity
 
 
 def _overconfident(n=4000, classes=4, true_temperature=2.5, seed=0):
@@ -114,12 +114,39 @@ def test_shifted_copies_are_seeded_scaled_intensity_augmentation_without_geometr
     clean = eval_preset(prep)(images)
 
     def shifted(seed, strength=2.0):
-        return shifted_preset(prep, params.augment, strength, torch.Generator().manual_seed(seed))(images)
+        return shifted_preset(prep, params.augment, strength, seed, len(images))(images, torch.arange(len(images)))
 
     assert shifted(1).shape == clean.shape
     torch.testing.assert_close(shifted(1), shifted(1))  # a seeded copy repeats
     assert not torch.allclose(shifted(1), shifted(2))
     assert (shifted(1, 3.0) - clean).abs().mean() > (shifted(1, 1.0) - clean).abs().mean()  # stronger shifts more
+
+
+def test_a_shifted_copy_is_drawn_per_scan_so_batching_cannot_change_it(sample_root):
+    params = tiny_params(sample_root, augment={"gamma": 1.5, "contrast": 0.3, "noise": 0.05},
+                         model={"image_size": 32, "resize_size": 40})
+    prep = Preprocessing.from_config(params.model, params.preprocess)
+    images = torch.from_numpy(_scan_data().val_images[:, None])
+    preset = shifted_preset(prep, params.augment, 2.0, 7, len(images))
+    whole = preset(images, torch.arange(len(images)))
+    torch.testing.assert_close(preset(images[5:6], torch.tensor([5])), whole[5:6])  # scan 5 alone, noise included
+    torch.testing.assert_close(torch.cat([preset(images[i:i + 3], torch.arange(i, min(i + 3, 40))) for i in range(0, 40, 3)]),
+                               whole)
+    temperatures = {size: calibrate(_BrightnessClassifier(), _scan_data(), prep,
+                                    tiny_params(sample_root, augment={"gamma": 1.5, "contrast": 0.3, "noise": 0.05},
+                                                model={"image_size": 32, "resize_size": 40, "tta_hflip": False},
+                                                evaluate={"batch_size": size})).temperature
+                    for size in (3, 16)}
+    assert temperatures[3] == pytest.approx(temperatures[16], rel=1e-9)  # evaluate.batch_size: 0.93 vs 0.99 before
+    assert temperatures[3] > 1.0
+
+
+def test_latin_hypercube_puts_one_draw_in_each_stratum_of_every_column():
+    table = latin_hypercube(50, 6, torch.Generator().manual_seed(0))
+    assert table.shape == (50, 6) and table.min() >= 0 and table.max() < 1
+    for column in table.T:
+        assert sorted((column * 50).floor().long().tolist()) == list(range(50))
+    assert not torch.equal(table[:, 0], table[:, 1])  # columns shuffled independently
 
 
 def test_shifted_calibration_needs_intensity_augmentation(sample_root):

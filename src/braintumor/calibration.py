@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 
 T_RANGE = (0.05, 20.0)
-SHIFT_STRENGTHS = (1.0, 2.0, 3.0)  # train.calibration: shifted; one copy of val per strength, next to val itself
+SHIFT_STRENGTHS = (1.0, 2.0, 3.0)  # train.calibration: shifted; copies of val at these strengths, next to val itself
+COPIES_PER_STRENGTH = 1
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -47,12 +48,18 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return min(max(fitted, T_RANGE[0]), T_RANGE[1])
 
 
+def shift_copies(seed: int = 0) -> list[tuple[int, float]]:
+    """(copy seed, strength) of each shifted copy of val: COPIES_PER_STRENGTH per strength in SHIFT_STRENGTHS."""
+    strengths = [s for s in SHIFT_STRENGTHS for _ in range(COPIES_PER_STRENGTH)]
+    return [(1000 * seed + copy, strength) for copy, strength in enumerate(strengths, start=1)]
+
+
 def fitted_on(method: str) -> str:
     """What the temperature was fitted on, for the report and the model card (`method`: train.calibration)."""
     if method == "none":
         return "not fitted (train.calibration: none, T = 1)"
     if method == "shifted":
-        return (f"fitted on val and {len(SHIFT_STRENGTHS)} copies of it through the train preset's intensity "
+        return (f"fitted on val and {len(shift_copies())} copies of it through the train preset's intensity "
                 f"augmentation at {', '.join(f'{s:g}' for s in SHIFT_STRENGTHS)}x its strength "
                 "(train.calibration: shifted)")
     return "fitted on val (train.calibration: val)"

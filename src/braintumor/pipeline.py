@@ -105,11 +105,12 @@ def train(params: Params) -> dict:
     return summary
 
 
-def calibrate(model, data: TrainData, prep: Preprocessing, params: Params) -> Inference:
+def calibrate(model, data: TrainData, prep: Preprocessing, params: Params, *, seed: int = 0) -> Inference:
     """The selected model's inference settings, with the temperature fitted as train.calibration says
-    (calibration.py): on val, on val and shifted copies of it, or none (T = 1)."""
-    from braintumor.calibration import SHIFT_STRENGTHS, fit_temperature
-    from braintumor.data.cache import ImageDataset
+    (calibration.py): on val, on val and shifted copies of it, or none (T = 1). `seed` picks the shifted copies
+    (the train stage uses 0; benchmarks/calibration_shift.py --seeds shows how little T moves with it)."""
+    from braintumor.calibration import fit_temperature, shift_copies
+    from braintumor.data.cache import ImageDataset, IndexedTransform
     from braintumor.inference import predict_logits
     from braintumor.model import Inference
     from braintumor.transforms import eval_preset, shifted_preset
@@ -117,19 +118,21 @@ def calibrate(model, data: TrainData, prep: Preprocessing, params: Params) -> In
     method = params.train.calibration
     if method == "none":
         return Inference(temperature=1.0, tta_hflip=params.model.tta_hflip, calibration=method)
-    transforms = [eval_preset(prep)]
-    if method == "shifted":  # a fixed seed per copy: the same val copies on every run
-        transforms += [shifted_preset(prep, params.augment, strength, torch.Generator().manual_seed(copy))
-                       for copy, strength in enumerate(SHIFT_STRENGTHS, start=1)]
+    val = ImageDataset(data.val_images, data.val_labels)
     device = next(model.parameters()).device
-    loader = torch.utils.data.DataLoader(ImageDataset(data.val_images, data.val_labels),
-                                         batch_size=params.evaluate.batch_size)
+    batch_size = params.evaluate.batch_size
+    passes = [(torch.utils.data.DataLoader(val, batch_size=batch_size), eval_preset(prep))]
+    if method == "shifted":  # copies made on the CPU scan by scan, from fixed seeds: the same on every run
+        for copy_seed, strength in shift_copies(seed):
+            shifted = shifted_preset(prep, params.augment, strength, copy_seed, len(val))
+            passes.append((torch.utils.data.DataLoader(IndexedTransform(val, shifted), batch_size=batch_size),
+                           torch.nn.Identity()))
     fitted = [predict_logits(model.eval(), loader, device, transform, tta_hflip=params.model.tta_hflip)
-              for transform in transforms]
+              for loader, transform in passes]
     logits, labels = torch.cat([f[0] for f in fitted]), torch.cat([f[1] for f in fitted])
     temperature = fit_temperature(logits, labels)
     print(f"train: temperature {temperature:.3f}, fitted on {len(data.val_labels)} val scans"
-          + (f" and {len(SHIFT_STRENGTHS)} intensity-shifted copies of them" if method == "shifted" else ""))
+          + (f" and {len(passes) - 1} intensity-shifted copies of them" if method == "shifted" else ""))
     return Inference(temperature=temperature, tta_hflip=params.model.tta_hflip, calibration=method)
 
 

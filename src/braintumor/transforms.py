@@ -25,6 +25,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ASPECT_RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's default range
 CURVE_POINTS = 4  # knots of the random intensity curve (augment.intensity_curve), besides black
+INTENSITY_DRAWS = 6  # uniform draws per scan for the intensity step (apply_intensity)
 
 
 @dataclass(frozen=True)
@@ -145,48 +146,83 @@ class TrainPreset:
     def intensity(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """(B, 1, H, W) in [0, 1] -> the same, each scan with its own gamma, brightness, contrast, blur or sharpening
         and noise: a scan's look then says nothing about its class, only its anatomy does."""
-        aug, n = self.augment, x.shape[0]
-        draws = torch.rand(n, 6, generator=generator).to(x.device)  # one row of draws per scan
-        signed = 2 * draws - 1  # uniform in [-1, 1]
-        if aug.intensity_curve > 0:
-            curves = torch.rand(n, CURVE_POINTS, generator=generator).to(x.device)
-            x = _random_curve(x, curves, apply=draws[:, 5] < aug.intensity_curve)
-        if aug.gamma > 1:
-            x = x.clamp_min(0.0) ** torch.exp(math.log(aug.gamma) * signed[:, 0]).view(n, 1, 1, 1)
-        if aug.brightness > 0:
-            x = x * (1 + aug.brightness * signed[:, 1]).view(n, 1, 1, 1)
-        if aug.contrast > 0:
-            mean = x.mean(dim=(1, 2, 3), keepdim=True)
-            x = (x - mean) * (1 + aug.contrast * signed[:, 2]).view(n, 1, 1, 1) + mean
-        if aug.blur_sharpen > 0:  # s < 0 blurs (s = -1: fully blurred), s > 0 sharpens (unsharp mask)
-            detail = x - _gaussian_blur(x)
-            x = x + (aug.blur_sharpen * signed[:, 3]).view(n, 1, 1, 1) * detail
-        if aug.noise > 0:
-            std = (aug.noise * draws[:, 4]).view(n, 1, 1, 1)
-            # Drawn on the device from a seed the CPU generator gives: no (B, 1, H, W) copy to a GPU per batch.
-            seed = int(torch.randint(2**62, (1,), generator=generator))
-            noise = torch.randn(x.shape, device=x.device, generator=torch.Generator(device=x.device).manual_seed(seed))
-            x = x + std * noise
-        return x.clamp(0.0, 1.0)
+        n = x.shape[0]
+        draws = torch.rand(n, INTENSITY_DRAWS, generator=generator)  # one row of draws per scan
+        curves = (torch.rand(n, CURVE_POINTS, generator=generator) if self.augment.intensity_curve > 0 else None)
+        noise_seeds = (torch.randint(2**62, (1,), generator=generator).expand(n)
+                       if self.augment.noise > 0 else None)  # one seed per batch: the noise of a whole batch at once
+        return apply_intensity(x, self.augment, draws, curves=curves, noise_seeds=noise_seeds)
+
+
+def apply_intensity(x: torch.Tensor, augment: AugmentConfig, draws: torch.Tensor, *,
+                    curves: torch.Tensor | None = None, noise_seeds: torch.Tensor | None = None) -> torch.Tensor:
+    """The train preset's intensity step with its random numbers given: x (B, 1, H, W) in [0, 1]; draws (B, 6)
+    uniform in [0, 1) (gamma, brightness, contrast, blur/sharpen, noise level, curve or not); curves (B, K) the
+    curve knots (when augment.intensity_curve > 0); noise_seeds (B,) the seeds of the noise pixels (when
+    augment.noise > 0), drawn on x's device: scans that share a seed share one draw of the whole batch."""
+    aug, n = augment, x.shape[0]
+    draws = draws.to(x.device)
+    signed = 2 * draws - 1  # uniform in [-1, 1]
+    if aug.intensity_curve > 0:
+        x = _random_curve(x, curves.to(x.device), apply=draws[:, 5] < aug.intensity_curve)
+    if aug.gamma > 1:
+        x = x.clamp_min(0.0) ** torch.exp(math.log(aug.gamma) * signed[:, 0]).view(n, 1, 1, 1)
+    if aug.brightness > 0:
+        x = x * (1 + aug.brightness * signed[:, 1]).view(n, 1, 1, 1)
+    if aug.contrast > 0:
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        x = (x - mean) * (1 + aug.contrast * signed[:, 2]).view(n, 1, 1, 1) + mean
+    if aug.blur_sharpen > 0:  # s < 0 blurs (s = -1: fully blurred), s > 0 sharpens (unsharp mask)
+        detail = x - _gaussian_blur(x)
+        x = x + (aug.blur_sharpen * signed[:, 3]).view(n, 1, 1, 1) * detail
+    if aug.noise > 0:
+        std = (aug.noise * draws[:, 4]).view(n, 1, 1, 1)
+        x = x + std * _noise(x.shape, noise_seeds, x.device)
+    return x.clamp(0.0, 1.0)
+
+
+def _noise(shape: torch.Size, seeds: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Standard normal pixels drawn on `device` (no (B, 1, H, W) copy to a GPU): one draw for each run of equal
+    seeds, so a batch that shares one seed costs one call, and a scan with its own seed gets its own pixels."""
+    parts = []
+    for seed, count in zip(*torch.unique_consecutive(seeds, return_counts=True)):
+        generator = torch.Generator(device=device).manual_seed(int(seed))
+        parts.append(torch.randn((int(count), *shape[1:]), device=device, generator=generator))
+    return torch.cat(parts)
 
 
 class ShiftedPreset:
     """The eval preset with the train preset's intensity augmentation (no crop, flip or rotation) at `strength`
     times its configured strength: val scans as another scanner or sequence might render them. Used to fit the
-    temperature under shift (train.calibration: shifted); draws come from `generator`, so a seeded copy repeats.
+    temperature under shift (train.calibration: shifted).
+
+    A copy of `count` scans, addressed by index: scan i always gets row i of a table drawn once from `seed`, so the
+    copy depends on the scans, the seed and the strength alone, not on the batch size or the order of calls. The
+    table is a Latin hypercube (each draw's `count` values spread one per stratum, then shuffled): every copy holds
+    the whole range of each shift in the same proportions, so a temperature fitted on it barely moves with `seed`.
     """
 
-    def __init__(self, prep: Preprocessing, augment: AugmentConfig, strength: float,
-                 generator: torch.Generator) -> None:
-        self.prep, self.generator = prep, generator
+    def __init__(self, prep: Preprocessing, augment: AugmentConfig, strength: float, seed: int, count: int) -> None:
+        self.prep = prep
         self.eval = EvalPreset(prep)
-        self.train = TrainPreset(prep, stronger_intensity(augment, strength))
+        self.augment = stronger_intensity(augment, strength)
+        generator = torch.Generator().manual_seed(seed)
+        self.draws = latin_hypercube(count, INTENSITY_DRAWS, generator)
+        self.noise_seeds = torch.randint(2**62, (count,), generator=generator)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        batch, single = _as_batch(x)
-        out = self.train.intensity(self.eval.crop(batch).float() / 255.0, self.generator)
-        out = _normalise(out, self.prep)
-        return out[0] if single else out
+    def __call__(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """x: (B, 1, S, S) uint8, the scans numbered `indices` (B,) in the copy -> (B, 3, H, W)."""
+        indices = torch.as_tensor(indices).cpu()
+        out = apply_intensity(self.eval.crop(x).float() / 255.0, self.augment, self.draws[indices],
+                              noise_seeds=self.noise_seeds[indices])
+        return _normalise(out, self.prep)
+
+
+def latin_hypercube(n: int, dims: int, generator: torch.Generator) -> torch.Tensor:
+    """(n, dims) in [0, 1): in each column, one value in each of the n strata [k/n, (k+1)/n), in random order."""
+    jitter = torch.rand(n, dims, generator=generator, dtype=torch.float64)
+    order = torch.stack([torch.randperm(n, generator=generator) for _ in range(dims)], dim=1)
+    return ((order + jitter) / n).float().clamp(max=1 - 2**-24)
 
 
 def stronger_intensity(augment: AugmentConfig, strength: float) -> AugmentConfig:
@@ -247,9 +283,9 @@ def eval_preset(prep: Preprocessing) -> EvalPreset:
     return EvalPreset(prep)
 
 
-def shifted_preset(prep: Preprocessing, augment: AugmentConfig, strength: float,
-                   generator: torch.Generator) -> ShiftedPreset:
-    return ShiftedPreset(prep, augment, strength, generator)
+def shifted_preset(prep: Preprocessing, augment: AugmentConfig, strength: float, seed: int,
+                   count: int) -> ShiftedPreset:
+    return ShiftedPreset(prep, augment, strength, seed, count)
 
 
 def display_preset(prep: Preprocessing, augment: AugmentConfig) -> TrainPreset:

@@ -106,3 +106,18 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return torch.from_numpy(np.array(self.images[index]))[None], int(self.labels[index])  # copied out of mmap
+
+
+class IndexedTransform(Dataset):
+    """`dataset`'s (image, label) as (transform(image[None], [index])[0], label), on the CPU one scan at a time: for
+    a transform that depends on which scan it is given (transforms.ShiftedPreset), whatever the batch size."""
+
+    def __init__(self, dataset: Dataset, transform) -> None:
+        self.dataset, self.transform = dataset, transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.dataset[index]
+        return self.transform(image[None], torch.tensor([index]))[0], label
