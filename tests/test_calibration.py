@@ -160,5 +160,5 @@ def test_shifted_calibration_needs_intensity_augmentation(sample_root):
 
 def test_report_and_model_card_say_what_the_temperature_was_fitted_on():
     assert fitted_on("val") == "fitted on val (train.calibration: val)"
-    assert "3 copies of it" in fitted_on("shifted") and "1, 2, 3x" in fitted_on("shifted")
+    assert "6 copies of it" in fitted_on("shifted") and "2 at each of 1, 2, 3x" in fitted_on("shifted")
     assert "T = 1" in fitted_on("none")

@@ -203,8 +203,9 @@ class TrainConfig:
     cpu_bf16: Literal["auto"] | bool = "auto"
     ema_decay: float = 0.0  # exponential moving average of the weights, per step; validated and saved; 0 = off
     # How the temperature of the probabilities is fitted after training (calibration.py). val: on the val scans
-    # (Guo et al. 2017). shifted: on the val scans and three copies of them through the train preset's intensity
-    # augmentation at 1x, 2x and 3x its strength, for scans from other scanners (Tomani et al. 2021). none: T = 1.
+    # (Guo et al. 2017). shifted: on the val scans and six copies of them through the train preset's intensity
+    # augmentation, two at each of 1x, 2x and 3x its strength, for scans from other scanners (Tomani et al. 2021).
+    # none: T = 1.
     calibration: Literal["val", "shifted", "none"] = "shifted"
     channels_last: bool = True
     compile: bool = False
