@@ -21,7 +21,9 @@ import torch.nn.functional as F
 
 T_RANGE = (0.05, 20.0)
 SHIFT_STRENGTHS = (1.0, 2.0, 3.0)  # train.calibration: shifted; copies of val at these strengths, next to val itself
-COPIES_PER_STRENGTH = 2  # two seeded copies per strength: T moved 0.934..0.971 over copy seeds with one (run 11)
+# Copies per strength (clean val counts as many times, so each of the four weighs alike). With one, T moved
+# 0.934..0.971 over copy seeds on run 11's model (benchmarks/calibration_shift.py --seeds 6).
+COPIES_PER_STRENGTH = 2
 
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:

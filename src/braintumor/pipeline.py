@@ -109,7 +109,7 @@ def calibrate(model, data: TrainData, prep: Preprocessing, params: Params, *, se
     """The selected model's inference settings, with the temperature fitted as train.calibration says
     (calibration.py): on val, on val and shifted copies of it, or none (T = 1). `seed` picks the shifted copies
     (the train stage uses 0; benchmarks/calibration_shift.py --seeds shows how little T moves with it)."""
-    from braintumor.calibration import fit_temperature, shift_copies
+    from braintumor.calibration import COPIES_PER_STRENGTH, fit_temperature, shift_copies
     from braintumor.data.cache import ImageDataset, IndexedTransform
     from braintumor.inference import predict_logits
     from braintumor.model import Inference
@@ -129,6 +129,8 @@ def calibrate(model, data: TrainData, prep: Preprocessing, params: Params, *, se
                            torch.nn.Identity()))
     fitted = [predict_logits(model.eval(), loader, device, transform, tta_hflip=params.model.tta_hflip)
               for loader, transform in passes]
+    if method == "shifted":  # clean val weighs as much as each strength's copies together
+        fitted = [fitted[0]] * COPIES_PER_STRENGTH + fitted[1:]
     logits, labels = torch.cat([f[0] for f in fitted]), torch.cat([f[1] for f in fitted])
     temperature = fit_temperature(logits, labels)
     print(f"train: temperature {temperature:.3f}, fitted on {len(data.val_labels)} val scans"
