@@ -49,11 +49,11 @@ def preview_figure(train_rows: pd.DataFrame, data_root: str | Path, classes: lis
             if row == 0:
                 ax.set_title(titles[col], fontsize=8)
     scan = prep.scan
-    fig.suptitle(f"Preprocessing: head crop {scan.head_crop}, intensity {scan.intensity}. Train preset: crop scale "
+    fig.suptitle(f"Preprocessing: head crop {scan.head_crop}, intensity {scan.intensity}.\nTrain preset: crop scale "
                  f"{augment.crop_scale}, hflip {augment.hflip}, rotation ±{augment.rotation_degrees:g}°, brightness "
                  f"{augment.brightness:g}, contrast {augment.contrast:g}, intensity curve "
                  f"{augment.intensity_curve:g}, gamma {augment.gamma:g}, blur/sharpen {augment.blur_sharpen:g}, "
-                 f"noise {augment.noise:g}", fontsize=8, wrap=True)
+                 f"noise {augment.noise:g}", fontsize=8)
     fig.tight_layout()
     return fig
 
