@@ -88,10 +88,13 @@ def main() -> None:
     print("ece_testing " + " ".join(f"{m}={results[m]['testing']['ece']:.3f}" for m in METHODS))
     if args.seeds:
         shifted = replace(trained, train=replace(trained.train, calibration="shifted"))
-        spreads = {}
-        for draws, table in (("lhs", transforms.latin_hypercube), ("iid", _independent)):
+        spreads, stratified = {}, transforms.latin_hypercube
+        for draws, table in (("lhs", stratified), ("iid", _independent)):
             transforms.latin_hypercube = table  # what ShiftedPreset draws its table with
-            temperatures = [calibrate(model, data, prep, shifted, seed=seed).temperature for seed in range(args.seeds)]
+            try:
+                temperatures = [calibrate(model, data, prep, shifted, seed=s).temperature for s in range(args.seeds)]
+            finally:
+                transforms.latin_hypercube = stratified
             eces = [ev.expected_calibration_error(test_true, probabilities(test_logits, t)) for t in temperatures]
             spreads[draws] = f"{min(temperatures):.3f}..{max(temperatures):.3f}"
             print(f"{draws}: T median {np.median(temperatures):.3f} range {spreads[draws]} (sd {np.std(temperatures):.3f}); "
