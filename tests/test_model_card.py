@@ -60,6 +60,18 @@ def test_card_has_every_section_and_the_leak_free_column():
     assert "## External data" not in card and "temperature" not in card
 
 
+def test_with_a_weight_average_the_card_gives_the_saved_models_val_figures():
+    facts = facts_like_the_public_dataset()
+    facts["training"].update(swa_epochs=8, swa_val_accuracy=0.80, swa_val_macro_f1=0.81)
+    card = model_card.render(facts)
+    assert "| metric | val (weight average) | all Testing | leak-free Testing |" in card
+    assert "| macro_f1 | 0.810 | 0.491 | 0.214 |" in card
+    assert "the average of the weights over the last 8 epochs (best single epoch 8 by val macro-F1)" in card
+    assert "| val (weight average) | 0.800 | 0.810 | 430 |" in model_card.version_description(facts)
+    assert "Training validates each epoch and the weight average on `val`" in card
+    assert "Macro-F1 drops from 0.81 on val" in "\n".join(model_card.failure_modes(facts))
+
+
 def test_failure_modes_are_derived_from_the_numbers():
     lines = model_card.failure_modes(facts_like_the_public_dataset())
     assert lines[0] == "Weakest class: glioma_tumor, recall 0.13 on all Testing (support 100): most of its scans are " \

@@ -211,6 +211,17 @@ def test_without_leak_free_scans_the_comparison_falls_back_to_val(registry):
     assert registry.run(second).data.tags["promotion_metric"] == "best_val_macro_f1"
 
 
+def test_val_fallback_compares_the_saved_models_the_weight_averages_when_both_have_one(registry):
+    first = registry.trained_version(0.90, best_val_macro_f1=0.80, swa_val_macro_f1=0.78)
+    registry.promote(first, "val_macro_f1")
+    second = registry.trained_version(0.50, best_val_macro_f1=0.79, swa_val_macro_f1=0.82)
+    decision = registry.promote(second, "val_macro_f1")  # 0.79 < 0.80 on the best epochs, but those were not saved
+    assert decision["metric"] == "swa_val_macro_f1" and decision["decision"] == "champion"
+    third = registry.trained_version(0.50, best_val_macro_f1=0.81)  # no average: the best epochs compare
+    decision = registry.promote(third, "val_macro_f1")
+    assert decision["metric"] == "best_val_macro_f1" and decision["decision"] == "champion"
+
+
 def test_a_version_that_cannot_be_compared_with_the_champion_stays_challenger(registry):
     first = registry.trained_version(0.70)  # a champion whose run has no val or leak-free figure
     registry.promote(first, "macro_f1")

@@ -324,6 +324,43 @@ def test_with_ema_the_selected_weights_are_the_average_and_resume_is_exact(tiny_
     assert _curves(plain) != _curves(straight)  # ... but validation and selection see the average
 
 
+def test_weight_average_over_the_last_epochs_is_saved_with_its_own_batch_norm_and_resumes_exactly(
+        tiny_data, sample_root, tmp_path):
+    params = tiny_params(sample_root, train={"epochs": 3, "deterministic": True, "swa_epochs": 2})
+    straight = _fit(tiny_data, params, tmp_path / "straight.pt")
+    plain = _fit(tiny_data, tiny_params(sample_root, train={"epochs": 3, "deterministic": True}), tmp_path / "p.pt")
+    assert _curves(straight) == _curves(plain)  # averaging never changes the training steps
+    for key, value in plain.best_state.items():
+        assert torch.equal(value, straight.best_state[key]), key
+
+    average = straight.average
+    steps_per_epoch = len(tiny_data.train_labels) // params.train.batch_size
+    assert average.steps == 2 * steps_per_epoch and average.epochs == 2
+    assert straight.final_state is average.state
+    assert 0.0 <= average.val_accuracy <= 1.0 and 0.0 <= average.val_macro_f1 <= 1.0
+    summary = straight.summary()
+    assert summary["swa_val_macro_f1"] == average.val_macro_f1 and summary["swa_steps"] == average.steps
+    # Its own batch-norm statistics, refitted on the train scans: not the last step's, not the initial ones.
+    last = load_checkpoint(tmp_path / "p.pt")["model"]
+    assert not torch.equal(average.state["bn1.running_mean"], last["bn1.running_mean"])
+    assert not torch.equal(average.state["bn1.running_mean"], torch.zeros_like(last["bn1.running_mean"]))
+    assert any(not torch.equal(average.state[k], last[k]) for k in last if k.endswith(".weight"))
+
+    with pytest.raises(KilledAfterEpoch):  # killed inside the averaged epochs
+        _fit(tiny_data, params, tmp_path / "resumed.pt", logger=KillAfter(2))
+    assert int(load_checkpoint(tmp_path / "resumed.pt")["swa"]["n_averaged"]) == steps_per_epoch
+    resumed = _fit(tiny_data, params, tmp_path / "resumed.pt")
+    for key, value in average.state.items():
+        assert torch.equal(value, resumed.average.state[key]), key
+
+
+def test_weight_average_needs_its_epochs_and_no_early_stopping(sample_root):
+    with pytest.raises(ConfigError, match="train.swa_epochs"):
+        tiny_params(sample_root, train={"epochs": 3, "swa_epochs": 4})
+    with pytest.raises(ConfigError, match="train.swa_epochs.*patience"):
+        tiny_params(sample_root, train={"epochs": 3, "swa_epochs": 2, "patience": 1})
+
+
 def test_cpu_bf16_auto_follows_the_cpu_flags(tmp_path, monkeypatch):
     from braintumor import runtime
 
@@ -401,7 +438,7 @@ def test_with_mixup_the_loss_weighs_both_labels_of_each_blend():
     images, targets = torch.rand(6, 3, 6, 6), torch.tensor([0, 1, 2, 3, 0, 1])
     optimizer = torch.optim.SGD(net.parameters(), lr=0.0)  # the loss of the weights as they are
     step = Step(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
-                torch.amp.GradScaler("cpu", enabled=False), None, None, 0.0, label_smoothing=0.1, mixup=0.4)
+                torch.amp.GradScaler("cpu", enabled=False), None, None, None, 0.0, label_smoothing=0.1, mixup=0.4)
     loss, _, seen, _ = train_one_epoch(net, net, [(torch.zeros(6, 1, 6, 6, dtype=torch.uint8), targets)],
                                        lambda _: images, step, torch.device("cpu"), 1, torch.contiguous_format,
                                        torch.Generator().manual_seed(4))

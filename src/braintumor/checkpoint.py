@@ -15,14 +15,16 @@ from braintumor.fileio import atomic_path
 log = logging.getLogger(__name__)
 
 
-def save_checkpoint(path: str | Path, *, model, optimizer, scheduler, scaler, ema, state) -> None:
-    """Everything a resumed run needs to continue exactly: weights, optimizer, schedule, EMA, RNGs, TrainState."""
+def save_checkpoint(path: str | Path, *, model, optimizer, scheduler, scaler, ema, state, swa=None) -> None:
+    """Everything a resumed run needs to continue exactly: weights, optimizer, schedule, EMA, weight average, RNGs,
+    TrainState."""
     payload = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "scaler": scaler.state_dict(),
         "ema": ema.state_dict() if ema is not None else None,
+        "swa": swa.state_dict() if swa is not None else None,
         "rng": runtime.rng_states(),
         "epoch": state.epoch,
         "best_f1": state.best_f1,
@@ -54,7 +56,7 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module | None = None) -> d
     return ckpt
 
 
-CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "ema", "rng", "epoch", "best_f1", "best_epoch",
+CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "ema", "swa", "rng", "epoch", "best_f1", "best_epoch",
                    "best_state", "since_best", "history", "extra")
 
 

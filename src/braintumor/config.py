@@ -202,6 +202,9 @@ class TrainConfig:
     # bf16 autocast on CPU. auto: on when the CPU has AMX or AVX512-BF16 (2.5x faster there), fp32 otherwise.
     cpu_bf16: Literal["auto"] | bool = "auto"
     ema_decay: float = 0.0  # exponential moving average of the weights, per step; validated and saved; 0 = off
+    # Stochastic weight averaging (Izmailov et al. 2018): the equal average of the weights after every step of the
+    # last N epochs, batch-norm statistics recomputed on the train scans; saved instead of the best epoch. 0 = off
+    swa_epochs: int = 0
     # How the temperature of the probabilities is fitted after training (calibration.py). val: on the val scans
     # (Guo et al. 2017). shifted: on the val scans and six copies of them through the train preset's intensity
     # augmentation, two at each of 1x, 2x and 3x its strength, for scans from other scanners (Tomani et al. 2021).
@@ -216,7 +219,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for key in ("epochs", "batch_size", "step_size"):
             _check(getattr(self, key) >= 1, f"train.{key}", getattr(self, key), "an integer >= 1")
-        for key in ("warmup_epochs", "head_only_epochs", "patience", "num_workers", "threads"):
+        for key in ("warmup_epochs", "head_only_epochs", "patience", "num_workers", "threads", "swa_epochs"):
             _check(getattr(self, key) >= 0, f"train.{key}", getattr(self, key), "an integer >= 0")
         _check(0 <= self.seed <= MAX_SEED, "train.seed", self.seed, f"an integer in [0, {MAX_SEED}]")
         _check(self.lr > 0, "train.lr", self.lr, "a positive learning rate")
@@ -235,6 +238,10 @@ class TrainConfig:
                "false when train.momentum is 0 (Nesterov needs momentum)")
         _check(self.head_only_epochs < self.epochs or self.head_only_epochs == 0, "train.head_only_epochs",
                self.head_only_epochs, f"fewer than train.epochs ({self.epochs})")
+        _check(self.swa_epochs <= self.epochs, "train.swa_epochs", self.swa_epochs,
+               f"at most train.epochs ({self.epochs}): the average is taken over the last swa_epochs epochs")
+        _check(not (self.swa_epochs and self.patience), "train.swa_epochs", self.swa_epochs,
+               "0 when train.patience is set: early stopping would end training before the averaged epochs")
 
 
 @dataclass(frozen=True)

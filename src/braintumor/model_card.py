@@ -41,8 +41,7 @@ def render(facts: dict[str, Any]) -> str:
 def version_description(facts: dict[str, Any]) -> str:
     """The registered version's description (markdown, a few lines): what it is, its figures, where the card is."""
     test, leak_free, train = facts["evaluation"], facts["evaluation"].get("leak_free", {}), facts["training"]
-    rows = [("val (best epoch)", train.get("best_val_accuracy"), train.get("best_val_macro_f1"),
-             facts["validation"].get("n_val")),
+    rows = [(*saved_val(train), facts["validation"].get("n_val")),
             ("all Testing", test.get("accuracy"), test.get("macro_f1"), test.get("n")),
             ("leak-free Testing", leak_free.get("accuracy"), leak_free.get("macro_f1"), leak_free.get("n"))]
     table = _table(["", "accuracy", "macro-F1", "n"], [[name, *values] for name, *values in rows])
@@ -107,7 +106,7 @@ def failure_modes(facts: dict[str, Any]) -> list[str]:
     untested = [c for c, m in test.get("per_class", {}).items() if m["support"] == 0]
     if untested:
         flags.append(f"No Testing scans of {', '.join(untested)}: untested on those classes.")
-    val_f1 = train.get("best_val_macro_f1")
+    val_f1 = saved_val(train)[2]
     for name, metrics in (("all Testing", test), ("leak-free Testing", leak_free)):
         if val_f1 is not None and metrics.get("macro_f1") is not None and val_f1 - metrics["macro_f1"] > SHIFT_GAP:
             flags.append(f"Macro-F1 drops from {val_f1:.2f} on val to {metrics['macro_f1']:.2f} on {name}: scans not "
@@ -131,6 +130,14 @@ def failure_modes(facts: dict[str, Any]) -> list[str]:
                      "carry over to other sources as is.")
     return lines + (flags or ["No other check (val vs Testing gap, leakage gap, sample size, calibration) flagged "
                               "a problem."])
+
+
+def saved_val(train: dict[str, Any]) -> tuple[str, float | None, float | None]:
+    """(label, accuracy, macro-F1) on val of the model that was saved: the best epoch's, or with
+    train.swa_epochs the weight average's."""
+    if "swa_val_macro_f1" in train:
+        return "val (weight average)", train.get("swa_val_accuracy"), train["swa_val_macro_f1"]
+    return "val (best epoch)", train.get("best_val_accuracy"), train.get("best_val_macro_f1")
 
 
 def wilson_interval(proportion: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -159,7 +166,9 @@ def _model(facts: dict[str, Any]) -> tuple[str, str]:
             ["input", preprocessing_text(facts)],
             ["training", f"{recipe['optimizer']}, lr {recipe['lr']}, {recipe['scheduler']} schedule, "
                          f"batch {recipe['batch_size']}, {train.get('epochs_run', '?')} epochs run, "
-                         f"best epoch {train.get('best_epoch', '?')} by val macro-F1"],
+                         + (f"saved: the average of the weights over the last {train['swa_epochs']} epochs "
+                            f"(best single epoch {train.get('best_epoch', '?')} by val macro-F1)"
+                            if "swa_epochs" in train else f"best epoch {train.get('best_epoch', '?')} by val macro-F1")],
             ["git commit", tags.get("git_commit", "unknown")
              + (" (with uncommitted changes)" if tags.get("git_dirty") == "true" else "")],
             ["data (DVC hash)", tags.get("data_dvc_hash", "unknown")],
@@ -189,7 +198,9 @@ def _splits(facts: dict[str, Any]) -> str:
     data = facts["params"]["data"]
     return (f"`val` is {data['val_fraction']:.0%} of the Training folder, stratified by class and grouped by "
             f"duplicates (seed {data['split_seed']}): no scan has an exact or near copy on the other side. Training "
-            "picks its best epoch on `val`. `test` is the Testing folder, read only by the evaluate stage.")
+            + ("validates each epoch and the weight average on `val`" if "swa_epochs" in facts["training"]
+               else "picks its best epoch on `val`")
+            + ". `test` is the Testing folder, read only by the evaluate stage.")
 
 
 def _leakage(facts: dict[str, Any]) -> str:
@@ -205,10 +216,11 @@ def _leakage(facts: dict[str, Any]) -> str:
 
 def _metrics(facts: dict[str, Any]) -> str:
     test, leak_free, train = facts["evaluation"], facts["evaluation"].get("leak_free", {}), facts["training"]
-    val = {"accuracy": train.get("best_val_accuracy"), "macro_f1": train.get("best_val_macro_f1")}
+    label, accuracy, macro_f1 = saved_val(train)
+    val = {"accuracy": accuracy, "macro_f1": macro_f1}
     rows = [[name, val.get(name), test.get(name), leak_free.get(name)] for name in METRICS]
     rows.append(["scans", facts["validation"].get("n_val"), test.get("n"), leak_free.get("n", 0)])
-    parts = [_table(["metric", "val (best epoch)", "all Testing", "leak-free Testing"], rows)]
+    parts = [_table(["metric", label, "all Testing", "leak-free Testing"], rows)]
     intervals = ["{} {:.2f}-{:.2f}".format(name, *wilson_interval(m["accuracy"], m["n"]))
                  for name, m in (("all Testing", test), ("leak-free Testing", leak_free)) if m.get("n")]
     if intervals:

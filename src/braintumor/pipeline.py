@@ -82,7 +82,7 @@ def train(params: Params) -> dict:
         raise
     if not dist_info.is_main:
         return {}
-    model.load_state_dict(result.best_state)
+    model.load_state_dict(result.final_state)
     inference = calibrate(model, data, prep, params)
     summary = {**result.summary(), "temperature": inference.temperature, "calibration": inference.calibration,
                "precision": result.precision}
@@ -99,8 +99,13 @@ def train(params: Params) -> dict:
     write_run_info(params.paths.run_info, tracker, version)
     tracker.end()
     checkpoint.unlink(missing_ok=True)  # finished: the next run with these params is a fresh one
-    print(f"train: best epoch {summary['best_epoch']} val acc {summary['best_val_accuracy']:.3f} macro-F1 "
-          f"{summary['best_val_macro_f1']:.3f}; wrote {params.paths.model}; MLflow run {tracker.run_id}"
+    if result.average is not None:
+        saved = (f"weight average of the last {summary['swa_epochs']} epochs, val acc "
+                 f"{summary['swa_val_accuracy']:.3f} macro-F1 {summary['swa_val_macro_f1']:.3f}")
+    else:
+        saved = (f"best epoch {summary['best_epoch']} val acc {summary['best_val_accuracy']:.3f} macro-F1 "
+                 f"{summary['best_val_macro_f1']:.3f}")
+    print(f"train: {saved}; wrote {params.paths.model}; MLflow run {tracker.run_id}"
           + (f", registered {params.tracking.registered_model} version {version}" if version else ""))
     return summary
 

@@ -45,12 +45,13 @@ UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
 RUNS_VIEW = "workflowType=machine_learning"
 DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
 # evaluate.promotion_metric -> the run metrics it compares, in order: the first one both versions have is used.
+# The val figures: the weight average's (train.swa_epochs) when both have one, else the best epoch's.
 PROMOTION_KEYS = {
-    "leak_free_macro_f1": ("test_leak_free_macro_f1", "best_val_macro_f1"),
-    "leak_free_accuracy": ("test_leak_free_accuracy", "best_val_accuracy"),
+    "leak_free_macro_f1": ("test_leak_free_macro_f1", "swa_val_macro_f1", "best_val_macro_f1"),
+    "leak_free_accuracy": ("test_leak_free_accuracy", "swa_val_accuracy", "best_val_accuracy"),
     "macro_f1": ("test_macro_f1",),
     "accuracy": ("test_accuracy",),
-    "val_macro_f1": ("best_val_macro_f1",),
+    "val_macro_f1": ("swa_val_macro_f1", "best_val_macro_f1"),
 }
 
 

@@ -1,7 +1,8 @@
 """The training loop. Imports neither mlflow nor dvc: it runs on a bare CUDA machine with torch and torchvision.
 
-Per step, in order: augment -> forward -> loss -> backward -> (clip) -> optimizer step -> lr step -> (EMA update);
-per epoch: validate -> checkpoint -> log. Resuming after a kill reloads the last checkpoint; on CPU with
+Per step, in order: augment -> forward -> loss -> backward -> (clip) -> optimizer step -> lr step -> (EMA update)
+-> (weight average, in the last `swa_epochs`); per epoch: validate -> checkpoint -> log; with `swa_epochs`, at the
+end: batch-norm statistics of the average -> validate it. Resuming after a kill reloads the last checkpoint; on CPU with
 `train.deterministic`, an interrupted and resumed run ends with the same metrics as an uninterrupted one (each epoch
 reseeds from (seed, epoch)).
 """
@@ -20,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, update_bn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from braintumor import runtime
@@ -64,21 +66,44 @@ class EpochLogger(Protocol):
 
 
 @dataclass
+class WeightAverage:
+    """The SWA model: its weights (CPU) and val figures, over the last `epochs` epochs."""
+
+    state: dict[str, torch.Tensor]
+    epochs: int
+    steps: int
+    val_loss: float
+    val_accuracy: float
+    val_macro_f1: float
+
+
+@dataclass
 class TrainResult:
-    best_state: dict[str, torch.Tensor]
+    best_state: dict[str, torch.Tensor]  # the best epoch's weights
     history: list[EpochStats]
     best_epoch: int
     stopped_early: bool
     device: str
     precision: str  # what the forward pass ran in: fp32, bf16 or fp16
+    average: WeightAverage | None = None  # with train.swa_epochs: the model to save
+
+    @property
+    def final_state(self) -> dict[str, torch.Tensor]:
+        """The weights to save: the average when there is one, else the best epoch's."""
+        return self.average.state if self.average is not None else self.best_state
 
     def summary(self) -> dict[str, Any]:
         best = self.history[self.best_epoch - 1]
         speeds = [s.images_per_s for s in self.history if s.images_per_s > 0]
-        return {"best_epoch": self.best_epoch, "best_val_accuracy": best.val_accuracy,
-                "best_val_macro_f1": best.val_macro_f1, "epochs_run": len(self.history),
-                "stopped_early": self.stopped_early,
-                "train_images_per_s": float(np.median(speeds)) if speeds else 0.0}
+        summary = {"best_epoch": self.best_epoch, "best_val_accuracy": best.val_accuracy,
+                   "best_val_macro_f1": best.val_macro_f1, "epochs_run": len(self.history),
+                   "stopped_early": self.stopped_early,
+                   "train_images_per_s": float(np.median(speeds)) if speeds else 0.0}
+        if self.average is not None:
+            summary.update(swa_epochs=self.average.epochs, swa_steps=self.average.steps,
+                           swa_val_loss=self.average.val_loss, swa_val_accuracy=self.average.val_accuracy,
+                           swa_val_macro_f1=self.average.val_macro_f1)
+        return summary
 
 
 @dataclass
@@ -112,6 +137,7 @@ class Step:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
     ema: WeightEMA | None
+    swa: AveragedModel | None  # the equal average of the weights (train.swa_epochs)
     amp_dtype: torch.dtype | None
     grad_clip: float
     label_smoothing: float
@@ -133,7 +159,8 @@ def fit(model: nn.Module, data: TrainData, cfg: TrainConfig, augment: AugmentCon
     optimizer = build_optimizer(model, cfg)
     step = Step(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch)),
                 torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
-                WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None, amp_dtype, cfg.grad_clip,
+                WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None,
+                AveragedModel(model) if cfg.swa_epochs > 0 else None, amp_dtype, cfg.grad_clip,
                 cfg.label_smoothing, cfg.mixup)
     state = TrainState(extra=dict(extra or {}))
     if _resume(checkpoint_path, state, model, step) and dist_info.is_main:
@@ -159,15 +186,16 @@ def fit(model: nn.Module, data: TrainData, cfg: TrainConfig, augment: AugmentCon
         draws = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 1_000_003 * dist_info.rank)
         bar = progress_bar(loader, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
                            disable=not (progress and dist_info.is_main))
+        average = step.swa if epoch > cfg.epochs - cfg.swa_epochs else None
         loss, acc, n_seen, t_train = train_one_epoch(net, model, bar, lambda x: augment_batch(x, draws), step,
-                                                     device, epoch, memory_format, draws)
+                                                     device, epoch, memory_format, draws, average)
         val_loss, val_acc, val_f1 = _validate(selected, val_loader, device, eval_batch, amp_dtype, cfg, data.classes)
         stats = EpochStats(epoch, loss, acc, val_loss, val_acc, val_f1, lr,
                            n_seen * dist_info.world_size / max(t_train, 1e-9), time.perf_counter() - t0)
         state.record(stats, selected)
         if dist_info.is_main:
             save_checkpoint(checkpoint_path, model=model, optimizer=optimizer, scheduler=step.scheduler,
-                            scaler=step.scaler, ema=step.ema, state=state)
+                            scaler=step.scaler, ema=step.ema, swa=step.swa, state=state)
             print(f"epoch {epoch}/{cfg.epochs}  train loss {loss:.4f} acc {acc:.3f} | val loss {val_loss:.4f} "
                   f"acc {val_acc:.3f} macro-F1 {val_f1:.3f} | lr {lr:.2e} | {stats.images_per_s:.1f} img/s"
                   + ("  *best" if state.best_epoch == epoch else ""))
@@ -180,8 +208,31 @@ def fit(model: nn.Module, data: TrainData, cfg: TrainConfig, augment: AugmentCon
             if dist_info.is_main:
                 print(f"train: early stop, no better val macro-F1 for {cfg.patience} epochs")
             break
+    average = None
+    if step.swa is not None:
+        average = _finish_average(step.swa, train_set, augment_batch, cfg, device, dist_info, memory_format)
+        average.val_loss, average.val_accuracy, average.val_macro_f1 = _validate(
+            step.swa.module, val_loader, device, eval_batch, amp_dtype, cfg, data.classes)
+        if dist_info.is_main:
+            print(f"train: average of the weights over the last {average.epochs} epochs ({average.steps} steps): "
+                  f"val loss {average.val_loss:.4f} acc {average.val_accuracy:.3f} "
+                  f"macro-F1 {average.val_macro_f1:.3f} (best epoch {state.best_epoch}: {state.best_f1:.3f})")
     return TrainResult(best_state=state.best_state, history=state.history, best_epoch=state.best_epoch,
-                       stopped_early=stopped_early, device=str(device), precision=runtime.precision_name(amp_dtype))
+                       stopped_early=stopped_early, device=str(device), precision=runtime.precision_name(amp_dtype),
+                       average=average)
+
+
+def _finish_average(swa: AveragedModel, train_set, augment_batch, cfg: TrainConfig, device, dist_info,
+                    memory_format) -> WeightAverage:
+    """Batch-norm statistics for the averaged weights (their own, not any one step's): one pass over the train
+    scans through the train preset, from fixed seeds (torch.optim.swa_utils.update_bn)."""
+    draws = torch.Generator().manual_seed(cfg.seed * 1000 + cfg.epochs + 1 + 1_000_003 * dist_info.rank)
+    loader = _train_loader(train_set, cfg, device, dist_info, epoch=cfg.epochs + 1)
+    batches = (augment_batch(cached.to(device, non_blocking=True), draws).contiguous(memory_format=memory_format)
+               for cached, _ in loader)
+    update_bn(batches, swa)
+    state = {k: v.detach().to("cpu", copy=True) for k, v in swa.module.state_dict().items()}
+    return WeightAverage(state, cfg.swa_epochs, int(swa.n_averaged), math.nan, math.nan, math.nan)
 
 
 def _resume(checkpoint_path, state: TrainState, model: nn.Module, step: Step) -> bool:
@@ -193,11 +244,13 @@ def _resume(checkpoint_path, state: TrainState, model: nn.Module, step: Step) ->
         history = [EpochStats(**h) for h in ckpt["history"]]
         if (step.ema is None) != (ckpt["ema"] is None):
             raise TypeError("weight EMA on one side only")
+        if (step.swa is None) != (ckpt["swa"] is None):
+            raise TypeError("weight averaging on one side only")
     except TypeError as exc:
         log.warning("ignoring checkpoint %s (%s); training starts from epoch 1", checkpoint_path, exc)
         return False
     model.load_state_dict(ckpt["model"])
-    for name in ("optimizer", "scheduler", "scaler", "ema"):
+    for name in ("optimizer", "scheduler", "scaler", "ema", "swa"):
         part = getattr(step, name)
         if part is not None:
             part.load_state_dict(ckpt[name])
@@ -219,10 +272,12 @@ def _validate(model, loader, device, transform, amp_dtype, cfg: TrainConfig, cla
 
 
 def train_one_epoch(net: nn.Module, model: nn.Module, batches, augment, step: Step, device: torch.device,
-                    epoch: int, memory_format, draws: torch.Generator | None = None) -> tuple[float, float, int, float]:
+                    epoch: int, memory_format, draws: torch.Generator | None = None,
+                    average: AveragedModel | None = None) -> tuple[float, float, int, float]:
     """One pass over `batches`: (mean train loss, train accuracy, scans seen, seconds).
 
-    With mixup (step.mixup > 0, its draws from `draws`) the loss and the accuracy weigh both labels of a blend."""
+    With mixup (step.mixup > 0, its draws from `draws`) the loss and the accuracy weigh both labels of a blend.
+    With `average`, the weights after each step are added to it."""
     net.train()
     keep_frozen_in_eval(model)
     loss_sum, correct, seen = 0.0, 0, 0
@@ -256,6 +311,8 @@ def train_one_epoch(net: nn.Module, model: nn.Module, batches, augment, step: St
         step.scheduler.step()  # the schedule is per step: warmup and cosine move smoothly within an epoch
         if step.ema is not None:
             step.ema.update()
+        if average is not None:
+            average.update_parameters(model)
         loss_sum += value * len(targets)
         predicted = logits.argmax(1)
         correct += lam * int((predicted == targets).sum()) + (1 - lam) * int((predicted == partner).sum())
