@@ -21,16 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from braintumor import evaluation as ev
-from braintumor.calibration import shift_copies
-from braintumor.config import load_params, params_from_dict
-from braintumor.data.cache import ImageDataset, IndexedTransform, cached_images
-from braintumor.data.splits import in_splits, read_manifest
-from braintumor.fileio import project_path
-from braintumor.imaging import ImageLimits
-from braintumor.inference import predict_logits, probabilities
-from braintumor.model import load_model
-from braintumor.transforms import Preprocessing, eval_preset, shifted_preset
+from shifted_val import val_sets
+
+from braintumor.config import load_params
+from braintumor.transforms import Preprocessing
 
 
 class GammaViews(nn.Module):
@@ -55,43 +49,12 @@ def main() -> None:
     parser.add_argument("--gamma", type=float, default=1.5)
     args = parser.parse_args()
 
-    project = load_params(args.params)
-    net, bundle = load_model(args.model)
-    net.eval()
-    trained = params_from_dict(bundle["params"], source=f"{args.model} (its params)")
-    prep = Preprocessing.from_dict(bundle["preprocessing"])
-    classes = list(bundle["classes"])
-    hflip = bool((bundle.get("inference") or {}).get("tta_hflip", False))
-    frame = read_manifest(project.paths.manifest, classes)
-    limits, cache = ImageLimits.of(project.data), project_path(project.paths.cache)
-
-    def decoded(rows):
-        images = np.asarray(cached_images(rows, project.paths.data, prep.scan, cache, limits=limits))
-        return images, rows["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-
-    val = in_splits(frame, "val").sort_values("path", kind="stable").reset_index(drop=True)
-    val_images, val_labels = decoded(val)
-    dataset = ImageDataset(val_images, val_labels)
-    batch = project.evaluate.batch_size
-    cpu = torch.device("cpu")
-
-    def logits(model, data, transform):
-        loader = torch.utils.data.DataLoader(data, batch_size=batch)
-        return predict_logits(model.eval(), loader, cpu, transform, tta_hflip=hflip)
-
-    def f1(out) -> float:
-        logit, y = out
-        return ev.classification_metrics(y.numpy(), probabilities(logit), classes)["macro_f1"]
-
-    models = {"plain": net, "gamma": GammaViews(net, prep, args.gamma)}
-    copies = [IndexedTransform(dataset, shifted_preset(prep, trained.augment, strength, seed, len(dataset)))
-              for seed, strength in shift_copies(0)]
+    sets = val_sets(args.model, load_params(args.params))
     figures = {}
-    for name, model in models.items():
-        clean = f1(logits(model, dataset, eval_preset(prep)))
-        shifted = [f1(logits(model, copy, nn.Identity())) for copy in copies]
-        figures[name] = (clean, float(np.mean(shifted)))
-        print(f"{name}: val macro-F1 {clean:.4f}; shifted copies macro-F1 mean {np.mean(shifted):.4f} "
+    for name, model in {"plain": sets.net, "gamma": GammaViews(sets.net, sets.prep, args.gamma)}.items():
+        clean, shifted = sets.scores(model)
+        figures[name] = (clean["macro_f1"], float(np.mean(shifted)))
+        print(f"{name}: val macro-F1 {clean['macro_f1']:.4f}; shifted copies macro-F1 mean {np.mean(shifted):.4f} "
               f"({' '.join(f'{s:.3f}' for s in shifted)})", flush=True)
 
     (a, b), (c, d) = figures["plain"], figures["gamma"]

@@ -161,14 +161,15 @@ def _model(facts: dict[str, Any]) -> tuple[str, str]:
     params, train, run, tags = facts["params"], facts["training"], facts["run"], facts["tags"]
     recipe = params["train"]
     weights = params["model"]["weights"]
+    best = f"epoch {train.get('best_epoch', '?')} by val macro-F1"
+    saved = (f"saved: the average of the weights over the last {train['swa_epochs']} epochs (best single {best})"
+             if "swa_epochs" in train else f"best {best}")
     rows = [["architecture", f"ResNet50, {len(facts['classes'])} classes: {', '.join(facts['classes'])}"],
             ["initial weights", "none (trained from scratch)" if weights == "none" else weights],
             ["input", preprocessing_text(facts)],
             ["training", f"{recipe['optimizer']}, lr {recipe['lr']}, {recipe['scheduler']} schedule, "
                          f"batch {recipe['batch_size']}, {train.get('epochs_run', '?')} epochs run, "
-                         + (f"saved: the average of the weights over the last {train['swa_epochs']} epochs "
-                            f"(best single epoch {train.get('best_epoch', '?')} by val macro-F1)"
-                            if "swa_epochs" in train else f"best epoch {train.get('best_epoch', '?')} by val macro-F1")],
+                         + saved],
             ["git commit", tags.get("git_commit", "unknown")
              + (" (with uncommitted changes)" if tags.get("git_dirty") == "true" else "")],
             ["data (DVC hash)", tags.get("data_dvc_hash", "unknown")],

@@ -2,9 +2,9 @@
 
 Per step, in order: augment -> forward -> loss -> backward -> (clip) -> optimizer step -> lr step -> (EMA update)
 -> (weight average, in the last `swa_epochs`); per epoch: validate -> checkpoint -> log; with `swa_epochs`, at the
-end: batch-norm statistics of the average -> validate it. Resuming after a kill reloads the last checkpoint; on CPU with
-`train.deterministic`, an interrupted and resumed run ends with the same metrics as an uninterrupted one (each epoch
-reseeds from (seed, epoch)).
+end: batch-norm statistics of the average -> validate it. Resuming after a kill reloads the last checkpoint; on CPU
+with `train.deterministic`, an interrupted and resumed run ends with the same metrics as an uninterrupted one (each
+epoch reseeds from (seed, epoch)).
 """
 
 from __future__ import annotations
@@ -210,29 +210,28 @@ def fit(model: nn.Module, data: TrainData, cfg: TrainConfig, augment: AugmentCon
             break
     average = None
     if step.swa is not None:
-        average = _finish_average(step.swa, train_set, augment_batch, cfg, device, dist_info, memory_format)
-        average.val_loss, average.val_accuracy, average.val_macro_f1 = _validate(
-            step.swa.module, val_loader, device, eval_batch, amp_dtype, cfg, data.classes)
+        _refit_batchnorm(step.swa, train_set, augment_batch, cfg, device, dist_info, memory_format)
+        val_loss, val_acc, val_f1 = _validate(step.swa.module, val_loader, device, eval_batch, amp_dtype, cfg,
+                                              data.classes)
+        average = WeightAverage({k: v.detach().to("cpu", copy=True) for k, v in step.swa.module.state_dict().items()},
+                                cfg.swa_epochs, int(step.swa.n_averaged), val_loss, val_acc, val_f1)
         if dist_info.is_main:
             print(f"train: average of the weights over the last {average.epochs} epochs ({average.steps} steps): "
-                  f"val loss {average.val_loss:.4f} acc {average.val_accuracy:.3f} "
-                  f"macro-F1 {average.val_macro_f1:.3f} (best epoch {state.best_epoch}: {state.best_f1:.3f})")
+                  f"val loss {val_loss:.4f} acc {val_acc:.3f} macro-F1 {val_f1:.3f} "
+                  f"(best epoch {state.best_epoch}: {state.best_f1:.3f})")
     return TrainResult(best_state=state.best_state, history=state.history, best_epoch=state.best_epoch,
                        stopped_early=stopped_early, device=str(device), precision=runtime.precision_name(amp_dtype),
                        average=average)
 
 
-def _finish_average(swa: AveragedModel, train_set, augment_batch, cfg: TrainConfig, device, dist_info,
-                    memory_format) -> WeightAverage:
+def _refit_batchnorm(swa: AveragedModel, train_set, augment_batch, cfg: TrainConfig, device, dist_info,
+                     memory_format) -> None:
     """Batch-norm statistics for the averaged weights (their own, not any one step's): one pass over the train
     scans through the train preset, from fixed seeds (torch.optim.swa_utils.update_bn)."""
     draws = torch.Generator().manual_seed(cfg.seed * 1000 + cfg.epochs + 1 + 1_000_003 * dist_info.rank)
     loader = _train_loader(train_set, cfg, device, dist_info, epoch=cfg.epochs + 1)
-    batches = (augment_batch(cached.to(device, non_blocking=True), draws).contiguous(memory_format=memory_format)
-               for cached, _ in loader)
-    update_bn(batches, swa)
-    state = {k: v.detach().to("cpu", copy=True) for k, v in swa.module.state_dict().items()}
-    return WeightAverage(state, cfg.swa_epochs, int(swa.n_averaged), math.nan, math.nan, math.nan)
+    update_bn((augment_batch(cached.to(device, non_blocking=True), draws).contiguous(memory_format=memory_format)
+               for cached, _ in loader), swa)
 
 
 def _resume(checkpoint_path, state: TrainState, model: nn.Module, step: Step) -> bool:
