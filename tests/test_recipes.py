@@ -47,6 +47,23 @@ def test_recipe_is_valid_on_params_yaml_and_sets_what_it_says(name):
         assert got == expected, key
 
 
+# Options that change what is learned and are off by default: a recipe sets each, so that what an earlier
+# `dvc exp run -S` left in params.yaml (DVC applies an experiment's params to the workspace) cannot ride along.
+TECHNIQUES = ("augment.intensity_curve", "train.mixup", "train.grad_clip", "train.patience", "train.swa_epochs",
+              "train.ema_decay", "train.label_smoothing", "train.freeze", "train.head_only_epochs")
+
+
+@pytest.mark.parametrize("name", RECIPES)
+def test_recipe_pins_every_optional_technique(name):
+    recipe = load_recipe(name, REPO)
+    assert not [key for key in TECHNIQUES if key not in recipe.params]
+    raw = _params_yaml()
+    raw["train"].update(mixup=0.4, swa_epochs=1, grad_clip=1.0)  # left over from variations tried before
+    raw["augment"]["intensity_curve"] = 0.3
+    params = recipe.check(raw).flat()
+    assert all(params[key] == recipe.params[key] for key in TECHNIQUES)
+
+
 @pytest.mark.parametrize("name", RECIPES)
 def test_dvc_set_args_parse_back_to_the_recipe_values(name):
     """DVC reads each `-S key=value` value as YAML: what it reads must be what the recipe holds."""
