@@ -354,6 +354,20 @@ def test_weight_average_over_the_last_epochs_is_saved_with_its_own_batch_norm_an
         assert torch.equal(value, resumed.average.state[key]), key
 
 
+def test_a_checkpoint_from_before_weight_averaging_still_resumes(tiny_data, sample_root, tmp_path, capsys):
+    params = tiny_params(sample_root, train={"epochs": 2})
+    with pytest.raises(KilledAfterEpoch):
+        _fit(tiny_data, params, tmp_path / "c.pt", logger=KillAfter(1))
+    old = torch.load(tmp_path / "c.pt", weights_only=True)
+    del old["swa"]  # the previous version wrote no such key
+    torch.save(old, tmp_path / "c.pt")
+    capsys.readouterr()
+    recorder = Recorder()
+    _fit(tiny_data, params, tmp_path / "c.pt", logger=recorder)
+    assert "resuming from" in capsys.readouterr().out
+    assert recorder.epochs == [1, 2]  # epoch 1 replayed from the checkpoint, only epoch 2 trained
+
+
 def test_weight_average_needs_its_epochs_and_no_early_stopping(sample_root):
     with pytest.raises(ConfigError, match="train.swa_epochs"):
         tiny_params(sample_root, train={"epochs": 3, "swa_epochs": 4})

@@ -243,6 +243,7 @@ def _resume(checkpoint_path, state: TrainState, model: nn.Module, step: Step) ->
         history = [EpochStats(**h) for h in ckpt["history"]]
         if (step.ema is None) != (ckpt["ema"] is None):
             raise TypeError("weight EMA on one side only")
+        ckpt.setdefault("swa", None)  # written before weight averaging existed: resumable without it
         if (step.swa is None) != (ckpt["swa"] is None):
             raise TypeError("weight averaging on one side only")
     except TypeError as exc:
