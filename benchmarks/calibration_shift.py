@@ -65,8 +65,8 @@ def main() -> None:
     labels = val["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     data = TrainData(images[:0], labels[:0], images, labels, classes)
     scorer = Scorer(model, torch.device("cpu"), bundle, project)
-    val_logits, val_true = scorer.logits(val, project.paths.data)
-    test_logits, test_true = scorer.logits(test, project.paths.data)
+    val_logits, val_true, _ = scorer.predict(val, project.paths.data)
+    test_logits, test_true, _ = scorer.predict(test, project.paths.data)
     leak_free = ev.leak_free_mask(test)
     print(f"{args.model}: {len(val)} val scans, {len(test)} Testing ({int(leak_free.sum())} leak-free); "
           f"stored T = {scorer.inference.temperature:.3f} ({scorer.inference.calibration})")

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from braintumor.cli import main
@@ -70,6 +71,37 @@ def model_file(sample_root, tmp_path_factory) -> Path:
                preprocessing=Preprocessing.from_config(params.model, params.preprocess), params=params.to_dict(),
                metrics={})
     return path
+
+
+@pytest.fixture(scope="session")
+def novelty_model_file(sample_root, tmp_path_factory):
+    """(path, Novelty): the untrained model of `model_file` with a novelty score fitted on the sample's Training
+    scans, its threshold at their median: about half of the scans like them are flagged `unlike_training`."""
+    import torch
+
+    from braintumor.inference import forward_outputs
+    from braintumor.model import build_model, save_model
+    from braintumor.novelty import fit_novelty
+    from braintumor.serving import Predictor
+    from braintumor.transforms import Preprocessing
+
+    params = tiny_params(sample_root)
+    classes = list(params.data.classes)
+    torch.manual_seed(0)
+    net = build_model("none", len(classes)).eval()
+    path = tmp_path_factory.mktemp("novelty-model") / "model.pt"
+    prep = Preprocessing.from_config(params.model, params.preprocess)
+    save_model(path, net, classes=classes, preprocessing=prep, params=params.to_dict(), metrics={})
+    predictor = Predictor(path)
+    files = sorted((sample_root / "Training").rglob("*.jpg"))
+    images = torch.from_numpy(np.stack([predictor.load_image(p) for p in files]))[:, None]
+    labels = np.array([classes.index(p.parent.name) for p in files])
+    features = forward_outputs(net, [(images, torch.from_numpy(labels))], torch.device("cpu"), predictor.transform,
+                               features=True).features
+    novelty = fit_novelty(features, labels, features, quantile=0.5)
+    save_model(path, net, classes=classes, preprocessing=prep, params=params.to_dict(), metrics={},
+               novelty=novelty.to_dict())
+    return path, novelty
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ from braintumor.errors import BrainTumorError
 from braintumor.fileio import write_json
 from braintumor.model import build_model, save_model
 from braintumor.pipeline import evaluate
+from braintumor.serving import Predictor
 from braintumor.transforms import Preprocessing
 
 
@@ -73,12 +74,14 @@ def _external_set(sample_root, tmp_path) -> Path:
     return external
 
 
-def test_evaluate_scores_an_external_set_and_its_copy_free_part(sample_root, tmp_path, monkeypatch):
+def test_evaluate_scores_an_external_set_and_its_copy_free_part(sample_root, novelty_model_file, tmp_path,
+                                                                monkeypatch):
     import mlflow
     from mlflow.tracking import MlflowClient
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     params = _setup(sample_root, tmp_path, list(tiny_params(sample_root).data.classes))
+    shutil.copy(novelty_model_file[0], params.paths.model)  # with the novelty score: every set gets its figures
     external = _external_set(sample_root, tmp_path)
     params = dataclasses.replace(params, data=dataclasses.replace(params.data, aliases={"notumor": "no_tumor"}),
                                  evaluate=dataclasses.replace(params.evaluate, external_data=str(external)))
@@ -107,6 +110,25 @@ def test_evaluate_scores_an_external_set_and_its_copy_free_part(sample_root, tmp
     card = (tmp_path / "model_card.md").read_text()  # the model card renders the external figures too
     assert "## External data" in card and f"path: {external}; 1 exact copies of Training scans" in card
     assert f"| accuracy | {ext['accuracy']:.3f} | {ext['copy_free']['accuracy']:.3f} |" in card
+
+    # The unlike_training flag's figures, for every set, agree with the per-scan novelty in the predictions table
+    predictions = pd.read_csv(tmp_path / "plots" / "predictions.csv")
+    assert list(predictions["unlike_training"]) == list(predictions["novelty"] > 1)
+    predictor = Predictor(params.paths.model)
+    _, novelty = predictor.predict([predictor.load_image(sample_root / p) for p in predictions["path"]])
+    np.testing.assert_allclose(predictions["novelty"], novelty, rtol=1e-5)
+    for figures, rows in ((metrics["unlike_training"], predictions),
+                          (metrics["leak_free"]["unlike_training"], predictions[predictions["leak_free"]])):
+        flagged = rows[rows["unlike_training"]]
+        assert figures["n_flagged"] == len(flagged) and figures["quantile"] == 0.5
+        if len(flagged):
+            assert figures["accuracy_flagged"] == pytest.approx((flagged["actual"] == flagged["predicted"]).mean())
+    assert table["unlike_training"].sum() == ext["unlike_training"]["n_flagged"]
+    assert ext["copy_free"]["unlike_training"]["n_flagged"] == table.loc[table["copy_free"], "unlike_training"].sum()
+    assert logged["test_unlike_training_n_flagged"] == metrics["unlike_training"]["n_flagged"]
+    assert logged["external_unlike_training_n_flagged"] == ext["unlike_training"]["n_flagged"]
+    assert "## Scans unlike the Training scans" in card
+    assert f"| all Testing | {metrics['n']} | {metrics['unlike_training']['n_flagged']} |" in card
 
 
 def test_evaluate_names_a_missing_external_folder(sample_root, tmp_path):

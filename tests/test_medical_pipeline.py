@@ -147,3 +147,16 @@ def test_gradcam_names_each_frame(capsys, model_file, medical_scans, tmp_path):
     assert code == 0, err
     assert sorted(p.name for p in folder.iterdir()) == [
         "one.gradcam.png", "series.frame-0.gradcam.png", "series.frame-1.gradcam.png", "series.frame-2.gradcam.png"]
+
+
+def test_a_volume_summary_carries_the_mean_novelty_of_its_head_slices(capsys, novelty_model_file, medical_scans,
+                                                                      tmp_path):
+    path, _ = novelty_model_file
+    output = tmp_path / "out.json"
+    code, _, err = predict(capsys, str(medical_scans["volume"]), "--model", str(path), "--output", str(output))
+    assert code == 0, err
+    table = pd.DataFrame(json.loads(output.read_text()))
+    slices, summary = table[table["frame"].notna()], table[table["frame"].isna()].iloc[0]
+    assert summary["novelty"] == pytest.approx(slices["novelty"].to_numpy()[2:7].mean(), rel=1e-9)
+    assert summary["unlike_training"] == (summary["novelty"] > 1)
+    assert list(table["unlike_training"]) == list(table["novelty"] > 1)

@@ -112,8 +112,9 @@ def batch_predictions(served, scans) -> list[dict]:
 def test_a_batch_of_formats_gets_one_row_per_image(batch_predictions, scans):
     assert len(batch_predictions) == len(scans) == 4
     for i, row in enumerate(batch_predictions):
-        assert list(row) == ["row", "frame", "label", "probability", *CLASSES]
+        assert list(row) == ["row", "frame", "label", "probability", *CLASSES, "novelty", "unlike_training"]
         assert (row["row"], row["frame"]) == (i, 0)
+        assert row["novelty"] >= 0 and row["unlike_training"] == (row["novelty"] > 1)
         probs = np.array([row[c] for c in CLASSES])
         assert probs.sum() == pytest.approx(1, abs=1e-6)
         assert np.all((probs >= 0) & (probs <= 1))
@@ -129,8 +130,8 @@ def test_served_numbers_equal_braintumor_predict(served, scans, batch_prediction
     local = json.loads(output.read_text())
     assert [row["file"] for row in local] == [str(p) for p in scans.values()]
     for mine, theirs in zip(local, batch_predictions):
-        assert mine["label"] == theirs["label"]
-        for key in ["probability", *CLASSES]:
+        assert mine["label"] == theirs["label"] and mine["unlike_training"] == theirs["unlike_training"]
+        for key in ["probability", *CLASSES, "novelty"]:
             assert mine[key] == pytest.approx(theirs[key], abs=1e-6), (mine["file"], key)
 
 
@@ -293,5 +294,5 @@ def test_dicom_frames_and_nifti_slices_get_a_row_each_with_the_cli_numbers(serve
     local = [r for r in json.loads(output.read_text()) if r["frame"] is not None]  # not the volume summary
     assert [(r["file"], r["frame"]) for r in local] == [(str(paths[r["row"]]), r["frame"]) for r in served_rows]
     for mine, theirs in zip(local, served_rows):
-        for key in ["probability", *CLASSES]:
+        for key in ["probability", *CLASSES, "novelty"]:
             assert mine[key] == pytest.approx(theirs[key], abs=1e-6), (mine["file"], mine["frame"], key)

@@ -164,12 +164,17 @@ class ModelConfig:
     image_size: int = 64  # network input (crop) size; 224 (resize 256) is the ImageNet recipe for real scans
     resize_size: int = 72  # scans are resized to this square before cropping
     tta_hflip: bool = False  # average each scan's prediction with its mirror image's (everywhere it predicts)
+    # Flag scans less like the Training scans than this share of the val scans (novelty.py); 0 = no score.
+    unlike_training_quantile: float = 0.95
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "a probability in [0, 1)")
         _check(self.image_size >= 32, "model.image_size", self.image_size, "an integer >= 32")
         _check(self.resize_size >= self.image_size, "model.resize_size", self.resize_size,
                f"an integer >= model.image_size ({self.image_size})")
+        _check(self.unlike_training_quantile == 0 or 0.5 <= self.unlike_training_quantile < 1,
+               "model.unlike_training_quantile", self.unlike_training_quantile,
+               "a share of val scans in [0.5, 1) (e.g. 0.95), or 0 for no novelty score")
         if self.weights not in ("imagenet", "none"):
             _check(Path(self.weights).suffix in (".pt", ".pth"), "model.weights", self.weights,
                    "'imagenet', 'none' or the path of a local .pt/.pth state dict")

@@ -85,3 +85,32 @@ def roc_table(y_true: np.ndarray, probs: np.ndarray, classes: list[str], points:
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
     """(C, C) counts: rows are actual classes, columns predicted."""
     return confusion_matrix(y_true, y_pred, labels=list(range(n_classes)))
+
+
+def novelty_metrics(y_true: np.ndarray, probs: np.ndarray, novelty: np.ndarray) -> dict[str, Any]:
+    """How the `unlike_training` flag (novelty > 1, novelty.py) splits a set of scans: how many it flags, the
+    accuracy on flagged and on unflagged scans, and the ROC AUC of the novelty score for telling wrong answers from
+    right ones (0.5: no better than chance). None where a figure has no scan to stand on."""
+    flagged = np.asarray(novelty) > 1.0
+    wrong = probs.argmax(axis=1) != y_true
+    n = len(y_true)
+    return {"n_flagged": int(flagged.sum()),
+            "flagged_share": float(flagged.mean()) if n else None,
+            "accuracy_flagged": float(1 - wrong[flagged].mean()) if flagged.any() else None,
+            "accuracy_unflagged": float(1 - wrong[~flagged].mean()) if (~flagged).any() else None,
+            "error_auroc": float(roc_auc_score(wrong, novelty)) if 0 < wrong.sum() < n else None}
+
+
+def novelty_rows(evaluation: dict[str, Any]) -> list[list[Any]]:
+    """One row per scored set of an eval.json with `unlike_training` figures (all Testing, leak-free Testing, the
+    external set and its copy-free part): its name, size and NOVELTY_COLUMNS. Empty for a model without the score."""
+    external = evaluation.get("external") or {}
+    sets = [("all Testing", evaluation), ("leak-free Testing", evaluation.get("leak_free") or {}),
+            ("external", external), ("external without copies", external.get("copy_free") or {})]
+    return [[name, metrics.get("n"), *(metrics["unlike_training"].get(k) for k in NOVELTY_COLUMNS)]
+            for name, metrics in sets if metrics.get("unlike_training")]
+
+
+NOVELTY_COLUMNS = ("n_flagged", "flagged_share", "accuracy_flagged", "accuracy_unflagged", "error_auroc")
+NOVELTY_HEADER = ("scans", "n", "flagged", "share flagged", "accuracy flagged", "accuracy not flagged",
+                  "ROC AUC for wrong answers")

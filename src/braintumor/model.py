@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 
 # Backbone parts in forward order; `train.freeze: layer2` freezes the stem, layer1 and layer2.
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
-MODEL_FORMAT = 2  # 2: head crop and intensity settings in "preprocessing", temperature and TTA in "inference"
+# 2: head crop and intensity settings in "preprocessing", temperature and TTA in "inference"; "novelty" (the
+# novelty score, novelty.py) is optional: files without it still load, and only lack the score.
+MODEL_FORMAT = 2
 READABLE_FORMATS = (1, 2)
 
 
@@ -108,11 +110,13 @@ class Inference:
 
 
 def save_model(path: str | Path, model: nn.Module, *, classes: list[str], preprocessing: Preprocessing,
-               params: dict[str, Any], metrics: dict[str, Any], inference: Inference = Inference()) -> None:
+               params: dict[str, Any], metrics: dict[str, Any], inference: Inference = Inference(),
+               novelty: dict[str, Any] | None = None) -> None:
+    """`novelty`: novelty.Novelty.to_dict() of the fitted score, or None (no score)."""
     state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
     bundle = {"format": MODEL_FORMAT, "arch": "resnet50", "state_dict": state, "classes": list(classes),
               "preprocessing": preprocessing.to_dict(), "inference": asdict(inference), "params": params,
-              "metrics": metrics}
+              "metrics": metrics, "novelty": novelty}
     with atomic_path(path) as tmp:
         torch.save(bundle, tmp)
 

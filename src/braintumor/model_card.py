@@ -2,8 +2,9 @@
 
 `facts` holds what the run wrote: `run` (reports/mlflow_run.json), `classes`, `params` (the model file's),
 `preprocessing`, `validation` (reports/validation.json), `training` (the train summary), `evaluation`
-(metrics/eval.json; `temperature`, `ece_uncalibrated` and `external` are rendered when present), `tags` (the
-MLflow run's: git commit, data hash, device) and `promotion` (the evaluate stage's decision, optional).
+(metrics/eval.json; `temperature`, `ece_uncalibrated`, `external` and `unlike_training` are rendered when
+present), `tags` (the MLflow run's: git commit, data hash, device) and `promotion` (the evaluate stage's decision,
+optional).
 Every statement under "Known failure modes" is derived from those numbers; nothing is written by hand per run.
 """
 
@@ -33,6 +34,8 @@ def render(facts: dict[str, Any]) -> str:
     external = facts["evaluation"].get("external")
     if external:
         sections.append(("External data", _external(external)))
+    if facts["evaluation"].get("unlike_training"):
+        sections.append(("Scans unlike the Training scans", _unlike_training(facts)))
     sections.append(("Known failure modes (derived from the numbers above)",
                      "\n".join(f"- {line}" for line in failure_modes(facts))))
     return "\n\n".join(text if isinstance(text, str) else f"## {text[0]}\n\n{text[1]}" for text in sections) + "\n"
@@ -124,6 +127,11 @@ def failure_modes(facts: dict[str, Any]) -> list[str]:
     if test.get("ece") is not None and test["ece"] > HIGH_ECE:
         flags.append(f"Probabilities are miscalibrated (ECE {test['ece']:.3f} on all Testing): do not read them as the "
                      "chance of being right.")
+    unlike = test.get("unlike_training") or {}
+    if unlike.get("flagged_share") is not None and unlike["flagged_share"] > 2 * (1 - unlike["quantile"]):
+        flags.append(f"{unlike['flagged_share']:.0%} of the Testing scans are unlike the Training scans (novelty > 1; "
+                     f"{1 - unlike['quantile']:.0%} of val by design): accuracy {_fmt(unlike['accuracy_flagged'])} on them, "
+                     f"{_fmt(unlike['accuracy_unflagged'])} on the others.")
     external = test.get("external") or {}
     if external.get("macro_f1") is not None and val_f1 is not None and val_f1 - external["macro_f1"] > SHIFT_GAP:
         flags.append(f"On the external data macro-F1 is {external['macro_f1']:.2f} (val {val_f1:.2f}): it does not "
@@ -262,6 +270,18 @@ def _external(external: dict[str, Any]) -> str:
               for k in ("exact_in_train", "near_in_train") if k in external]
     text = "; ".join(described + copies)
     return (text + ".\n\n" if text else "") + _table(["metric", "external", "external without copies"], rows)
+
+
+def _unlike_training(facts: dict[str, Any]) -> str:
+    """How the `unlike_training` flag (novelty > 1) splits each scored set."""
+    from braintumor.evaluation import NOVELTY_HEADER, novelty_rows
+
+    quantile = facts["evaluation"]["unlike_training"]["quantile"]
+    return (f"Every answer comes with a novelty score (how far the scan's features lie from the Training scans'; "
+            f"1 = the level {quantile:.0%} of the val scans stay under). A scan above 1 is flagged "
+            f"`unlike_training`: by construction about {1 - quantile:.0%} of scans like the Training ones are, and "
+            "more of those from other sources. Check a flagged scan before trusting its label.\n\n"
+            + _table(list(NOVELTY_HEADER), novelty_rows(facts["evaluation"])))
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:

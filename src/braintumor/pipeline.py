@@ -27,6 +27,7 @@ from braintumor.fileio import atomic_path, project_path, write_json
 
 if TYPE_CHECKING:
     from braintumor.model import Inference
+    from braintumor.novelty import Novelty
     from braintumor.training import TrainData
     from braintumor.transforms import Preprocessing
 
@@ -84,10 +85,11 @@ def train(params: Params) -> dict:
         return {}
     model.load_state_dict(result.final_state)
     inference = calibrate(model, data, prep, params)
+    novelty = fit_unlike_training(model, data, prep, params)
     summary = {**result.summary(), "temperature": inference.temperature, "calibration": inference.calibration,
                "precision": result.precision}
     save_model(params.paths.model, model, classes=params.data.classes, preprocessing=prep, inference=inference,
-               params=params.to_dict(), metrics=summary)
+               params=params.to_dict(), metrics=summary, novelty=novelty.to_dict() if novelty else None)
     write_json(params.paths.train_metrics, summary)
     _write_history(result.history, Path(params.paths.train_plots) / "history.csv")
     tracker.finish_training(summary, result.device, result.precision)
@@ -141,6 +143,32 @@ def calibrate(model, data: TrainData, prep: Preprocessing, params: Params, *, se
     print(f"train: temperature {temperature:.3f}, fitted on {len(data.val_labels)} val scans"
           + (f" and {len(passes) - 1} intensity-shifted copies of them" if method == "shifted" else ""))
     return Inference(temperature=temperature, tta_hflip=params.model.tta_hflip, calibration=method)
+
+
+def fit_unlike_training(model, data: TrainData, prep: Preprocessing, params: Params) -> Novelty | None:
+    """The novelty score (novelty.py) of the selected model: the train scans' feature statistics and the threshold
+    that model.unlike_training_quantile of the val scans stay under, all through the eval preset (and mirror
+    average when model.tta_hflip). None when the quantile is 0."""
+    from braintumor.data.cache import ImageDataset
+    from braintumor.inference import forward_outputs
+    from braintumor.novelty import fit_novelty
+    from braintumor.transforms import eval_preset
+
+    quantile = params.model.unlike_training_quantile
+    if not quantile:
+        return None
+    device = next(model.parameters()).device
+
+    def features(images: np.ndarray, labels: np.ndarray) -> torch.Tensor:
+        loader = torch.utils.data.DataLoader(ImageDataset(images, labels), batch_size=params.evaluate.batch_size)
+        return forward_outputs(model.eval(), loader, device, eval_preset(prep), tta_hflip=params.model.tta_hflip,
+                               features=True).features
+
+    novelty = fit_novelty(features(data.train_images, data.train_labels), data.train_labels,
+                          features(data.val_images, data.val_labels), quantile)
+    print(f"train: novelty score fitted on {len(data.train_labels)} train scans; threshold at the {quantile:.0%} "
+          f"quantile of {len(data.val_labels)} val scans")
+    return novelty
 
 
 def _training_data(params: Params, dist_info) -> tuple[TrainData, pd.DataFrame]:
@@ -233,12 +261,13 @@ def evaluate(params: Params) -> dict:
                               f"{params.data.classes}. Retrain (`dvc repro train`) or restore data.classes.")
     scorer = Scorer(model, device, bundle, params)
     test = in_splits(frame, "test")
-    logits, y_true = scorer.logits(test, params.paths.data)
+    logits, y_true, novelty = scorer.predict(test, params.paths.data)
     probs = scorer.probabilities(logits)
     leak_free = ev.leak_free_mask(test)
-    metrics = scorer.metrics(y_true, logits)
-    metrics["leak_free"] = scorer.metrics(y_true[leak_free], logits[leak_free], per_class=False)
-    outputs = _write_eval_plots(params, test, probs, y_true, leak_free)
+    metrics = scorer.metrics(y_true, logits, novelty)
+    metrics["leak_free"] = scorer.metrics(y_true[leak_free], logits[leak_free],
+                                          None if novelty is None else novelty[leak_free], per_class=False)
+    outputs = _write_eval_plots(params, test, probs, y_true, leak_free, novelty)
     if params.evaluate.external_data:
         metrics["external"], external_csv = _evaluate_external(scorer, frame, params)
         outputs.append(external_csv)
@@ -248,9 +277,15 @@ def evaluate(params: Params) -> dict:
     logger.log_test_set(test, params.paths.data)
     logger.log_test_metrics(_scalars(metrics), prefix="test_")
     logger.log_test_metrics(_scalars(metrics["leak_free"]), prefix="test_leak_free_")
+    if "unlike_training" in metrics:
+        logger.log_test_metrics(_scalars(metrics["unlike_training"]), prefix="test_unlike_training_")
+        logger.log_test_metrics(_scalars(metrics["leak_free"]["unlike_training"]),
+                                prefix="test_leak_free_unlike_training_")
     if "external" in metrics:
         logger.log_metrics(_scalars(metrics["external"]), prefix="external_")
         logger.log_metrics(_scalars(metrics["external"]["copy_free"]), prefix="external_copy_free_")
+        if "unlike_training" in metrics["external"]:
+            logger.log_metrics(_scalars(metrics["external"]["unlike_training"]), prefix="external_unlike_training_")
     logger.log_figure(_confusion_figure(y_true, probs, params.data.classes), "evaluation/confusion_matrix.png")
     for path in outputs + [params.paths.eval_metrics]:
         logger.log_artifact(path, "evaluation")
@@ -276,45 +311,56 @@ def evaluate(params: Params) -> dict:
 
 
 class Scorer:
-    """The model file's inference (preprocessing, TTA, temperature) over manifest-like rows, and their metrics."""
+    """The model file's inference (preprocessing, TTA, temperature, novelty score) over manifest-like rows, and
+    their metrics."""
 
     def __init__(self, model, device, bundle: dict, params: Params) -> None:
         from braintumor.model import Inference
+        from braintumor.novelty import Novelty
         from braintumor.transforms import Preprocessing, eval_preset
 
         self.model, self.device, self.params = model, device, params
         self.prep = Preprocessing.from_dict(bundle["preprocessing"])
         self.inference = Inference.from_dict(bundle.get("inference"))
+        self.novelty = Novelty.from_dict(bundle.get("novelty"))
         self.transform = eval_preset(self.prep)
 
-    def logits(self, frame: pd.DataFrame, root: str | Path) -> tuple[torch.Tensor, np.ndarray]:
+    def predict(self, frame: pd.DataFrame, root: str | Path) -> tuple[torch.Tensor, np.ndarray, np.ndarray | None]:
+        """(logits (N, C), labels (N,), novelty (N,) or None when the model file has no novelty score)."""
         from braintumor.data.cache import ImageDataset, cached_images
         from braintumor.imaging import ImageLimits
-        from braintumor.inference import predict_logits
+        from braintumor.inference import forward_outputs
 
         images = cached_images(frame, root, self.prep.scan, project_path(self.params.paths.cache),
                                limits=ImageLimits.of(self.params.data))
         labels = frame["label"].map({c: i for i, c in enumerate(self.params.data.classes)}).to_numpy()
         loader = torch.utils.data.DataLoader(ImageDataset(images, labels),
                                              batch_size=self.params.evaluate.batch_size)
-        logits, y_true = predict_logits(self.model, loader, self.device, self.transform,
-                                        tta_hflip=self.inference.tta_hflip)
-        return logits, y_true.numpy()
+        out = forward_outputs(self.model, loader, self.device, self.transform, tta_hflip=self.inference.tta_hflip,
+                              features=self.novelty is not None)
+        novelty = self.novelty.scores(out.features) if self.novelty is not None else None
+        return out.logits, out.labels.numpy(), novelty
 
     def probabilities(self, logits: torch.Tensor, calibrated: bool = True) -> np.ndarray:
         from braintumor.inference import probabilities
 
         return probabilities(logits, self.inference.temperature if calibrated else 1.0)
 
-    def metrics(self, y_true: np.ndarray, logits: torch.Tensor, *, per_class: bool = True) -> dict:
-        """Headline metrics (probabilities after temperature scaling), the temperature and ECE before it."""
+    def metrics(self, y_true: np.ndarray, logits: torch.Tensor, novelty: np.ndarray | None = None, *,
+                per_class: bool = True) -> dict:
+        """Headline metrics (probabilities after temperature scaling), the temperature and ECE before it, and how
+        the `unlike_training` flag splits the scans (when the model file has the novelty score)."""
         from braintumor import evaluation as ev
 
         bins, classes = self.params.evaluate.calibration_bins, self.params.data.classes
-        metrics = ev.classification_metrics(y_true, self.probabilities(logits), classes, bins=bins)
+        probs = self.probabilities(logits)
+        metrics = ev.classification_metrics(y_true, probs, classes, bins=bins)
         metrics["ece_uncalibrated"] = (ev.expected_calibration_error(y_true, self.probabilities(logits, False),
                                                                      bins=bins) if len(y_true) else None)
         metrics["temperature"] = self.inference.temperature
+        if novelty is not None:
+            metrics["unlike_training"] = {**ev.novelty_metrics(y_true, probs, novelty),
+                                          "quantile": self.novelty.quantile}
         if not per_class:
             metrics.pop("per_class")
         return metrics
@@ -327,17 +373,20 @@ def _evaluate_external(scorer: Scorer, frame: pd.DataFrame, params: Params) -> t
 
     external = load_external(params.evaluate.external_data, in_splits(frame, "train", "val"), params.paths.data,
                              params.data)
-    logits, y_true = scorer.logits(external.frame, external.root)
+    logits, y_true, novelty = scorer.predict(external.frame, external.root)
     copy_free = external.copy_free
-    metrics = {"path": str(params.evaluate.external_data), **scorer.metrics(y_true, logits),
+    metrics = {"path": str(params.evaluate.external_data), **scorer.metrics(y_true, logits, novelty),
                "n_excluded": len(external.excluded),
                "exact_in_train": int(external.frame["exact_in_train"].sum()),
                "near_in_train": int(external.frame["near_in_train"].sum()),
-               "copy_free": scorer.metrics(y_true[copy_free], logits[copy_free], per_class=False)}
+               "copy_free": scorer.metrics(y_true[copy_free], logits[copy_free],
+                                           None if novelty is None else novelty[copy_free], per_class=False)}
     probs = scorer.probabilities(logits)
     classes = params.data.classes
     table = external.frame.assign(predicted=[classes[i] for i in probs.argmax(axis=1)],
                                   probability=probs.max(axis=1), copy_free=copy_free)
+    if novelty is not None:
+        table = table.assign(novelty=novelty, unlike_training=novelty > 1.0)
     path = Path(params.paths.eval_plots) / "external_predictions.csv"
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
@@ -362,7 +411,7 @@ def _write_model_card(params: Params, metrics: dict, bundle: dict, logger, decis
 
 
 def _write_eval_plots(params: Params, test: pd.DataFrame, probs: np.ndarray, y_true: np.ndarray,
-                      leak_free: np.ndarray) -> list[str]:
+                      leak_free: np.ndarray, novelty: np.ndarray | None) -> list[str]:
     from braintumor import evaluation as ev
 
     classes = params.data.classes
@@ -373,6 +422,9 @@ def _write_eval_plots(params: Params, test: pd.DataFrame, probs: np.ndarray, y_t
     for i, name in enumerate(classes):
         predictions[f"p_{name}"] = probs[:, i]
     predictions["leak_free"] = leak_free
+    if novelty is not None:
+        predictions["novelty"] = novelty
+        predictions["unlike_training"] = novelty > 1.0
     reliability = ev.reliability_table(y_true, probs, bins=params.evaluate.calibration_bins)
     tables = {"predictions.csv": predictions,
               "confusion.csv": predictions[["actual", "predicted"]],

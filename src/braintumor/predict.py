@@ -73,9 +73,9 @@ def predict_paths(paths: list[str], model: str, *, output: str | None = None, gr
     if not scans:
         raise BrainTumorError(f"no readable image among {', '.join(map(str, paths))}; give image files "
                               "(.jpg, .png, .dcm, .nii.gz, ...) or folders that hold them.")
-    probs = predictor.probabilities([image for scan in scans for image in scan.images])  # (N pictures, C)
-    table = _table(predictor, scans, probs)
-    _print_table(table, scans)
+    probs, novelty = predictor.predict([image for scan in scans for image in scan.images])  # (N, C), (N,) | None
+    table = _table(predictor, scans, probs, novelty)
+    _print_table(table, scans, predictor.novelty.quantile if predictor.novelty else None)
     if output:
         _write_table(table, output)
         print(f"wrote {output}")
@@ -107,18 +107,21 @@ def middle_indices(count: int, middle: int | None) -> list[int]:
     return list(range(start, start + middle))
 
 
-def _table(predictor: Predictor, scans: list[Scan], probs: np.ndarray) -> pd.DataFrame:
-    """One row per picture (file, frame, label, probability, per class), a volume's summary row after its slices."""
+def _table(predictor: Predictor, scans: list[Scan], probs: np.ndarray, novelty: np.ndarray | None) -> pd.DataFrame:
+    """One row per picture (file, frame, label, probability, per class, novelty), a volume's summary row after its
+    slices (the means over the slices that show a head)."""
     parts, start = [], 0
     for scan in scans:
         count = len(scan.images)
-        rows = predictor.table(probs[start:start + count])
+        part = slice(start, start + count)
+        rows = predictor.table(probs[part], None if novelty is None else novelty[part])
         rows.insert(0, "frame", pd.array(scan.pictures.numbers, dtype="Int64"))
         rows.insert(0, "file", str(scan.path))
         parts.append(rows)
         if scan.shows_head is not None and any(scan.shows_head):
-            mean = probs[start:start + count][np.array(scan.shows_head)].mean(axis=0, keepdims=True)  # (1, C)
-            summary = predictor.table(mean)
+            head = np.array(scan.shows_head)
+            mean = probs[part][head].mean(axis=0, keepdims=True)  # (1, C)
+            summary = predictor.table(mean, None if novelty is None else novelty[part][head].mean(keepdims=True))
             summary.insert(0, "frame", pd.array([None], dtype="Int64"))
             summary.insert(0, "file", str(scan.path))
             parts.append(summary)
@@ -126,7 +129,7 @@ def _table(predictor: Predictor, scans: list[Scan], probs: np.ndarray) -> pd.Dat
     return pd.concat(parts, ignore_index=True)
 
 
-def _print_table(table: pd.DataFrame, scans: list[Scan]) -> None:
+def _print_table(table: pd.DataFrame, scans: list[Scan], quantile: float | None) -> None:
     names = []  # in the order of _table's rows
     for scan in scans:
         word = "slice" if scan.pictures.is_volume else "frame"
@@ -138,8 +141,13 @@ def _print_table(table: pd.DataFrame, scans: list[Scan]) -> None:
             print(f"{scan.path}: no slice shows a head (head region >= {MIN_HEAD_FRACTION:.0%} of the slice); "
                   "no volume summary")
     width = max(len(name) for name in names)
-    for name, label, prob in zip(names, table["label"], table["probability"]):
-        print(f"{name:<{width}}  {label:<18} {prob:.3f}")
+    novelty = table["novelty"] if "novelty" in table else [None] * len(table)
+    for name, label, prob, score in zip(names, table["label"], table["probability"], novelty):
+        flag = f"  unlike the Training scans (novelty {score:.2f})" if score is not None and score > 1 else ""
+        print(f"{name:<{width}}  {label:<18} {prob:.3f}{flag}")
+    if "novelty" in table and table["unlike_training"].any():
+        print(f"{int(table['unlike_training'].sum())} of {len(table)} rows unlike the Training scans (novelty > 1: "
+              f"less like them than {quantile:.0%} of the val scans): check these scans before trusting their labels.")
 
 
 def _write_table(table: pd.DataFrame, output: str) -> None:

@@ -77,6 +77,8 @@ def build_report(inputs: ReportInputs, *, samples: int, mistakes: int, gradcam: 
                                            inputs.params["train"].get("calibration", "val"))),
         *([("External validation", _external_section(inputs.evaluation["external"], classes))]
           if "external" in inputs.evaluation else []),
+        *([("Scans unlike the Training scans", _novelty_section(inputs.evaluation))]
+          if "unlike_training" in inputs.evaluation else []),
         ("Confusion matrix", png(charts.confusion_matrices(_confusion(inputs.predictions, classes), classes))),
         ("Calibration and ROC", png(charts.reliability_diagram(inputs.reliability, inputs.evaluation.get("ece")))
          + png(charts.roc_curves(inputs.roc))),
@@ -136,6 +138,18 @@ def _metrics_section(test: dict[str, Any], classes: list[str], calibration: str)
             if "temperature" in test else "")
     return (_table(rows, ["metric", "all Testing", "leak-free Testing"]) + note
             + _table(per, ["class", "precision", "recall", "F1", "support"]))
+
+
+def _novelty_section(evaluation: dict[str, Any]) -> str:
+    from braintumor.evaluation import NOVELTY_HEADER, novelty_rows
+
+    quantile = evaluation["unlike_training"]["quantile"]
+    return (f"<p class=note>Each answer carries a novelty score: how far the scan's features lie from the Training "
+            f"scans' (1 = the level {quantile:.0%} of the val scans stay under). Scans above 1 are flagged "
+            "<code>unlike_training</code> in predict's and the served model's output: check them before trusting "
+            "their labels. The last column: how well the score ranks wrong answers above right ones (0.5 = "
+            "chance).</p>"
+            + _table([[_or_na(v) for v in row] for row in novelty_rows(evaluation)], list(NOVELTY_HEADER)))
 
 
 def _external_section(external: dict[str, Any], classes: list[str]) -> str:

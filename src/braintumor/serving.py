@@ -2,8 +2,9 @@
 
 Input rows are raw file bytes (JPEG, PNG, BMP, TIFF, WebP, GIF; grayscale, RGB, RGBA, 16-bit; DICOM; NIfTI); the
 output has one row per picture: the input `row`, the `frame` (of a multi-frame DICOM, or the axial slice of a NIfTI
-volume; 0 for a single picture), a label, its probability and one probability column per class. A bad row raises
-`RequestError` naming the row and why.
+volume; 0 for a single picture), a label, its probability, one probability column per class and, when the model
+file has the score (novelty.py), `novelty` and `unlike_training`. A bad row raises `RequestError` naming the row
+and why.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import torch
 from braintumor.data.cache import draft_size, load_image, images_of
 from braintumor.errors import BrainTumorError
 from braintumor.imaging import ImageLimits, ImageProblem, check_file_size, problem_of
-from braintumor.inference import predict_logits, probabilities
+from braintumor.inference import forward_outputs, probabilities
 from braintumor.medical import Pictures, read_pictures
 from braintumor.model import Inference, load_model
+from braintumor.novelty import Novelty
 from braintumor.runtime import prediction_autocast, strict_fp32
 from braintumor.transforms import Preprocessing, eval_preset
 
@@ -54,6 +56,7 @@ class Predictor:
         self.classes: list[str] = list(bundle["classes"])
         self.prep = Preprocessing.from_dict(bundle["preprocessing"])
         self.inference = Inference.from_dict(bundle.get("inference"))
+        self.novelty = Novelty.from_dict(bundle.get("novelty"))  # None: a model file without the score
         self.transform = eval_preset(self.prep)
         self.limits = ImageLimits.of(bundle["params"]["data"])
         self.bundle = bundle
@@ -72,13 +75,18 @@ class Predictor:
 
     def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
         """(N, C) class probabilities for (S, S) uint8 images: evaluation's inference, temperature included."""
+        return self.predict(images)[0]
+
+    def predict(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities (N, C), novelty (N,) or None when the model file has no score) for (S, S) uint8 images."""
         if not images:
-            return np.zeros((0, len(self.classes)))
+            return np.zeros((0, len(self.classes))), (np.zeros(0) if self.novelty else None)
         batches = ((torch.from_numpy(np.stack(images[i:i + self.batch_size]))[:, None], torch.zeros(0))
                    for i in range(0, len(images), self.batch_size))  # (B, 1, S, S) uint8, no labels
-        logits, _ = predict_logits(self.model, batches, self.device, self.transform,
-                                   tta_hflip=self.inference.tta_hflip, amp_dtype=self.amp_dtype)
-        return probabilities(logits, self.inference.temperature)
+        out = forward_outputs(self.model, batches, self.device, self.transform, tta_hflip=self.inference.tta_hflip,
+                              amp_dtype=self.amp_dtype, features=self.novelty is not None)
+        novelty = self.novelty.scores(out.features) if self.novelty else None
+        return probabilities(out.logits, self.inference.temperature), novelty
 
     def explain(self, image: np.ndarray, label: str) -> np.ndarray:
         """Grad-CAM of `label` for one (S, S) uint8 image: the crop the network sees, with the heat map of where
@@ -89,12 +97,15 @@ class Predictor:
         cam, _ = grad_cam(self.model, self.model.layer4, tensor, self.classes.index(label))
         return overlay(self.transform.crop(image), cam)
 
-    def table(self, probs: np.ndarray) -> pd.DataFrame:
+    def table(self, probs: np.ndarray, novelty: np.ndarray | None = None) -> pd.DataFrame:
         best = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=int)
         frame = pd.DataFrame({"label": [self.classes[i] for i in best],
                               "probability": probs[np.arange(len(best)), best] if len(probs) else []})
         for i, name in enumerate(self.classes):
             frame[name] = probs[:, i] if len(probs) else []
+        if novelty is not None:
+            frame["novelty"] = np.asarray(novelty, dtype=float)
+            frame["unlike_training"] = frame["novelty"] > 1.0
         return frame
 
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
@@ -119,7 +130,7 @@ class Predictor:
             listed = "; ".join(f"row {row}: {reason}" for row, reason in problems[:10])
             more = f"; and {len(problems) - 10} more" if len(problems) > 10 else ""
             raise RequestError(f"{len(problems)} of {len(frame)} rows cannot be used: {listed}{more}", problems)
-        table = self.table(self.probabilities(images))
+        table = self.table(*self.predict(images))
         table.insert(0, "frame", frames)
         table.insert(0, "row", rows)
         return table
