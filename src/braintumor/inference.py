@@ -36,8 +36,10 @@ def forward_outputs(model: nn.Module, batches, device: torch.device, transform, 
     `tta_hflip`, logits and features are each the mean over the scan and its mirror image.
     """
     captured: list[torch.Tensor] = []
-    head = getattr(getattr(model, "module", model), "fc")
-    hook = head.register_forward_pre_hook(lambda _, args: captured.append(args[0].float())) if features else None
+    hook = None
+    if features:  # the ResNet's `fc` (under DDP, its module's); other networks only need it when asked for
+        head = getattr(model, "module", model).fc
+        hook = head.register_forward_pre_hook(lambda _, args: captured.append(args[0].float()))
     logits, labels, feats = [], [], []
     try:
         for batch, targets in batches:
