@@ -26,7 +26,6 @@ import argparse
 
 import numpy as np
 import torch
-from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 from shifted_val import ValSets, val_sets
 
@@ -37,6 +36,8 @@ from braintumor.data.splits import in_splits, read_manifest
 from braintumor.evaluation import leak_free_mask
 from braintumor.fileio import project_path
 from braintumor.imaging import ImageLimits
+from braintumor.inference import forward_outputs
+from braintumor.novelty import fit_novelty
 from braintumor.transforms import eval_preset
 
 SCORES = ("msp", "energy", "mahalanobis", "knn")
@@ -44,33 +45,18 @@ K = 10
 FLAG_QUANTILE = 0.95
 
 
-@torch.no_grad()
 def features(sets: ValSets, data, transform) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """(penultimate features (N, 2048), logits (N, C), labels (N,)), mirror-averaged when the file uses TTA."""
-    captured = []
-    hook = sets.net.fc.register_forward_pre_hook(lambda _, args: captured.append(args[0].detach().double()))
-    feats, logits, labels = [], [], []
-    try:
-        for batch, y in torch.utils.data.DataLoader(data, batch_size=sets.batch_size):
-            x = transform(batch)
-            views = [x, torch.flip(x, dims=[3])] if sets.hflip else [x]
-            captured.clear()
-            out = sum(sets.net(v).double() for v in views) / len(views)
-            feats.append(sum(captured) / len(captured))
-            logits.append(out)
-            labels.append(torch.as_tensor(y))
-    finally:
-        hook.remove()
-    return torch.cat(feats), torch.cat(logits), torch.cat(labels).numpy()
+    loader = torch.utils.data.DataLoader(data, batch_size=sets.batch_size)
+    out = forward_outputs(sets.net, loader, torch.device("cpu"), transform, tta_hflip=sets.hflip, features=True)
+    return out.features, out.logits, out.labels.numpy()
 
 
 class Scorer:
     def __init__(self, train_feats: torch.Tensor, train_labels: np.ndarray, temperature: float) -> None:
         self.temperature = temperature
-        x = train_feats.numpy()
-        self.means = np.stack([x[train_labels == c].mean(axis=0) for c in np.unique(train_labels)])
-        centred = x - self.means[np.searchsorted(np.unique(train_labels), train_labels)]
-        self.precision = LedoitWolf(assume_centered=True).fit(centred).precision_
+        # the shipped score's own fit (its threshold is not used here: every score is thresholded alike below)
+        self.mahalanobis = fit_novelty(train_feats, train_labels, train_feats[:0], FLAG_QUANTILE)
         self.bank = torch.nn.functional.normalize(train_feats, dim=1)
 
     def __call__(self, name: str, feats: torch.Tensor, logits: torch.Tensor) -> np.ndarray:
@@ -79,8 +65,7 @@ class Scorer:
         if name == "energy":
             return -torch.logsumexp(logits, dim=1).numpy()
         if name == "mahalanobis":
-            d = feats.numpy()[:, None, :] - self.means[None]  # (N, C, D)
-            return ((d @ self.precision) * d).sum(axis=2).min(axis=1)
+            return self.mahalanobis.raw(feats)
         if name == "knn":
             dist = torch.cdist(torch.nn.functional.normalize(feats, dim=1), self.bank)
             return dist.topk(K, dim=1, largest=False).values[:, -1].numpy()
