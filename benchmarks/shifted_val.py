@@ -14,7 +14,7 @@ Last line per model: `shifted_val MODEL val_f1 A shifted_f1 B`.
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -60,11 +60,15 @@ class ValSets:
         return clean, shifted
 
 
-def val_sets(model_path: str, project: Params) -> ValSets:
-    """The val split of `project`'s manifest, decoded as the model file's preprocessing says (through the cache)."""
+def val_sets(model_path: str, project: Params, size: int | None = None) -> ValSets:
+    """The val split of `project`'s manifest, decoded as the model file's preprocessing says (through the cache);
+    with `size`, at that network input size instead (resize scaled alike: benchmarks/test_resolution.py)."""
     net, bundle = load_model(model_path)
     trained = params_from_dict(bundle["params"], source=f"{model_path} (its params)")
     prep = Preprocessing.from_dict(bundle["preprocessing"])
+    if size is not None:
+        resize = round(size * prep.resize_size / prep.image_size)
+        prep = replace(prep, image_size=size, scan=replace(prep.scan, size=resize))
     classes = list(bundle["classes"])
     frame = read_manifest(project.paths.manifest, classes)
     val = in_splits(frame, "val").sort_values("path", kind="stable").reset_index(drop=True)

@@ -5,28 +5,45 @@ the train-test resolution discrepancy", 2019)? One model file, several eval size
 
 The train preset's random resized crop (area `augment.crop_scale`) shows the network each scan zoomed in, so at the
 same size the eval view shows everything smaller than training did. For each size S the scans are prepared exactly
-as the model file says, except that the resize size and the crop become S * (resize / image) and S; the network
-(its weights and batch-norm statistics) is unchanged. Printed per size: val accuracy and macro-F1 (Testing is not
-scored: an eval size is chosen on val). Last line: `val_f1 S=F ...`.
+as the model file says, except that the resize size and the crop become S * (resize / image) and S. Without
+--refit-bn the network (its weights and batch-norm statistics) is unchanged; with it, as FixRes does, the batch-norm
+statistics are re-estimated at S from the train scans through the eval preset (torch's `update_bn`, one pass).
+Printed per size: val accuracy and macro-F1, and macro-F1 on the six intensity-shifted val copies
+(benchmarks/shifted_val.py) and their mean (Testing is not scored: an eval size is chosen on val).
+Last line: `val_f1 S=F ... shifted_f1 S=F ...`.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 
 import numpy as np
 import torch
 
-from braintumor import evaluation as ev
+from shifted_val import ValSets, val_sets
+from torch.optim.swa_utils import update_bn
+
 from braintumor.config import load_params
 from braintumor.data.cache import ImageDataset, cached_images
 from braintumor.data.splits import in_splits, read_manifest
 from braintumor.fileio import project_path
 from braintumor.imaging import ImageLimits
-from braintumor.inference import predict_logits, probabilities
-from braintumor.model import load_model
-from braintumor.transforms import Preprocessing, eval_preset
+from braintumor.transforms import eval_preset
+
+
+def refit_batch_norm(sets: ValSets, project) -> None:
+    """FixRes: re-estimate `sets.net`'s batch-norm statistics on the train scans through the eval preset at
+    `sets`' size (one pass, an equal-weight average: torch's update_bn)."""
+    frame = read_manifest(project.paths.manifest, sets.classes)
+    rows = in_splits(frame, "train").sort_values("path", kind="stable").reset_index(drop=True)
+    images = cached_images(rows, project.paths.data, sets.prep.scan, project_path(project.paths.cache),
+                           limits=ImageLimits.of(project.data))
+    loader = torch.utils.data.DataLoader(ImageDataset(np.asarray(images), np.zeros(len(rows))),
+                                         batch_size=sets.batch_size)
+    transform = eval_preset(sets.prep)
+    with torch.no_grad():
+        update_bn((transform(batch) for batch, _ in loader), sets.net)
+    sets.net.eval()
 
 
 def main() -> None:
@@ -34,35 +51,25 @@ def main() -> None:
     parser.add_argument("--model", default="models/model.pt")
     parser.add_argument("--params", default="params.yaml", help="where the manifest, data and cache are")
     parser.add_argument("--sizes", type=int, nargs="+", default=[80, 88, 96])
+    parser.add_argument("--refit-bn", action="store_true",
+                        help="re-estimate batch-norm statistics at each size on the train scans (FixRes)")
     args = parser.parse_args()
 
     project = load_params(args.params)
-    net, bundle = load_model(args.model)
-    net.eval()
-    trained = Preprocessing.from_dict(bundle["preprocessing"])
-    classes = list(bundle["classes"])
-    hflip = bool((bundle.get("inference") or {}).get("tta_hflip", False))
-    frame = read_manifest(project.paths.manifest, classes)
-    limits, cache = ImageLimits.of(project.data), project_path(project.paths.cache)
-    splits = {"val": in_splits(frame, "val").reset_index(drop=True)}
-    print(f"{args.model}: trained at {trained.image_size} px (resize {trained.resize_size})")
-
-    val_f1 = {}
+    trained = val_sets(args.model, project).prep
+    print(f"{args.model}: trained at {trained.image_size} px (resize {trained.resize_size}); "
+          f"batch norm {'refitted at each other size' if args.refit_bn else 'as trained'}")
+    val_f1, shifted_f1 = {}, {}
     for size in args.sizes:
-        prep = replace(trained, image_size=size,
-                       scan=replace(trained.scan, size=round(size * trained.resize_size / trained.image_size)))
-        line = [f"S={size}:"]
-        for split, rows in splits.items():
-            images = np.asarray(cached_images(rows, project.paths.data, prep.scan, cache, limits=limits))
-            labels = rows["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
-            loader = torch.utils.data.DataLoader(ImageDataset(images, labels), batch_size=project.evaluate.batch_size)
-            logits, y = predict_logits(net, loader, torch.device("cpu"), eval_preset(prep), tta_hflip=hflip)
-            y = y.numpy()
-            metrics = ev.classification_metrics(y, probabilities(logits), classes)
-            line.append(f"{split} acc {metrics['accuracy']:.4f} macro-F1 {metrics['macro_f1']:.4f}")
-            val_f1[size] = metrics["macro_f1"]
-        print(" ".join(line), flush=True)
-    print("val_f1 " + " ".join(f"{s}={f:.4f}" for s, f in val_f1.items()))
+        sets = val_sets(args.model, project, size)
+        if args.refit_bn and size != trained.image_size:
+            refit_batch_norm(sets, project)
+        clean, shifted = sets.scores()
+        val_f1[size], shifted_f1[size] = clean["macro_f1"], float(np.mean(shifted))
+        print(f"S={size}: val acc {clean['accuracy']:.4f} macro-F1 {clean['macro_f1']:.4f}; shifted copies "
+              f"macro-F1 {' '.join(f'{f:.3f}' for f in shifted)} (mean {shifted_f1[size]:.4f})", flush=True)
+    print("val_f1 " + " ".join(f"{s}={f:.4f}" for s, f in val_f1.items())
+          + " shifted_f1 " + " ".join(f"{s}={f:.4f}" for s, f in shifted_f1.items()))
 
 
 if __name__ == "__main__":
