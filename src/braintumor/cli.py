@@ -75,7 +75,9 @@ def _import_data(args: argparse.Namespace) -> None:
     counts = result.counts
     print(f"import-data: copied {counts.get('Training', 0)} Training and {counts.get('Testing', 0)} Testing images "
           f"into {dest}/. Version it: dvc add {dest}/Training {dest}/Testing && git add {dest}/*.dvc\n"
-          "Train on it with the best recipe for a CPU, from scratch (offline):  braintumor recipe cpu-scratch\n"
+          "Train on it with the best recipe for a CPU, from scratch (offline):  braintumor recipe cpu-scratch-bf16\n"
+          "  (a CPU with AVX512-BF16 or AMX: grep -o 'avx512_bf16\\|amx_bf16' /proc/cpuinfo), "
+          "else braintumor recipe cpu-scratch\n"
           "  with ImageNet weights on a GPU: braintumor recipe imagenet-finetune   (all recipes: braintumor recipe)")
 
 
