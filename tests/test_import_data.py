@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN
+from conftest import BIN, REPO
 from PIL import Image
 
 from braintumor.cli import main
@@ -60,6 +60,20 @@ def test_a_folder_is_imported_with_aliases_applied(tmp_path):
     assert result.counts == {"Training": 8, "Testing": 8} and result.skipped_links == []
     assert (tmp_path / "data" / "Training" / "no_tumor" / "Tr-0001.jpg").read_bytes() == jpeg(21)
     assert sorted(os.listdir(tmp_path / "data")) == ["Testing", "Training"]  # and no temporary folder
+
+
+@pytest.mark.parametrize("fast_bf16, recipe", [(True, "cpu-scratch-bf16"), (False, "cpu-scratch")])
+def test_import_data_names_the_from_scratch_recipe_for_this_cpu(tmp_path, capsys, monkeypatch, fast_bf16, recipe):
+    from braintumor import runtime
+    from braintumor.recipes import list_recipes
+
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: fast_bf16)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"paths": {"data": "data"}, "data": {"aliases": ALIASES}}))
+    monkeypatch.chdir(tmp_path)
+    main(["import-data", str(kaggle_folder(tmp_path / "archive")), "--params", "params.yaml"])
+    named = [line.split("braintumor recipe ")[1].split()[0] for line in capsys.readouterr().out.splitlines()
+             if "from scratch" in line]
+    assert named == [recipe] and recipe in {r.name for r in list_recipes(REPO)}
 
 
 # --- symbolic links -----------------------------------------------------------------------------------------------
