@@ -106,6 +106,9 @@ def test_evaluate_scores_an_external_set_and_its_copy_free_part(sample_root, nov
     logged = MlflowClient().get_run(run.info.run_id).data.metrics
     assert logged["external_n"] == 14 and logged["external_copy_free_n"] == 12
     assert logged["external_accuracy"] == pytest.approx(ext["accuracy"])
+    # every external scan is 64 x 64 like the sample's Training scans of its class
+    assert (ext["by_image_size"]["seen"]["n"], ext["by_image_size"]["unseen"]["n"]) == (14, 0)
+    assert table["size_seen_in_training"].all() and logged["external_size_seen_n"] == 14
     assert "test_ece_uncalibrated" in logged and "test_temperature" in logged
     card = (tmp_path / "model_card.md").read_text()  # the model card renders the external figures too
     assert "## External data" in card and f"path: {external}; 1 exact copies of Training scans" in card
@@ -137,3 +140,38 @@ def test_evaluate_names_a_missing_external_folder(sample_root, tmp_path):
                                                                       external_data=str(tmp_path / "nowhere")))
     with pytest.raises(BrainTumorError, match=r"evaluate\.external_data = .*nowhere.*no such folder"):
         evaluate(params)
+
+
+def test_evaluate_reports_testing_by_whether_its_image_size_is_seen_in_training(sample_root, tmp_path, monkeypatch):
+    """Testing's gliomas re-saved at 80 x 80 (another source): `unseen`, in eval.json, predictions.csv and MLflow."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    data = tmp_path / "data"
+    shutil.copytree(sample_root, data)
+    gliomas = sorted((data / "Testing/glioma_tumor").iterdir())
+    for path in gliomas:
+        Image.open(path).resize((80, 80)).save(path, quality=92)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    params = _setup(data, tmp_path, list(tiny_params(data).data.classes))
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with mlflow.start_run() as run:
+        pass
+    (tmp_path / "run.json").write_text(json.dumps({"run_id": run.info.run_id, "registered_model": "x",
+                                                   "model_version": None}))
+    metrics = evaluate(params)
+
+    predictions = pd.read_csv(tmp_path / "plots" / "predictions.csv")
+    unseen_paths = set(predictions.loc[~predictions["size_seen_in_training"], "path"])
+    assert unseen_paths == {p.relative_to(data).as_posix() for p in gliomas}
+    groups = metrics["by_image_size"]
+    assert (groups["seen"]["n"], groups["unseen"]["n"]) == (9, 3)
+    assert groups["unseen"]["per_class"]["glioma_tumor"]["support"] == 3
+    assert groups["seen"]["per_class"]["glioma_tumor"]["support"] == 0
+    for name, group in (("seen", predictions[predictions["size_seen_in_training"]]),
+                        ("unseen", predictions[~predictions["size_seen_in_training"]])):
+        assert groups[name]["accuracy"] == pytest.approx((group["actual"] == group["predicted"]).mean())
+    assert json.loads((tmp_path / "eval.json").read_text())["by_image_size"]["unseen"]["n"] == 3
+    logged = MlflowClient().get_run(run.info.run_id).data.metrics
+    assert logged["test_size_unseen_n"] == 3 and logged["test_size_seen_n"] == 9
+    assert logged["test_size_unseen_accuracy"] == pytest.approx(groups["unseen"]["accuracy"])

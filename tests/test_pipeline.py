@@ -212,7 +212,7 @@ def test_report_is_self_contained_and_every_image_decodes(project, tmp_path):
 
     page = (project["repo"] / "reports/report.html").read_text(encoding="utf-8")
     for section in ("Dataset and validation", "Preprocessing and augmentation", "Training curves", "Test metrics",
-                    "leak-free", "Confusion matrix", "Calibration", "Sample test predictions",
+                    "leak-free", "Testing by image size", "Confusion matrix", "Calibration", "Sample test predictions",
                     "Most confident mistakes", "Grad-CAM", "Model card", "Run metadata", "mlflow ui"):
         assert section in page, f"report lacks {section!r}"
     assert '<a href="model_card.md">' in page and (project["repo"] / "reports/model_card.md").is_file()

@@ -13,3 +13,26 @@ def test_report_confusion_counts_rows_as_actual_and_columns_as_predicted_in_clas
     expected = np.zeros((4, 4), dtype=int)
     expected[0, 1] = expected[0, 0] = expected[2, 2] = expected[3, 2] = 1
     assert np.array_equal(_confusion(predictions, classes), expected)
+
+
+def test_image_size_section_shows_the_classes_sizes_the_warning_and_recall_on_either_side():
+    from braintumor.report import _image_size_section
+
+    classes = ["glioma_tumor", "no_tumor"]
+    validation = {"image_size_shift": {
+        "glioma_tumor": {"training_sizes": 1, "training_top_size": "512x512", "training_top_share": 1.0,
+                         "test_n": 100, "test_size_seen": 0.18},
+        "no_tumor": {"training_sizes": 231, "training_top_size": "236x236", "training_top_share": 0.12,
+                     "test_n": 105, "test_size_seen": 1.0}}}
+
+    def group(n, accuracy, recalls_supports):
+        return {"n": n, "accuracy": accuracy, "per_class": {c: {"recall": r, "support": s, "precision": 1.0, "f1": 1.0}
+                                                            for c, (r, s) in zip(classes, recalls_supports)}}
+
+    evaluation = {"by_image_size": {"seen": group(123, 0.95, [(17 / 18, 18), (0.95, 105)]),
+                                    "unseen": group(82, 0.38, [(31 / 82, 82), (0.0, 0)])}}
+    page = _image_size_section(validation, evaluation, classes)
+    assert "<td>512x512 (100%)</td>" in page and "<td>236x236 (12%)</td>" in page
+    assert page.count("class=warn") == 1 and "Testing&#x27;s glioma_tumor scans: 18% of 100" in page
+    assert "<td>recall glioma_tumor</td><td>0.94 of 18</td><td>0.38 of 82</td>" in page
+    assert "<td>recall no_tumor</td><td>0.95 of 105</td><td>n/a</td>" in page

@@ -542,3 +542,41 @@ def test_a_class_whose_scans_are_all_copies_of_one_has_no_val_scan(dataset_copy)
     with pytest.raises(DataError, match=r"no val scan of class pituitary_tumor: it has 6 usable Training scan\(s\) "
                                         r"\(1 distinct: copies of one scan stay on one side of the split\)"):
         validate(dataset_copy)
+
+
+# --- image sizes: where the scans come from ----------------------------------------------------------------------
+
+
+def test_size_seen_in_training_matches_sizes_within_a_class_only():
+    from braintumor.data.splits import size_seen_in_training
+
+    training = pd.DataFrame({"label": ["a", "a", "b"], "width": [512, 512, 236], "height": [512, 512, 236]})
+    rows = pd.DataFrame({"label": ["a", "a", "b", "b"], "width": [512, 236, 236, 512], "height": [512, 236, 236, 512]})
+    assert size_seen_in_training(rows, training).tolist() == [True, False, True, False]
+
+
+def test_testing_scans_at_sizes_their_class_never_has_in_training_are_reported_and_warned(dataset_copy, caplog):
+    # Testing's gliomas from "another source" (80 x 80); a Training no_tumor scan at 80 x 80 does not make them seen
+    for path in sorted((dataset_copy / "Testing/glioma_tumor").iterdir()):
+        Image.open(path).resize((80, 80)).save(path, quality=92)
+    fresh_slice(7).resize((80, 80)).save(dataset_copy / "Training/no_tumor/big.jpg", quality=92)
+    Image.open(dataset_copy / "Testing/meningioma_tumor/te_0000.jpg").resize((80, 60)).save(
+        dataset_copy / "Testing/meningioma_tumor/te_0000.jpg", quality=92)
+    with caplog.at_level("WARNING"):
+        report = validate(dataset_copy).report
+    shift = report["image_size_shift"]
+    assert shift["glioma_tumor"] == {"training_sizes": 1, "training_top_size": "64x64", "training_top_share": 1.0,
+                                     "test_n": 3, "test_size_seen": 0.0}
+    assert shift["meningioma_tumor"]["test_size_seen"] == pytest.approx(2 / 3)  # above the warning's 1/2
+    assert shift["no_tumor"]["training_sizes"] == 2 and shift["no_tumor"]["test_size_seen"] == 1.0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].startswith(
+        "Testing's glioma_tumor scans: 0% of 3 have an image size found among Training's glioma_tumor scans "
+        "(all at 64x64)")
+    assert "add Training scans of glioma_tumor from those sources" in warnings[0]
+    json.dumps(report, allow_nan=False)
+
+
+def test_a_clean_sample_has_no_size_shift(dataset_copy):
+    shift = validate(dataset_copy).report["image_size_shift"]
+    assert all(s["test_size_seen"] == 1.0 and s["training_top_size"] == "64x64" for s in shift.values())

@@ -24,6 +24,7 @@ SHIFT_GAP = 0.10  # val macro-F1 this much above Testing macro-F1: Testing is no
 LEAK_GAP = 0.05  # all-Testing macro-F1 this much above leak-free: the headline is inflated by copies
 HIGH_ECE = 0.10  # expected calibration error above this: probabilities are not chances
 SMALL_N = 100  # fewer leak-free Testing scans than this: wide uncertainty
+SIZE_GROUP_N = 20  # Testing scans needed on each side (image size seen in Training or not) to compare them
 
 
 def render(facts: dict[str, Any]) -> str:
@@ -132,12 +133,32 @@ def failure_modes(facts: dict[str, Any]) -> list[str]:
         flags.append(f"{unlike['flagged_share']:.0%} of the Testing scans are unlike the Training scans (novelty > 1; "
                      f"{1 - unlike['quantile']:.0%} of val by design): accuracy {_fmt(unlike['accuracy_flagged'])} on them, "
                      f"{_fmt(unlike['accuracy_unflagged'])} on the others.")
+    flags += _source_flags(test.get("by_image_size") or {})
     external = test.get("external") or {}
     if external.get("macro_f1") is not None and val_f1 is not None and val_f1 - external["macro_f1"] > SHIFT_GAP:
         flags.append(f"On the external data macro-F1 is {external['macro_f1']:.2f} (val {val_f1:.2f}): it does not "
                      "carry over to other sources as is.")
     return lines + (flags or ["No other check (val vs Testing gap, leakage gap, sample size, calibration) flagged "
                               "a problem."])
+
+
+def _source_flags(by_size: dict[str, Any]) -> list[str]:
+    """A line when Testing scans at image sizes never seen in Training for their class (other sources) fare
+    worse than the others, naming the class that loses most recall."""
+    seen, unseen = by_size.get("seen") or {}, by_size.get("unseen") or {}
+    if min(seen.get("n", 0), unseen.get("n", 0)) < SIZE_GROUP_N or seen["accuracy"] - unseen["accuracy"] <= SHIFT_GAP:
+        return []
+    drops = {c: (seen["per_class"][c], unseen["per_class"][c]) for c in unseen.get("per_class", {})
+             if seen["per_class"][c]["support"] >= 5 and unseen["per_class"][c]["support"] >= 5}
+    line = (f"On the {unseen['n']} Testing scans at image sizes no Training scan of their class has (other sources "
+            f"or scanners, likely) accuracy is {unseen['accuracy']:.2f}, against {seen['accuracy']:.2f} on the "
+            f"{seen['n']} others: the model learnt part of the source along with the class")
+    if drops:
+        worst = max(drops, key=lambda c: drops[c][0]["recall"] - drops[c][1]["recall"])
+        (before, after) = drops[worst]
+        line += (f"; {worst} recall {after['recall']:.2f} on {after['support']} such scans, {before['recall']:.2f} "
+                 f"on {before['support']} others")
+    return [line + ". Expect the lower figures on scans from other hospitals."]
 
 
 def saved_val(train: dict[str, Any]) -> tuple[str, float | None, float | None]:

@@ -248,7 +248,7 @@ def evaluate(params: Params) -> dict:
     """Batched inference on the Testing rows (and the external set, if any); metrics overall and on the leak-free
     subset; promotion."""
     from braintumor import evaluation as ev
-    from braintumor.data.splits import in_splits, read_manifest
+    from braintumor.data.splits import in_splits, read_manifest, size_seen_in_training
     from braintumor.model import load_model
     from braintumor.runtime import select_device
     from braintumor.tracking import RunLogger, read_run_info
@@ -267,7 +267,9 @@ def evaluate(params: Params) -> dict:
     metrics = scorer.metrics(y_true, logits, novelty)
     metrics["leak_free"] = scorer.metrics(y_true[leak_free], logits[leak_free],
                                           None if novelty is None else novelty[leak_free], per_class=False)
-    outputs = _write_eval_plots(params, test, probs, y_true, leak_free, novelty)
+    size_seen = size_seen_in_training(test, in_splits(frame, "train", "val"))
+    metrics["by_image_size"] = scorer.by_image_size(y_true, logits, size_seen)
+    outputs = _write_eval_plots(params, test, probs, y_true, leak_free, novelty, size_seen)
     if params.evaluate.external_data:
         metrics["external"], external_csv = _evaluate_external(scorer, frame, params)
         outputs.append(external_csv)
@@ -277,6 +279,8 @@ def evaluate(params: Params) -> dict:
     logger.log_test_set(test, params.paths.data)
     logger.log_test_metrics(_scalars(metrics), prefix="test_")
     logger.log_test_metrics(_scalars(metrics["leak_free"]), prefix="test_leak_free_")
+    for group, scores in metrics["by_image_size"].items():
+        logger.log_test_metrics(_scalars(scores), prefix=f"test_size_{group}_")
     if "unlike_training" in metrics:
         logger.log_test_metrics(_scalars(metrics["unlike_training"]), prefix="test_unlike_training_")
         logger.log_test_metrics(_scalars(metrics["leak_free"]["unlike_training"]),
@@ -284,6 +288,8 @@ def evaluate(params: Params) -> dict:
     if "external" in metrics:
         logger.log_metrics(_scalars(metrics["external"]), prefix="external_")
         logger.log_metrics(_scalars(metrics["external"]["copy_free"]), prefix="external_copy_free_")
+        for group, scores in metrics["external"]["by_image_size"].items():
+            logger.log_metrics(_scalars(scores), prefix=f"external_size_{group}_")
         if "unlike_training" in metrics["external"]:
             logger.log_metrics(_scalars(metrics["external"]["unlike_training"]), prefix="external_unlike_training_")
     logger.log_figure(_confusion_figure(y_true, probs, params.data.classes), "evaluation/confusion_matrix.png")
@@ -297,6 +303,12 @@ def evaluate(params: Params) -> dict:
           f"(n={metrics['n']}); leak-free accuracy "
           + (f"{lf['accuracy']:.3f} macro-F1 {lf['macro_f1']:.3f} (n={lf['n']})" if lf["n"] else "n/a (n=0)")
           + f"; ECE {metrics['ece']:.3f} (before temperature scaling {metrics['ece_uncalibrated']:.3f})")
+    unseen = metrics["by_image_size"]["unseen"]
+    if unseen["n"]:
+        seen = metrics["by_image_size"]["seen"]
+        print(f"evaluate: {unseen['n']} Testing scans have an image size no Training scan of their class has "
+              f"(other sources, likely): accuracy {unseen['accuracy']:.3f} on them"
+              + (f", {seen['accuracy']:.3f} on the {seen['n']} others" if seen["n"] else ""))
     if "external" in metrics:
         ext, free = metrics["external"], metrics["external"]["copy_free"]
         print(f"evaluate: external set accuracy {ext['accuracy']:.3f} macro-F1 {ext['macro_f1']:.3f} (n={ext['n']}); "
@@ -365,26 +377,36 @@ class Scorer:
             metrics.pop("per_class")
         return metrics
 
+    def by_image_size(self, y_true: np.ndarray, logits: torch.Tensor, size_seen: np.ndarray) -> dict[str, dict]:
+        """Metrics (per class included) on the scans whose image size some Training scan of their class has
+        (`seen`) and on the others (`unseen`): how the model does on scans from sources it learnt the class from
+        and on scans from other sources."""
+        return {group: self.metrics(y_true[mask], logits[mask])
+                for group, mask in (("seen", size_seen), ("unseen", ~size_seen))}
+
 
 def _evaluate_external(scorer: Scorer, frame: pd.DataFrame, params: Params) -> tuple[dict, str]:
     """Metrics on the external set (all of it, and its part without copies of Training scans), and its CSV."""
     from braintumor.data.external import load_external
-    from braintumor.data.splits import in_splits
+    from braintumor.data.splits import in_splits, size_seen_in_training
 
-    external = load_external(params.evaluate.external_data, in_splits(frame, "train", "val"), params.paths.data,
-                             params.data)
+    training = in_splits(frame, "train", "val")
+    external = load_external(params.evaluate.external_data, training, params.paths.data, params.data)
     logits, y_true, novelty = scorer.predict(external.frame, external.root)
     copy_free = external.copy_free
+    size_seen = size_seen_in_training(external.frame, training)
     metrics = {"path": str(params.evaluate.external_data), **scorer.metrics(y_true, logits, novelty),
                "n_excluded": len(external.excluded),
                "exact_in_train": int(external.frame["exact_in_train"].sum()),
                "near_in_train": int(external.frame["near_in_train"].sum()),
                "copy_free": scorer.metrics(y_true[copy_free], logits[copy_free],
-                                           None if novelty is None else novelty[copy_free], per_class=False)}
+                                           None if novelty is None else novelty[copy_free], per_class=False),
+               "by_image_size": scorer.by_image_size(y_true, logits, size_seen)}
     probs = scorer.probabilities(logits)
     classes = params.data.classes
     table = external.frame.assign(predicted=[classes[i] for i in probs.argmax(axis=1)],
-                                  probability=probs.max(axis=1), copy_free=copy_free)
+                                  probability=probs.max(axis=1), copy_free=copy_free,
+                                  size_seen_in_training=size_seen)
     if novelty is not None:
         table = table.assign(novelty=novelty, unlike_training=novelty > 1.0)
     path = Path(params.paths.eval_plots) / "external_predictions.csv"
@@ -411,7 +433,7 @@ def _write_model_card(params: Params, metrics: dict, bundle: dict, logger, decis
 
 
 def _write_eval_plots(params: Params, test: pd.DataFrame, probs: np.ndarray, y_true: np.ndarray,
-                      leak_free: np.ndarray, novelty: np.ndarray | None) -> list[str]:
+                      leak_free: np.ndarray, novelty: np.ndarray | None, size_seen: np.ndarray) -> list[str]:
     from braintumor import evaluation as ev
 
     classes = params.data.classes
@@ -422,6 +444,7 @@ def _write_eval_plots(params: Params, test: pd.DataFrame, probs: np.ndarray, y_t
     for i, name in enumerate(classes):
         predictions[f"p_{name}"] = probs[:, i]
     predictions["leak_free"] = leak_free
+    predictions["size_seen_in_training"] = size_seen
     if novelty is not None:
         predictions["novelty"] = novelty
         predictions["unlike_training"] = novelty > 1.0

@@ -75,6 +75,8 @@ def build_report(inputs: ReportInputs, *, samples: int, mistakes: int, gradcam: 
         ("Training curves", png(charts.training_curves(inputs.history))),
         ("Test metrics", _metrics_section(inputs.evaluation, classes,
                                            inputs.params["train"].get("calibration", "val"))),
+        *([("Testing by image size (source)", _image_size_section(inputs.validation, inputs.evaluation, classes))]
+          if "by_image_size" in inputs.evaluation else []),
         *([("External validation", _external_section(inputs.evaluation["external"], classes))]
           if "external" in inputs.evaluation else []),
         *([("Scans unlike the Training scans", _novelty_section(inputs.evaluation))]
@@ -138,6 +140,31 @@ def _metrics_section(test: dict[str, Any], classes: list[str], calibration: str)
             if "temperature" in test else "")
     return (_table(rows, ["metric", "all Testing", "leak-free Testing"]) + note
             + _table(per, ["class", "precision", "recall", "F1", "support"]))
+
+
+def _image_size_section(validation: dict[str, Any], evaluation: dict[str, Any], classes: list[str]) -> str:
+    from braintumor.data.validate import size_shift_warnings
+
+    shift = validation.get("image_size_shift") or {}
+    sizes = _table([[c, s["training_sizes"], f"{s['training_top_size']} ({s['training_top_share']:.0%})",
+                     s["test_n"], _or_na(s["test_size_seen"])] for c, s in shift.items()],
+                   ["class", "image sizes in Training", "commonest (share)", "Testing scans",
+                    "share at a size of the class's Training scans"]) if shift else ""
+    warnings = "".join(f"<p class=warn>{html.escape(line)}</p>" for line in size_shift_warnings(shift))
+    seen, unseen = evaluation["by_image_size"]["seen"], evaluation["by_image_size"]["unseen"]
+
+    def recall(metrics: dict[str, Any], name: str) -> str:
+        score = metrics.get("per_class", {}).get(name)
+        return f"{score['recall']:.2f} of {score['support']}" if score and score["support"] else "n/a"
+
+    rows = [["scans", seen["n"], unseen["n"]], ["accuracy", _or_na(seen.get("accuracy")), _or_na(unseen.get("accuracy"))],
+            *([f"recall {c}", recall(seen, c), recall(unseen, c)] for c in classes)]  # macro-F1 would count absent classes
+    return ("<p class=note>Image size is a fingerprint of where a scan comes from (a scanner's export, a web copy). "
+            "A Testing scan counts as <i>seen</i> when some Training scan of its class has its width x height, "
+            "<i>unseen</i> otherwise: a scan from a source the model never learnt its class from. A much lower "
+            "figure on unseen scans says the model learnt the source along with the tumour.</p>"
+            + sizes + warnings
+            + _table(rows, ["Testing", "size seen in Training (same class)", "size unseen"]))
 
 
 def _novelty_section(evaluation: dict[str, Any]) -> str:

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ExternalSet:
-    frame: pd.DataFrame  # path (relative to root), label, sha256, exact_in_train, near_in_train
+    frame: pd.DataFrame  # path (relative to root), label, sha256, width, height, exact_in_train, near_in_train
     root: Path
     excluded: list[dict[str, str]]  # {"path", "reason"} of unusable files
 
@@ -64,6 +64,7 @@ def load_external(root: str | Path, training: pd.DataFrame, data_root: str | Pat
     best, _ = best_match(prints, train_prints)
     exact = np.array([i["sha256"] in train_hashes for _, i in usable])
     frame = pd.DataFrame({"path": [f.relpath for f, _ in usable], "label": [f.label for f, _ in usable],
-                          "sha256": [i["sha256"] for _, i in usable], "exact_in_train": exact,
+                          "sha256": [i["sha256"] for _, i in usable], "width": [i["width"] for _, i in usable],
+                          "height": [i["height"] for _, i in usable], "exact_in_train": exact,
                           "near_in_train": (best >= config.near_duplicate_threshold) & ~exact})
     return ExternalSet(frame=frame, root=root, excluded=excluded)

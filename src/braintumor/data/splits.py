@@ -79,3 +79,15 @@ def read_manifest(path: str | Path, classes: list[str] | None = None) -> pd.Data
 def in_splits(frame: pd.DataFrame, *splits: str) -> pd.DataFrame:
     """The manifest rows of the given roles, in manifest order, with a fresh 0..n-1 index."""
     return frame[frame["split"].isin(splits)].reset_index(drop=True)
+
+
+def size_seen_in_training(rows: pd.DataFrame, training: pd.DataFrame) -> np.ndarray:
+    """Which `rows` have an image size (width x height) that some `training` scan of the same class has.
+
+    Image size is a scanner's or a source's fingerprint (a 512 x 512 export, a 236 x 236 web copy): a class's scans
+    at sizes none of its Training scans have likely come from elsewhere, and the model never learnt that class from
+    scans like them. Both frames need `label`, `width` and `height` (the manifest's columns).
+    """
+    seen = set(zip(training["label"], training["width"].astype(int), training["height"].astype(int)))
+    return np.array([(label, int(w), int(h)) in seen
+                     for label, w, h in zip(rows["label"], rows["width"], rows["height"])], dtype=bool)

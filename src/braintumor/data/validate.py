@@ -22,7 +22,7 @@ from tqdm import tqdm
 from braintumor.config import DataConfig
 from braintumor.data.duplicates import THUMB, DisjointSets, best_match, fingerprint, near_pairs
 from braintumor.data.scan import scan_dataset
-from braintumor.data.splits import grouped_stratified_val
+from braintumor.data.splits import grouped_stratified_val, size_seen_in_training
 from braintumor.errors import DataError
 from braintumor.imaging import ImageLimits, open_checked, problem_of, read_checked, to_grayscale
 
@@ -80,7 +80,10 @@ def validate_dataset(root: str | Path, config: DataConfig, *, workers: int | Non
     prints = np.stack([i["fingerprint"] for _, i in usable]).astype(np.float32)  # (N, 4096)
     report, frame = _duplicates_and_splits(frame, prints, config)
     _check_train_and_val(frame, config)
-    report = {**_counts(frame, problems, scan.ignored, config.classes), **report}
+    report = {**_counts(frame, problems, scan.ignored, config.classes), **report,
+              "image_size_shift": image_size_shift(frame, config.classes)}
+    for line in size_shift_warnings(report["image_size_shift"]):
+        log.warning(line)
     return ValidationResult(report=report, manifest=frame)
 
 
@@ -170,6 +173,42 @@ def _duplicates_and_splits(frame: pd.DataFrame, prints: np.ndarray,
         "near_duplicate_threshold": config.near_duplicate_threshold,
     }
     return report, frame
+
+
+SIZE_SHIFT_WARN = 0.5  # a class with fewer of its Testing scans at a size its Training scans have is flagged
+
+
+def image_size_shift(frame: pd.DataFrame, classes: list[str]) -> dict[str, dict[str, Any]]:
+    """Per class: the image sizes of its Training scans (how many, the commonest and its share) and the share of its
+    Testing scans at one of those sizes (`size_seen_in_training`): a low share says Testing's scans of the class
+    come from other sources or scanners than Training's, and its recall there will likely be lower."""
+    training, test = frame[frame["split"] != "test"], frame[frame["split"] == "test"]
+    seen = size_seen_in_training(test, training)
+    shift = {}
+    for label in classes:
+        sizes = Counter(f"{w}x{h}" for w, h in training.loc[training["label"] == label, ["width", "height"]]
+                        .itertuples(index=False))
+        top, top_count = sizes.most_common(1)[0] if sizes else ("", 0)
+        in_class = (test["label"] == label).to_numpy()
+        shift[label] = {"training_sizes": len(sizes), "training_top_size": top,
+                        "training_top_share": top_count / max(1, sum(sizes.values())),
+                        "test_n": int(in_class.sum()),
+                        "test_size_seen": float(seen[in_class].mean()) if in_class.any() else None}
+    return shift
+
+
+def size_shift_warnings(shift: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per class whose Testing scans mostly have image sizes its Training scans never have."""
+    def sizes(s: dict[str, Any]) -> str:
+        if s["training_sizes"] == 1:
+            return f"all at {s['training_top_size']}"
+        return f"{s['training_sizes']} sizes, {s['training_top_share']:.0%} at {s['training_top_size']}"
+
+    return [f"Testing's {label} scans: {s['test_size_seen']:.0%} of {s['test_n']} have an image size found among "
+            f"Training's {label} scans ({sizes(s)}): the others likely come from other sources or scanners, from "
+            f"which the model never saw a {label} scan. Expect a lower recall on them (evaluate reports Testing by "
+            f"image size); add Training scans of {label} from those sources if you have them."
+            for label, s in shift.items() if s["test_size_seen"] is not None and s["test_size_seen"] < SIZE_SHIFT_WARN]
 
 
 def _counts(frame: pd.DataFrame, problems: list[dict[str, str]], ignored: list[str],
