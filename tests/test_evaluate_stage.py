@@ -57,6 +57,19 @@ def test_evaluate_without_a_model_or_manifest_says_which_stage_to_run(sample_roo
         evaluate(params)
 
 
+def _tracked_run(tmp_path, monkeypatch) -> str:
+    """An MLflow run in a store under tmp_path, named in run.json as the train stage leaves it; its id."""
+    import mlflow
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    with mlflow.start_run() as run:
+        pass
+    (tmp_path / "run.json").write_text(json.dumps({"run_id": run.info.run_id, "registered_model": "x",
+                                                   "model_version": None}))
+    return run.info.run_id
+
+
 def _external_set(sample_root, tmp_path) -> Path:
     """Another source's labelled scans (another seed), in Kaggle's folder names, plus what real sets hold: one
     byte-identical copy of a Training scan, one re-encoded brighter copy of another, and one broken file."""
@@ -76,20 +89,14 @@ def _external_set(sample_root, tmp_path) -> Path:
 
 def test_evaluate_scores_an_external_set_and_its_copy_free_part(sample_root, novelty_model_file, tmp_path,
                                                                 monkeypatch):
-    import mlflow
     from mlflow.tracking import MlflowClient
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     params = _setup(sample_root, tmp_path, list(tiny_params(sample_root).data.classes))
     shutil.copy(novelty_model_file[0], params.paths.model)  # with the novelty score: every set gets its figures
     external = _external_set(sample_root, tmp_path)
     params = dataclasses.replace(params, data=dataclasses.replace(params.data, aliases={"notumor": "no_tumor"}),
                                  evaluate=dataclasses.replace(params.evaluate, external_data=str(external)))
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    with mlflow.start_run() as run:
-        pass
-    (tmp_path / "run.json").write_text(json.dumps({"run_id": run.info.run_id, "registered_model": "x",
-                                                   "model_version": None}))
+    run_id = _tracked_run(tmp_path, monkeypatch)
     metrics = evaluate(params)
 
     ext = metrics["external"]
@@ -103,7 +110,7 @@ def test_evaluate_scores_an_external_set_and_its_copy_free_part(sample_root, nov
     table = pd.read_csv(tmp_path / "plots" / "external_predictions.csv")
     assert len(table) == 14 and table["copy_free"].sum() == 12
     assert set(table.loc[~table["copy_free"], "path"]) == {"glioma_tumor/exact_copy.png", "glioma_tumor/near.jpg"}
-    logged = MlflowClient().get_run(run.info.run_id).data.metrics
+    logged = MlflowClient().get_run(run_id).data.metrics
     assert logged["external_n"] == 14 and logged["external_copy_free_n"] == 12
     assert logged["external_accuracy"] == pytest.approx(ext["accuracy"])
     # every external scan is 64 x 64 like the sample's Training scans of its class
@@ -144,7 +151,6 @@ def test_evaluate_names_a_missing_external_folder(sample_root, tmp_path):
 
 def test_evaluate_reports_testing_by_whether_its_image_size_is_seen_in_training(sample_root, tmp_path, monkeypatch):
     """Testing's gliomas re-saved at 80 x 80 (another source): `unseen`, in eval.json, predictions.csv and MLflow."""
-    import mlflow
     from mlflow.tracking import MlflowClient
 
     data = tmp_path / "data"
@@ -152,13 +158,8 @@ def test_evaluate_reports_testing_by_whether_its_image_size_is_seen_in_training(
     gliomas = sorted((data / "Testing/glioma_tumor").iterdir())
     for path in gliomas:
         Image.open(path).resize((80, 80)).save(path, quality=92)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     params = _setup(data, tmp_path, list(tiny_params(data).data.classes))
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    with mlflow.start_run() as run:
-        pass
-    (tmp_path / "run.json").write_text(json.dumps({"run_id": run.info.run_id, "registered_model": "x",
-                                                   "model_version": None}))
+    run_id = _tracked_run(tmp_path, monkeypatch)
     metrics = evaluate(params)
 
     predictions = pd.read_csv(tmp_path / "plots" / "predictions.csv")
@@ -172,6 +173,6 @@ def test_evaluate_reports_testing_by_whether_its_image_size_is_seen_in_training(
                         ("unseen", predictions[~predictions["size_seen_in_training"]])):
         assert groups[name]["accuracy"] == pytest.approx((group["actual"] == group["predicted"]).mean())
     assert json.loads((tmp_path / "eval.json").read_text())["by_image_size"]["unseen"]["n"] == 3
-    logged = MlflowClient().get_run(run.info.run_id).data.metrics
+    logged = MlflowClient().get_run(run_id).data.metrics
     assert logged["test_size_unseen_n"] == 3 and logged["test_size_seen_n"] == 9
     assert logged["test_size_unseen_accuracy"] == pytest.approx(groups["unseen"]["accuracy"])

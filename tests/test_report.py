@@ -23,7 +23,8 @@ def test_image_size_section_shows_the_classes_sizes_the_warning_and_recall_on_ei
         "glioma_tumor": {"training_sizes": 1, "training_top_size": "512x512", "training_top_share": 1.0,
                          "test_n": 100, "test_size_seen": 0.18},
         "no_tumor": {"training_sizes": 231, "training_top_size": "236x236", "training_top_share": 0.12,
-                     "test_n": 105, "test_size_seen": 1.0}}}
+                     "test_n": 105, "test_size_seen": 1.0}},
+        "image_size_warnings": ["Testing's glioma_tumor scans: 18% of 100 have an image size found among ..."]}
 
     def group(n, accuracy, recalls_supports):
         return {"n": n, "accuracy": accuracy, "per_class": {c: {"recall": r, "support": s, "precision": 1.0, "f1": 1.0}

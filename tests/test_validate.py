@@ -570,6 +570,7 @@ def test_testing_scans_at_sizes_their_class_never_has_in_training_are_reported_a
     assert shift["meningioma_tumor"]["test_size_seen"] == pytest.approx(2 / 3)  # above the warning's 1/2
     assert shift["no_tumor"]["training_sizes"] == 2 and shift["no_tumor"]["test_size_seen"] == 1.0
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert report["image_size_warnings"] == warnings  # the report shows them too
     assert len(warnings) == 1 and warnings[0].startswith(
         "Testing's glioma_tumor scans: 0% of 3 have an image size found among Training's glioma_tumor scans "
         "(all at 64x64)")

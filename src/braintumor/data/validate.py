@@ -80,9 +80,10 @@ def validate_dataset(root: str | Path, config: DataConfig, *, workers: int | Non
     prints = np.stack([i["fingerprint"] for _, i in usable]).astype(np.float32)  # (N, 4096)
     report, frame = _duplicates_and_splits(frame, prints, config)
     _check_train_and_val(frame, config)
-    report = {**_counts(frame, problems, scan.ignored, config.classes), **report,
-              "image_size_shift": image_size_shift(frame, config.classes)}
-    for line in size_shift_warnings(report["image_size_shift"]):
+    shift = image_size_shift(frame, config.classes)
+    report = {**_counts(frame, problems, scan.ignored, config.classes), **report, "image_size_shift": shift,
+              "image_size_warnings": size_shift_warnings(shift)}
+    for line in report["image_size_warnings"]:
         log.warning(line)
     return ValidationResult(report=report, manifest=frame)
 
