@@ -37,3 +37,19 @@ def test_image_size_section_shows_the_classes_sizes_the_warning_and_recall_on_ei
     assert page.count("class=warn") == 1 and "Testing&#x27;s glioma_tumor scans: 18% of 100" in page
     assert "<td>recall glioma_tumor</td><td>0.94 of 18</td><td>0.38 of 82</td>" in page
     assert "<td>recall no_tumor</td><td>0.95 of 105</td><td>n/a</td>" in page
+
+
+def test_external_section_says_how_scans_at_unseen_sizes_fare():
+    from braintumor.report import _external_section
+
+    def group(n, accuracy):
+        return {"n": n, "accuracy": accuracy, "per_class": {}}
+
+    external = {"path": "data/External", "n": 50, "exact_in_train": 1, "near_in_train": 2, "n_excluded": 0,
+                "copy_free": {"n": 47}, "per_class": {},
+                "by_image_size": {"seen": group(30, 0.9), "unseen": group(20, 0.55)}}
+    page = _external_section(external, ["glioma_tumor"])
+    assert ("20 of the external scans have an image size no Training scan of their class has (another source, "
+            "likely): accuracy 0.550 on them, 0.900 on the 30 others.") in page
+    external["by_image_size"]["unseen"] = group(0, None)
+    assert "image size" not in _external_section(external, ["glioma_tumor"])

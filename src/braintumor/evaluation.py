@@ -38,6 +38,17 @@ def leak_free_mask(test: pd.DataFrame) -> np.ndarray:
     return ~(test["exact_in_train"].astype(bool) | test["near_in_train"].astype(bool)).to_numpy()
 
 
+def unseen_size_sentence(by_size: dict[str, Any] | None, name: str) -> str:
+    """' N of the <name> scans have an image size no Training scan of their class has ...: accuracy A on them, B on
+    the others.' from an evaluation's `by_image_size`; '' when no scan is at an unseen size."""
+    if not by_size or not by_size["unseen"]["n"]:
+        return ""
+    seen, unseen = by_size["seen"], by_size["unseen"]
+    others = f", {seen['accuracy']:.3f} on the {seen['n']} others" if seen["n"] else ""
+    return (f" {unseen['n']} of the {name} scans have an image size no Training scan of their class has (another "
+            f"source, likely): accuracy {unseen['accuracy']:.3f} on them{others}.")
+
+
 def roc_auc_ovr(y_true: np.ndarray, probs: np.ndarray) -> float | None:
     """Macro one-vs-rest ROC AUC over the classes present in y_true (None when fewer than two are)."""
     present = [c for c in range(probs.shape[1]) if 0 < (y_true == c).sum() < len(y_true)]

@@ -303,17 +303,14 @@ def evaluate(params: Params) -> dict:
           f"(n={metrics['n']}); leak-free accuracy "
           + (f"{lf['accuracy']:.3f} macro-F1 {lf['macro_f1']:.3f} (n={lf['n']})" if lf["n"] else "n/a (n=0)")
           + f"; ECE {metrics['ece']:.3f} (before temperature scaling {metrics['ece_uncalibrated']:.3f})")
-    unseen = metrics["by_image_size"]["unseen"]
-    if unseen["n"]:
-        seen = metrics["by_image_size"]["seen"]
-        print(f"evaluate: {unseen['n']} Testing scans have an image size no Training scan of their class has "
-              f"(other sources, likely): accuracy {unseen['accuracy']:.3f} on them"
-              + (f", {seen['accuracy']:.3f} on the {seen['n']} others" if seen["n"] else ""))
+    if metrics["by_image_size"]["unseen"]["n"]:
+        print("evaluate:" + ev.unseen_size_sentence(metrics["by_image_size"], "Testing"))
     if "external" in metrics:
         ext, free = metrics["external"], metrics["external"]["copy_free"]
         print(f"evaluate: external set accuracy {ext['accuracy']:.3f} macro-F1 {ext['macro_f1']:.3f} (n={ext['n']}); "
               + (f"copy-free accuracy {free['accuracy']:.3f} (n={free['n']})" if free["n"] else "no copy-free scan")
-              + f"; {ext['exact_in_train']} exact and {ext['near_in_train']} near copies of Training scans")
+              + f"; {ext['exact_in_train']} exact and {ext['near_in_train']} near copies of Training scans."
+              + ev.unseen_size_sentence(ext["by_image_size"], "external"))
     print(f"evaluate: model version {decision.get('version')} -> {decision['decision']}"
           + (f" on {decision['metric']} {decision['value']:.3f}" if decision.get("value") is not None else "")
           + (f" (champion {decision['previous_champion_value']:.3f})"

@@ -15,7 +15,7 @@ import pandas as pd
 import yaml
 
 from braintumor import charts
-from braintumor.evaluation import confusion
+from braintumor.evaluation import confusion, unseen_size_sentence
 from braintumor.serving import Predictor
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
@@ -190,7 +190,8 @@ def _external_section(external: dict[str, Any], classes: list[str]) -> str:
            for c in classes if c in scores]
     return (f"<p>Another labelled dataset, <code>{html.escape(str(external['path']))}</code>: "
             f"{external['exact_in_train']} byte-identical and {external['near_in_train']} near copies of Training "
-            f"scans found and left out of the copy-free column; {external['n_excluded']} unusable files excluded.</p>"
+            f"scans found and left out of the copy-free column; {external['n_excluded']} unusable files excluded."
+            f"{unseen_size_sentence(external.get('by_image_size'), 'external')}</p>"
             + _table(rows, ["metric", "all external", "copy-free external"])
             + _table(per, ["class", "precision", "recall", "F1", "support"]))
 
