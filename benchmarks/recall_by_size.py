@@ -33,7 +33,10 @@ def main() -> None:
     parser.add_argument("--size", default="512x512", help="WIDTHxHEIGHT of the one side (default 512x512)")
     parser.add_argument("--params", default="params.yaml", help="where the manifest and the data are")
     args = parser.parse_args()
-    width, height = (int(v) for v in args.size.split("x"))
+    try:
+        width, height = (int(v) for v in args.size.split("x"))
+    except ValueError:
+        parser.error(f"--size {args.size!r}: expected WIDTHxHEIGHT, e.g. 512x512")
     params = load_params(args.params)
     manifest = read_manifest(params.paths.manifest, params.data.classes)
     at_size = (manifest["width"] == width) & (manifest["height"] == height)

@@ -84,11 +84,13 @@ def _external_set(sample_root, tmp_path) -> Path:
     Image.fromarray(np.clip(pixels * 1.1 + 5, 0, 255).astype(np.uint8)).save(external / "glioma_tumor" / "near.jpg",
                                                                             quality=90)
     (external / "meningioma_tumor" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    big = sorted((external / "pituitary_tumor").iterdir())[0]  # one scan at a size no Training scan has
+    Image.open(big).resize((80, 80)).save(big, quality=92)
     return external
 
 
 def test_evaluate_scores_an_external_set_and_its_copy_free_part(sample_root, novelty_model_file, tmp_path,
-                                                                monkeypatch):
+                                                                monkeypatch, capsys):
     from mlflow.tracking import MlflowClient
 
     params = _setup(sample_root, tmp_path, list(tiny_params(sample_root).data.classes))
@@ -113,9 +115,14 @@ def test_evaluate_scores_an_external_set_and_its_copy_free_part(sample_root, nov
     logged = MlflowClient().get_run(run_id).data.metrics
     assert logged["external_n"] == 14 and logged["external_copy_free_n"] == 12
     assert logged["external_accuracy"] == pytest.approx(ext["accuracy"])
-    # every external scan is 64 x 64 like the sample's Training scans of its class
-    assert (ext["by_image_size"]["seen"]["n"], ext["by_image_size"]["unseen"]["n"]) == (14, 0)
-    assert table["size_seen_in_training"].all() and logged["external_size_seen_n"] == 14
+    # every external scan is 64 x 64 like the sample's Training scans of its class, but one pituitary at 80 x 80
+    assert (ext["by_image_size"]["seen"]["n"], ext["by_image_size"]["unseen"]["n"]) == (13, 1)
+    unseen = table.loc[~table["size_seen_in_training"]]
+    assert list(unseen["label"]) == ["pituitary_tumor"] and (unseen["width"] == 80).all()
+    assert logged["external_size_seen_n"] == 13 and logged["external_size_unseen_n"] == 1
+    assert ext["by_image_size"]["unseen"]["per_class"]["pituitary_tumor"]["support"] == 1
+    assert ("1 of the external scans have an image size no Training scan of their class has (another source, "
+            "likely): accuracy") in capsys.readouterr().out
     assert "test_ece_uncalibrated" in logged and "test_temperature" in logged
     card = (tmp_path / "model_card.md").read_text()  # the model card renders the external figures too
     assert "## External data" in card and f"path: {external}; 1 exact copies of Training scans" in card
@@ -176,5 +183,10 @@ def test_evaluate_reports_testing_by_whether_its_image_size_is_seen_in_training(
     logged = MlflowClient().get_run(run_id).data.metrics
     assert logged["test_size_unseen_n"] == 3 and logged["test_size_seen_n"] == 9
     assert logged["test_size_unseen_accuracy"] == pytest.approx(groups["unseen"]["accuracy"])
-    # no macro-F1 on either side: it would count the classes a side lacks as zeros
+    # no macro-F1 on either side: it would count the classes a side lacks as zeros; no copy of the temperature
     assert "macro_f1" not in groups["unseen"] and "test_size_unseen_macro_f1" not in logged
+    assert "test_size_seen_temperature" not in logged
+    # the sample has no Testing copy of a Training scan: the leak-free split is the same
+    leak_free = metrics["leak_free"]["by_image_size"]
+    assert (leak_free["seen"]["n"], leak_free["unseen"]["n"]) == (9, 3)
+    assert logged["test_leak_free_size_unseen_n"] == 3

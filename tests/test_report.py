@@ -31,12 +31,17 @@ def test_image_size_section_shows_the_classes_sizes_the_warning_and_recall_on_ei
                                                             for c, (r, s) in zip(classes, recalls_supports)}}
 
     evaluation = {"by_image_size": {"seen": group(123, 0.95, [(17 / 18, 18), (0.95, 105)]),
-                                    "unseen": group(82, 0.38, [(31 / 82, 82), (0.0, 0)])}}
+                                    "unseen": group(82, 0.38, [(31 / 82, 82), (0.0, 0)])},
+                  "leak_free": {"by_image_size": {"seen": group(1, 1.0, [(0.0, 0), (1.0, 1)]),
+                                                  "unseen": group(80, 0.39, [(31 / 80, 80), (0.0, 0)])}}}
     page = _image_size_section(validation, evaluation, classes)
-    assert "<td>512x512 (100%)</td>" in page and "<td>236x236 (12%)</td>" in page
+    assert "<td>512x512 (100%)</td><td>100</td><td>18%</td>" in page and "<td>236x236 (12%)</td>" in page
     assert page.count("class=warn") == 1 and "Testing&#x27;s glioma_tumor scans: 18% of 100" in page
-    assert "<td>recall glioma_tumor</td><td>0.94 of 18</td><td>0.38 of 82</td>" in page
-    assert "<td>recall no_tumor</td><td>0.95 of 105</td><td>n/a</td>" in page
+    assert "<th>leak-free: seen</th><th>leak-free: unseen</th>" in page
+    assert "<td>recall glioma_tumor</td><td>0.94 of 18</td><td>0.38 of 82</td><td>n/a</td><td>0.39 of 80</td>" in page
+    assert "<td>recall no_tumor</td><td>0.95 of 105</td><td>n/a</td><td>1.00 of 1</td><td>n/a</td>" in page
+    del evaluation["leak_free"]  # an eval.json without the leak-free split (older): two columns
+    assert "leak-free: seen" not in _image_size_section(validation, evaluation, classes)
 
 
 def test_external_section_says_how_scans_at_unseen_sizes_fare():

@@ -24,7 +24,8 @@ SHIFT_GAP = 0.10  # val macro-F1 this much above Testing macro-F1: Testing is no
 LEAK_GAP = 0.05  # all-Testing macro-F1 this much above leak-free: the headline is inflated by copies
 HIGH_ECE = 0.10  # expected calibration error above this: probabilities are not chances
 SMALL_N = 100  # fewer leak-free Testing scans than this: wide uncertainty
-SIZE_GROUP_N = 20  # Testing scans needed on each side (image size seen in Training or not) to compare them
+SIZE_GROUP_N = 20  # leak-free Testing scans of a class, all at unseen image sizes, needed to speak of them alone
+MIN_CLASS_N = 5  # leak-free Testing scans of a class needed on a side (image size seen in Training or not)
 
 
 def render(facts: dict[str, Any]) -> str:
@@ -133,7 +134,7 @@ def failure_modes(facts: dict[str, Any]) -> list[str]:
         flags.append(f"{unlike['flagged_share']:.0%} of the Testing scans are unlike the Training scans (novelty > 1; "
                      f"{1 - unlike['quantile']:.0%} of val by design): accuracy {_fmt(unlike['accuracy_flagged'])} on them, "
                      f"{_fmt(unlike['accuracy_unflagged'])} on the others.")
-    flags += _source_flags(test.get("by_image_size") or {})
+    flags += _source_flags(leak_free.get("by_image_size") or {})
     external = test.get("external") or {}
     if external.get("macro_f1") is not None and val_f1 is not None and val_f1 - external["macro_f1"] > SHIFT_GAP:
         flags.append(f"On the external data macro-F1 is {external['macro_f1']:.2f} (val {val_f1:.2f}): it does not "
@@ -143,22 +144,26 @@ def failure_modes(facts: dict[str, Any]) -> list[str]:
 
 
 def _source_flags(by_size: dict[str, Any]) -> list[str]:
-    """A line when Testing scans at image sizes never seen in Training for their class (other sources) fare
-    worse than the others, naming the class that loses most recall."""
-    seen, unseen = by_size.get("seen") or {}, by_size.get("unseen") or {}
-    if min(seen.get("n", 0), unseen.get("n", 0)) < SIZE_GROUP_N or seen["accuracy"] - unseen["accuracy"] <= SHIFT_GAP:
-        return []
-    drops = {c: (seen["per_class"][c], unseen["per_class"][c]) for c in unseen.get("per_class", {})
-             if seen["per_class"][c]["support"] >= 5 and unseen["per_class"][c]["support"] >= 5}
-    line = (f"On the {unseen['n']} Testing scans at image sizes no Training scan of their class has (other sources "
-            f"or scanners, likely) accuracy is {unseen['accuracy']:.2f}, against {seen['accuracy']:.2f} on the "
-            f"{seen['n']} others: the model learnt part of the source along with the class")
-    if drops:
-        worst = max(drops, key=lambda c: drops[c][0]["recall"] - drops[c][1]["recall"])
-        (before, after) = drops[worst]
-        line += (f"; {worst} recall {after['recall']:.2f} on {after['support']} such scans, {before['recall']:.2f} "
-                 f"on {before['support']} others")
-    return [line + ". Expect the lower figures on scans from other hospitals."]
+    """Lines on the leak-free Testing scans (copies of Training scans nearly always share a Training size, so they
+    are left out) at image sizes no Training scan of their class has, i.e. from other sources: per class, when they
+    fare worse than the class's scans at seen sizes, or when the class has (almost) only such scans and most are
+    missed."""
+    seen, unseen = (by_size.get(side) or {} for side in ("seen", "unseen"))
+    lines = []
+    for name, after in (unseen.get("per_class") or {}).items():
+        before = (seen.get("per_class") or {}).get(name) or {"support": 0, "recall": None}
+        if after["support"] < MIN_CLASS_N:
+            continue
+        where = f"the {after['support']} leak-free Testing scans of {name} at image sizes no Training scan of it has"
+        if before["support"] >= MIN_CLASS_N and before["recall"] - after["recall"] > SHIFT_GAP:
+            lines.append(f"Recall of {name} is {after['recall']:.2f} on {where} (other sources, likely), against "
+                         f"{before['recall']:.2f} on the {before['support']} at sizes it has: the model learnt part "
+                         "of the source with the class; expect the lower figure on other hospitals' scans.")
+        elif before["support"] < MIN_CLASS_N and after["support"] >= SIZE_GROUP_N and after["recall"] < LOW_RECALL:
+            lines.append(f"Recall of {name} is {after['recall']:.2f} on {where}, "
+                         f"{'all' if before['support'] == 0 else 'nearly all'} of its leak-free scans: they likely "
+                         f"come from sources Training holds no {name} scan from.")
+    return lines
 
 
 def saved_val(train: dict[str, Any]) -> tuple[str, float | None, float | None]:

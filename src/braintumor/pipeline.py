@@ -269,6 +269,8 @@ def evaluate(params: Params) -> dict:
                                           None if novelty is None else novelty[leak_free], per_class=False)
     size_seen = size_seen_in_training(test, in_splits(frame, "train", "val"))
     metrics["by_image_size"] = scorer.by_image_size(y_true, logits, size_seen)
+    metrics["leak_free"]["by_image_size"] = scorer.by_image_size(y_true[leak_free], logits[leak_free],
+                                                                 size_seen[leak_free])
     outputs = _write_eval_plots(params, test, probs, y_true, leak_free, novelty, size_seen)
     if params.evaluate.external_data:
         metrics["external"], external_csv = _evaluate_external(scorer, frame, params)
@@ -279,8 +281,10 @@ def evaluate(params: Params) -> dict:
     logger.log_test_set(test, params.paths.data)
     logger.log_test_metrics(_scalars(metrics), prefix="test_")
     logger.log_test_metrics(_scalars(metrics["leak_free"]), prefix="test_leak_free_")
-    for group, scores in metrics["by_image_size"].items():
-        logger.log_test_metrics(_scalars(scores), prefix=f"test_size_{group}_")
+    for group in ("seen", "unseen"):
+        logger.log_test_metrics(_scalars(metrics["by_image_size"][group]), prefix=f"test_size_{group}_")
+        logger.log_test_metrics(_scalars(metrics["leak_free"]["by_image_size"][group]),
+                                prefix=f"test_leak_free_size_{group}_")
     if "unlike_training" in metrics:
         logger.log_test_metrics(_scalars(metrics["unlike_training"]), prefix="test_unlike_training_")
         logger.log_test_metrics(_scalars(metrics["leak_free"]["unlike_training"]),
@@ -304,7 +308,8 @@ def evaluate(params: Params) -> dict:
           + (f"{lf['accuracy']:.3f} macro-F1 {lf['macro_f1']:.3f} (n={lf['n']})" if lf["n"] else "n/a (n=0)")
           + f"; ECE {metrics['ece']:.3f} (before temperature scaling {metrics['ece_uncalibrated']:.3f})")
     if metrics["by_image_size"]["unseen"]["n"]:
-        print("evaluate:" + ev.unseen_size_sentence(metrics["by_image_size"], "Testing"))
+        print("evaluate:" + ev.unseen_size_sentence(metrics["by_image_size"], "Testing")
+              + ev.unseen_size_sentence(metrics["leak_free"]["by_image_size"], "leak-free Testing"))
     if "external" in metrics:
         ext, free = metrics["external"], metrics["external"]["copy_free"]
         print(f"evaluate: external set accuracy {ext['accuracy']:.3f} macro-F1 {ext['macro_f1']:.3f} (n={ext['n']}); "
@@ -377,9 +382,11 @@ class Scorer:
     def by_image_size(self, y_true: np.ndarray, logits: torch.Tensor, size_seen: np.ndarray) -> dict[str, dict]:
         """Metrics (per class included) on the scans whose image size some Training scan of their class has
         (`seen`) and on the others (`unseen`): how the model does on scans from sources it learnt the class from
-        and on scans from other sources. No macro-F1: a side often lacks a class (on the public set no no_tumor
-        scan is unseen), which macro-F1 would average in as a zero."""
-        return {group: {k: v for k, v in self.metrics(y_true[mask], logits[mask]).items() if k != "macro_f1"}
+        and on scans from other sources. Copies of Training scans nearly always have a seen size: split the
+        leak-free scans too to compare sources without them. No macro-F1: a side often lacks a class (on the public
+        set no no_tumor scan is unseen), which macro-F1 would average in as a zero; no temperature (the set's)."""
+        return {group: {k: v for k, v in self.metrics(y_true[mask], logits[mask]).items()
+                        if k not in ("macro_f1", "temperature")}
                 for group, mask in (("seen", size_seen), ("unseen", ~size_seen))}
 
 

@@ -144,28 +144,36 @@ def _metrics_section(test: dict[str, Any], classes: list[str], calibration: str)
 
 def _image_size_section(validation: dict[str, Any], evaluation: dict[str, Any], classes: list[str]) -> str:
     shift = validation.get("image_size_shift") or {}
-    sizes = _table([[c, s["training_sizes"], f"{s['training_top_size']} ({s['training_top_share']:.0%})",
-                     s["test_n"], _or_na(s["test_size_seen"])] for c, s in shift.items()],
+    def share(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.0%}"
+
+    sizes = _table([[c, s["training_sizes"], f"{s['training_top_size']} ({share(s['training_top_share'])})",
+                     s["test_n"], share(s["test_size_seen"])] for c, s in shift.items()],
                    ["class", "image sizes in Training", "commonest (share)", "Testing scans",
                     "share at a size of the class's Training scans"]) if shift else ""
     warnings = "".join(f"<p class=warn>{html.escape(line)}</p>"
                        for line in validation.get("image_size_warnings", []))
-    seen, unseen = evaluation["by_image_size"]["seen"], evaluation["by_image_size"]["unseen"]
+    groups = [evaluation["by_image_size"][side] for side in ("seen", "unseen")]
+    leak_free = (evaluation.get("leak_free") or {}).get("by_image_size")
+    if leak_free:
+        groups += [leak_free[side] for side in ("seen", "unseen")]
 
     def recall(metrics: dict[str, Any], name: str) -> str:
         score = metrics.get("per_class", {}).get(name)
         return f"{score['recall']:.2f} of {score['support']}" if score and score["support"] else "n/a"
 
     # no macro-F1: a side may lack a class (no_tumor has no unseen scan), which macro-F1 would count as a zero
-    rows = [["scans", seen["n"], unseen["n"]],
-            ["accuracy", _or_na(seen.get("accuracy")), _or_na(unseen.get("accuracy"))],
-            *([f"recall {c}", recall(seen, c), recall(unseen, c)] for c in classes)]
+    rows = [["scans", *(g["n"] for g in groups)], ["accuracy", *(_or_na(g.get("accuracy")) for g in groups)],
+            *([f"recall {c}", *(recall(g, c) for g in groups)] for c in classes)]
+    header = ["Testing", "all: size seen in Training (same class)", "all: size unseen"]
+    if leak_free:
+        header += ["leak-free: seen", "leak-free: unseen"]
     return ("<p class=note>Image size is a fingerprint of where a scan comes from (a scanner's export, a web copy). "
             "A Testing scan counts as <i>seen</i> when some Training scan of its class has its width x height, "
-            "<i>unseen</i> otherwise: a scan from a source the model never learnt its class from. A much lower "
-            "figure on unseen scans says the model learnt the source along with the tumour.</p>"
-            + sizes + warnings
-            + _table(rows, ["Testing", "size seen in Training (same class)", "size unseen"]))
+            "<i>unseen</i> otherwise: a scan from a source the model never learnt its class from. Copies of "
+            "Training scans nearly always have a seen size, so compare the leak-free columns: a much lower figure "
+            "on unseen scans there says the model learnt the source along with the tumour.</p>"
+            + sizes + warnings + _table(rows, header))
 
 
 def _novelty_section(evaluation: dict[str, Any]) -> str:

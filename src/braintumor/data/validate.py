@@ -207,7 +207,7 @@ def size_shift_warnings(shift: dict[str, dict[str, Any]]) -> list[str]:
 
     return [f"Testing's {label} scans: {s['test_size_seen']:.0%} of {s['test_n']} have an image size found among "
             f"Training's {label} scans ({sizes(s)}): the others likely come from other sources or scanners, from "
-            f"which the model never saw a {label} scan. Expect a lower recall on them (evaluate reports Testing by "
+            f"which Training holds no {label} scan. Expect a lower recall on them (evaluate reports Testing by "
             f"image size); add Training scans of {label} from those sources if you have them."
             for label, s in shift.items() if s["test_size_seen"] is not None and s["test_size_seen"] < SIZE_SHIFT_WARN]
 
