@@ -183,9 +183,9 @@ def test_evaluate_reports_testing_by_whether_its_image_size_is_seen_in_training(
     logged = MlflowClient().get_run(run_id).data.metrics
     assert logged["test_size_unseen_n"] == 3 and logged["test_size_seen_n"] == 9
     assert logged["test_size_unseen_accuracy"] == pytest.approx(groups["unseen"]["accuracy"])
-    # no macro-F1 on either side: it would count the classes a side lacks as zeros; no copy of the temperature
-    assert "macro_f1" not in groups["unseen"] and "test_size_unseen_macro_f1" not in logged
-    assert "test_size_seen_temperature" not in logged
+    # macro-F1 over the classes a side holds (the unseen side: gliomas only); no copy of the temperature
+    assert groups["unseen"]["macro_f1"] == pytest.approx(groups["unseen"]["per_class"]["glioma_tumor"]["f1"])
+    assert "test_size_unseen_macro_f1" in logged and "test_size_seen_temperature" not in logged
     # the sample has no Testing copy of a Training scan: the leak-free split is the same
     leak_free = metrics["leak_free"]["by_image_size"]
     assert (leak_free["seen"]["n"], leak_free["unseen"]["n"]) == (9, 3)

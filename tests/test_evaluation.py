@@ -238,3 +238,15 @@ def test_dvc_draws_one_roc_line_per_class_of_a_changed_class_list_without_editin
     assert sorted({v["class"] for v in values}) == classes
     assert {v["field"] for v in values} == {"tpr"} and len(values) == 3 * 101
     assert (tmp_path / "dvc.yaml").read_bytes() == (REPO / "dvc.yaml").read_bytes()
+
+
+def test_macro_f1_averages_the_classes_present_only():
+    """A subset without a class (the public set's leak-free Testing scans hold no no_tumor scan) is not marked down
+    by a zero for it, even when some scans are wrongly called that class."""
+    classes = ["a", "b", "c"]
+    y_true = np.array([0, 0, 1, 1])
+    probs = np.array([[0.9, 0.05, 0.05], [0.1, 0.1, 0.8], [0.1, 0.8, 0.1], [0.2, 0.7, 0.1]])  # one a called c
+    metrics = classification_metrics(y_true, probs, classes)
+    f1_a, f1_b = 2 * 1.0 * 0.5 / 1.5, 2 * 1.0 * 1.0 / 2.0  # a: precision 1, recall 1/2; b: both 1
+    assert metrics["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert metrics["macro_f1"] == pytest.approx((f1_a + f1_b) / 2)

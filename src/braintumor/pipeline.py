@@ -383,10 +383,9 @@ class Scorer:
         """Metrics (per class included) on the scans whose image size some Training scan of their class has
         (`seen`) and on the others (`unseen`): how the model does on scans from sources it learnt the class from
         and on scans from other sources. Copies of Training scans nearly always have a seen size: split the
-        leak-free scans too to compare sources without them. No macro-F1: a side often lacks a class (on the public
-        set no no_tumor scan is unseen), which macro-F1 would average in as a zero; no temperature (the set's)."""
-        return {group: {k: v for k, v in self.metrics(y_true[mask], logits[mask]).items()
-                        if k not in ("macro_f1", "temperature")}
+        leak-free scans too to compare sources without them. (A side often lacks a class: macro-F1 averages the
+        classes present.) The temperature is the set's, not repeated."""
+        return {group: {k: v for k, v in self.metrics(y_true[mask], logits[mask]).items() if k != "temperature"}
                 for group, mask in (("seen", size_seen), ("unseen", ~size_seen))}
 
 

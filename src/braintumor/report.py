@@ -162,7 +162,7 @@ def _image_size_section(validation: dict[str, Any], evaluation: dict[str, Any], 
         score = metrics.get("per_class", {}).get(name)
         return f"{score['recall']:.2f} of {score['support']}" if score and score["support"] else "n/a"
 
-    # no macro-F1: a side may lack a class (no_tumor has no unseen scan), which macro-F1 would count as a zero
+    # accuracy and recall per class: the sides hold different mixes of classes, so compare a class with itself
     rows = [["scans", *(g["n"] for g in groups)], ["accuracy", *(_or_na(g.get("accuracy")) for g in groups)],
             *([f"recall {c}", *(recall(g, c) for g in groups)] for c in classes)]
     header = ["Testing", "all: size seen in Training (same class)", "all: size unseen"]
