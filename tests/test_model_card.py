@@ -39,7 +39,9 @@ def facts_like_the_public_dataset() -> dict:
         "evaluation": evaluation,
         "tags": {"git_commit": "f" * 40, "git_dirty": "false", "data_dvc_hash": "Testing:aa.dir,Training:bb.dir",
                  "device": "cpu"},
-        "promotion": {"promotion_metric": "leak_free_macro_f1", "metric": "test_leak_free_macro_f1", "value": 0.214},
+        "promotion": {"decision": "champion", "version": "7", "promotion_metric": "leak_free_macro_f1",
+                      "metric": "leak_free_macro_f1", "value": 0.214, "scans": 14, "compared_on": "Testing:abc.dir",
+                      "previous_champion_version": "6", "previous_champion_value": 0.2},
     }
 
 
@@ -55,7 +57,8 @@ def test_card_has_every_section_and_the_leak_free_column():
     assert "| scans | 430 | 394 | 135 |" in card
     assert "88 of 394 Testing scans are byte-identical to a Training scan and 171 more are near copies" in card
     assert "259 leak, 135 are leak-free" in card
-    assert "test_leak_free_macro_f1 = 0.214" in card
+    assert ("Champion/challenger, leak_free_macro_f1 on the same 14 scans (Testing:abc.dir; evaluate.promotion_metric"
+            " = leak_free_macro_f1): version 6 scored 0.200; version 7 0.214 -> champion." in card)
     assert "Testing:aa.dir,Training:bb.dir" in card and "f" * 40 in card
     assert "## External data" not in card and "temperature" not in card
 
@@ -144,7 +147,9 @@ def test_version_description_and_tags():
                                      "intensity windowed to the head's 1-99 percentiles, centre crop 112x112, "
                                      "repeated to 3 channels, normalised with mean (0.485, 0.456, 0.406) and std "
                                      "(0.229, 0.224, 0.225)")
-    assert tags["promotion_metric"] == "test_leak_free_macro_f1=0.214"
+    assert tags["promotion_metric"] == "leak_free_macro_f1=0.214"
+    assert tags["promotion_compared_on"] == "Testing:abc.dir (14 scans)"
+    assert tags["champion_score_on_same_scans"] == "version 6: 0.200"
     assert all(isinstance(v, str) and len(v) < 5000 for v in tags.values())
 
 

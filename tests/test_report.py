@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from braintumor.report import _confusion
+from braintumor.report import _confusion, run_title
 
 
 def test_report_confusion_counts_rows_as_actual_and_columns_as_predicted_in_class_order():
@@ -58,3 +58,10 @@ def test_external_section_says_how_scans_at_unseen_sizes_fare():
             "likely): accuracy 0.550 on them, 0.900 on the 30 others.") in page
     external["by_image_size"]["unseen"] = group(0, None)
     assert "image size" not in _external_section(external, ["glioma_tumor"])
+
+
+def test_report_title_names_the_run_and_its_model_version():
+    info = {"run_id": "0123abcd", "registered_model": "brain-tumor-classifier", "model_version": "2"}
+    tags = {"mlflow.runName": "train.lr=0.003", "promotion": "champion"}
+    assert run_title(info, tags) == 'run "train.lr=0.003" · brain-tumor-classifier version 2 (champion)'
+    assert run_title({**info, "model_version": None}, {}) == 'run "0123abcd"'

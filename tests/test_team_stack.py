@@ -143,7 +143,7 @@ def test_second_run_is_compared_with_the_first(team_project, client):
 
     versions = {str(v.version): v.run_id for v in client.search_model_versions(f"name = '{REGISTERED}'")}
     assert versions == {team_project["first"]["model_version"]: first, team_project["second"]["model_version"]: second}
-    decision = runs[second].data.tags["promotion"]  # champion if at least as good on the test set, else challenger
+    decision = runs[second].data.tags["promotion"]  # champion if better on the same Testing scans
     assert client.get_model_version_by_alias(REGISTERED, decision).run_id == second
     if decision == "challenger":
         assert client.get_model_version_by_alias(REGISTERED, "champion").run_id == first

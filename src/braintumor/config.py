@@ -255,8 +255,9 @@ class EvaluateConfig:
     calibration_bins: int = 15
     # Another labelled dataset (a folder of <class>/ folders; data.aliases apply) scored next to Testing; "" = none.
     external_data: str = ""
-    # What the champion/challenger rule compares (tracking.PROMOTION_KEYS). The leak-free choices fall back to the
-    # val figure (duplicate-grouped, so also free of copies) when the leak-free Testing subset is empty.
+    # What the champion/challenger rule compares (pipeline.SAME_SCANS): the new model and the champion are both
+    # scored on the same rows (leak-free Testing scans, all Testing, or val); the leak-free choices use all of
+    # Testing when no Testing scan is leak-free. Ties keep the champion.
     promotion_metric: Literal["leak_free_macro_f1", "leak_free_accuracy", "macro_f1", "accuracy",
                               "val_macro_f1"] = "leak_free_macro_f1"
 

@@ -72,7 +72,26 @@ def version_tags(facts: dict[str, Any]) -> dict[str, str]:
     promotion = facts.get("promotion") or {}
     if promotion.get("metric"):
         tags["promotion_metric"] = f"{promotion['metric']}={_fmt(promotion['value'])}"
+        tags["promotion_compared_on"] = f"{promotion['compared_on']} ({promotion['scans']} scans)"
+        champion = promotion.get("previous_champion_version")
+        tags["champion_score_on_same_scans"] = (
+            "no other champion" if champion is None else
+            f"version {champion}: not scored ({promotion.get('champion_unscored_reason')})"
+            if promotion.get("previous_champion_value") is None else
+            f"version {champion}: {_fmt(promotion['previous_champion_value'])}")
     return tags
+
+
+def registered_model_text(classes: list[str], name: str) -> tuple[str, dict[str, str]]:
+    """The registered model's own description and tags (the same for every version)."""
+    description = (f"ResNet50 classifier of axial brain MRI slices ({', '.join(classes)}). "
+                   f"**{DISCLAIMER.capitalize()}.** Serve `models:/{name}@champion`: the evaluate stage gives "
+                   "`champion` to the version that scores best on the Testing scans it was evaluated on, both "
+                   "versions scored on the same scans. Each version's model card: `model_card.md` in its artifacts "
+                   "(also `reports/model_card.md` beside the run's report).")
+    tags = {"intended_use": INTENDED_USE.format(classes=", ".join(classes)), "disclaimer": DISCLAIMER,
+            "model_card": f"model_card.md in the artifacts of models:/{name}@champion"}
+    return description, tags
 
 
 def preprocessing_text(facts: dict[str, Any]) -> str:
@@ -267,9 +286,25 @@ def _metrics(facts: dict[str, Any]) -> str:
             [[c, m["precision"], m["recall"], m["f1"], m["support"]] for c, m in per.items()]))
     promotion = facts.get("promotion") or {}
     if promotion.get("metric"):
-        parts.append(f"Champion/challenger comparison (evaluate.promotion_metric = {promotion['promotion_metric']}): "
-                     f"{promotion['metric']} = {_fmt(promotion['value'])}.")
+        parts.append(promotion_text(promotion))
     return "\n\n".join(parts)
+
+
+def promotion_text(promotion: dict[str, Any]) -> str:
+    """"Version 1 scored 0.31 on these 394 scans; version 2 0.51 -> champion": both on the same scans."""
+    version, alias, champion = promotion["version"], promotion["decision"], promotion.get("previous_champion_version")
+    scans = (f"{promotion['scans']} scans ({promotion['compared_on']}; evaluate.promotion_metric = "
+             f"{promotion['promotion_metric']})")
+    if champion is None:
+        return (f"Champion/challenger: version {version} scored {promotion['metric']} {_fmt(promotion['value'])} on "
+                f"{scans}; no other version held `champion` -> {alias}.")
+    if promotion.get("previous_champion_value") is None:
+        return (f"Champion/challenger: the champion, version {champion}, could not be scored on these "
+                f"{scans}: {promotion.get('champion_unscored_reason')}. Version {version} scored "
+                f"{promotion['metric']} {_fmt(promotion['value'])} -> {alias}.")
+    return (f"Champion/challenger, {promotion['metric']} on the same {scans}: version {champion} scored "
+            f"{_fmt(promotion['previous_champion_value'])}; version {version} {_fmt(promotion['value'])} -> {alias}"
+            + (" (ties keep the champion)." if promotion["value"] == promotion["previous_champion_value"] else "."))
 
 
 def _calibration(test: dict[str, Any], method: str) -> str:

@@ -7,6 +7,7 @@ whichever way it is started.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import io
 import json
@@ -299,7 +300,8 @@ def evaluate(params: Params) -> dict:
     logger.log_figure(_confusion_figure(y_true, probs, params.data.classes), "evaluation/confusion_matrix.png")
     for path in outputs + [params.paths.eval_metrics]:
         logger.log_artifact(path, "evaluation")
-    decision = logger.promote(params.evaluate.promotion_metric)
+    decision = logger.promote(_compare_with_champion(params, frame, test, leak_free, scorer, logits, y_true, device,
+                                                     logger))
     _write_model_card(params, metrics, bundle, logger, decision)
     logger.end()
     lf = metrics["leak_free"]
@@ -316,12 +318,76 @@ def evaluate(params: Params) -> dict:
               + (f"copy-free accuracy {free['accuracy']:.3f} (n={free['n']})" if free["n"] else "no copy-free scan")
               + f"; {ext['exact_in_train']} exact and {ext['near_in_train']} near copies of Training scans."
               + ev.unseen_size_sentence(ext["by_image_size"], "external"))
-    print(f"evaluate: model version {decision.get('version')} -> {decision['decision']}"
-          + (f" on {decision['metric']} {decision['value']:.3f}" if decision.get("value") is not None else "")
-          + (f" (champion {decision['previous_champion_value']:.3f})"
-             if decision.get("previous_champion_value") is not None else "")
-          + f"; wrote {params.paths.model_card}")
+    print(f"evaluate: {promotion_sentence(decision)}; wrote {params.paths.model_card}")
     return metrics
+
+
+# evaluate.promotion_metric -> (the rows both models are scored on, the metric computed on them)
+SAME_SCANS = {"leak_free_macro_f1": ("leak_free", "macro_f1"), "leak_free_accuracy": ("leak_free", "accuracy"),
+              "macro_f1": ("test", "macro_f1"), "accuracy": ("test", "accuracy"), "val_macro_f1": ("val", "macro_f1")}
+
+
+def _compare_with_champion(params: Params, frame: pd.DataFrame, test: pd.DataFrame, leak_free: np.ndarray,
+                           scorer: Scorer, logits: torch.Tensor, y_true: np.ndarray, device, logger):
+    """Score the new model and the current champion on the very same rows (each with the preprocessing, TTA and
+    temperature its own file carries) on evaluate.promotion_metric: a champion's stored figure came from other
+    scans (a synthetic sample, last year's Testing set) and is never compared with this one."""
+    from braintumor import evaluation as ev
+    from braintumor.data.splits import in_splits
+    from braintumor.model import load_model
+    from braintumor.provenance import dvc_data_hashes
+    from braintumor.tracking import SameScansComparison
+
+    part, metric = SAME_SCANS[params.evaluate.promotion_metric]
+    val = in_splits(frame, "val")
+    if (part == "leak_free" and not leak_free.any()) or (part == "val" and val.empty):
+        part = "test"  # no leak-free scan (or no val row): all of Testing it is, and the metric's name says so
+    mask = leak_free if part == "leak_free" else np.ones(len(test), dtype=bool)
+    rows = val if part == "val" else test[mask]
+    folder, hashes = ("Training" if part == "val" else "Testing"), dvc_data_hashes(params.paths.data)
+    fingerprint = hashlib.sha256("\n".join(sorted(rows["sha256"])).encode()).hexdigest()[:12]
+    compared_on = f"{folder}:{hashes[folder]}" if folder in hashes else f"{folder} rows {fingerprint}"
+
+    def score(of: Scorer, known: tuple | None = None) -> float:
+        row_logits, row_labels, _ = known or of.predict(rows, params.paths.data)
+        return float(ev.classification_metrics(row_labels, of.probabilities(row_logits), params.data.classes)[metric])
+
+    # the new model's Testing logits are at hand; val rows (val_macro_f1) are scored here
+    value = score(scorer, None if part == "val" else (logits[torch.from_numpy(mask)], y_true[mask], None))
+    comparison = SameScansComparison(params.evaluate.promotion_metric, metric if part == "test" else
+                                     f"{part}_{metric}", len(rows), compared_on, value)
+    champion = logger.champion_version() if logger.info.get("model_version") else None
+    if champion is None:
+        return comparison
+    try:
+        model, bundle = load_model(logger.model_file_of(champion), device)
+        if list(bundle["classes"]) != list(params.data.classes):
+            raise BrainTumorError(f"it was trained on classes {bundle['classes']}, not {params.data.classes}")
+        champion_value = score(Scorer(model, device, bundle, params))
+    except BrainTumorError as exc:
+        return dataclasses.replace(comparison, champion_version=champion, unscored_reason=str(exc))
+    except (OSError, RuntimeError, KeyError, ValueError) as exc:  # a file that loads but does not fit these rows
+        return dataclasses.replace(comparison, champion_version=champion,
+                                   unscored_reason=f"{type(exc).__name__}: {exc}")
+    return dataclasses.replace(comparison, champion_version=champion, champion_value=champion_value)
+
+
+def promotion_sentence(decision: dict) -> str:
+    """One line: which version became what, and on which figures of which scans."""
+    version, alias = decision.get("version"), decision["decision"]
+    if decision.get("value") is None:
+        return f"model {alias}"
+    figures = f"{decision['metric']} on {decision['scans']} scans ({decision['compared_on']})"
+    champion = decision.get("previous_champion_version")
+    if champion is None:
+        return f"model version {version} -> {alias}: {figures} {decision['value']:.3f}; no other champion to beat"
+    if decision.get("previous_champion_value") is None:
+        return (f"model version {version} -> {alias}: the champion, version {champion}, could not be scored on "
+                f"these scans ({decision['champion_unscored_reason']}); version {version}: {figures} "
+                f"{decision['value']:.3f}")
+    return (f"model version {version} -> {alias}: {figures}: version {champion} (champion) "
+            f"{decision['previous_champion_value']:.3f}, version {version} {decision['value']:.3f}"
+            + (" (ties keep the champion)" if decision["value"] == decision["previous_champion_value"] else ""))
 
 
 class Scorer:
@@ -434,6 +500,8 @@ def _write_model_card(params: Params, metrics: dict, bundle: dict, logger, decis
     write_text(params.paths.model_card, model_card.render(facts))
     logger.document_model(params.paths.model_card, model_card.version_description(facts),
                           model_card.version_tags(facts))
+    logger.describe_registered_model(*model_card.registered_model_text(params.data.classes,
+                                                                      params.tracking.registered_model))
 
 
 def _write_eval_plots(params: Params, test: pd.DataFrame, probs: np.ndarray, y_true: np.ndarray,

@@ -93,9 +93,20 @@ def build_report(inputs: ReportInputs, *, samples: int, mistakes: int, gradcam: 
     sections.append(("Model card", _model_card_section(inputs)))
     sections.append(("Run metadata", _metadata_section(inputs)))
     body = "".join(f"<h2>{html.escape(title)}</h2>{content}" for title, content in sections)
-    return (f"<!doctype html><html><head><meta charset=utf-8><title>Brain-tumor MRI classifier report</title>"
-            f"<style>{CSS}</style></head><body><h1>Brain-tumor MRI classifier: run "
-            f"{html.escape(str(inputs.run_info.get('run_id', '')))}</h1>{body}</body></html>")
+    title = html.escape(run_title(inputs.run_info, inputs.run_tags))
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>{title}: brain-tumor MRI classifier report"
+            f"</title><style>{CSS}</style></head><body><h1>Brain-tumor MRI classifier: {title}</h1>{body}</body></html>")
+
+
+def run_title(run_info: dict[str, Any], run_tags: dict[str, str]) -> str:
+    """`run "lr=0.003" · brain-tumor-classifier version 2 (champion)`: the run by its name and its model version."""
+    name = run_tags.get("mlflow.runName") or run_info.get("run_id", "")
+    title = f'run "{name}"'
+    if run_info.get("model_version"):
+        alias = run_tags.get("promotion")
+        title += (f" · {run_info.get('registered_model', 'model')} version {run_info['model_version']}"
+                  + (f" ({alias})" if alias in ("champion", "challenger") else ""))
+    return title
 
 
 def _dataset_section(validation: dict[str, Any], classes: list[str]) -> str:
@@ -261,6 +272,8 @@ def _metadata_section(inputs: ReportInputs) -> str:
             ["registered model", f"{info.get('registered_model', '')} version {info.get('model_version')}"],
             ["git commit", tags.get("git_commit", "") + (" (uncommitted changes)" if tags.get("git_dirty") == "true"
                                                           else "")],
+            ["promotion", " ".join(filter(None, [tags.get("promotion", ""), tags.get("promotion_metric", ""),
+                                                 tags.get("promotion_compared_on", "")]))],
             ["DVC data hash", tags.get("data_dvc_hash", "")],
             ["device", f"{tags.get('device', '')} ({tags.get('precision', 'fp32')})"],
             ["torch", tags.get("torch_version", "")], ["tracking URI", info.get("tracking_uri", "")]]

@@ -17,6 +17,7 @@ import logging
 import os
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,15 +45,28 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 UI_ADDRESS = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
 RUNS_VIEW = "workflowType=machine_learning"
 DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}
-# evaluate.promotion_metric -> the run metrics it compares, in order: the first one both versions have is used.
-# The val figures: the weight average's (train.swa_epochs) when both have one, else the best epoch's.
-PROMOTION_KEYS = {
-    "leak_free_macro_f1": ("test_leak_free_macro_f1", "swa_val_macro_f1", "best_val_macro_f1"),
-    "leak_free_accuracy": ("test_leak_free_accuracy", "swa_val_accuracy", "best_val_accuracy"),
-    "macro_f1": ("test_macro_f1",),
-    "accuracy": ("test_accuracy",),
-    "val_macro_f1": ("swa_val_macro_f1", "best_val_macro_f1"),
-}
+
+
+@dataclass(frozen=True)
+class SameScansComparison:
+    """The new model and the current champion scored on the very same rows (pipeline.evaluate builds it).
+
+    `champion_version` is None when there is no champion yet or the champion is this run's own version (a rerun of
+    evaluate); `champion_value` is None with `unscored_reason` when the champion could not be scored on the rows."""
+
+    promotion_metric: str  # evaluate.promotion_metric
+    metric: str  # what was computed on the rows, e.g. leak_free_macro_f1 (or macro_f1 when no scan is leak-free)
+    scans: int
+    compared_on: str  # the DVC hash of the folder the rows come from (`Testing:<md5>.dir`), or a rows fingerprint
+    value: float
+    champion_version: str | None = None
+    champion_value: float | None = None
+    unscored_reason: str | None = None
+
+    @property
+    def new_wins(self) -> bool:
+        """Ties keep the champion; a champion that could not be scored on these rows gives way."""
+        return self.champion_version is None or self.champion_value is None or self.value > self.champion_value
 
 
 def tracking_uri() -> str:
@@ -281,49 +295,47 @@ class RunLogger:
     def run_tags(self) -> dict[str, str]:
         return dict(MlflowClient().get_run(self.info["run_id"]).data.tags)
 
-    def promote(self, promotion_metric: str) -> dict[str, Any]:
-        """Alias this run's model version `champion` if it is at least as good as the current champion, else
-        `challenger`. Both figures are the runs' own metrics: the first of PROMOTION_KEYS[promotion_metric] that
-        both runs have (so leak-free Testing, or val where either lacks it). A version that cannot be compared
-        with the champion on any of them stays `challenger`. Returns the decision (also logged to the run)."""
+    def champion_version(self) -> str | None:
+        """The version holding `champion` when it is another version than this run's, else None."""
+        name, version = self.info["registered_model"], self.info.get("model_version")
+        try:
+            champion = MlflowClient().get_model_version_by_alias(name, "champion")
+        except MlflowException:
+            return None  # no champion yet
+        return None if str(champion.version) == str(version) else str(champion.version)  # an int in MLflow 3
+
+    def model_file_of(self, version: str) -> Path:
+        """The model.pt of a registered version of this run's model, downloaded."""
+        return download_model_file(f"models:/{self.info['registered_model']}/{version}")
+
+    def promote(self, comparison: SameScansComparison) -> dict[str, Any]:
+        """Alias this run's model version `champion` if it beats the current champion on the same rows, else
+        `challenger` (ties keep the champion). Returns the decision (also logged to the run)."""
         name, version = self.info["registered_model"], self.info.get("model_version")
         if not version:
             return {"decision": "not registered (tracking.log_model is false)"}
         client = MlflowClient()
-        mine = client.get_run(self.info["run_id"]).data.metrics
-        champion, theirs = self._champion(client, name, str(version))
-        keys = [k for k in PROMOTION_KEYS[promotion_metric] if k in mine and (theirs is None or k in theirs)]
-        key = keys[0] if keys else None
-        wins = theirs is None or (key is not None and mine[key] >= theirs[key])
-        alias = "champion" if wins else "challenger"
+        alias = "champion" if comparison.new_wins else "challenger"
         client.set_registered_model_alias(name, alias, str(version))
-        if wins:  # a former challenger that now wins is no longer the challenger
+        if alias == "champion":  # a former challenger that now wins is no longer the challenger
             try:
                 if str(client.get_model_version_by_alias(name, "challenger").version) == str(version):
                     client.delete_registered_model_alias(name, "challenger")
             except MlflowException:
                 pass
-        previous = theirs.get(key) if theirs is not None and key else None
-        decision = {"decision": alias, "model": name, "version": str(version), "promotion_metric": promotion_metric,
-                    "metric": key, "value": mine.get(key) if key else None,
-                    "previous_champion_version": str(champion.version) if champion else None,
-                    "previous_champion_value": previous}
-        mlflow.set_tags({"promotion": alias, "promotion_metric": str(key),
-                         "promotion_previous_champion": str(decision["previous_champion_version"])})
-        if previous is not None:
-            mlflow.log_metric(f"previous_champion_{key}", previous)
+        decision = {"decision": alias, "model": name, "version": str(version),
+                    "promotion_metric": comparison.promotion_metric, "metric": comparison.metric,
+                    "value": comparison.value, "scans": comparison.scans, "compared_on": comparison.compared_on,
+                    "previous_champion_version": comparison.champion_version,
+                    "previous_champion_value": comparison.champion_value,
+                    "champion_unscored_reason": comparison.unscored_reason}
+        mlflow.set_tags({"promotion": alias, "promotion_metric": comparison.metric,
+                         "promotion_compared_on": comparison.compared_on,
+                         "promotion_previous_champion": str(comparison.champion_version)})
+        mlflow.log_metric(f"promotion_{comparison.metric}", comparison.value)
+        if comparison.champion_value is not None:
+            mlflow.log_metric(f"previous_champion_{comparison.metric}", comparison.champion_value)
         return decision
-
-    @staticmethod
-    def _champion(client: MlflowClient, name: str, version: str):
-        """The champion version other than `version` and its run's metrics, or (champion or None, None)."""
-        try:
-            champion = client.get_model_version_by_alias(name, "champion")
-        except MlflowException:
-            return None, None  # no champion yet
-        if str(champion.version) == version:  # ModelVersion.version is an int in MLflow 3
-            return champion, None
-        return champion, client.get_run(champion.run_id).data.metrics
 
     def document_model(self, card_path: str, description: str, tags: dict[str, str]) -> None:
         """The model card goes with the model (its LoggedModel's artifacts, so `models:/name/version` holds it)
@@ -338,6 +350,15 @@ class RunLogger:
             client.update_model_version(name, str(version), description=description)
             for key, value in tags.items():
                 client.set_model_version_tag(name, str(version), key, value)
+
+    def describe_registered_model(self, description: str, tags: dict[str, str]) -> None:
+        """The registered model itself (not one version): what it classifies, its use, where the card is."""
+        name, client = self.info["registered_model"], MlflowClient()
+        if not self.info.get("model_version"):
+            return
+        client.update_registered_model(name, description=description)
+        for key, value in tags.items():
+            client.set_registered_model_tag(name, key, value)
 
     def end(self) -> None:
         mlflow.end_run()
