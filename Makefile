@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test test-fast bench team-up
+.PHONY: install run test test-fast docs bench team-up
 
 # Reinstalls only when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -31,8 +31,13 @@ run: install
 	@echo "              -m models:/brain-tumor-classifier@champion --env-manager local -h 127.0.0.1 -p 5001"
 	@echo "Predict:    braintumor predict data/Testing --output predictions.csv"
 
-test: install
+test: install docs
 	$(BIN)/python -m pytest
+
+# The documentation site (docs/, mkdocs.yml) into site/; --strict: a broken link or anchor fails.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	@echo "docs: site/index.html"
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
