@@ -190,3 +190,26 @@ def test_evaluate_reports_testing_by_whether_its_image_size_is_seen_in_training(
     leak_free = metrics["leak_free"]["by_image_size"]
     assert (leak_free["seen"]["n"], leak_free["unseen"]["n"]) == (9, 3)
     assert logged["test_leak_free_size_unseen_n"] == 3
+
+
+def test_evaluate_resolves_the_device_as_training_does_mps_included(sample_root, tmp_path, monkeypatch):
+    """One device resolver for every stage: `auto` on a Mac with MPS evaluates on MPS, as it trained there."""
+    import torch
+
+    from braintumor import runtime
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert runtime.select_device("auto") == torch.device("mps")
+    asked = []
+
+    def select_device(preference, *args):
+        asked.append(preference)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(runtime, "select_device", select_device)
+    params = _setup(sample_root, tmp_path, list(tiny_params(sample_root).data.classes))
+    for device in ("auto", "mps", "cpu"):
+        with pytest.raises(RuntimeError, match="stop here"):
+            evaluate(dataclasses.replace(params, train=dataclasses.replace(params.train, device=device)))
+    assert asked == ["auto", "mps", "cpu"]

@@ -258,16 +258,23 @@ def test_training_reads_no_test_rows(sample_root):
     assert np.isin(in_splits(frame, "test")["path"], selected["path"]).sum() == 0
 
 
-def test_macro_f1_matches_scikit_learn():
+def test_one_macro_f1_for_val_and_testing_averages_the_classes_present():
     from sklearn.metrics import f1_score
 
-    from braintumor.training import macro_f1
+    from braintumor import evaluation, training
+    from braintumor.scores import macro_f1
 
+    assert training.macro_f1 is macro_f1  # the training core's val figure is evaluation's Testing figure
     rng = np.random.default_rng(0)
     for _ in range(20):
-        y_true, y_pred = rng.integers(0, 4, 30), rng.integers(0, 3, 30)  # class 3 never predicted
-        expected = f1_score(y_true, y_pred, average="macro", labels=range(4), zero_division=0)
+        y_true, y_pred = rng.integers(0, 3, 30), rng.integers(0, 4, 30)  # class 3 absent, but predicted
+        expected = f1_score(y_true, y_pred, average="macro", labels=np.unique(y_true), zero_division=0)
         assert macro_f1(y_true, y_pred, 4) == pytest.approx(expected)
+        probs = np.eye(4)[y_pred] * 0.9 + 0.025
+        assert evaluation.classification_metrics(y_true, probs, list("abcd"))["macro_f1"] == pytest.approx(expected)
+    # all classes present: the plain macro average
+    y_true, y_pred = np.array([0, 1, 2, 3, 0]), np.array([0, 1, 2, 0, 0])
+    assert macro_f1(y_true, y_pred, 4) == pytest.approx(f1_score(y_true, y_pred, average="macro"))
 
 
 def test_training_core_imports_with_only_torch_and_torchvision():

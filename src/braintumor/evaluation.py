@@ -9,6 +9,9 @@ import pandas as pd
 from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, log_loss, precision_recall_fscore_support,
                              roc_auc_score, roc_curve)
 
+from braintumor.novelty import unlike_training
+from braintumor.scores import macro_f1
+
 HEADLINE = ("accuracy", "macro_f1", "weighted_f1", "log_loss", "ece", "roc_auc_ovr")
 
 
@@ -27,7 +30,7 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[
     return {
         "n": int(len(y_true)),
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1[support > 0].mean()),
+        "macro_f1": macro_f1(y_true, y_pred, len(classes)),
         "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
         "log_loss": float(log_loss(y_true, probs, labels=labels)),
         "ece": expected_calibration_error(y_true, probs, bins=bins),
@@ -106,7 +109,7 @@ def novelty_metrics(y_true: np.ndarray, probs: np.ndarray, novelty: np.ndarray) 
     """How the `unlike_training` flag (novelty > 1, novelty.py) splits a set of scans: how many it flags, the
     accuracy on flagged and on unflagged scans, and the ROC AUC of the novelty score for telling wrong answers from
     right ones (0.5: no better than chance). None where a figure has no scan to stand on."""
-    flagged = np.asarray(novelty) > 1.0
+    flagged = unlike_training(novelty)
     wrong = probs.argmax(axis=1) != y_true
     n = len(y_true)
     return {"n_flagged": int(flagged.sum()),

@@ -24,6 +24,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+UNLIKE_TRAINING_ABOVE = 1.0  # novelty is score / threshold: above 1, less like Training than the quantile of val
+
+
+def unlike_training(novelty: np.ndarray | float) -> np.ndarray:
+    """The `unlike_training` flag of novelty scores (as Novelty.scores gives them): the one place it is decided."""
+    return np.asarray(novelty) > UNLIKE_TRAINING_ABOVE
+
 
 @dataclass(frozen=True)
 class Novelty:

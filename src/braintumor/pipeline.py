@@ -255,7 +255,7 @@ def evaluate(params: Params) -> dict:
     from braintumor.tracking import RunLogger, read_run_info
 
     frame = read_manifest(params.paths.manifest, params.data.classes)
-    device = select_device("cuda" if params.train.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
+    device = select_device(params.train.device)  # train.device, as training resolved it: auto picks CUDA, MPS, CPU
     model, bundle = load_model(params.paths.model, device)
     if list(bundle["classes"]) != list(params.data.classes):
         raise BrainTumorError(f"{params.paths.model} was trained on classes {bundle['classes']} but data.classes is "
@@ -459,6 +459,7 @@ def _evaluate_external(scorer: Scorer, frame: pd.DataFrame, params: Params) -> t
     """Metrics on the external set (all of it, and its part without copies of Training scans), and its CSV."""
     from braintumor.data.external import load_external
     from braintumor.data.splits import in_splits, size_seen_in_training
+    from braintumor.novelty import unlike_training
 
     training = in_splits(frame, "train", "val")
     external = load_external(params.evaluate.external_data, training, params.paths.data, params.data)
@@ -478,7 +479,7 @@ def _evaluate_external(scorer: Scorer, frame: pd.DataFrame, params: Params) -> t
                                   probability=probs.max(axis=1), copy_free=copy_free,
                                   size_seen_in_training=size_seen)
     if novelty is not None:
-        table = table.assign(novelty=novelty, unlike_training=novelty > 1.0)
+        table = table.assign(novelty=novelty, unlike_training=unlike_training(novelty))
     path = Path(params.paths.eval_plots) / "external_predictions.csv"
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
@@ -507,6 +508,7 @@ def _write_model_card(params: Params, metrics: dict, bundle: dict, logger, decis
 def _write_eval_plots(params: Params, test: pd.DataFrame, probs: np.ndarray, y_true: np.ndarray,
                       leak_free: np.ndarray, novelty: np.ndarray | None, size_seen: np.ndarray) -> list[str]:
     from braintumor import evaluation as ev
+    from braintumor.novelty import unlike_training
 
     classes = params.data.classes
     out = Path(params.paths.eval_plots)
@@ -519,7 +521,7 @@ def _write_eval_plots(params: Params, test: pd.DataFrame, probs: np.ndarray, y_t
     predictions["size_seen_in_training"] = size_seen
     if novelty is not None:
         predictions["novelty"] = novelty
-        predictions["unlike_training"] = novelty > 1.0
+        predictions["unlike_training"] = unlike_training(novelty)
     reliability = ev.reliability_table(y_true, probs, bins=params.evaluate.calibration_bins)
     tables = {"predictions.csv": predictions,
               "confusion.csv": predictions[["actual", "predicted"]],

@@ -25,7 +25,7 @@ from braintumor.imaging import ImageLimits, ImageProblem, check_file_size, probl
 from braintumor.inference import forward_outputs, probabilities
 from braintumor.medical import Pictures, read_pictures
 from braintumor.model import Inference, load_model
-from braintumor.novelty import Novelty
+from braintumor.novelty import Novelty, unlike_training
 from braintumor.runtime import prediction_autocast, strict_fp32
 from braintumor.transforms import Preprocessing, eval_preset
 
@@ -105,7 +105,7 @@ class Predictor:
             frame[name] = probs[:, i] if len(probs) else []
         if novelty is not None:
             frame["novelty"] = np.asarray(novelty, dtype=float)
-            frame["unlike_training"] = frame["novelty"] > 1.0
+            frame["unlike_training"] = unlike_training(frame["novelty"].to_numpy())
         return frame
 
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:

@@ -33,6 +33,7 @@ from braintumor.ema import WeightEMA
 from braintumor.errors import BrainTumorError
 from braintumor.inference import predict_probs
 from braintumor.model import keep_frozen_in_eval, set_frozen
+from braintumor.scores import macro_f1
 from braintumor.transforms import Preprocessing, eval_preset, mixup, train_preset
 
 log = logging.getLogger(__name__)
@@ -320,17 +321,6 @@ def train_one_epoch(net: nn.Module, model: nn.Module, batches, augment, step: St
         if hasattr(batches, "set_postfix"):
             batches.set_postfix(loss=f"{loss_sum / seen:.4f}")
     return loss_sum / max(seen, 1), correct / max(seen, 1), seen, time.perf_counter() - t0
-
-
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> float:
-    """Unweighted mean of per-class F1 (0 for a class never predicted nor present), as scikit-learn's
-    f1_score(average="macro", labels=range(n_classes), zero_division=0). numpy only: the core needs no sklearn."""
-    scores = []
-    for c in range(n_classes):
-        tp = np.sum((y_pred == c) & (y_true == c))
-        denominator = np.sum(y_pred == c) + np.sum(y_true == c)
-        scores.append(2 * tp / denominator if denominator else 0.0)
-    return float(np.mean(scores))
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
