@@ -161,10 +161,13 @@ def test_render_does_not_change_its_input():
     assert facts == before
 
 
-@pytest.mark.parametrize("n, p", [(10, 0.0), (10, 1.0), (394, 0.523)])
-def test_wilson_interval_stays_in_range_and_holds_the_estimate(n, p):
-    low, high = model_card.wilson_interval(p, n)
-    assert 0.0 <= low <= p <= high <= 1.0
+@pytest.mark.parametrize("k, n", [(0, 10), (10, 10), (206, 394), (1, 3)])
+def test_wilson_interval_equals_scipys(k, n):
+    from scipy.stats import binomtest
+
+    expected = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    low, high = model_card.wilson_interval(k / n, n)
+    assert (low, high) == pytest.approx((expected.low, expected.high), abs=1e-3)
 
 
 def test_preprocessing_of_a_format_1_model_file():

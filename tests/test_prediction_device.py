@@ -93,7 +93,19 @@ def test_predict_device_cuda_without_a_gpu_exits_2_before_fetching_a_model(capsy
 def test_predict_device_cpu_is_used(capsys, gpus, monkeypatch, model_file, sample_root):
     gpus(0)
     monkeypatch.setenv(PREDICTION_DEVICE_ENV, "cuda")  # --device cpu wins over it
+    from braintumor import predict
+
+    built = []
+
+    class Recording(Predictor):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append(self)
+
+    monkeypatch.setattr(predict, "Predictor", Recording)
     main(["predict", str(sample_root / "Testing" / "no_tumor"), "--model", str(model_file), "--device", "cpu"])
+    assert len(built) == 1 and built[0].device == torch.device("cpu")
+    assert next(built[0].model.parameters()).device == torch.device("cpu")  # the network is there too
     assert len(capsys.readouterr().out.splitlines()) == 3
 
 
