@@ -327,3 +327,31 @@ def test_a_port_in_use_is_said_before_the_model_loads(capsys, tmp_path):
         code = main_status(["app", "--model", str(tmp_path / "no-model.pt"), "--port", str(port)])
     assert code == 2
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_a_registered_versions_facts_and_card_head_the_page(model_file, tmp_path, monkeypatch):
+    """models:/NAME@champion: name, version, alias, registration date, data hash and the card in its artifacts."""
+    from mlflow.tracking import MlflowClient
+
+    from braintumor.predict import resolve_model
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    artifacts = tmp_path / "version"  # laid out as a logged model's: model_card.md beside artifacts/model.pt
+    (artifacts / "artifacts").mkdir(parents=True)
+    shutil.copy(model_file, artifacts / "artifacts" / "model.pt")
+    (artifacts / "model_card.md").write_text("# Model card: brain-tumor-classifier version 1\n")
+    client = MlflowClient(uri)
+    client.create_registered_model("brain-tumor-classifier")
+    version = client.create_model_version("brain-tumor-classifier", artifacts.as_uri(),
+                                          tags={"data_dvc_hash": "Testing:ab12,Training:cd34"})
+    client.set_registered_model_alias("brain-tumor-classifier", "champion", version.version)
+
+    model = "models:/brain-tumor-classifier@champion"
+    path = resolve_model(model)
+    facts = model_facts(model, path, Predictor(path))
+    assert (facts["name"], facts["version"], facts["aliases"]) == ("brain-tumor-classifier", "1", ["champion"])
+    assert facts["data_hash"] == "Testing:ab12,Training:cd34"
+    assert facts["trained"] == time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(version.creation_timestamp / 1000))
+    assert facts["card"] == "# Model card: brain-tumor-classifier version 1\n"
+    assert facts["disclaimer"] == "Research use; not a medical device."
