@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test test-fast docs bench team-up
+.PHONY: install run test test-fast docs bench team-up app
 
 # Reinstalls only when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -30,6 +30,7 @@ run: install
 	@echo "Serve:      MLFLOW_TRACKING_URI=sqlite:///mlflow.db mlflow models serve \\"
 	@echo "              -m models:/brain-tumor-classifier@champion --env-manager local -h 127.0.0.1 -p 5001"
 	@echo "Predict:    braintumor predict data/Testing --output predictions.csv"
+	@echo "Web page:   make app   then open http://127.0.0.1:8000 and drop scans on it (braintumor app)"
 
 test: install docs
 	$(BIN)/python -m pytest
@@ -46,6 +47,10 @@ test-fast: install
 # (deploy/team_stack.py; needs PostgreSQL's server: apt-get install postgresql). Ctrl-C stops it.
 team-up: install
 	$(BIN)/python deploy/team_stack.py
+
+# The web page for the champion model (docs/app.md): http://127.0.0.1:8000, this machine only. Ctrl-C stops it.
+app: install
+	$(BIN)/braintumor app
 
 bench: install
 	$(BIN)/python benchmarks/validate_speed.py

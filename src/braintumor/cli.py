@@ -62,6 +62,12 @@ def _predict(args: argparse.Namespace) -> None:
                   precision=args.precision, middle=args.middle)
 
 
+def _app(args: argparse.Namespace) -> None:
+    from braintumor.app.server import run_app
+
+    run_app(args.model, host=args.host, port=args.port, device=args.device)
+
+
 def _import_data(args: argparse.Namespace) -> None:
     from braintumor.data.importer import import_dataset
 
@@ -158,6 +164,18 @@ def build_parser() -> argparse.ArgumentParser:
                          help="fp32 (default), or bf16 / fp16 autocast on a CUDA GPU "
                               "(see README: Serving on a GPU)")
     command.set_defaults(func=_predict)
+
+    command = sub.add_parser("app", help="a web page for the model: drop scans, see the label, probabilities and "
+                                         "Grad-CAM (http://127.0.0.1:8000)")
+    command.add_argument("--model", default="models:/brain-tumor-classifier@champion",
+                         help="an MLflow model URI (default: models:/brain-tumor-classifier@champion in the tracking "
+                              "store, MLFLOW_TRACKING_URI or ./mlflow.db) or a model file")
+    command.add_argument("--host", default="127.0.0.1",
+                         help="address to listen on (default 127.0.0.1: this machine only; the page has no "
+                              "authentication)")
+    command.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    command.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N, as for predict")
+    command.set_defaults(func=_app)
 
     command = sub.add_parser("import-data", help="copy a dataset folder or the Kaggle zip into data/ (aliases applied)")
     command.add_argument("source", type=Path, help="a folder holding Training/ and Testing/, or a .zip of one")

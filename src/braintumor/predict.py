@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 # of the volume's 99th percentile) covers at least this fraction of it. It measures head tissue, not brain: in a
 # volume that reaches the neck, neck slices count too (--middle keeps to the centre).
 MIN_HEAD_FRACTION = 0.1
+CSV_FLOAT_FORMAT = "%.6f"  # --output .csv, and the page's CSV download (app/)
 
 
 @dataclass
@@ -67,14 +68,14 @@ def predict_paths(paths: list[str], model: str, *, output: str | None = None, gr
     scans = []
     for path in files:
         try:
-            scans.append(_read_scan(predictor, path, middle))
+            scans.append(read_scan(predictor, path, middle))
         except Exception as exc:  # one file's problem, whatever it is: the other files are still predicted
             print(f"skipped {path}: {problem_of(exc)}")
     if not scans:
         raise BrainTumorError(f"no readable image among {', '.join(map(str, paths))}; give image files "
                               "(.jpg, .png, .dcm, .nii.gz, ...) or folders that hold them.")
     probs, novelty = predictor.predict([image for scan in scans for image in scan.images])  # (N, C), (N,) | None
-    table = _table(predictor, scans, probs, novelty)
+    table = table_of(predictor, scans, probs, novelty)
     _print_table(table, scans, predictor.novelty.quantile if predictor.novelty else None)
     if output:
         _write_table(table, output)
@@ -85,8 +86,10 @@ def predict_paths(paths: list[str], model: str, *, output: str | None = None, gr
     return table
 
 
-def _read_scan(predictor: Predictor, path: Path, middle: int | None) -> Scan:
-    pictures = predictor.pictures(path)
+def read_scan(predictor: Predictor, path: Path, middle: int | None = None, *, data: bytes | None = None) -> Scan:
+    """One file's pictures, prepared. `data`: the file's bytes when they are not on disk (a page's upload; `path`
+    then only names it). Raises ImageProblem."""
+    pictures = predictor.pictures(path if data is None else data)
     keep = middle_indices(len(pictures.images), middle)
     shows_head = None
     if pictures.is_volume:
@@ -107,7 +110,7 @@ def middle_indices(count: int, middle: int | None) -> list[int]:
     return list(range(start, start + middle))
 
 
-def _table(predictor: Predictor, scans: list[Scan], probs: np.ndarray, novelty: np.ndarray | None) -> pd.DataFrame:
+def table_of(predictor: Predictor, scans: list[Scan], probs: np.ndarray, novelty: np.ndarray | None) -> pd.DataFrame:
     """One row per picture (file, frame, label, probability, per class, novelty), a volume's summary row after its
     slices (the means over the slices that show a head)."""
     parts, start = [], 0
@@ -130,7 +133,7 @@ def _table(predictor: Predictor, scans: list[Scan], probs: np.ndarray, novelty: 
 
 
 def _print_table(table: pd.DataFrame, scans: list[Scan], quantile: float | None) -> None:
-    names = []  # in the order of _table's rows
+    names = []  # in the order of table_of's rows
     for scan in scans:
         word = "slice" if scan.pictures.is_volume else "frame"
         names += [f"{scan.path} [{word} {n}]" if scan.several else str(scan.path) for n in scan.pictures.numbers]
@@ -156,7 +159,7 @@ def _write_table(table: pd.DataFrame, output: str) -> None:
         write_text(output, json.dumps(records, indent=2) + "\n")  # a volume's summary row: "frame": null
     elif output.endswith(".csv"):
         with atomic_path(output) as tmp:
-            table.to_csv(tmp, index=False, float_format="%.6f")
+            table.to_csv(tmp, index=False, float_format=CSV_FLOAT_FORMAT)
     else:
         raise BrainTumorError(f"--output {output}: use a .csv or .json file name")
 

@@ -88,14 +88,15 @@ class Predictor:
         novelty = self.novelty.scores(out.features) if self.novelty else None
         return probabilities(out.logits, self.inference.temperature), novelty
 
-    def explain(self, image: np.ndarray, label: str) -> np.ndarray:
+    def explain(self, image: np.ndarray, label: str, alpha: float = 0.45) -> np.ndarray:
         """Grad-CAM of `label` for one (S, S) uint8 image: the crop the network sees, with the heat map of where
-        the evidence for `label` lies laid over it; (H, W, 3) uint8. For `predict --gradcam` and the report."""
+        the evidence for `label` lies laid over it; (H, W, 3) uint8. For `predict --gradcam` and the report; the
+        page (app/) takes the heat map alone (`alpha` 1) and lays it over the crop at the opacity a user picks."""
         from braintumor.explain import grad_cam, overlay  # Grad-CAM only: training never loads it
 
         tensor = self.transform(torch.from_numpy(image)[None].to(self.device))[None]  # (1, 3, H, W)
         cam, _ = grad_cam(self.model, self.model.layer4, tensor, self.classes.index(label))
-        return overlay(self.transform.crop(image), cam)
+        return overlay(self.transform.crop(image), cam, alpha=alpha)
 
     def table(self, probs: np.ndarray, novelty: np.ndarray | None = None) -> pd.DataFrame:
         best = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=int)

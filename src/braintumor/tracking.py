@@ -385,3 +385,21 @@ def download_model_file(model_uri: str) -> Path:
     if not found:
         raise BrainTumorError(f"{model_uri} holds no model.pt; was it logged by this project?")
     return found[0]
+
+
+def registered_version(model_uri: str) -> dict[str, Any] | None:
+    """What the registry says of models:/NAME/VERSION or models:/NAME@ALIAS (for the page's header): name, version,
+    aliases, registration time (ms since the epoch), data hash and git commit. None for any other URI."""
+    rest = model_uri[len("models:/"):].strip("/") if model_uri.startswith("models:/") else ""
+    name, alias = rest.split("@", 1) if "@" in rest else (rest.rpartition("/")[0], None)
+    if not name:
+        return None  # runs:/..., a LoggedModel id (models:/m-...), a file
+    client = MlflowClient(tracking_uri())
+    try:
+        version = (client.get_model_version_by_alias(name, alias) if alias
+                   else client.get_model_version(name, rest.rpartition("/")[2]))
+    except MlflowException as exc:
+        raise BrainTumorError(f"cannot read {model_uri} from {tracking_uri()}: {exc}") from None
+    return {"name": version.name, "version": str(version.version), "aliases": sorted(version.aliases),
+            "registered": version.creation_timestamp, "data_dvc_hash": version.tags.get("data_dvc_hash"),
+            "git_commit": version.tags.get("git_commit")}
