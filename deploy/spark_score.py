@@ -77,6 +77,10 @@ def score(spark, source: str, model_uri: str, *, partitions: int | None = None, 
     except AnalysisException as exc:
         raise BrainTumorError(f"INPUT {source}: {exc.getMessage() if hasattr(exc, 'getMessage') else exc}. Give "
                               "a folder or a glob of scans that Spark can read.") from None
+    if partitions is None and spark.conf.get("spark.master").startswith("local"):
+        # In local mode MLflow's UDF loads the model in every task (on a cluster, once per executor's Python
+        # worker): one task per core, not one per ~30 files as Spark lists them (about 1 s of loading each).
+        partitions = spark.sparkContext.defaultParallelism
     if partitions:
         # coalesce merges the file listing's partitions without moving bytes; more partitions need a shuffle
         now = files.rdd.getNumPartitions()
@@ -118,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("input", metavar="INPUT", help="a folder (recursive) or a glob: local, hdfs://, s3a://")
     parser.add_argument("output", metavar="OUTPUT", help="the Parquet folder to write (must not exist)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"an MLflow model URI (default {DEFAULT_MODEL})")
-    parser.add_argument("--partitions", type=int, help="score in N tasks (default: as Spark lists the files)")
+    parser.add_argument("--partitions", type=int, help="score in N tasks (default: one per core in local mode, "
+                        "else as Spark lists the files)")
     parser.add_argument("--batch-size", type=int, default=64, help="files per batch the model scores (default 64)")
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per download, in a log file
