@@ -3,7 +3,8 @@
 `mlflow models serve -m models:/brain-tumor-classifier@champion --env-manager local` loads it. Requests carry a
 column `image` of base64-encoded file bytes (an image, a DICOM or a NIfTI file); the answer has one row per
 picture (`row`, `frame`: a multi-frame DICOM or a volume gives several); a bad row answers HTTP 400 naming the row
-and the reason.
+and the reason. With the param `rows="file"` (spark_udf's `params`, or `"params"` in a request) it answers one row
+per file instead, a bad file's reason in it (file_answers.py): what a Spark UDF needs.
 
 Where it runs: `model_config={"device": ...}` when the model is loaded with one, else MLflow's
 MLFLOW_DEFAULT_PREDICTION_DEVICE, else CUDA when PyTorch sees a GPU, else the CPU (the order of MLflow's PyTorch
@@ -23,6 +24,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from braintumor.errors import BrainTumorError
+from braintumor.file_answers import answer_files, rows_of
 from braintumor.runtime import PREDICTION_PRECISION_ENV as PRECISION_ENV
 from braintumor.runtime import prediction_autocast, prediction_device
 from braintumor.serving import Predictor
@@ -50,6 +52,8 @@ class BrainTumorClassifier(mlflow.pyfunc.PythonModel):
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         try:
+            if rows_of(params) == "file":  # one row per file, for Spark (file_answers.py)
+                return self.inference.submit(answer_files, self.predictor, model_input).result()
             return self.inference.submit(self.predictor.predict_frame, model_input).result()
         except BrainTumorError as exc:
             rows = [{"row": row, "reason": reason} for row, reason in getattr(exc, "rows", [])]

@@ -91,15 +91,20 @@ def read_scan(predictor: Predictor, path: Path, middle: int | None = None, *, da
     then only names it). Raises ImageProblem."""
     pictures = predictor.pictures(path if data is None else data)
     keep = middle_indices(len(pictures.images), middle)
-    shows_head = None
-    if pictures.is_volume:
-        level = float(np.percentile(np.stack([np.asarray(image) for image in pictures.images]), 99))
-        shows_head = [head_fraction(np.asarray(pictures.images[i]), threshold=predictor.prep.scan.crop_threshold,
-                                    level=level) >= MIN_HEAD_FRACTION for i in keep]
+    shows_head = head_pictures(pictures, predictor.prep.scan.crop_threshold, keep) if pictures.is_volume else None
     several = len(keep) > 1 or len(pictures.images) > 1 or pictures.is_volume
     selected = Pictures([pictures.images[i] for i in keep], [pictures.numbers[i] for i in keep], pictures.kind,
                         pictures.description)
     return Scan(path, selected, predictor.images_of(selected), shows_head, several)
+
+
+def head_pictures(pictures: Pictures, crop_threshold: float, indices: list[int] | None = None) -> list[bool]:
+    """Which of the pictures (all, or those at `indices`) show a head: the head crop's region, at the brightness
+    level of the whole file (its pictures' 99th percentile), covers at least MIN_HEAD_FRACTION of the picture."""
+    level = float(np.percentile(np.stack([np.asarray(image) for image in pictures.images]), 99))
+    indices = range(len(pictures.images)) if indices is None else indices
+    return [head_fraction(np.asarray(pictures.images[i]), threshold=crop_threshold, level=level) >= MIN_HEAD_FRACTION
+            for i in indices]
 
 
 def middle_indices(count: int, middle: int | None) -> list[int]:

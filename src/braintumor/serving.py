@@ -111,12 +111,8 @@ class Predictor:
 
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The served model's predict: column `image` of base64 strings -> label, probability, per-class."""
-        if not isinstance(frame, pd.DataFrame) or INPUT_COLUMN not in frame.columns:
-            got = list(frame.columns) if isinstance(frame, pd.DataFrame) else type(frame).__name__
-            raise RequestError(f"the request needs a column {INPUT_COLUMN!r} of base64-encoded image bytes; "
-                               f"got columns {got}")
         images, rows, frames, problems = [], [], [], []
-        for row, value in enumerate(frame[INPUT_COLUMN].tolist()):
+        for row, value in enumerate(request_values(frame)):
             try:
                 pictures = self.pictures(decode_base64(value, max_bytes=self.limits.max_file_bytes))
                 images.extend(self.images_of(pictures))
@@ -135,6 +131,15 @@ class Predictor:
         table.insert(0, "frame", frames)
         table.insert(0, "row", rows)
         return table
+
+
+def request_values(frame: pd.DataFrame) -> list:
+    """The request's column `image`, one value per row; a request without it is a RequestError."""
+    if not isinstance(frame, pd.DataFrame) or INPUT_COLUMN not in frame.columns:
+        got = list(frame.columns) if isinstance(frame, pd.DataFrame) else type(frame).__name__
+        raise RequestError(f"the request needs a column {INPUT_COLUMN!r} of base64-encoded image bytes; "
+                           f"got columns {got}")
+    return frame[INPUT_COLUMN].tolist()
 
 
 def decode_base64(value: object, *, max_bytes: int) -> bytes:

@@ -31,6 +31,7 @@ from mlflow.tracking import MlflowClient
 
 from braintumor.config import Params
 from braintumor.errors import BrainTumorError
+from braintumor.file_answers import ROWS, ROWS_PARAM
 from braintumor.fileio import project_root, read_json, write_json
 from braintumor.provenance import dvc_data_hash, dvc_data_hashes, git, git_dirty, run_name
 
@@ -173,7 +174,8 @@ class RunTracker:
             python_model=str(SERVED_MODEL_CODE),
             artifacts={"model": str(Path(model_path).resolve())},
             code_paths=[str(Path(__file__).parent)],
-            signature=infer_signature(example, example_output),
+            # params: `rows` ("picture", the REST answer; "file": one row per file, for Spark, file_answers.py)
+            signature=infer_signature(example, example_output, params={ROWS_PARAM: ROWS[0]}),
             input_example=example,
             pip_requirements=_served_requirements(),
             registered_model_name=self.params.tracking.registered_model,
@@ -403,3 +405,14 @@ def registered_version(model_uri: str) -> dict[str, Any] | None:
     return {"name": version.name, "version": str(version.version), "aliases": sorted(version.aliases),
             "registered": version.creation_timestamp, "data_dvc_hash": version.tags.get("data_dvc_hash"),
             "git_commit": version.tags.get("git_commit")}
+
+
+def model_signature(model_uri: str):
+    """The logged signature (mlflow.models.ModelSignature, or None) of an MLflow model: models:/name@alias,
+    runs:/..., or a model folder; only its MLmodel file is fetched (deploy/spark_score.py checks it on the driver)."""
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        return mlflow.models.get_model_info(model_uri).signature
+    except (MlflowException, OSError) as exc:
+        raise BrainTumorError(f"cannot fetch {model_uri} from {tracking_uri()}: {exc}. Check the name and alias "
+                              "(e.g. models:/brain-tumor-classifier@champion) and MLFLOW_TRACKING_URI.") from None
