@@ -364,3 +364,18 @@ def download_model_file(model_uri: str) -> Path:
     if not found:
         raise BrainTumorError(f"{model_uri} holds no model.pt; was it logged by this project?")
     return found[0]
+
+
+def registered_version(name: str, run_id: str, model_uri: str | None = None) -> str | None:
+    """The registered version of `name` that a model URI's alias points at, else the newest one logged by
+    `run_id`; None when the store cannot say (for the prediction log, which never fails an answer)."""
+    mlflow.set_tracking_uri(tracking_uri())
+    client = MlflowClient()
+    try:
+        if model_uri and model_uri.startswith(f"models:/{name}@"):
+            return str(client.get_model_version_by_alias(name, model_uri.split("@", 1)[1]).version)
+        versions = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+        return str(max(int(v.version) for v in versions)) if versions else None
+    except Exception:  # an unreachable or older store: the log says "version unknown"
+        log.warning("model version of run %s not found in %s", run_id, tracking_uri(), exc_info=True)
+        return None
