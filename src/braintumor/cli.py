@@ -131,6 +131,19 @@ def _runs_url(args: argparse.Namespace) -> None:
     print(runs_table_url(params.tracking.experiment))
 
 
+def _monitor(args: argparse.Namespace) -> None:
+    from braintumor.monitor import monitor
+
+    result = monitor(args.log, reference=args.reference, since=args.since, output_dir=args.output_dir)
+    for alert in result["alerts"]:
+        print(f"ALERT {alert['version']}: {alert['test']}: {alert['figures']}. Look at {alert['look_at']}.")
+    tested = sum(bool(v["tests"]) for v in result["versions"])
+    print(f"monitor: {result['answers']} answers, {len(result['versions'])} model versions ({tested} tested), "
+          f"{len(result['alerts'])} alerts; wrote {args.output_dir}/monitor.html and monitor.json")
+    if args.fail_on_drift and result["alerts"]:
+        sys.exit(1)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="braintumor", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -197,6 +210,16 @@ def build_parser() -> argparse.ArgumentParser:
                                               "(in the UI's Model training view)")
     command.add_argument("--params", default="params.yaml")
     command.set_defaults(func=_runs_url)
+
+    command = sub.add_parser("monitor", help="test a prediction log (BRAINTUMOR_PREDICTION_LOG) for drift against "
+                                             "evaluation's predictions; writes reports/monitor.html and .json")
+    command.add_argument("log", help="the prediction log file, or its folder (rotated files included)")
+    command.add_argument("--reference", default="plots/eval/predictions.csv",
+                         help="evaluation's predictions.csv (default) or an earlier prediction log (.jsonl)")
+    command.add_argument("--since", metavar="DATE", help="only answers from DATE on (UTC), e.g. 2026-12-01")
+    command.add_argument("--output-dir", default="reports", help="where monitor.html and monitor.json go")
+    command.add_argument("--fail-on-drift", action="store_true", help="exit 1 when an alert fires (a nightly job)")
+    command.set_defaults(func=_monitor)
     return parser
 
 

@@ -15,6 +15,7 @@ also carries our message alone as `detail`, and the bad rows as `rows`: [{"row":
 """
 
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -25,6 +26,7 @@ from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from braintumor.errors import BrainTumorError
 from braintumor.file_answers import answer_files, rows_of
+from braintumor.prediction_log import PredictionLog, log_answers, model_identity
 from braintumor.runtime import PREDICTION_PRECISION_ENV as PRECISION_ENV
 from braintumor.runtime import prediction_autocast, prediction_device
 from braintumor.serving import Predictor
@@ -49,16 +51,37 @@ class BrainTumorClassifier(mlflow.pyfunc.PythonModel):
                             option="model_config precision" if config.get("precision") else PRECISION_ENV)
         self.predictor = self.inference.submit(Predictor, context.artifacts["model"], device=device,
                                                precision=precision).result()
+        # BRAINTUMOR_PREDICTION_LOG: one JSON line per answered picture (prediction_log.py), for `braintumor monitor`
+        self.prediction_log = PredictionLog.from_env()
+        if self.prediction_log is not None:
+            self.identity = model_identity(context.artifacts["model"], self.predictor.bundle)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
         try:
+            start = time.perf_counter()
             if rows_of(params) == "file":  # one row per file, for Spark (file_answers.py)
                 return self.inference.submit(answer_files, self.predictor, model_input).result()
-            return self.inference.submit(self.predictor.predict_frame, model_input).result()
+            table = self.inference.submit(self.predictor.predict_frame, model_input).result()
+            if self.prediction_log is not None:
+                self._log(model_input, table, time.perf_counter() - start)
+            return table
         except BrainTumorError as exc:
             rows = [{"row": row, "reason": reason} for row, reason in getattr(exc, "rows", [])]
             raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE, detail=str(exc),
                                   rows=rows) from None
+
+    def _log(self, model_input: pd.DataFrame, table: pd.DataFrame, latency_s: float) -> None:
+        """The answer's lines in the prediction log; the inputs' file bytes again (every row decoded before)."""
+        from braintumor.serving import INPUT_COLUMN, decode_base64
+
+        limit = self.predictor.limits.max_file_bytes
+        try:
+            inputs = [decode_base64(value, max_bytes=limit) for value in model_input[INPUT_COLUMN].tolist()]
+        except BrainTumorError:
+            return
+        novelty = self.predictor.novelty
+        log_answers(table, inputs, self.predictor.classes, self.identity, latency_s=latency_s, source="serve",
+                    novelty_quantile=novelty.quantile if novelty else None, prediction_log=self.prediction_log)
 
 
 mlflow.models.set_model(BrainTumorClassifier())

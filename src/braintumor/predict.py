@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,7 +62,8 @@ def predict_paths(paths: list[str], model: str, *, output: str | None = None, gr
     if middle is not None and middle < 1:
         raise BrainTumorError(f"--middle {middle}: give the number of middle slices to predict, 1 or more")
     target = prediction_device(device)  # a GPU that is not there: said before a model is fetched
-    predictor = Predictor(resolve_model(model), device=target, precision=precision)
+    model_file = resolve_model(model)
+    predictor = Predictor(model_file, device=target, precision=precision)
     files, missing = find_images(paths)
     for path in missing:
         print(f"skipped {path}: no such file or folder")
@@ -74,8 +76,10 @@ def predict_paths(paths: list[str], model: str, *, output: str | None = None, gr
     if not scans:
         raise BrainTumorError(f"no readable image among {', '.join(map(str, paths))}; give image files "
                               "(.jpg, .png, .dcm, .nii.gz, ...) or folders that hold them.")
+    start = time.perf_counter()
     probs, novelty = predictor.predict([image for scan in scans for image in scan.images])  # (N, C), (N,) | None
     table = table_of(predictor, scans, probs, novelty)
+    _log_answers(predictor, scans, table, time.perf_counter() - start, model, model_file)
     _print_table(table, scans, predictor.novelty.quantile if predictor.novelty else None)
     if output:
         _write_table(table, output)
@@ -105,6 +109,26 @@ def head_pictures(pictures: Pictures, crop_threshold: float, indices: list[int] 
     indices = range(len(pictures.images)) if indices is None else indices
     return [head_fraction(np.asarray(pictures.images[i]), threshold=crop_threshold, level=level) >= MIN_HEAD_FRACTION
             for i in indices]
+
+
+def _log_answers(predictor: Predictor, scans: list[Scan], table: pd.DataFrame, latency_s: float, model: str,
+                 model_file: Path) -> None:
+    """The pictures' rows (not a volume's summary) in the prediction log BRAINTUMOR_PREDICTION_LOG names, if any."""
+    from braintumor.prediction_log import PredictionLog, log_answers, model_identity
+
+    target = PredictionLog.from_env()
+    if target is None:
+        return
+    pictures = table[table["frame"].notna()].copy()
+    pictures["row"] = [i for i, scan in enumerate(scans) for _ in scan.images]  # the scan each picture is from
+    try:
+        inputs = [scan.path.read_bytes() for scan in scans]
+    except OSError as exc:  # a file gone since it was read: its answer stands, the log goes without it
+        log.warning("prediction log: answers not recorded: %s", exc)
+        return
+    identity = model_identity(model_file, predictor.bundle, model if ":/" in model else None)
+    log_answers(pictures, inputs, predictor.classes, identity, latency_s=latency_s, source="predict",
+                novelty_quantile=predictor.novelty.quantile if predictor.novelty else None, prediction_log=target)
 
 
 def middle_indices(count: int, middle: int | None) -> list[int]:

@@ -105,16 +105,33 @@ class ServedModel:
 
 @contextlib.contextmanager
 def served_model(model_uri: str, log: Path, *, env: dict[str, str] | None = None, cwd: Path | None = None,
-                 timeout: float = 180) -> Iterator[ServedModel]:
+                 timeout: float = 180, workers: int = 1,
+                 request_timeout: int | None = None) -> Iterator[ServedModel]:
     """`mlflow models serve -m model_uri --env-manager local` on 127.0.0.1 at a free port, ready (/ping answers)
     while the block runs, stopped with its workers after it. `env` is added to venv_env(); the model is read from
-    the store its MLFLOW_TRACKING_URI names."""
+    the store its MLFLOW_TRACKING_URI names. `workers`, `request_timeout`: its --workers and --timeout."""
     port = free_port()
+    extra = ["--workers", str(workers)] + (["--timeout", str(request_timeout)] if request_timeout else [])
     proc = start_process([str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
-                          "-h", "127.0.0.1", "-p", str(port)], log, env=venv_env(env), cwd=cwd)
+                          "-h", "127.0.0.1", "-p", str(port), *extra], log, env=venv_env(env), cwd=cwd)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/ping", proc, log, "mlflow models serve", timeout)
         yield ServedModel(url, port, proc.pid, log)
     finally:
         stop_process(proc)
+
+
+def tree_rss_mb(pid: int) -> float:
+    """VmRSS of a process and all its descendants (a server and its workers), in MB, from /proc."""
+    total, stack = 0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            total += int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
+            for task in Path(f"/proc/{current}/task").iterdir():
+                stack += [int(child) for child in (task / "children").read_text().split()]
+        except (OSError, StopIteration):
+            continue
+    return total / 1024

@@ -416,3 +416,18 @@ def model_signature(model_uri: str):
     except (MlflowException, OSError) as exc:
         raise BrainTumorError(f"cannot fetch {model_uri} from {tracking_uri()}: {exc}. Check the name and alias "
                               "(e.g. models:/brain-tumor-classifier@champion) and MLFLOW_TRACKING_URI.") from None
+
+
+def version_of_run(name: str, run_id: str, model_uri: str | None = None) -> str | None:
+    """The registered version of `name` that a model URI's alias points at, else the newest one logged by
+    `run_id`; None when the store cannot say (for the prediction log, which never fails an answer)."""
+    mlflow.set_tracking_uri(tracking_uri())
+    client = MlflowClient()
+    try:
+        if model_uri and model_uri.startswith(f"models:/{name}@"):
+            return str(client.get_model_version_by_alias(name, model_uri.split("@", 1)[1]).version)
+        versions = client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+        return str(max(int(v.version) for v in versions)) if versions else None
+    except Exception:  # an unreachable or older store: the log says "version unknown"
+        log.warning("model version of run %s not found in %s", run_id, tracking_uri(), exc_info=True)
+        return None
