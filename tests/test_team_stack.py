@@ -203,7 +203,11 @@ def test_no_secret_in_params_tags_git_outputs_or_logs(stack, team_project, clien
         texts[log] = (stack.folder / log).read_text(errors="replace")
     assert texts["pipeline output"] and texts["tags of " + team_project["first"]["run_id"]]
     for secret in stack.secrets():
-        leaks = [where for where, text in texts.items() if secret in text]
+        # The S3 server's own access log shows the access key *id* of presigned URLs (X-Amz-Credential=<id>/...),
+        # which MLflow uses to download a registered model (evaluate fetches the champion to score it): that id
+        # names the key, it is not the secret; the secret key and the database password must appear nowhere.
+        where_not = {"s3.log"} if secret == stack.s3_access_key else set()
+        leaks = [where for where, text in texts.items() if secret in text and where not in where_not]
         assert not leaks, f"a credential appears in: {leaks}"
 
 
