@@ -57,6 +57,9 @@ class DataConfig:
     max_image_pixels: int = 40_000_000
     max_aspect_ratio: float = 5.0  # long side / short side; MRI slices are near square
     max_file_bytes: int = 250_000_000  # a 16-bit 8192 x 8192 uncompressed TIFF is 134 MB
+    # DICOM frames or NIfTI slices in one file, checked on the header before decoding; also the pictures one served
+    # request may hold (all its rows together), so one request's work stays within the server's timeout.
+    max_frames: int = 1000
     on_bad_file: Literal["exclude", "fail"] = "exclude"
 
     def __post_init__(self) -> None:
@@ -77,6 +80,8 @@ class DataConfig:
         _check(1.0 <= self.max_aspect_ratio <= 100.0, "data.max_aspect_ratio", self.max_aspect_ratio,
                "a ratio of long side to short side in [1, 100]")
         _check(self.max_file_bytes > 0, "data.max_file_bytes", self.max_file_bytes, "a positive number of bytes")
+        _check(0 < self.max_frames <= 100_000, "data.max_frames", self.max_frames,
+               "an integer in [1, 100,000] (frames or slices in one file; pictures in one served request)")
 
 
 PLAIN_NAME = ("a plain folder name: not empty, no / or \\, not starting with a dot, no control characters, "

@@ -9,53 +9,81 @@ from __future__ import annotations
 
 import io
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
 from braintumor.imaging import ImageLimits, ImageProblem
-from braintumor.medical import Pictures, check_finite, check_pixels, has_dicom_preamble, percentile_window
+from braintumor.dicom_checks import check_encapsulated, is_deflated, read_deflated
+from braintumor.medical import (Pictures, check_decoded_bytes, check_finite, check_pixels, has_dicom_preamble,
+                               percentile_window)
 
 # pydicom names a decoder plugin; pip installs it under this name.
 PIP_NAMES = {"gdcm": "python-gdcm"}
 
 
-def read_dicom(data: bytes, *, limits: ImageLimits) -> Pictures:
+def read_dicom(data: bytes, *, limits: ImageLimits, keep: Callable[[int], list[int]] | None = None) -> Pictures:
+    """The file's frames as pictures; `keep(frames)` picks the frames to decode (all when None)."""
     import pydicom
 
     try:
-        ds = pydicom.dcmread(io.BytesIO(data), force=not has_dicom_preamble(data))
+        if is_deflated(data):  # inflated only as far as its header promises, checked on the way (dicom_checks.py)
+            ds = read_deflated(data, check_header=lambda head: _check_header(head, limits))
+        else:
+            ds = pydicom.dcmread(io.BytesIO(data), force=not has_dicom_preamble(data))
+    except ImageProblem:
+        raise
     except Exception as exc:  # pydicom raises many types for malformed files
         raise ImageProblem(f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
     if "PixelData" not in ds:
         what = ds.get("SOPClassUID")
         raise ImageProblem(f"a DICOM file without pixel data ({getattr(what, 'name', what) or 'no SOP class'}): "
                            "not an image")
-    try:
-        rows, columns = int(ds.Rows), int(ds.Columns)
-        frames = int(ds.get("NumberOfFrames") or 1)
-    except Exception as exc:
-        raise ImageProblem(f"a DICOM image without valid Rows, Columns or Number of Frames ({exc})") from None
-    check_pixels(rows, columns, frames, limits, unit="frames")
+    rows, columns, frames = _check_header(ds, limits)
     _check_decoder(ds)
+    syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if syntax is not None and syntax.is_encapsulated:
+        check_encapsulated(ds, str(syntax))
+    numbers = list(range(frames)) if keep is None else keep(frames)
     try:
-        pixels = ds.pixel_array  # (R, C), (F, R, C), (R, C, 3) or (F, R, C, 3); YBR arrives as RGB
+        if len(numbers) == frames:
+            pixels = ds.pixel_array  # (R, C), (F, R, C), (R, C, 3) or (F, R, C, 3); YBR arrives as RGB
+            if frames == 1:
+                pixels = pixels[None]  # (1, R, C[, 3])
+        else:  # only the frames kept (`predict --middle`) are decoded
+            from pydicom.pixels import pixel_array
+
+            pixels = [pixel_array(ds, index=i) for i in numbers]
     except Exception as exc:
         raise ImageProblem(f"cannot decode the DICOM pixel data ({type(exc).__name__}: {exc})") from None
     samples = int(ds.get("SamplesPerPixel") or 1)
-    if frames == 1:
-        pixels = pixels[None]  # (1, R, C[, 3])
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
     if samples == 1 and photometric in ("MONOCHROME1", "MONOCHROME2"):
-        images = [Image.fromarray(_monochrome(ds, frame, i, photometric), mode="L") for i, frame in enumerate(pixels)]
+        images = [Image.fromarray(_monochrome(ds, frame, i, photometric), mode="L") for i, frame in zip(numbers, pixels)]
     else:
         images = [_colour_to_gray(ds, frame, photometric) for frame in pixels]
     signed = " signed" if ds.get("PixelRepresentation") == 1 else ""
     description = f"DICOM {photometric} {ds.get('BitsStored', ds.get('BitsAllocated', '?'))}-bit{signed}"
     if frames > 1:
         description += f", {frames} frames"
-    return Pictures(images, list(range(frames)), "dicom", description)
+    return Pictures(images, numbers, "dicom", description, total=frames)
+
+
+def _check_header(ds, limits: ImageLimits) -> tuple[int, int, int]:
+    """(rows, columns, frames), within the limits on frames, pixels and decoded bytes; before any decoding."""
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames") or 1)
+        bits = int(ds.get("BitsAllocated") or 8)
+        samples = int(ds.get("SamplesPerPixel") or 1)
+    except Exception as exc:
+        raise ImageProblem(f"a DICOM image without valid Rows, Columns, Number of Frames or Bits Allocated ({exc})"
+                           ) from None
+    check_pixels(rows, columns, frames, limits, unit="frames")
+    check_decoded_bytes(rows * columns * frames * samples, max(bits, 1) / 8, limits,
+                        what=f"{frames} frames of {columns}x{rows} x {samples} samples of {bits} bits")
+    return rows, columns, frames
 
 
 def _check_decoder(ds) -> None:

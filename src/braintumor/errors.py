@@ -14,3 +14,9 @@ class ConfigError(BrainTumorError):
 
 class DataError(BrainTumorError):
     """The dataset on disk cannot be used as it is."""
+
+
+def escaped(name: object) -> str:
+    """A file, member or class name as it may be printed: control characters (newline, tab, CR, ESC, ...) shown
+    as escapes (`\\n`, `\\x1b`), so that a crafted name cannot forge output lines or drive the terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in str(name))

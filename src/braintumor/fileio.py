@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
+STAGING_PREFIX = ".incomplete-"  # staged_folders' hidden folder next to the destination
+STAGING_OWNER = ".owner"  # in it: "pid@host" of the run building it, so that the next run knows a dead one's
 
 
 @contextlib.contextmanager
@@ -54,7 +61,9 @@ def staged_folders(parent: str | os.PathLike, names: list[str]) -> Iterator[Path
     """
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".incomplete-", dir=parent))
+    remove_stale_staging(parent)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=parent))
+    (staging / STAGING_OWNER).write_text(f"{os.getpid()}@{socket.gethostname()}\n")
     moved: list[Path] = []
     try:
         yield staging
@@ -70,6 +79,46 @@ def staged_folders(parent: str | os.PathLike, names: list[str]) -> Iterator[Path
         raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove_stale_staging(parent: Path) -> list[Path]:
+    """Remove the hidden staging folders that a killed run (SIGKILL, power loss: no cleanup ran) left in `parent`:
+    those whose owner process is gone on this host. A folder of a run still going, or of another host, is kept
+    and named; one without an owner file (an older version's) is removed once an hour old."""
+    removed = []
+    for folder in sorted(parent.glob(STAGING_PREFIX + "*")):
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        try:
+            owner = (folder / STAGING_OWNER).read_text().strip()
+        except OSError:
+            owner = None
+        pid, _, host = (owner or "").partition("@")
+        if owner is None:
+            stale = time.time() - folder.stat().st_mtime > 3600
+        elif host == socket.gethostname() and pid.isdigit():
+            stale = not _process_exists(int(pid))
+        else:
+            stale = False
+        if stale:
+            shutil.rmtree(folder, ignore_errors=True)
+            log.warning("removed %s, left by an interrupted run (%s)", folder,
+                        f"process {pid} is gone" if owner else "over an hour old")
+            removed.append(folder)
+        else:
+            log.warning("%s is another run's unfinished copy (%s); remove it by hand if no run is going", folder,
+                        owner or "no owner recorded")
+    return removed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _umask() -> int:

@@ -10,6 +10,7 @@ import dataclasses
 import io
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,8 @@ class ImageLimits:
     max_pixels: int = DataConfig.max_image_pixels
     max_aspect_ratio: float = DataConfig.max_aspect_ratio
     max_file_bytes: int = DataConfig.max_file_bytes
+    max_frames: int = DataConfig.max_frames
+    frames_used: int = 0  # pictures already in the request (the served model: max_frames bounds a request too)
 
     @classmethod
     def of(cls, data: DataConfig | dict) -> "ImageLimits":
@@ -52,7 +55,8 @@ class ImageLimits:
         values = data if isinstance(data, dict) else dataclasses.asdict(data)
         return cls(max_pixels=int(values.get("max_image_pixels", cls.max_pixels)),
                    max_aspect_ratio=float(values.get("max_aspect_ratio", cls.max_aspect_ratio)),
-                   max_file_bytes=int(values.get("max_file_bytes", cls.max_file_bytes)))
+                   max_file_bytes=int(values.get("max_file_bytes", cls.max_file_bytes)),
+                   max_frames=int(values.get("max_frames", cls.max_frames)))
 
 
 def problem_of(exc: Exception) -> str:
@@ -70,14 +74,15 @@ def problem_of(exc: Exception) -> str:
     return f"cannot be decoded as a scan ({type(exc).__name__})"
 
 
-def is_candidate(path: Path) -> bool:
-    """Should this file be read as a scan? (Hidden and OS junk files are skipped silently.)"""
+def is_candidate(path: Path, head: Callable[[], bytes] | None = None) -> bool:
+    """Should this file be read as a scan? (Hidden and OS junk files are skipped silently.) `head()` gives the
+    file's first bytes when `path` is not a file on disk (a zip member); else an extension-less name is opened."""
     from braintumor.medical import is_medical_name  # DICOM (.dcm, or the DICM preamble) and NIfTI
 
     name = path.name
     if name.startswith(".") or name.lower() in IGNORED_NAMES:
         return False
-    return path.suffix.lower() in IMAGE_SUFFIXES or is_medical_name(path)
+    return path.suffix.lower() in IMAGE_SUFFIXES or is_medical_name(path, head)
 
 
 def read_checked(source: str | os.PathLike | bytes, *, max_file_bytes: int) -> bytes:

@@ -24,18 +24,25 @@ aspect ratio (data.max_image_pixels, data.max_aspect_ratio) and the pixels of al
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from braintumor.errors import escaped
 from braintumor.imaging import ImageLimits, ImageProblem, check_dimensions, decode_grayscale, read_checked
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+log = logging.getLogger(__name__)
 PERCENTILE_WINDOW = (0.5, 99.5)  # the fallback window: robust to a few hot pixels, unlike min-max
+DECODED_BYTES_PER_PIXEL = 4  # what a file's decoded values may take, per pixel of data.max_image_pixels
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,7 @@ class Pictures:
     numbers: list[int]  # the frame (DICOM), axial slice (NIfTI, inferior to superior) or 0 (one picture)
     kind: str  # "image" (what Pillow reads), "dicom" or "nifti"
     description: str  # what was read, e.g. "DICOM MONOCHROME2 12-bit, 3 frames"
+    total: int | None = None  # the pictures in the file, when only some were decoded (`predict --middle`)
 
     @property
     def is_volume(self) -> bool:
@@ -59,12 +67,15 @@ def has_dicom_preamble(data: bytes) -> bool:
     return data[128:132] == b"DICM"
 
 
-def is_medical_name(path: Path) -> bool:
+def is_medical_name(path: Path, head: Callable[[], bytes] | None = None) -> bool:
     """Is this file, by its name, a DICOM or NIfTI scan? Extension-less and UID-named files (`IM0001`,
-    `1.2.840.113619.2.55.3.12`, as scanners and PACS export them) count when they carry the DICOM preamble."""
+    `1.2.840.113619.2.55.3.12`, as scanners and PACS export them) count when they carry the DICOM preamble: in
+    `head()`, the first bytes of a file that is not on disk (a zip member), else in the file at `path`."""
     name = path.name.lower()
     if name.endswith(DICOM_SUFFIXES + NIFTI_SUFFIXES):
         return True
+    if (path.suffix == "" or path.suffix[1:].isdigit()) and head is not None:
+        return has_dicom_preamble(head())
     if path.suffix == "" or path.suffix[1:].isdigit():
         try:
             with open(path, "rb") as fh:
@@ -85,9 +96,13 @@ def kind_of(data: bytes, name: str = "") -> str | None:
     return None
 
 
-def read_pictures(source: str | os.PathLike | bytes, *, limits: ImageLimits, draft: int | None = None) -> Pictures:
+def read_pictures(source: str | os.PathLike | bytes, *, limits: ImageLimits, draft: int | None = None,
+                  keep: Callable[[int], list[int]] | None = None) -> Pictures:
     """Every 2-D picture in a file (a path or its bytes): one for raster images and single-frame DICOM, one per
-    frame of a multi-frame DICOM, one per axial slice of a NIfTI volume. Raises ImageProblem."""
+    frame of a multi-frame DICOM, one per axial slice of a NIfTI volume. Raises ImageProblem.
+
+    `keep(count)` picks the frames of a multi-frame DICOM to decode (the others never are); a volume is read whole
+    (its window is the whole volume's)."""
     name = "" if isinstance(source, (bytes, bytearray)) else os.fspath(source)
     data = read_checked(source, max_file_bytes=limits.max_file_bytes)  # its size is checked before reading
     if not data:
@@ -96,11 +111,15 @@ def read_pictures(source: str | os.PathLike | bytes, *, limits: ImageLimits, dra
     if kind == "dicom":
         from braintumor.dicom import read_dicom
 
-        return read_dicom(data, limits=limits)
+        with library_warnings("pydicom", name):
+            pictures = read_dicom(data, limits=limits, keep=keep)
+        return pictures
     if kind == "nifti":
         from braintumor.nifti import read_nifti
 
-        return read_nifti(data, limits=limits)
+        with library_warnings("nibabel", name):
+            pictures = read_nifti(data, limits=limits)
+        return pictures
     image = decode_grayscale(data, limits=limits, draft=draft)
     return Pictures([image], [0], "image", "image")
 
@@ -114,7 +133,8 @@ def single_picture(data: bytes, kind: str, *, limits: ImageLimits) -> Image.Imag
     from braintumor.dicom import read_dicom
     from braintumor.nifti import read_nifti
 
-    pictures = read_dicom(data, limits=limits) if kind == "dicom" else read_nifti(data, limits=limits)
+    with library_warnings("pydicom" if kind == "dicom" else "nibabel"):
+        pictures = read_dicom(data, limits=limits) if kind == "dicom" else read_nifti(data, limits=limits)
     if len(pictures.images) > 1:
         what = "frames" if kind == "dicom" else "axial slices"
         raise ImageProblem(f"{pictures.description}: {len(pictures.images)} {what} in one file, but a class folder "
@@ -126,6 +146,21 @@ def single_picture(data: bytes, kind: str, *, limits: ImageLimits) -> Image.Imag
     image.info["source_size"], image.info["source_mode"] = image.size, pictures.description
     return image
 
+
+
+@contextlib.contextmanager
+def library_warnings(library: str, name: str = "") -> Iterator[None]:
+    """pydicom's and nibabel's warnings about one file, as one log line (logger braintumor.medical) instead of
+    stderr lines with the library's source paths (nibabel's came twice)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            messages = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
+            if messages:
+                where = f" reading {escaped(name)}" if name else ""
+                log.warning("%s%s: %s", library, where, "; ".join(messages)[:500])
 
 
 # ---- shared by both readers ---------------------------------------------------------------------------------
@@ -142,14 +177,33 @@ def percentile_window(values: np.ndarray) -> np.ndarray:
 
 
 def check_pixels(rows: int, columns: int, count: int, limits: ImageLimits, *, unit: str) -> None:
-    """Each picture's pixels and aspect ratio, then all of the file's pictures together (before decoding)."""
+    """The number of pictures, each picture's pixels and aspect ratio, then all of the file's pictures together
+    (before decoding)."""
     if count < 1:
         raise ImageProblem(f"{count} {unit}: no pixels")
+    if count > limits.max_frames:
+        raise ImageProblem(f"{count:,} {unit} of {columns}x{rows} in one file, over the limit data.max_frames="
+                           f"{limits.max_frames:,}; refused before decoding. Export the {unit} you need (or raise "
+                           "the limit if the scan is real)")
+    if count + limits.frames_used > limits.max_frames:
+        raise ImageProblem(f"{count:,} {unit} after the {limits.frames_used:,} pictures of the request's earlier rows"
+                           f": over data.max_frames={limits.max_frames:,} pictures in one request; refused before "
+                           "decoding. Send fewer rows (or frames) per request")
     check_dimensions(columns, rows, limits)
     if rows * columns * count > limits.max_pixels:
         raise ImageProblem(f"{count} {unit} of {columns}x{rows} = {rows * columns * count:,} pixels in one file, over "
                            f"the limit data.max_image_pixels={limits.max_pixels:,}; raise the limit if the scan is "
                            "real")
+
+
+def check_decoded_bytes(values: int, bytes_each: float, limits: ImageLimits, *, what: str) -> None:
+    """The bytes a file's pixel values take once decoded: at most 4 bytes (a float32) x data.max_image_pixels, so
+    that a float64 or 16-bit colour file is held to the memory of the pixel limit's float32 (before decoding)."""
+    decoded, bound = int(values * bytes_each), DECODED_BYTES_PER_PIXEL * limits.max_pixels
+    if decoded > bound:
+        raise ImageProblem(f"{what} = {decoded:,} bytes once decoded, over {DECODED_BYTES_PER_PIXEL} bytes x "
+                           f"data.max_image_pixels = {bound:,}; refused before decoding. Save it with fewer "
+                           "bytes per value (float32, int16) or raise data.max_image_pixels if the scan is real")
 
 
 def check_finite(values: np.ndarray) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from braintumor.imaging import ImageLimits, ImageProblem, check_dimensions
-from braintumor.medical import Pictures, check_finite, check_pixels, percentile_window
+from braintumor.medical import Pictures, check_decoded_bytes, check_finite, check_pixels, percentile_window
 
 _GZIP_MAGIC = b"\x1f\x8b"
 MAX_NIFTI_OFFSET = 64 * 2**20  # header extensions (DICOM tags, JSON sidecars) are kilobytes; 64 MiB is generous
@@ -44,6 +44,8 @@ def read_nifti(data: bytes, *, limits: ImageLimits) -> Pictures:
                            "(e.g. the first of a series: `fslroi in.nii.gz out.nii.gz 0 1`)")
     columns, rows, slices = (shape + (1, 1))[:3]
     check_pixels(rows, columns, slices, limits, unit="slices")
+    check_decoded_bytes(rows * columns * slices, itemsize, limits,
+                        what=f"{columns}x{rows}x{slices} voxels of {itemsize} bytes ({header.get_data_dtype()})")
     if not 0 <= offset <= MAX_NIFTI_OFFSET:  # the header and its extensions come first; bounds what is inflated
         raise ImageProblem(f"NIfTI vox_offset {offset:,} is outside 0..{MAX_NIFTI_OFFSET:,}: a corrupt header")
     needed = offset + int(np.prod(shape)) * itemsize

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from braintumor.errors import BrainTumorError
+from braintumor.errors import BrainTumorError, escaped
 from braintumor.fileio import atomic_path, write_text
 from braintumor.imaging import problem_of
 from braintumor.medical import Pictures
@@ -59,6 +59,7 @@ def predict_paths(paths: list[str], model: str, *, output: str | None = None, gr
                   device: str = "auto", precision: str = "fp32", middle: int | None = None) -> pd.DataFrame:
     if output and not output.endswith((".csv", ".json")):  # before any work, not after it
         raise BrainTumorError(f"--output {output}: use a .csv or .json file name")
+    check_output_paths(output, gradcam_dir)
     if middle is not None and middle < 1:
         raise BrainTumorError(f"--middle {middle}: give the number of middle slices to predict, 1 or more")
     target = prediction_device(device)  # a GPU that is not there: said before a model is fetched
@@ -66,13 +67,13 @@ def predict_paths(paths: list[str], model: str, *, output: str | None = None, gr
     predictor = Predictor(model_file, device=target, precision=precision)
     files, missing = find_images(paths)
     for path in missing:
-        print(f"skipped {path}: no such file or folder")
+        print(f"skipped {escaped(path)}: no such file or folder")
     scans = []
     for path in files:
         try:
             scans.append(read_scan(predictor, path, middle))
         except Exception as exc:  # one file's problem, whatever it is: the other files are still predicted
-            print(f"skipped {path}: {problem_of(exc)}")
+            print(f"skipped {escaped(path)}: {problem_of(exc)}")
     if not scans:
         raise BrainTumorError(f"no readable image among {', '.join(map(str, paths))}; give image files "
                               "(.jpg, .png, .dcm, .nii.gz, ...) or folders that hold them.")
@@ -81,22 +82,37 @@ def predict_paths(paths: list[str], model: str, *, output: str | None = None, gr
     table = table_of(predictor, scans, probs, novelty)
     _log_answers(predictor, scans, table, time.perf_counter() - start, model, model_file)
     _print_table(table, scans, predictor.novelty.quantile if predictor.novelty else None)
-    if output:
-        _write_table(table, output)
-        print(f"wrote {output}")
-    if gradcam_dir:
-        _write_gradcams(predictor, scans, table[table["frame"].notna()], Path(gradcam_dir))
-        print(f"wrote Grad-CAM overlays to {gradcam_dir}/")
+    try:
+        if output:
+            _write_table(table, output)
+            print(f"wrote {output}")
+        if gradcam_dir:
+            _write_gradcams(predictor, scans, table[table["frame"].notna()], Path(gradcam_dir))
+            print(f"wrote Grad-CAM overlays to {gradcam_dir}/")
+    except OSError as exc:  # /proc/x.csv, a full disk, a read-only folder: said in one line
+        raise BrainTumorError(f"cannot write {escaped(exc.filename or output or gradcam_dir)} "
+                              f"({exc.strerror or type(exc).__name__}); give --output / --gradcam a path in a "
+                              "writable folder") from None
     return table
+
+
+def check_output_paths(output: str | None, gradcam_dir: str | None) -> None:
+    """Before any work: --output's folder exists, and --gradcam names a folder (or nothing yet), not a file."""
+    if output and not Path(output).resolve().parent.is_dir():
+        raise BrainTumorError(f"--output {escaped(output)}: its folder {escaped(Path(output).resolve().parent)} does "
+                              "not exist; create it or write elsewhere")
+    if gradcam_dir and Path(gradcam_dir).exists() and not Path(gradcam_dir).is_dir():
+        raise BrainTumorError(f"--gradcam {escaped(gradcam_dir)} is a file; give a folder for the overlays")
 
 
 def read_scan(predictor: Predictor, path: Path, middle: int | None = None, *, data: bytes | None = None) -> Scan:
     """One file's pictures, prepared. `data`: the file's bytes when they are not on disk (a page's upload; `path`
-    then only names it). Raises ImageProblem."""
-    pictures = predictor.pictures(path if data is None else data)
+    then only names it). A multi-frame DICOM decodes only the `middle` frames it keeps. Raises ImageProblem."""
+    pictures = predictor.pictures(path if data is None else data,
+                                  keep=None if middle is None else lambda count: middle_indices(count, middle))
     keep = middle_indices(len(pictures.images), middle)
     shows_head = head_pictures(pictures, predictor.prep.scan.crop_threshold, keep) if pictures.is_volume else None
-    several = len(keep) > 1 or len(pictures.images) > 1 or pictures.is_volume
+    several = len(keep) > 1 or (pictures.total or len(pictures.images)) > 1 or pictures.is_volume
     selected = Pictures([pictures.images[i] for i in keep], [pictures.numbers[i] for i in keep], pictures.kind,
                         pictures.description)
     return Scan(path, selected, predictor.images_of(selected), shows_head, several)
@@ -165,12 +181,13 @@ def _print_table(table: pd.DataFrame, scans: list[Scan], quantile: float | None)
     names = []  # in the order of table_of's rows
     for scan in scans:
         word = "slice" if scan.pictures.is_volume else "frame"
-        names += [f"{scan.path} [{word} {n}]" if scan.several else str(scan.path) for n in scan.pictures.numbers]
+        names += [f"{escaped(scan.path)} [{word} {n}]" if scan.several else escaped(scan.path)
+                  for n in scan.pictures.numbers]
         if scan.shows_head is not None and any(scan.shows_head):
-            names.append(f"{scan.path} [volume: mean of the {sum(scan.shows_head)} of {len(scan.shows_head)} "
+            names.append(f"{escaped(scan.path)} [volume: mean of the {sum(scan.shows_head)} of {len(scan.shows_head)} "
                          "slices that show a head]")
         elif scan.shows_head is not None:
-            print(f"{scan.path}: no slice shows a head (head region >= {MIN_HEAD_FRACTION:.0%} of the slice); "
+            print(f"{escaped(scan.path)}: no slice shows a head (head region >= {MIN_HEAD_FRACTION:.0%} of the slice); "
                   "no volume summary")
     width = max(len(name) for name in names)
     novelty = table["novelty"] if "novelty" in table else [None] * len(table)

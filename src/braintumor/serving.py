@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -65,9 +66,12 @@ class Predictor:
         """One scan -> (S, S) uint8, exactly as evaluation sees it. Raises ImageProblem."""
         return load_image(source, self.prep.scan, self.limits)
 
-    def pictures(self, source: bytes | str | os.PathLike) -> Pictures:
-        """Every 2-D picture in one file (one; a DICOM's frames; a NIfTI's axial slices). Raises ImageProblem."""
-        return read_pictures(source, limits=self.limits, draft=draft_size(self.prep.scan))
+    def pictures(self, source: bytes | str | os.PathLike, *, limits: ImageLimits | None = None,
+                 keep=None) -> Pictures:
+        """Every 2-D picture in one file (one; a DICOM's frames; a NIfTI's axial slices). Raises ImageProblem.
+
+        `keep(count)`: the frames of a multi-frame DICOM to decode (medical.read_pictures)."""
+        return read_pictures(source, limits=limits or self.limits, draft=draft_size(self.prep.scan), keep=keep)
 
     def images_of(self, pictures: Pictures) -> list[np.ndarray]:
         """Each picture -> (S, S) uint8, exactly as evaluation sees a scan (`load_image` of a one-picture file)."""
@@ -114,7 +118,8 @@ class Predictor:
         images, rows, frames, problems = [], [], [], []
         for row, value in enumerate(request_values(frame)):
             try:
-                pictures = self.pictures(decode_base64(value, max_bytes=self.limits.max_file_bytes))
+                pictures = self.pictures(decode_base64(value, max_bytes=self.limits.max_file_bytes),
+                                         limits=request_limits(self.limits, len(images)))
                 images.extend(self.images_of(pictures))
             except Exception as exc:  # one row's problem, whatever it is: the other rows and the server go on
                 if not isinstance(exc, (BrainTumorError, ImageProblem)):
@@ -140,6 +145,17 @@ def request_values(frame: pd.DataFrame) -> list:
         raise RequestError(f"the request needs a column {INPUT_COLUMN!r} of base64-encoded image bytes; "
                            f"got columns {got}")
     return frame[INPUT_COLUMN].tolist()
+
+
+def request_limits(limits: ImageLimits, pictures: int) -> ImageLimits:
+    """The limits for a request's next row once its earlier rows hold `pictures`: data.max_frames bounds the
+    pictures of the whole request (frames x rows), so that one request's work stays within the server's timeout,
+    which does not stop work already started. Raises ImageProblem when the request is already full."""
+    if pictures >= limits.max_frames:
+        raise ImageProblem(f"the request's earlier rows already hold {pictures:,} pictures: over "
+                           f"data.max_frames={limits.max_frames:,} pictures in one request; send fewer rows (or "
+                           "frames) per request")
+    return dataclasses.replace(limits, frames_used=pictures)
 
 
 def decode_base64(value: object, *, max_bytes: int) -> bytes:

@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from braintumor.data.scan import SPLIT_FOLDERS
-from braintumor.errors import DataError
+from braintumor.errors import DataError, escaped
 from braintumor.fileio import staged_folders
 from braintumor.imaging import is_candidate
 
@@ -45,6 +45,7 @@ class _Entry:
     parts: tuple[str, ...]
     size: int
     open: Callable[[], BinaryIO]
+    scan: bool = True  # a scan by its name or, for extension-less DICOM names (IM0001), by its own first bytes
 
 
 def import_dataset(source: str | Path, dest: str | Path, classes: list[str], aliases: dict[str, str], *,
@@ -78,9 +79,9 @@ def _folder_entries(root: Path) -> tuple[list[_Entry], list[str]]:
             rel = path.relative_to(root)
             info = path.lstat()
             if stat.S_ISLNK(info.st_mode):
-                links.append(rel.as_posix())
+                links.append(escaped(rel.as_posix()))
             elif stat.S_ISREG(info.st_mode):
-                entries.append(_Entry(rel.parts, info.st_size, lambda p=path: open(p, "rb")))
+                entries.append(_Entry(rel.parts, info.st_size, lambda p=path: open(p, "rb"), is_candidate(path)))
         dirs[:] = sorted(d for d in dirs if not (here / d).is_symlink())
     return entries, sorted(links)
 
@@ -88,30 +89,57 @@ def _folder_entries(root: Path) -> tuple[list[_Entry], list[str]]:
 def _zip_entries(archive: zipfile.ZipFile, max_file_bytes: int, origin: str) -> tuple[list[_Entry], list[str]]:
     """The image members of the archive, refused when one is too big or inflates like a bomb."""
     entries, links = [], []
+    total_size = total_compressed = 0
     for info in archive.infolist():
         if info.is_dir():
             continue
         parts = PurePosixPath(info.filename.replace("\\", "/")).parts
         if stat.S_ISLNK(info.external_attr >> 16):
-            links.append(info.filename)
+            links.append(escaped(info.filename))
             continue
-        if not parts or parts[0] == "/" or ".." in parts or not is_candidate(Path(parts[-1])):
+        if not parts or parts[0] == "/" or ".." in parts or not _is_scan_member(archive, info, parts[-1]):
             continue  # only image files are ever extracted, and never outside the destination
+        if any(":" in part or not part.isprintable() for part in parts):
+            raise DataError(f"{origin}: member {escaped(info.filename)} has a ':' or a control character in its "
+                            "name (on Windows 'C:' would leave the destination; a newline forges output lines); "
+                            "rename it. Nothing was imported.")
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             # zipfile bounds what deflate inflates per read; bzip2 and LZMA could inflate gigabytes in one read.
-            raise DataError(f"{origin}: member {info.filename} is compressed with method {info.compress_type}, not "
+            raise DataError(f"{origin}: member {escaped(info.filename)} is compressed with method {info.compress_type}, not "
                             "the usual deflate; unzip the archive yourself and import the folder. Nothing was "
                             "imported.")
         if info.file_size > max_file_bytes:
-            raise DataError(f"{origin}: member {info.filename} would extract to {info.file_size:,} bytes, over "
+            raise DataError(f"{origin}: member {escaped(info.filename)} would extract to {info.file_size:,} bytes, over "
                             f"data.max_file_bytes={max_file_bytes:,}; nothing was imported.")
         ratio = info.file_size / max(info.compress_size, 1)
         if info.file_size > CHUNK and ratio > MAX_COMPRESSION_RATIO:
-            raise DataError(f"{origin}: member {info.filename} inflates {ratio:,.0f} times ({info.compress_size:,} "
+            raise DataError(f"{origin}: member {escaped(info.filename)} inflates {ratio:,.0f} times ({info.compress_size:,} "
                             f"-> {info.file_size:,} bytes), more than any image file (a zip bomb?); nothing was "
                             "imported.")
+        total_size, total_compressed = total_size + info.file_size, total_compressed + info.compress_size
         entries.append(_Entry(parts, info.file_size, lambda i=info: archive.open(i)))
+    ratio = total_size / max(total_compressed, 1)
+    if total_size > CHUNK and ratio > MAX_COMPRESSION_RATIO:  # many small members, each under the check above
+        raise DataError(f"{origin}: its {len(entries):,} image members inflate {ratio:,.0f} times together "
+                        f"({total_compressed:,} -> {total_size:,} bytes), more than any image files (a zip bomb?); "
+                        "nothing was imported.")
     return entries, links
+
+
+def _is_scan_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str) -> bool:
+    """A member to extract: a scan by its name, or an extension-less or UID-named one (IM0001,
+    1.2.840.113619.2.55.3.12) that carries the DICOM preamble in its own first bytes."""
+    return is_candidate(Path(name), head=lambda: _first_bytes(archive, info))
+
+
+def _first_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        return b""  # refused below by name, whatever it holds
+    try:
+        with archive.open(info) as member:
+            return member.read(132)
+    except (zipfile.BadZipFile, zlib.error, OSError, RuntimeError):
+        return b""
 
 
 def _import(entries: list[_Entry], links: list[str], dest: Path, classes: list[str], aliases: dict[str, str],
@@ -133,7 +161,7 @@ def _import(entries: list[_Entry], links: list[str], dest: Path, classes: list[s
             try:
                 _copy(entry, path)
             except OSError as exc:
-                raise DataError(f"copying {'/'.join(entry.parts)} from {origin} failed ({exc.strerror or exc}); "
+                raise DataError(f"copying {escaped('/'.join(entry.parts))} from {origin} failed ({exc.strerror or exc}); "
                                 f"nothing was imported, {dest} is as it was.") from None
             counts[target[0]] = counts.get(target[0], 0) + 1
     return ImportResult(counts=counts, skipped_links=links)
@@ -153,21 +181,30 @@ def _plan(entries: list[_Entry], links: list[str], classes: list[str], aliases: 
             inside = entry.parts[depth:]
             if entry.parts[:depth] != split or len(inside) < 2 or inside[0].startswith("."):
                 continue
-            if any(part.startswith(".") for part in inside[1:-1]) or not is_candidate(Path(inside[-1])):
+            if any(part.startswith(".") for part in inside[1:-1]) or not entry.scan:
                 continue  # hidden folders (.AppleDouble, ...) and non-images, as validate skips them
+            if any(not part.isprintable() for part in inside):
+                raise DataError(f"{origin}: {escaped('/'.join(entry.parts))} has a control character (newline, tab, "
+                                "ESC, ...) in its name; rename it. Nothing was copied.")
             label = inside[0] if inside[0] in classes else aliases.get(inside[0])
             if label is None:
-                raise DataError(f"{origin}: class folder {'/'.join(split + inside[:1])} is not one of {classes}; add "
+                raise DataError(f"{origin}: class folder {escaped('/'.join(split + inside[:1]))} is not one of {classes}; add "
                                 f"an alias in params.yaml (data.aliases: {{{inside[0]}: <class>}}). Nothing copied.")
             plan.append((entry, (folder, label, *inside[1:])))
     seen: dict[tuple[str, ...], _Entry] = {}
     for entry, target in plan:
         key = tuple(part.casefold() for part in target)  # one file on case-insensitive disks (macOS, Windows)
         if key in seen:
-            raise DataError(f"{origin}: {'/'.join(seen[key].parts)} and {'/'.join(entry.parts)} would both be copied "
+            raise DataError(f"{origin}: {escaped('/'.join(seen[key].parts))} and {escaped('/'.join(entry.parts))} would both be copied "
                             f"to {'/'.join(target)} (class aliases map both folders to {target[1]}); nothing was "
                             "copied. Rename one of them.")
         seen[key] = entry
+    folders = {key[:i]: target for key, (entry, target) in zip(seen, plan) for i in range(2, len(key))}
+    for key, entry in seen.items():
+        if key in folders:  # `a.jpg` and `a.jpg/b.jpg`: one name cannot be a file and a folder
+            raise DataError(f"{origin}: {escaped('/'.join(entry.parts))} is a file, but another member puts "
+                            f"{escaped('/'.join(folders[key]))} inside a folder of that name; nothing was copied. "
+                            "Rename one of them.")
     return plan
 
 
