@@ -40,8 +40,9 @@ docs: install
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 	@echo "docs: site/index.html"
 
+# The edit-test loop: no end-to-end runs, no network training (under 3 minutes on 2 cores).
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow and not trains"
 
 # The team setup on this machine, for a trial: PostgreSQL, S3 (moto) and an MLflow server on 127.0.0.1
 # (deploy/team_stack.py; needs PostgreSQL's server: apt-get install postgresql). Ctrl-C stops it.

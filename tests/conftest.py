@@ -2,38 +2,34 @@
 
 from __future__ import annotations
 
+import os
 import shutil
-import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from braintumor.cli import main
-from braintumor.config import Params, params_from_dict
 from braintumor.data.sample import write_sample_dataset
-from braintumor.processes import BIN, venv_env  # noqa: F401  (BIN: the venv's bin, for the tests)
+from helpers import tiny_params
 
-REPO = Path(__file__).resolve().parents[1]
+def _tracking_uri_kept():
+    """Whatever a test (or a module's fixtures) sets with mlflow.set_tracking_uri, or MLFLOW_TRACKING_URI, is undone
+    after it: the next test starts on the tracking URI the session had."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
 
-
-def tiny_params_dict(data_root: str | Path, **overrides: dict) -> dict:
-    """params.yaml's values with what makes runs seconds long: 32 px crops, one epoch on CPU, small batches."""
-    raw = {
-        "paths": {"data": str(data_root)},
-        "model": {"weights": "none", "image_size": 32, "resize_size": 40},
-        "train": {"device": "cpu", "epochs": 1, "batch_size": 8, "lr": 0.01, "threads": 2},
-        "augment": {"preview_images_per_class": 1, "preview_views": 2},
-        "evaluate": {"batch_size": 16},
-        "report": {"sample_predictions": 4, "confident_mistakes": 2},
-    }
-    for section, values in overrides.items():
-        raw.setdefault(section, {}).update(values)
-    return raw
+        mlflow.set_tracking_uri(before)  # None: MLflow's own default again (and its env var unset)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
-def tiny_params(data_root: str | Path, **overrides: dict) -> Params:
-    return params_from_dict(tiny_params_dict(data_root, **overrides))
+tracking_uri_kept = pytest.fixture(autouse=True)(_tracking_uri_kept)
+tracking_uri_kept_for_module = pytest.fixture(scope="module", autouse=True)(_tracking_uri_kept)
 
 
 @pytest.fixture(scope="module")
@@ -110,23 +106,3 @@ def dataset_copy(sample_root, tmp_path) -> Path:
     root = tmp_path / "data"
     shutil.copytree(sample_root, root)
     return root
-
-
-def predict(capsys, *args: str) -> tuple[int, str, str]:
-    """`braintumor predict ARGS` in this process: (exit status, stdout, stderr)."""
-    try:
-        main(["predict", *args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True,
-        timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run a command with the venv's tools first on PATH; on failure, show its output."""
-    result = subprocess.run(cmd, cwd=cwd, env=venv_env(env), capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
-    return result

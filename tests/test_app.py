@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import predict
+from helpers import predict
 from PIL import Image
 from scan_files import dicom_bytes, nifti_bytes
 

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import tiny_params
+from helpers import tiny_params
 
 from braintumor.calibration import fit_temperature, fitted_on
 from braintumor.errors import ConfigError

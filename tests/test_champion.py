@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import tiny_params_dict
+from helpers import tiny_params_dict
 from mlflow.tracking import MlflowClient
 from PIL import Image
 

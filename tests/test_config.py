@@ -11,7 +11,7 @@ import yaml
 from braintumor.config import Params, load_params, params_from_dict
 from braintumor.errors import BrainTumorError, ConfigError
 
-from conftest import REPO, run, tiny_params_dict
+from helpers import REPO, run, tiny_params_dict
 
 
 def config_error(raw: dict) -> str:

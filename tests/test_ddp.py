@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import yaml
-from conftest import REPO, run, tiny_params_dict
+from helpers import REPO, run, tiny_params_dict
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import tiny_params
+from helpers import tiny_params
 from PIL import Image
 
 from braintumor.data.sample import write_sample_dataset

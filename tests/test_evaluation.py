@@ -213,7 +213,7 @@ def test_dvc_draws_one_roc_line_per_class_of_a_changed_class_list_without_editin
     import shutil
 
     import yaml
-    from conftest import BIN, REPO, run
+    from helpers import BIN, REPO, run
 
     for name in ("dvc.yaml", ".dvc/config", ".dvc/plots/roc_per_class.json"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

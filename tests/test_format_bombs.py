@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO
+from helpers import REPO
 from pydicom.uid import JPEGBaseline8Bit, RLELossless
 from scan_files import (deflated_dicom_bytes, dicom_bytes, encapsulated_dicom_bytes, jpeg_bytes, nifti_bytes,
                         nifti_gz_of_zeros, rle_bomb_frame)

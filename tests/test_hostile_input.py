@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import tiny_params
+from helpers import tiny_params
 from PIL import EpsImagePlugin, Image
 from scan_files import eps, float_tiff
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN, REPO
+from helpers import BIN, REPO
 from PIL import Image
 
 from braintumor.cli import main

@@ -17,7 +17,7 @@ import mlflow
 import pandas as pd
 import pytest
 import yaml
-from conftest import BIN, run, tiny_params_dict
+from helpers import BIN, run, tiny_params_dict
 from mlflow.tracking import MlflowClient
 
 from braintumor import model_card

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import predict, tiny_params
+from helpers import predict, tiny_params
 from PIL import Image
 from scan_files import compressed_dicom_bytes, dicom_bytes, nifti_bytes
 

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 import torch
-from conftest import predict, tiny_params
+from helpers import predict, tiny_params
 
 from braintumor.config import params_from_dict
 from braintumor.errors import ConfigError

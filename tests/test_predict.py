@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import BIN, predict, run
+from helpers import BIN, predict, run
 from PIL import Image
 
 from braintumor.serving import Predictor

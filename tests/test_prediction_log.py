@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from braintumor.prediction_log import LOG_ENV, PredictionLog, read_log
-from conftest import predict
+from helpers import predict
 
 CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
 

@@ -17,7 +17,7 @@ from braintumor.imaging import ImageLimits
 from braintumor.preview import preview_figure
 from braintumor.transforms import Preprocessing, display_preset, eval_preset, train_preset
 
-from conftest import tiny_params
+from helpers import tiny_params
 
 @pytest.fixture(scope="module")
 def setup(sample_root):

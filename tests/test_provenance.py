@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import yaml
-from conftest import run, tiny_params_dict
+from helpers import run, tiny_params_dict
 
 from braintumor.config import load_params
 from braintumor.provenance import dvc_data_hash, dvc_data_hashes, run_name

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import BIN, REPO
+from helpers import BIN, REPO
 
 from braintumor.data.cache import cached_images
 from braintumor.data.validate import validate_dataset
@@ -77,6 +77,7 @@ def test_dvc_set_args_parse_back_to_the_recipe_values(name):
     assert parsed == recipe.params
 
 
+@pytest.mark.trains
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_trains_for_a_few_steps(name, sample_root, tmp_path):
     """The recipe's own sizes, preprocessing, augmentation, optimizer and schedule, on 16 sample scans.

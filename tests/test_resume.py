@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 from braintumor.processes import venv_env
-from conftest import BIN, REPO, run, tiny_params_dict
+from helpers import BIN, REPO, run, tiny_params_dict
 from mlflow.tracking import MlflowClient
 
 pytestmark = pytest.mark.slow

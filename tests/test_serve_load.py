@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN, REPO, run, tiny_params_dict
+from helpers import BIN, REPO, run, tiny_params_dict
 
 pytestmark = pytest.mark.slow
 

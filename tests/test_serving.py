@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import yaml
 from braintumor.processes import served_model
-from conftest import BIN, REPO, run, tiny_params_dict
+from helpers import BIN, REPO, run, tiny_params_dict
 from PIL import Image
 from scan_files import compressed_dicom_bytes, dicom_bytes, eps, float_tiff, nifti_bytes
 

@@ -24,7 +24,7 @@ from braintumor.file_answers import answer_files, rows_of
 from braintumor.imaging import problem_of
 from braintumor.predict import predict_paths
 from braintumor.serving import Predictor, RequestError
-from conftest import BIN, REPO, run, tiny_params
+from helpers import BIN, REPO, run, tiny_params
 from mlflow.models import infer_signature
 from PIL import Image
 from scan_files import compressed_dicom_bytes, dicom_bytes, nifti_bytes

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 import yaml
 from braintumor.processes import served_model, venv_env
-from conftest import REPO
-from test_pipeline import file_hashes, make_project, ran
+from helpers import REPO
+from dvc_projects import file_hashes, make_project, ran
 
 sys.path.insert(0, str(REPO / "deploy"))
 import team_stack  # noqa: E402  (deploy/ is not a package: the same file is `make team-up`)

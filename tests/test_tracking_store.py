@@ -6,7 +6,7 @@ from mlflow.tracking import MlflowClient
 
 from braintumor.tracking import RunTracker
 from braintumor.training import EpochStats
-from conftest import tiny_params
+from helpers import tiny_params
 
 
 def _stats(epoch: int) -> EpochStats:

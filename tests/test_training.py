@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-from conftest import tiny_params
+from helpers import tiny_params
 
 from braintumor.checkpoint import load_checkpoint
 from braintumor.data.cache import cached_images
@@ -63,6 +63,7 @@ class KillAfter:
             raise KilledAfterEpoch
 
 
+@pytest.mark.trains
 def test_interrupted_then_resumed_run_ends_with_the_same_metrics(tiny_data, sample_root, tmp_path):
     params = tiny_params(sample_root, train={"epochs": 3, "deterministic": True})
     straight = _fit(tiny_data, params, tmp_path / "straight.pt")
@@ -86,6 +87,7 @@ class Recorder:
         self.epochs.append(stats.epoch)
 
 
+@pytest.mark.trains
 def test_a_kill_between_checkpoint_and_log_replays_the_checkpointed_epochs_to_the_logger(tiny_data, sample_root,
                                                                                           tmp_path):
     params = tiny_params(sample_root, train={"epochs": 3})
@@ -96,6 +98,7 @@ def test_a_kill_between_checkpoint_and_log_replays_the_checkpointed_epochs_to_th
     assert recorder.epochs == [1, 2, 3]  # the logger keeps what it already has (RunTracker does)
 
 
+@pytest.mark.trains
 def test_two_runs_with_the_same_params_give_the_same_metrics(tiny_data, sample_root, tmp_path):
     params = tiny_params(sample_root, train={"epochs": 2, "deterministic": True})
     first = _fit(tiny_data, params, tmp_path / "a.pt")
@@ -103,6 +106,7 @@ def test_two_runs_with_the_same_params_give_the_same_metrics(tiny_data, sample_r
     assert _curves(first) == _curves(second)
 
 
+@pytest.mark.trains
 def test_a_finished_checkpoint_is_not_trained_again(tiny_data, sample_root, tmp_path):
     params = tiny_params(sample_root, train={"epochs": 1})
     _fit(tiny_data, params, tmp_path / "c.pt")
@@ -110,6 +114,7 @@ def test_a_finished_checkpoint_is_not_trained_again(tiny_data, sample_root, tmp_
     assert len(again.history) == 1
 
 
+@pytest.mark.trains
 def test_non_finite_loss_stops_with_epoch_and_batch_and_keeps_the_last_good_checkpoint(tiny_data, sample_root,
                                                                                       tmp_path):
     params = tiny_params(sample_root, train={"epochs": 3})
@@ -134,6 +139,7 @@ def test_non_finite_loss_stops_with_epoch_and_batch_and_keeps_the_last_good_chec
     assert all(torch.isfinite(v).all() for v in good["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.trains
 def test_head_only_epochs_leave_the_backbone_untouched_then_unfreeze(tiny_data, sample_root, tmp_path):
     params = tiny_params(sample_root, train={"epochs": 2, "head_only_epochs": 1})
     torch.manual_seed(0)
@@ -151,6 +157,7 @@ def test_head_only_epochs_leave_the_backbone_untouched_then_unfreeze(tiny_data, 
     assert not torch.equal(seen[2], start)
 
 
+@pytest.mark.trains
 def test_freeze_up_to_a_named_stage():
     model = build_model("none", 4)
     set_frozen(model, "layer2")
@@ -286,6 +293,7 @@ def test_training_core_imports_with_only_torch_and_torchvision():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "ok"
 
 
+@pytest.mark.trains
 def test_early_stopping_after_patience_epochs_without_a_better_val_macro_f1(tiny_data, sample_root, tmp_path):
     # Frozen backbone (BatchNorm statistics frozen too) and a vanishing lr: predictions never change, so val
     # macro-F1 never improves after epoch 1 and training stops after 1 + patience epochs.
@@ -315,6 +323,7 @@ def test_ema_average_follows_the_weights_with_its_decay():
     assert not ema.model[0].weight.requires_grad
 
 
+@pytest.mark.trains
 def test_with_ema_the_selected_weights_are_the_average_and_resume_is_exact(tiny_data, sample_root, tmp_path):
     params = tiny_params(sample_root, train={"epochs": 3, "deterministic": True, "ema_decay": 0.9})
     straight = _fit(tiny_data, params, tmp_path / "straight.pt")
@@ -331,6 +340,7 @@ def test_with_ema_the_selected_weights_are_the_average_and_resume_is_exact(tiny_
     assert _curves(plain) != _curves(straight)  # ... but validation and selection see the average
 
 
+@pytest.mark.trains
 def test_weight_average_over_the_last_epochs_is_saved_with_its_own_batch_norm_and_resumes_exactly(
         tiny_data, sample_root, tmp_path):
     params = tiny_params(sample_root, train={"epochs": 3, "deterministic": True, "swa_epochs": 2})
@@ -361,6 +371,7 @@ def test_weight_average_over_the_last_epochs_is_saved_with_its_own_batch_norm_an
         assert torch.equal(value, resumed.average.state[key]), key
 
 
+@pytest.mark.trains
 def test_a_checkpoint_from_before_weight_averaging_still_resumes(tiny_data, sample_root, tmp_path, capsys):
     params = tiny_params(sample_root, train={"epochs": 2})
     with pytest.raises(KilledAfterEpoch):
@@ -400,6 +411,7 @@ def test_cpu_bf16_auto_follows_the_cpu_flags(tmp_path, monkeypatch):
     assert runtime.precision_name(torch.bfloat16) == "bf16" and runtime.precision_name(None) == "fp32"
 
 
+@pytest.mark.trains
 def test_training_reports_the_precision_it_ran_in(tiny_data, sample_root, tmp_path):
     result = _fit(tiny_data, tiny_params(sample_root, train={"cpu_bf16": True}), tmp_path / "bf16.pt")
     assert result.precision == "bf16"
@@ -417,6 +429,7 @@ class Epochs:
         self.trained.append(stats.epoch)
 
 
+@pytest.mark.trains
 def test_a_readable_checkpoint_that_cannot_be_resumed_starts_over_with_a_warning(tiny_data, sample_root, tmp_path,
                                                                                  caplog):
     params = tiny_params(sample_root, train={"epochs": 1, "deterministic": True})
@@ -451,6 +464,7 @@ def test_mixup_blends_each_scan_with_a_partner_by_one_beta_weight():
     assert 0.4 < float(np.mean(lams)) < 0.6 and min(lams) < 0.1 and max(lams) > 0.9  # Beta(0.4, 0.4): U-shaped
 
 
+@pytest.mark.trains
 def test_with_mixup_the_loss_weighs_both_labels_of_each_blend():
     """train.mixup > 0: the step's loss is lam * CE(label) + (1 - lam) * CE(partner's label), on the mixed scans."""
     torch.manual_seed(0)

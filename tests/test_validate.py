@@ -23,7 +23,7 @@ from braintumor.data.validate import validate_dataset
 from braintumor.errors import BrainTumorError, DataError
 from braintumor.imaging import ImageLimits, ImageProblem, decode_grayscale, is_candidate, open_checked, to_grayscale
 
-from conftest import REPO, run, tiny_params, tiny_params_dict
+from helpers import REPO, run, tiny_params, tiny_params_dict
 
 CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
 # The `sample_root` fixture: 6 Training and 3 Testing images per class, 64x64 grayscale JPEG.

@@ -1,0 +1,55 @@
+"""What tests share besides fixtures: the repository root, the venv's bin, tiny params, running the CLI and commands.
+
+Tests import these with `from helpers import ...` (tests/ is on pytest's `pythonpath`), never from conftest."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from braintumor.cli import main
+from braintumor.config import Params, params_from_dict
+from braintumor.processes import BIN, venv_env
+
+__all__ = ["BIN", "REPO", "predict", "run", "tiny_params", "tiny_params_dict"]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_params_dict(data_root: str | Path, **overrides: dict) -> dict:
+    """params.yaml's values with what makes runs seconds long: 32 px crops, one epoch on CPU, small batches."""
+    raw = {
+        "paths": {"data": str(data_root)},
+        "model": {"weights": "none", "image_size": 32, "resize_size": 40},
+        "train": {"device": "cpu", "epochs": 1, "batch_size": 8, "lr": 0.01, "threads": 2},
+        "augment": {"preview_images_per_class": 1, "preview_views": 2},
+        "evaluate": {"batch_size": 16},
+        "report": {"sample_predictions": 4, "confident_mistakes": 2},
+    }
+    for section, values in overrides.items():
+        raw.setdefault(section, {}).update(values)
+    return raw
+
+
+def tiny_params(data_root: str | Path, **overrides: dict) -> Params:
+    return params_from_dict(tiny_params_dict(data_root, **overrides))
+
+
+def predict(capsys, *args: str) -> tuple[int, str, str]:
+    """`braintumor predict ARGS` in this process: (exit status, stdout, stderr)."""
+    try:
+        main(["predict", *args])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True,
+        timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a command with the venv's tools first on PATH; on failure, show its output."""
+    result = subprocess.run(cmd, cwd=cwd, env=venv_env(env), capture_output=True, text=True, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    return result
