@@ -105,8 +105,10 @@ def check_file_size(size: int, max_file_bytes: int) -> None:
                            "raise the limit if the scan is real")
 
 
-def open_checked(source: str | os.PathLike | bytes, *, limits: ImageLimits, draft: int | None = None) -> Image.Image:
+def open_checked(source: str | os.PathLike | bytes, *, limits: ImageLimits, draft: int | None = None,
+                 name: str = "") -> Image.Image:
     """Check the size and the header (format, pixels, aspect ratio, mode), then fully decode; or raise ImageProblem.
+    `name`: the file's name for what pydicom and nibabel say about it, when `source` is its bytes.
 
     Returns the image in its own mode. `draft` lets JPEG decode at a reduced scale that is still at least `draft`
     pixels on each side, which is several times faster for thumbnails and the training cache.
@@ -116,9 +118,10 @@ def open_checked(source: str | os.PathLike | bytes, *, limits: ImageLimits, draf
         raise ImageProblem("empty file (0 bytes)")
     from braintumor.medical import kind_of, single_picture
 
-    kind = kind_of(data, "" if isinstance(source, (bytes, bytearray)) else os.fspath(source))
+    name = name if isinstance(source, (bytes, bytearray)) else os.fspath(source)
+    kind = kind_of(data, name)
     if kind:  # DICOM and NIfTI are read by pydicom and nibabel (medical.py), never by Pillow
-        return single_picture(data, kind, limits=limits)
+        return single_picture(data, kind, limits=limits, name=name)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

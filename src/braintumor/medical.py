@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from PIL import Image
 
 from braintumor.errors import escaped
 from braintumor.imaging import ImageLimits, ImageProblem, check_dimensions, decode_grayscale, read_checked
+from braintumor.library_notes import notes
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -124,7 +124,7 @@ def read_pictures(source: str | os.PathLike | bytes, *, limits: ImageLimits, dra
     return Pictures([image], [0], "image", "image")
 
 
-def single_picture(data: bytes, kind: str, *, limits: ImageLimits) -> Image.Image:
+def single_picture(data: bytes, kind: str, *, limits: ImageLimits, name: str = "") -> Image.Image:
     """The one picture of a DICOM or NIfTI file, for the class folders (one labelled 2-D scan per file).
 
     The returned mode-L image carries `source_size` and `source_mode` in `info`, as `imaging.open_checked` sets
@@ -133,7 +133,7 @@ def single_picture(data: bytes, kind: str, *, limits: ImageLimits) -> Image.Imag
     from braintumor.dicom import read_dicom
     from braintumor.nifti import read_nifti
 
-    with library_warnings("pydicom" if kind == "dicom" else "nibabel"):
+    with library_warnings("pydicom" if kind == "dicom" else "nibabel", name):
         pictures = read_dicom(data, limits=limits) if kind == "dicom" else read_nifti(data, limits=limits)
     if len(pictures.images) > 1:
         what = "frames" if kind == "dicom" else "axial slices"
@@ -150,17 +150,16 @@ def single_picture(data: bytes, kind: str, *, limits: ImageLimits) -> Image.Imag
 
 @contextlib.contextmanager
 def library_warnings(library: str, name: str = "") -> Iterator[None]:
-    """pydicom's and nibabel's warnings about one file, as one log line (logger braintumor.medical) instead of
-    stderr lines with the library's source paths (nibabel's came twice)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
+    """pydicom's and nibabel's warnings and log records about one file (library_notes.notes), as one log line
+    (logger braintumor.medical), also when the file is refused: not stderr lines with the library's source paths."""
+    said: list[str] = []
+    try:
+        with notes() as said:
             yield
-        finally:
-            messages = list(dict.fromkeys(" ".join(str(w.message).split()) for w in caught))
-            if messages:
-                where = f" reading {escaped(name)}" if name else ""
-                log.warning("%s%s: %s", library, where, "; ".join(messages)[:500])
+    finally:
+        if said:
+            where = f" reading {escaped(name)}" if name else ""
+            log.warning("%s%s: %s", library, where, "; ".join(said)[:500])
 
 
 # ---- shared by both readers ---------------------------------------------------------------------------------

@@ -39,7 +39,7 @@ def inspect_file(path: str, limits: ImageLimits) -> dict[str, Any]:
     """Hash, check and fingerprint one file. Runs in worker processes: returns a problem instead of raising."""
     try:
         data = read_checked(path, max_file_bytes=limits.max_file_bytes)  # its size is checked before reading
-        image = open_checked(data, limits=limits, draft=THUMB)
+        image = open_checked(data, limits=limits, draft=THUMB, name=path)
         (width, height), mode = image.info["source_size"], image.info["source_mode"]
         return {"sha256": hashlib.sha256(data).hexdigest(), "width": width, "height": height, "mode": mode,
                 "fingerprint": fingerprint(to_grayscale(image))}
