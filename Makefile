@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test test-fast docs bench team-up app
+.PHONY: install run test test-fast docs lint bench team-up app
 
 # Reinstalls only when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -32,8 +32,13 @@ run: install
 	@echo "Predict:    braintumor predict data/Testing --output predictions.csv"
 	@echo "Web page:   make app   then open http://127.0.0.1:8000 and drop scans on it (braintumor app)"
 
-test: install docs
+test: install lint docs
 	$(BIN)/python -m pytest
+
+# Lint and format check (settings in pyproject.toml's [tool.ruff]); `ruff format .` and `ruff check --fix .` fix most.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # The documentation site (docs/, mkdocs.yml) into site/; --strict: a broken link or anchor fails.
 docs: install

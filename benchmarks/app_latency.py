@@ -53,8 +53,9 @@ def scan_files(data: Path, folder: Path) -> tuple[dict[str, Path], str]:
         slices = [np.asarray(Image.open(p).convert("L")) for p in found]
         source = f"{data}/Testing: {found[0].relative_to(data)} and 20 of its 512x512 JPEGs stacked"
     else:
-        images = [synthetic_slice(np.random.default_rng([7, i]), ("glioma", "none")[i % 2], size=512)
-                  for i in range(20)]
+        images = [
+            synthetic_slice(np.random.default_rng([7, i]), ("glioma", "none")[i % 2], size=512) for i in range(20)
+        ]
         buffer = io.BytesIO()
         images[0].save(buffer, format="JPEG", quality=92)
         jpeg, slices = buffer.getvalue(), [np.asarray(image.convert("L")) for image in images]
@@ -76,12 +77,18 @@ def untrained_model(path: Path, image_size: int) -> None:
     from braintumor.model import build_model, save_model
     from braintumor.transforms import Preprocessing
 
-    params = params_from_dict({"model": {"weights": "none", "image_size": image_size,
-                                         "resize_size": resize_size(image_size)}})
+    params = params_from_dict(
+        {"model": {"weights": "none", "image_size": image_size, "resize_size": resize_size(image_size)}}
+    )
     torch.manual_seed(0)
-    save_model(path, build_model("none", len(params.data.classes)), classes=params.data.classes,
-               preprocessing=Preprocessing.from_config(params.model, params.preprocess), params=params.to_dict(),
-               metrics={})
+    save_model(
+        path,
+        build_model("none", len(params.data.classes)),
+        classes=params.data.classes,
+        preprocessing=Preprocessing.from_config(params.model, params.preprocess),
+        params=params.to_dict(),
+        metrics={},
+    )
 
 
 def resize_size(image_size: int) -> int:
@@ -167,28 +174,49 @@ def main() -> None:
             model = str(folder / "model.pt")
             untrained_model(Path(model), args.image_size)
         files, source = scan_files(args.data, folder)
-        what = args.model or (f"untrained ResNet50, image_size {args.image_size}, resize_size "
-                              f"{resize_size(args.image_size)}")
+        what = args.model or (
+            f"untrained ResNet50, image_size {args.image_size}, resize_size {resize_size(args.image_size)}"
+        )
         print(f"model: {what}\nfiles: {source}")
-        helper = subprocess.run([sys.executable, __file__, "--model", model, "--runs", str(args.runs),
-                                 "--bare-worker", *map(str, files.values())], capture_output=True, text=True,
-                                check=True, start_new_session=True, env=venv_env())
+        helper = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--model",
+                model,
+                "--runs",
+                str(args.runs),
+                "--bare-worker",
+                *map(str, files.values()),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            start_new_session=True,
+            env=venv_env(),
+        )
         bare = json.loads(helper.stdout.strip().splitlines()[-1])
         port, log = free_port(), folder / "app.log"
-        proc = start_process([sys.executable, "-m", "braintumor.cli", "app", "--model", model, "--port", str(port)],
-                             log, env=venv_env())
+        proc = start_process(
+            [sys.executable, "-m", "braintumor.cli", "app", "--model", model, "--port", str(port)], log, env=venv_env()
+        )
         try:
             wait_http(f"http://127.0.0.1:{port}/api/model", proc, log, "braintumor app", timeout=300)
             weight = page_weight("127.0.0.1", port)
             timings = {name: timed_app("127.0.0.1", port, path.read_bytes(), args.runs) for name, path in files.items()}
         finally:
             stop_process(proc)
-    print(f"page weight, first view: {sum(weight.values()):,} bytes ({', '.join(f'{k} {v:,}' for k, v in weight.items())})")
+    print(
+        f"page weight, first view: {sum(weight.values()):,} bytes "
+        f"({', '.join(f'{k} {v:,}' for k, v in weight.items())})"
+    )
     for name, path in files.items():
         answer, view = timings[name]
         base = bare[str(path)]
-        print(f"{name}: bare_ms={1000 * base:.0f} app_answer_ms={1000 * answer:.0f} ratio={answer / base:.2f} "
-              f"app_answer_and_view_ms={1000 * view:.0f} ratio_view={view / base:.2f}")
+        print(
+            f"{name}: bare_ms={1000 * base:.0f} app_answer_ms={1000 * answer:.0f} ratio={answer / base:.2f} "
+            f"app_answer_and_view_ms={1000 * view:.0f} ratio_view={view / base:.2f}"
+        )
 
 
 if __name__ == "__main__":

@@ -57,34 +57,49 @@ def main() -> None:
     params = load_params(REPO / "params.yaml")
     model_cfg = dataclasses.replace(params.model, weights="none", image_size=args.size, resize_size=args.size)
     prep = Preprocessing.from_config(model_cfg, params.preprocess)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU bf16 instructions: "
-          f"{runtime.cpu_has_fast_bf16()}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, CPU bf16 instructions: "
+        f"{runtime.cpu_has_fast_bf16()}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         dataset = args.dataset
         if dataset is None:
             dataset = Path(tmp) / "data"
             write_sample_dataset(dataset, per_class=args.per_class, test_per_class=1, size=128, seed=0)
         data = train_data(dataset, args.per_class, params, prep, Path(tmp) / "cache")
-        print(f"{len(data.train_labels)} train and {len(data.val_labels)} val scans at {args.size} px, "
-              f"{args.epochs} epochs")
+        print(
+            f"{len(data.train_labels)} train and {len(data.val_labels)} val scans at {args.size} px, "
+            f"{args.epochs} epochs"
+        )
         runs = {}
         for name, bf16 in (("fp32", False), ("bf16", True)):
-            cfg = dataclasses.replace(params.train, device="cpu", epochs=args.epochs, cpu_bf16=bf16,
-                                      deterministic=True)
+            cfg = dataclasses.replace(params.train, device="cpu", epochs=args.epochs, cpu_bf16=bf16, deterministic=True)
             torch.manual_seed(0)
-            result = fit(build_model("none", len(params.data.classes)), data, cfg, params.augment, prep,
-                         checkpoint_path=Path(tmp) / f"{name}.pt", progress=False)
+            result = fit(
+                build_model("none", len(params.data.classes)),
+                data,
+                cfg,
+                params.augment,
+                prep,
+                checkpoint_path=Path(tmp) / f"{name}.pt",
+                progress=False,
+            )
             runs[name] = result
             assert result.precision == name, result.precision
     for a, b in zip(runs["fp32"].history, runs["bf16"].history):
-        print(f"epoch {a.epoch}: val acc fp32 {a.val_accuracy:.3f} bf16 {b.val_accuracy:.3f} | val loss fp32 "
-              f"{a.val_loss:.4f} bf16 {b.val_loss:.4f} | img/s fp32 {a.images_per_s:.1f} bf16 {b.images_per_s:.1f}")
+        print(
+            f"epoch {a.epoch}: val acc fp32 {a.val_accuracy:.3f} bf16 {b.val_accuracy:.3f} | val loss fp32 "
+            f"{a.val_loss:.4f} bf16 {b.val_loss:.4f} | img/s fp32 {a.images_per_s:.1f} bf16 {b.images_per_s:.1f}"
+        )
     fp32, bf16 = runs["fp32"].history[-1], runs["bf16"].history[-1]
-    speed = (np.median([h.images_per_s for h in runs["bf16"].history])
-             / np.median([h.images_per_s for h in runs["fp32"].history]))
-    print(f"fp32_val_acc={fp32.val_accuracy:.3f} bf16_val_acc={bf16.val_accuracy:.3f} "
-          f"diff={bf16.val_accuracy - fp32.val_accuracy:+.3f} speed_ratio={speed:.2f} "
-          f"cpu_bf16={runtime.cpu_has_fast_bf16()}")
+    speed = np.median([h.images_per_s for h in runs["bf16"].history]) / np.median(
+        [h.images_per_s for h in runs["fp32"].history]
+    )
+    print(
+        f"fp32_val_acc={fp32.val_accuracy:.3f} bf16_val_acc={bf16.val_accuracy:.3f} "
+        f"diff={bf16.val_accuracy - fp32.val_accuracy:+.3f} speed_ratio={speed:.2f} "
+        f"cpu_bf16={runtime.cpu_has_fast_bf16()}"
+    )
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from braintumor import evaluation as ev
+from braintumor import transforms
 from braintumor.config import load_params, params_from_dict
 from braintumor.data.cache import cached_images
 from braintumor.data.splits import in_splits, read_manifest
@@ -37,7 +38,6 @@ from braintumor.fileio import project_path
 from braintumor.imaging import ImageLimits
 from braintumor.inference import probabilities
 from braintumor.model import load_model
-from braintumor import transforms
 from braintumor.pipeline import Scorer, calibrate
 from braintumor.training import TrainData
 from braintumor.transforms import Preprocessing
@@ -60,28 +60,38 @@ def main() -> None:
     frame = read_manifest(project.paths.manifest, classes)
     val = in_splits(frame, "val").sort_values("path", kind="stable").reset_index(drop=True)  # the train stage's order
     test = in_splits(frame, "test")
-    images = np.asarray(cached_images(val, project.paths.data, prep.scan, project_path(project.paths.cache),
-                                      limits=ImageLimits.of(project.data)))
+    images = np.asarray(
+        cached_images(
+            val, project.paths.data, prep.scan, project_path(project.paths.cache), limits=ImageLimits.of(project.data)
+        )
+    )
     labels = val["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     data = TrainData(images[:0], labels[:0], images, labels, classes)
     scorer = Scorer(model, torch.device("cpu"), bundle, project)
     val_logits, val_true, _ = scorer.predict(val, project.paths.data)
     test_logits, test_true, _ = scorer.predict(test, project.paths.data)
     leak_free = ev.leak_free_mask(test)
-    print(f"{args.model}: {len(val)} val scans, {len(test)} Testing ({int(leak_free.sum())} leak-free); "
-          f"stored T = {scorer.inference.temperature:.3f} ({scorer.inference.calibration})")
+    print(
+        f"{args.model}: {len(val)} val scans, {len(test)} Testing ({int(leak_free.sum())} leak-free); "
+        f"stored T = {scorer.inference.temperature:.3f} ({scorer.inference.calibration})"
+    )
 
     def scores(logits: torch.Tensor, y_true: np.ndarray, temperature: float) -> dict[str, float]:
-        return {"ece": round(ev.expected_calibration_error(y_true, probabilities(logits, temperature)), 4),
-                "log_loss": round(float(F.cross_entropy(logits / temperature, torch.as_tensor(y_true))), 4)}
+        return {
+            "ece": round(ev.expected_calibration_error(y_true, probabilities(logits, temperature)), 4),
+            "log_loss": round(float(F.cross_entropy(logits / temperature, torch.as_tensor(y_true))), 4),
+        }
 
     results = {}
     for method in METHODS:
         params = replace(trained, train=replace(trained.train, calibration=method))
         temperature = calibrate(model, data, prep, params).temperature
-        results[method] = {"temperature": round(temperature, 4), "val": scores(val_logits, val_true, temperature),
-                           "testing": scores(test_logits, test_true, temperature),
-                           "leak_free": scores(test_logits[leak_free], test_true[leak_free], temperature)}
+        results[method] = {
+            "temperature": round(temperature, 4),
+            "val": scores(val_logits, val_true, temperature),
+            "testing": scores(test_logits, test_true, temperature),
+            "leak_free": scores(test_logits[leak_free], test_true[leak_free], temperature),
+        }
         print(method, json.dumps(results[method]))
     accuracy = float((test_logits.argmax(1).numpy() == test_true).mean())
     print(f"accuracy val {(val_logits.argmax(1).numpy() == val_true).mean():.3f} testing {accuracy:.3f}")
@@ -97,8 +107,11 @@ def main() -> None:
                 transforms.latin_hypercube = stratified
             eces = [ev.expected_calibration_error(test_true, probabilities(test_logits, t)) for t in temperatures]
             spreads[draws] = f"{min(temperatures):.3f}..{max(temperatures):.3f}"
-            print(f"{draws}: T median {np.median(temperatures):.3f} range {spreads[draws]} (sd {np.std(temperatures):.3f}); "
-                  f"Testing ECE median {np.median(eces):.3f} range {min(eces):.3f}..{max(eces):.3f}")
+            print(
+                f"{draws}: T median {np.median(temperatures):.3f} range {spreads[draws]} "
+                f"(sd {np.std(temperatures):.3f}); "
+                f"Testing ECE median {np.median(eces):.3f} range {min(eces):.3f}..{max(eces):.3f}"
+            )
         print("t_spread " + " ".join(f"{k}={v}" for k, v in spreads.items()))
 
 

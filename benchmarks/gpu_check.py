@@ -16,8 +16,8 @@ import torch
 
 from braintumor.config import AugmentConfig, TrainConfig
 from braintumor.data.sample import synthetic_slice
-from braintumor.preprocess import ScanPrep, prepare_image
 from braintumor.model import build_model
+from braintumor.preprocess import ScanPrep, prepare_image
 from braintumor.training import TrainData, fit
 from braintumor.transforms import Preprocessing
 
@@ -45,24 +45,48 @@ def main() -> None:
         unique = np.stack(list(pool.map(_make, range(args.unique), chunksize=32)))  # (U, 256, 256) uint8
     labels = np.arange(args.unique) % 4
     reps = -(-args.images // args.unique)
-    train_x, train_y = np.tile(unique, (reps, 1, 1))[:args.images], np.tile(labels, reps)[:args.images]
+    train_x, train_y = np.tile(unique, (reps, 1, 1))[: args.images], np.tile(labels, reps)[: args.images]
     data = TrainData(train_x, train_y, unique[:512], labels[:512], list(KINDS))
-    print(f"gpu_check: {card}, torch {torch.__version__}; {args.unique} synthetic scans made in "
-          f"{time.perf_counter() - start:.1f} s")
-    cfg = TrainConfig(device="cuda", epochs=args.epochs, batch_size=args.batch_size, optimizer="sgd", lr=0.1,
-                      momentum=0.9, nesterov=True, weight_decay=5e-5, scheduler="cosine", warmup_epochs=1,
-                      num_workers=args.workers, amp=True, channels_last=True, compile=args.compile)
-    result = fit(build_model("none", 4), data, cfg, AugmentConfig(), Preprocessing(scan=SCAN, image_size=224),
-                 checkpoint_path=f"/tmp/gpu_check_{time.time_ns()}.pt", progress=False)
+    print(
+        f"gpu_check: {card}, torch {torch.__version__}; {args.unique} synthetic scans made in "
+        f"{time.perf_counter() - start:.1f} s"
+    )
+    cfg = TrainConfig(
+        device="cuda",
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimizer="sgd",
+        lr=0.1,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=5e-5,
+        scheduler="cosine",
+        warmup_epochs=1,
+        num_workers=args.workers,
+        amp=True,
+        channels_last=True,
+        compile=args.compile,
+    )
+    result = fit(
+        build_model("none", 4),
+        data,
+        cfg,
+        AugmentConfig(),
+        Preprocessing(scan=SCAN, image_size=224),
+        checkpoint_path=f"/tmp/gpu_check_{time.time_ns()}.pt",
+        progress=False,
+    )
     speeds = [s.images_per_s for s in result.history]
     steady = float(np.median(speeds[1:])) if len(speeds) > 1 else speeds[0]
     losses = [s.train_loss for s in result.history]
     steps = len(result.history) * (args.images // args.batch_size)
     dtype = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    print(f"gpu_check: card={card.replace(' ', '_')} steps={steps} batch={args.batch_size} amp={dtype} "
-          f"channels_last=True img_s={steady:.0f} first_epoch_img_s={speeds[0]:.0f} "
-          f"loss_first={losses[0]:.3f} loss_last={losses[-1]:.3f} loss_fell={losses[-1] < losses[0]} "
-          f"val_acc_last={result.history[-1].val_accuracy:.3f}")
+    print(
+        f"gpu_check: card={card.replace(' ', '_')} steps={steps} batch={args.batch_size} amp={dtype} "
+        f"channels_last=True img_s={steady:.0f} first_epoch_img_s={speeds[0]:.0f} "
+        f"loss_first={losses[0]:.3f} loss_last={losses[-1]:.3f} loss_fell={losses[-1] < losses[0]} "
+        f"val_acc_last={result.history[-1].val_accuracy:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -50,10 +50,9 @@ def main() -> None:
     parser.add_argument("--output", help="also write the figures to this JSON file")
     args = parser.parse_args()
 
+    from braintumor.errors import BrainTumorError
     from braintumor.runtime import prediction_device
     from braintumor.serving import Predictor, find_images
-
-    from braintumor.errors import BrainTumorError
 
     try:
         device = prediction_device(args.device)
@@ -66,14 +65,20 @@ def main() -> None:
     images = [image for path in files for image in reference.images_of(reference.pictures(path))]
     if not images:
         sys.exit(f"no scans under {args.scans}")
-    print(f"{len(images)} pictures from {len(files)} files; model {args.model}; {torch.cuda.get_device_name(device)}",
-          flush=True)
+    print(
+        f"{len(images)} pictures from {len(files)} files; model {args.model}; {torch.cuda.get_device_name(device)}",
+        flush=True,
+    )
 
     results = {}
     cpu_probs, cpu_speed = run(reference, images, 1)
     results["cpu-fp32"] = (cpu_probs, cpu_speed)
-    settings = [("cuda-fp32", "fp32", False), ("cuda-tf32", "fp32", True), ("cuda-bf16", "bf16", False),
-                ("cuda-fp16", "fp16", False)]
+    settings = [
+        ("cuda-fp32", "fp32", False),
+        ("cuda-tf32", "fp32", True),
+        ("cuda-bf16", "bf16", False),
+        ("cuda-fp16", "fp16", False),
+    ]
     for name, precision, tf32 in settings:
         if precision == "bf16" and not torch.cuda.is_bf16_supported():
             print(f"{name}: this GPU has no bf16", flush=True)
@@ -92,18 +97,41 @@ def main() -> None:
             "images_per_s": speed,
         }
         row = table[name]
-        print(f"{name:<10} max|dp| vs cpu-fp32 {row['max_diff_vs_cpu_fp32']:.2e}  vs cuda-fp32 "
-              f"{row['max_diff_vs_cuda_fp32']:.2e}  labels agree {row['label_agreement_vs_cpu_fp32']:.2%}  "
-              f"{speed:,.0f} img/s", flush=True)
-    verdict = {name.split("-")[1]: ("within" if table[name]["max_diff_vs_cpu_fp32"] <= TOLERANCE else "outside")
-               for name in ("cuda-bf16", "cuda-fp16") if name in table}
+        print(
+            f"{name:<10} max|dp| vs cpu-fp32 {row['max_diff_vs_cpu_fp32']:.2e}  vs cuda-fp32 "
+            f"{row['max_diff_vs_cuda_fp32']:.2e}  labels agree {row['label_agreement_vs_cpu_fp32']:.2%}  "
+            f"{speed:,.0f} img/s",
+            flush=True,
+        )
+    verdict = {
+        name.split("-")[1]: ("within" if table[name]["max_diff_vs_cpu_fp32"] <= TOLERANCE else "outside")
+        for name in ("cuda-bf16", "cuda-fp16")
+        if name in table
+    }
     if args.output:
-        Path(args.output).write_text(json.dumps({"tolerance": TOLERANCE, "pictures": len(images),
-                                                 "gpu": torch.cuda.get_device_name(device), "results": table},
-                                                indent=2) + "\n")
-    print("verdict " + " ".join(f"{k}={v}" for k, v in verdict.items()) + " "
-          + " ".join(f"max_diff_{name.split('-')[1]}={table[name]['max_diff_vs_cpu_fp32']:.2e}"
-                     for name in ("cuda-bf16", "cuda-fp16") if name in table) + f" tolerance={TOLERANCE}")
+        Path(args.output).write_text(
+            json.dumps(
+                {
+                    "tolerance": TOLERANCE,
+                    "pictures": len(images),
+                    "gpu": torch.cuda.get_device_name(device),
+                    "results": table,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+    print(
+        "verdict "
+        + " ".join(f"{k}={v}" for k, v in verdict.items())
+        + " "
+        + " ".join(
+            f"max_diff_{name.split('-')[1]}={table[name]['max_diff_vs_cpu_fp32']:.2e}"
+            for name in ("cuda-bf16", "cuda-fp16")
+            if name in table
+        )
+        + f" tolerance={TOLERANCE}"
+    )
 
 
 if __name__ == "__main__":

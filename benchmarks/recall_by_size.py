@@ -22,8 +22,10 @@ from braintumor.serving import Predictor
 
 
 def predictions(predictor: Predictor, rows: pd.DataFrame, root: str, batch: int = 64) -> list[str]:
-    probs = [predictor.predict([predictor.load_image(f"{root}/{path}") for path in rows["path"][i:i + batch]])[0]
-             for i in range(0, len(rows), batch)]
+    probs = [
+        predictor.predict([predictor.load_image(f"{root}/{path}") for path in rows["path"][i : i + batch]])[0]
+        for i in range(0, len(rows), batch)
+    ]
     return [predictor.classes[i] for i in np.concatenate(probs).argmax(axis=1)]
 
 
@@ -51,8 +53,10 @@ def main() -> None:
                     if group.empty:
                         continue
                     missed = group.loc[group["predicted"] != label, "predicted"].value_counts().to_dict()
-                    print(f"{model} {split} {label} {args.size if side else 'other sizes'}: recall "
-                          f"{(group['predicted'] == label).mean():.3f} of {len(group)}; missed as {missed}")
+                    print(
+                        f"{model} {split} {label} {args.size if side else 'other sizes'}: recall "
+                        f"{(group['predicted'] == label).mean():.3f} of {len(group)}; missed as {missed}"
+                    )
 
 
 if __name__ == "__main__":

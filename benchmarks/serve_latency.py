@@ -69,16 +69,19 @@ def build_and_register(workdir: Path) -> str:
     from braintumor.tracking import RunTracker
     from braintumor.transforms import Preprocessing
 
-    params = params_from_dict({
-        "paths": {"data": str(workdir / "data"), "model": str(workdir / "models" / "model.pt")},
-        "model": {"weights": "none", "image_size": 224, "resize_size": 256},
-        "tracking": {"experiment": "serve-latency", "registered_model": "brain-tumor-classifier-bench"},
-    })
+    params = params_from_dict(
+        {
+            "paths": {"data": str(workdir / "data"), "model": str(workdir / "models" / "model.pt")},
+            "model": {"weights": "none", "image_size": 224, "resize_size": 256},
+            "tracking": {"experiment": "serve-latency", "registered_model": "brain-tumor-classifier-bench"},
+        }
+    )
     torch.manual_seed(0)
     model = build_model("none", len(params.data.classes))
     prep = Preprocessing.from_config(params.model, params.preprocess)
-    save_model(params.paths.model, model, classes=params.data.classes, preprocessing=prep, params=params.to_dict(),
-               metrics={})
+    save_model(
+        params.paths.model, model, classes=params.data.classes, preprocessing=prep, params=params.to_dict(), metrics={}
+    )
     example = load_image(jpeg_bytes(0), prep.scan, ImageLimits.of(params.data))
     tracker = RunTracker(params)
     try:
@@ -126,21 +129,30 @@ def forward_worker(model_path: str, image_path: str) -> None:
     """--forward-worker: load the model, then for each number N read on stdin, time N forward passes."""
     import torch
 
-    from braintumor.serving import Predictor
-
     from braintumor.runtime import PREDICTION_PRECISION_ENV as PRECISION_ENV
     from braintumor.runtime import prediction_device
+    from braintumor.serving import Predictor
 
     # as the served model chooses: MLFLOW_DEFAULT_PREDICTION_DEVICE, else CUDA when present; the same precision
-    predictor = Predictor(model_path, device=prediction_device("auto"),
-                          precision=os.environ.get(PRECISION_ENV) or "fp32")
+    predictor = Predictor(
+        model_path, device=prediction_device("auto"), precision=os.environ.get(PRECISION_ENV) or "fp32"
+    )
     image = predictor.load_image(Path(image_path).read_bytes())
     probs = predictor.probabilities([image])[0]
     for _ in range(3):  # warm-up: the first calls allocate and pick kernels
         predictor.probabilities([image])
-    print(json.dumps({"classes": predictor.classes, "probabilities": probs.tolist(),
-                      "threads": torch.get_num_threads(), "device": str(predictor.device),
-                      "precision": os.environ.get(PRECISION_ENV) or "fp32"}), flush=True)
+    print(
+        json.dumps(
+            {
+                "classes": predictor.classes,
+                "probabilities": probs.tolist(),
+                "threads": torch.get_num_threads(),
+                "device": str(predictor.device),
+                "precision": os.environ.get(PRECISION_ENV) or "fp32",
+            }
+        ),
+        flush=True,
+    )
     for line in sys.stdin:
         print(json.dumps(timed(lambda: predictor.probabilities([image]), int(line))), flush=True)
 
@@ -149,9 +161,14 @@ class ForwardTimer:
     """The --forward-worker process, in a session of its own (as the server is)."""
 
     def __init__(self, model_path: Path, image_path: Path, env: dict) -> None:
-        self.proc = subprocess.Popen([sys.executable, __file__, "--forward-worker", str(model_path), str(image_path)],
-                                     env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--forward-worker", str(model_path), str(image_path)],
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         self.info = self._read()
 
     def _read(self):
@@ -175,8 +192,9 @@ class ForwardTimer:
                 self.proc.wait()
 
 
-def measure(port: int, image: bytes, timer: ForwardTimer,
-            args) -> tuple[list[float], list[float], list[float], float, float]:
+def measure(
+    port: int, image: bytes, timer: ForwardTimer, args
+) -> tuple[list[float], list[float], list[float], float, float]:
     """(forward times, single-image request times, 16-image request times, the largest difference between the
     served and the bare probabilities, the single-image request's KiB), forward runs and requests alternating."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
@@ -199,18 +217,30 @@ def measure(port: int, image: bytes, timer: ForwardTimer,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-uri", help="serve this registered model (e.g. models:/brain-tumor-classifier"
-                                            "@champion) from MLFLOW_TRACKING_URI instead of building one")
+    parser.add_argument(
+        "--model-uri",
+        help="serve this registered model (e.g. models:/brain-tumor-classifier"
+        "@champion) from MLFLOW_TRACKING_URI instead of building one",
+    )
     parser.add_argument("--requests", type=int, default=100, help="sequential single-image requests (default 100)")
     parser.add_argument("--forward-runs", type=int, default=30, help="bare forward passes (default 30)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds that alternate forward runs and requests")
     parser.add_argument("--batch-requests", type=int, default=4, help="requests of 16 images (default 4)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="torch CPU threads for the server and the forward timing (default: torch's default)")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:N, for the server "
-                                                          "and the forward timing")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
-                        help="bf16 / fp16 autocast on a GPU (default fp32)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch CPU threads for the server and the forward timing (default: torch's default)",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="auto (default), cpu, cuda or cuda:N, for the server and the forward timing"
+    )
+    parser.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16"],
+        help="bf16 / fp16 autocast on a GPU (default fp32)",
+    )
     parser.add_argument("--ready-timeout", type=float, default=180, help="seconds to wait for the server")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (server log, store)")
     parser.add_argument("--forward-worker", nargs=2, metavar=("MODEL", "IMAGE"), help=argparse.SUPPRESS)
@@ -263,16 +293,24 @@ def main() -> None:
     forward_p50 = float(np.percentile(forward, 50)) * 1000
     serve_p50, serve_p95 = (float(v) * 1000 for v in np.percentile(serve, [50, 95]))
     img_s = 16 * len(batch_times) / sum(batch_times)
-    print(f"image: 512x512 JPEG, {len(image) / 1024:.0f} KiB ({request_kib:.0f} KiB request); device "
-          f"{timer.info['device']} ({timer.info['precision']}); torch threads {timer.info['threads']}; served and "
-          f"bare probabilities differ by at most {drift:.1e}")
+    print(
+        f"image: 512x512 JPEG, {len(image) / 1024:.0f} KiB ({request_kib:.0f} KiB request); device "
+        f"{timer.info['device']} ({timer.info['precision']}); torch threads {timer.info['threads']}; served and "
+        f"bare probabilities differ by at most {drift:.1e}"
+    )
     print(f"forward: p50 {forward_p50:.1f} ms, min {min(forward) * 1000:.1f} ms over {len(forward)} runs")
-    print(f"serve: p50 {serve_p50:.1f} ms, p95 {serve_p95:.1f} ms, min {min(serve) * 1000:.1f} ms over "
-          f"{len(serve)} requests; p50 overhead {serve_p50 - forward_p50:.1f} ms")
-    print(f"batch16: {img_s:.2f} img/s over {len(batch_times)} requests "
-          f"({np.median(batch_times) * 1000:.0f} ms per request)")
-    print(f"forward_p50_ms={forward_p50:.1f} serve_p50_ms={serve_p50:.1f} serve_p95_ms={serve_p95:.1f} "
-          f"ratio={serve_p50 / forward_p50:.2f} batch16_img_s={img_s:.1f}")
+    print(
+        f"serve: p50 {serve_p50:.1f} ms, p95 {serve_p95:.1f} ms, min {min(serve) * 1000:.1f} ms over "
+        f"{len(serve)} requests; p50 overhead {serve_p50 - forward_p50:.1f} ms"
+    )
+    print(
+        f"batch16: {img_s:.2f} img/s over {len(batch_times)} requests "
+        f"({np.median(batch_times) * 1000:.0f} ms per request)"
+    )
+    print(
+        f"forward_p50_ms={forward_p50:.1f} serve_p50_ms={serve_p50:.1f} serve_p95_ms={serve_p95:.1f} "
+        f"ratio={serve_p50 / forward_p50:.2f} batch16_img_s={img_s:.1f}"
+    )
 
 
 if __name__ == "__main__":

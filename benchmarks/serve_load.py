@@ -57,11 +57,13 @@ def build_and_register(workdir: Path, data: Path) -> str:
     from braintumor.tracking import RunTracker
     from braintumor.transforms import Preprocessing
 
-    params = params_from_dict({
-        "paths": {"data": str(workdir / "data"), "model": str(workdir / "models" / "model.pt")},
-        "model": {"weights": "none", "image_size": 224, "resize_size": 256},
-        "tracking": {"experiment": "serve-load", "registered_model": "brain-tumor-classifier-load"},
-    })
+    params = params_from_dict(
+        {
+            "paths": {"data": str(workdir / "data"), "model": str(workdir / "models" / "model.pt")},
+            "model": {"weights": "none", "image_size": 224, "resize_size": 256},
+            "tracking": {"experiment": "serve-load", "registered_model": "brain-tumor-classifier-load"},
+        }
+    )
     classes = list(params.data.classes)
     torch.manual_seed(0)
     model = build_model("none", len(classes)).eval()
@@ -74,8 +76,13 @@ def build_and_register(workdir: Path, data: Path) -> str:
         raise SystemExit(f"{data}/Training/<class>/*.jpg: {len(files)} scans; give --data the dataset's folder")
     images = torch.from_numpy(np.stack([predictor.load_image(f) for f in files]))[:, None]
     labels = np.array([classes.index(f.parent.name) for f in files])
-    features = forward_outputs(model, [(images[i:i + 16], torch.zeros(0)) for i in range(0, len(files), 16)],
-                               torch.device("cpu"), predictor.transform, features=True).features
+    features = forward_outputs(
+        model,
+        [(images[i : i + 16], torch.zeros(0)) for i in range(0, len(files), 16)],
+        torch.device("cpu"),
+        predictor.transform,
+        features=True,
+    ).features
     fit, held = np.arange(len(files)) % 2 == 0, np.arange(len(files)) % 2 == 1
     novelty = fit_novelty(features[fit], labels[fit], features[held], quantile=0.95)
     save_model(params.paths.model, model, **common, novelty=novelty.to_dict())
@@ -96,9 +103,12 @@ def request_bodies(data: Path, scans: int, count: int, seed: int = 0) -> list[by
     rng = random.Random(seed)
     encoded = {f: base64.b64encode(f.read_bytes()).decode("ascii") for f in rng.sample(files, min(len(files), 256))}
     pool = list(encoded)
-    return [json.dumps({"dataframe_split": {"columns": ["image"],
-                                            "data": [[encoded[f]] for f in rng.sample(pool, scans)]}}).encode()
-            for _ in range(count)]
+    return [
+        json.dumps(
+            {"dataframe_split": {"columns": ["image"], "data": [[encoded[f]] for f in rng.sample(pool, scans)]}}
+        ).encode()
+        for _ in range(count)
+    ]
 
 
 def client(port: int, bodies: list[bytes], deadline: float, timeout: float, results: list, seed: int) -> None:
@@ -133,8 +143,9 @@ def run_cell(port: int, pid: int, bodies: list[bytes], clients: int, duration: f
     results: list = []
     start = time.perf_counter()
     deadline = start + duration
-    threads = [threading.Thread(target=client, args=(port, bodies, deadline, timeout, results, i))
-               for i in range(clients)]
+    threads = [
+        threading.Thread(target=client, args=(port, bodies, deadline, timeout, results, i)) for i in range(clients)
+    ]
     sampler = threading.Thread(target=sample)
     for thread in [sampler, *threads]:
         thread.start()
@@ -151,11 +162,22 @@ def run_cell(port: int, pid: int, bodies: list[bytes], clients: int, duration: f
     for r in results:
         if r[2] != 200:
             errors[str(r[2])] = errors.get(str(r[2]), 0) + 1
-    return {"clients": clients, "scans_per_request": scans, "requests": len(results),
-            "requests_s": len(in_window) / duration, "scans_s": len(in_window) * scans / duration,
-            "p50_ms": _pct(latencies, 50), "p95_ms": _pct(latencies, 95), "p99_ms": _pct(latencies, 99),
-            "errors": sum(errors.values()), "error_kinds": errors, "drain_s": round(drained, 1),
-            "rss_before_mb": round(rss_before), "rss_peak_mb": round(peak[0]), "rss_after_mb": round(tree_rss_mb(pid))}
+    return {
+        "clients": clients,
+        "scans_per_request": scans,
+        "requests": len(results),
+        "requests_s": len(in_window) / duration,
+        "scans_s": len(in_window) * scans / duration,
+        "p50_ms": _pct(latencies, 50),
+        "p95_ms": _pct(latencies, 95),
+        "p99_ms": _pct(latencies, 99),
+        "errors": sum(errors.values()),
+        "error_kinds": errors,
+        "drain_s": round(drained, 1),
+        "rss_before_mb": round(rss_before),
+        "rss_peak_mb": round(peak[0]),
+        "rss_after_mb": round(tree_rss_mb(pid)),
+    }
 
 
 def _pct(values: np.ndarray, q: float) -> float | None:
@@ -181,8 +203,14 @@ def bare_worker(model_path: str, data: str, repeats: int) -> None:
 
 
 def bare_throughput(model_path: Path, data: Path, env: dict, repeats: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--bare", str(model_path), str(data), str(repeats)], env=env,
-                         capture_output=True, text=True, start_new_session=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--bare", str(model_path), str(data), str(repeats)],
+        env=env,
+        capture_output=True,
+        text=True,
+        start_new_session=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -228,32 +256,53 @@ def main() -> None:
         from braintumor.tracking import download_model_file
 
         bare = bare_throughput(download_model_file(model_uri), args.data, env, args.bare_repeats)
-        print(f"bare Predictor: {bare['scans_s']:.2f} scans/s (16-scan frames, torch threads {bare['threads']})",
-              flush=True)
+        print(
+            f"bare Predictor: {bare['scans_s']:.2f} scans/s (16-scan frames, torch threads {bare['threads']})",
+            flush=True,
+        )
         sizes = [int(s) for s in args.scans.split(",")]
         bodies = {s: request_bodies(args.data, s, 32, seed=s) for s in sizes}
         for workers in (int(w) for w in args.workers.split(",")):
             t0 = time.perf_counter()
-            with served_model(model_uri, workdir / f"server-{workers}.log", env=env, workers=workers,
-                              request_timeout=args.request_timeout, timeout=600) as server:
-                print(f"server: --workers {workers} --timeout {args.request_timeout}, ready in "
-                      f"{time.perf_counter() - t0:.0f} s", flush=True)
+            with served_model(
+                model_uri,
+                workdir / f"server-{workers}.log",
+                env=env,
+                workers=workers,
+                request_timeout=args.request_timeout,
+                timeout=600,
+            ) as server:
+                print(
+                    f"server: --workers {workers} --timeout {args.request_timeout}, ready in "
+                    f"{time.perf_counter() - t0:.0f} s",
+                    flush=True,
+                )
                 for _ in range(2 * workers):  # warm-up: each worker's first requests
                     run_cell(server.port, server.pid, bodies[sizes[0]], workers, 2, args.request_timeout + 60)
                 start_rss = tree_rss_mb(server.pid)
                 for scans in sizes:
                     for clients in (int(c) for c in args.clients.split(",")):
-                        cell = run_cell(server.port, server.pid, bodies[scans], clients, args.duration,
-                                        args.request_timeout + 60)
-                        cell.update(workers=workers, server_start_rss_mb=round(start_rss),
-                                    ratio_to_bare=round(cell["scans_s"] / bare["scans_s"], 2))
+                        cell = run_cell(
+                            server.port, server.pid, bodies[scans], clients, args.duration, args.request_timeout + 60
+                        )
+                        cell.update(
+                            workers=workers,
+                            server_start_rss_mb=round(start_rss),
+                            ratio_to_bare=round(cell["scans_s"] / bare["scans_s"], 2),
+                        )
                         cells.append(cell)
                         print(json.dumps(cell), flush=True)
     finally:
         os.chdir(cwd)
         shutil.rmtree(workdir, ignore_errors=True)
-    result = {"duration_s": args.duration, "request_timeout_s": args.request_timeout, "bare": bare, "cells": cells,
-              "threads": args.threads or "torch default", "cpu_count": os.cpu_count()}
+    result = {
+        "duration_s": args.duration,
+        "request_timeout_s": args.request_timeout,
+        "bare": bare,
+        "cells": cells,
+        "threads": args.threads or "torch default",
+        "cpu_count": os.cpu_count(),
+    }
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))

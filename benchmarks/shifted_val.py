@@ -72,11 +72,16 @@ def val_sets(model_path: str, project: Params, size: int | None = None) -> ValSe
     classes = list(bundle["classes"])
     frame = read_manifest(project.paths.manifest, classes)
     val = in_splits(frame, "val").sort_values("path", kind="stable").reset_index(drop=True)
-    images = np.asarray(cached_images(val, project.paths.data, prep.scan, project_path(project.paths.cache),
-                                      limits=ImageLimits.of(project.data)))
+    images = np.asarray(
+        cached_images(
+            val, project.paths.data, prep.scan, project_path(project.paths.cache), limits=ImageLimits.of(project.data)
+        )
+    )
     clean = ImageDataset(images, val["label"].map({c: i for i, c in enumerate(classes)}).to_numpy())
-    copies = [IndexedTransform(clean, shifted_preset(prep, trained.augment, strength, seed, len(clean)))
-              for seed, strength in shift_copies(0)]
+    copies = [
+        IndexedTransform(clean, shifted_preset(prep, trained.augment, strength, seed, len(clean)))
+        for seed, strength in shift_copies(0)
+    ]
     hflip = bool((bundle.get("inference") or {}).get("tta_hflip", False))
     return ValSets(net.eval(), prep, classes, hflip, clean, copies, project.evaluate.batch_size)
 
@@ -89,8 +94,11 @@ def main() -> None:
     project = load_params(args.params)
     for path in args.model:
         clean, shifted = val_sets(path, project).scores()
-        print(f"{path}: val accuracy {clean['accuracy']:.4f} macro-F1 {clean['macro_f1']:.4f}; shifted copies "
-              f"macro-F1 {' '.join(f'{s:.3f}' for s in shifted)}", flush=True)
+        print(
+            f"{path}: val accuracy {clean['accuracy']:.4f} macro-F1 {clean['macro_f1']:.4f}; shifted copies "
+            f"macro-F1 {' '.join(f'{s:.3f}' for s in shifted)}",
+            flush=True,
+        )
         print(f"shifted_val {path} val_f1 {clean['macro_f1']:.4f} shifted_f1 {np.mean(shifted):.4f}", flush=True)
 
 

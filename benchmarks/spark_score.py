@@ -45,8 +45,9 @@ def timed(cmd: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, str]:
     result = subprocess.run(cmd, cwd=cwd, env=venv_env(env), capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
-                         f"{result.stderr[-3000:]}")
+        raise SystemExit(
+            f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return seconds, result.stdout
 
 
@@ -60,23 +61,49 @@ def main() -> None:
     try:
         scans = workdir / "scans"
         scans.mkdir()
-        files = sorted(p for p in (Path(args.data) / "Training").rglob("*") if p.is_file())[:args.scans]
+        files = sorted(p for p in (Path(args.data) / "Training").rglob("*") if p.is_file())[: args.scans]
         for path in files:
             shutil.copy(path, scans / f"{path.parent.name}-{path.name}")
         env = {"MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}"}
         os.environ.update(env)
         os.chdir(workdir)  # the store's artifacts (mlartifacts/) go beside it, not into the repository
         uri = build_and_register(workdir)
-        predict_s, _ = timed([str(BIN / "braintumor"), "predict", str(scans), "--model",
-                              str(workdir / "models" / "model.pt"), "--output", "predictions.csv"], workdir, env)
-        spark_s, out = timed([str(BIN / "spark-submit"), "--master", args.master, "--conf", "spark.ui.enabled=false",
-                              str(REPO / "deploy" / "spark_score.py"), str(scans), "answers.parquet", "--model", uri],
-                             workdir, env)
+        predict_s, _ = timed(
+            [
+                str(BIN / "braintumor"),
+                "predict",
+                str(scans),
+                "--model",
+                str(workdir / "models" / "model.pt"),
+                "--output",
+                "predictions.csv",
+            ],
+            workdir,
+            env,
+        )
+        spark_s, out = timed(
+            [
+                str(BIN / "spark-submit"),
+                "--master",
+                args.master,
+                "--conf",
+                "spark.ui.enabled=false",
+                str(REPO / "deploy" / "spark_score.py"),
+                str(scans),
+                "answers.parquet",
+                "--model",
+                uri,
+            ],
+            workdir,
+            env,
+        )
         print(out.strip().splitlines()[-1])
         n = len(files)
         print(f"predict: {predict_s:.1f} s, spark_score on {args.master}: {spark_s:.1f} s for {n} scans")
-        print(f"scans={n} predict_scans_s={n / predict_s:.2f} spark_scans_s={n / spark_s:.2f} "
-              f"ratio={predict_s / spark_s:.2f} cpu=\"{cpu_name()}\"")
+        print(
+            f"scans={n} predict_scans_s={n / predict_s:.2f} spark_scans_s={n / spark_s:.2f} "
+            f'ratio={predict_s / spark_s:.2f} cpu="{cpu_name()}"'
+        )
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 

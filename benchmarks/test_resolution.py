@@ -19,7 +19,6 @@ import argparse
 
 import numpy as np
 import torch
-
 from shifted_val import ValSets, val_sets
 from torch.optim.swa_utils import update_bn
 
@@ -36,10 +35,12 @@ def refit_batch_norm(sets: ValSets, project) -> None:
     `sets`' size (one pass, an equal-weight average: torch's update_bn)."""
     frame = read_manifest(project.paths.manifest, sets.classes)
     rows = in_splits(frame, "train").sort_values("path", kind="stable").reset_index(drop=True)
-    images = cached_images(rows, project.paths.data, sets.prep.scan, project_path(project.paths.cache),
-                           limits=ImageLimits.of(project.data))
-    loader = torch.utils.data.DataLoader(ImageDataset(np.asarray(images), np.zeros(len(rows))),
-                                         batch_size=sets.batch_size)
+    images = cached_images(
+        rows, project.paths.data, sets.prep.scan, project_path(project.paths.cache), limits=ImageLimits.of(project.data)
+    )
+    loader = torch.utils.data.DataLoader(
+        ImageDataset(np.asarray(images), np.zeros(len(rows))), batch_size=sets.batch_size
+    )
     transform = eval_preset(sets.prep)
     with torch.no_grad():
         update_bn((transform(batch) for batch, _ in loader), sets.net)
@@ -51,14 +52,19 @@ def main() -> None:
     parser.add_argument("--model", default="models/model.pt")
     parser.add_argument("--params", default="params.yaml", help="where the manifest, data and cache are")
     parser.add_argument("--sizes", type=int, nargs="+", default=[80, 88, 96])
-    parser.add_argument("--refit-bn", action="store_true",
-                        help="re-estimate batch-norm statistics at each size on the train scans (FixRes)")
+    parser.add_argument(
+        "--refit-bn",
+        action="store_true",
+        help="re-estimate batch-norm statistics at each size on the train scans (FixRes)",
+    )
     args = parser.parse_args()
 
     project = load_params(args.params)
     trained = val_sets(args.model, project).prep
-    print(f"{args.model}: trained at {trained.image_size} px (resize {trained.resize_size}); "
-          f"batch norm {'refitted at each other size' if args.refit_bn else 'as trained'}")
+    print(
+        f"{args.model}: trained at {trained.image_size} px (resize {trained.resize_size}); "
+        f"batch norm {'refitted at each other size' if args.refit_bn else 'as trained'}"
+    )
     val_f1, shifted_f1 = {}, {}
     for size in args.sizes:
         sets = val_sets(args.model, project, size)
@@ -66,10 +72,17 @@ def main() -> None:
             refit_batch_norm(sets, project)
         clean, shifted = sets.scores()
         val_f1[size], shifted_f1[size] = clean["macro_f1"], float(np.mean(shifted))
-        print(f"S={size}: val acc {clean['accuracy']:.4f} macro-F1 {clean['macro_f1']:.4f}; shifted copies "
-              f"macro-F1 {' '.join(f'{f:.3f}' for f in shifted)} (mean {shifted_f1[size]:.4f})", flush=True)
-    print("val_f1 " + " ".join(f"{s}={f:.4f}" for s, f in val_f1.items())
-          + " shifted_f1 " + " ".join(f"{s}={f:.4f}" for s, f in shifted_f1.items()))
+        print(
+            f"S={size}: val acc {clean['accuracy']:.4f} macro-F1 {clean['macro_f1']:.4f}; shifted copies "
+            f"macro-F1 {' '.join(f'{f:.3f}' for f in shifted)} (mean {shifted_f1[size]:.4f})",
+            flush=True,
+        )
+    print(
+        "val_f1 "
+        + " ".join(f"{s}={f:.4f}" for s, f in val_f1.items())
+        + " shifted_f1 "
+        + " ".join(f"{s}={f:.4f}" for s, f in shifted_f1.items())
+    )
 
 
 if __name__ == "__main__":

@@ -42,9 +42,14 @@ DEFAULT = REPO.parent / "shared" / "data" / "brain-tumor-mri"
 
 def seed_style(dataset: Path, images: int, size: int) -> float:
     """The seed notebook's loop: decode and augment with PIL every epoch, fp32 NCHW, batch 4."""
-    tf = transforms.Compose([transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(),
-                             transforms.ToTensor(), transforms.Normalize([0.485, 0.456, 0.406],
-                                                                         [0.229, 0.224, 0.225])])
+    tf = transforms.Compose(
+        [
+            transforms.RandomResizedCrop(size),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
     folder = datasets.ImageFolder(dataset / "Training", tf)
     subset = torch.utils.data.Subset(folder, np.random.default_rng(0).permutation(len(folder))[:images].tolist())
     loader = torch.utils.data.DataLoader(subset, batch_size=4, shuffle=True, num_workers=0)
@@ -89,11 +94,12 @@ def project(dataset: Path, images: int, cache: Path, overrides: dict, size: int)
     train_cfg = dataclasses.replace(params.train, epochs=1, warmup_epochs=0, device="cpu", **overrides)
     files = scan_dataset(dataset, params.data.classes, {"notumor": "no_tumor", **params.data.aliases}).files
     train = [f for f in files if f.split == "train"]
-    picks = [train[i] for i in np.random.default_rng(0).permutation(len(train))[:images + 8]]
+    picks = [train[i] for i in np.random.default_rng(0).permutation(len(train))[: images + 8]]
     import pandas as pd
 
-    frame = pd.DataFrame({"path": [f.relpath for f in picks], "sha256": [f.relpath for f in picks],
-                          "label": [f.label for f in picks]})
+    frame = pd.DataFrame(
+        {"path": [f.relpath for f in picks], "sha256": [f.relpath for f in picks], "label": [f.label for f in picks]}
+    )
     start = time.perf_counter()
     scan = Preprocessing.from_config(model_cfg, params.preprocess).scan
     cached = cached_images(frame, dataset, scan, cache, limits=ImageLimits.of(params.data), progress=False)
@@ -101,9 +107,15 @@ def project(dataset: Path, images: int, cache: Path, overrides: dict, size: int)
     labels = frame["label"].map({c: i for i, c in enumerate(params.data.classes)}).to_numpy()
     # The last 8 images are a token val set: fit() validates every epoch; its time is not in images_per_s.
     data = TrainData(cached[:images], labels[:images], cached[images:], labels[images:], params.data.classes)
-    result = fit(build_model("none", len(params.data.classes)), data, train_cfg, params.augment,
-                 Preprocessing.from_config(model_cfg, params.preprocess),
-                 checkpoint_path=cache / f"ckpt-{sorted(overrides.items())}.pt", progress=False)
+    result = fit(
+        build_model("none", len(params.data.classes)),
+        data,
+        train_cfg,
+        params.augment,
+        Preprocessing.from_config(model_cfg, params.preprocess),
+        checkpoint_path=cache / f"ckpt-{sorted(overrides.items())}.pt",
+        progress=False,
+    )
     return result.history[0].images_per_s, cache_seconds
 
 
@@ -112,29 +124,41 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, default=DEFAULT)
     parser.add_argument("--images", type=int, default=96, help="Training images per loop (default 96)")
     parser.add_argument("--size", type=int, default=224, help="network input size in px (default 224)")
-    parser.add_argument("--variants", nargs="*", default=["freeze=layer3", "freeze=backbone"],
-                        help="extra project runs with train.* overrides, e.g. freeze=layer3 batch_size=64")
+    parser.add_argument(
+        "--variants",
+        nargs="*",
+        default=["freeze=layer3", "freeze=backbone"],
+        help="extra project runs with train.* overrides, e.g. freeze=layer3 batch_size=64",
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.images} images at {args.size} px, "
-          f"CPU bf16 instructions: {runtime.cpu_has_fast_bf16()}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.images} images at {args.size} px, "
+        f"CPU bf16 instructions: {runtime.cpu_has_fast_bf16()}"
+    )
     baseline = seed_style(args.dataset, args.images, args.size)
     print(f"seed-style loop (batch 4, fp32, NCHW, PIL every epoch): {baseline:.2f} img/s")
     limit, precision = bare_limit(args.size)
     print(f"bare loop on synthetic tensors ({precision}, batch 32, channels_last): {limit:.2f} img/s")
     with tempfile.TemporaryDirectory() as tmp:
         default, cache_seconds = project(args.dataset, args.images, Path(tmp), {}, args.size)
-        print(f"project loop, params.yaml: {default:.2f} img/s = {default / limit:.2f} of the limit "
-              f"(one-off preprocessing cache: {cache_seconds:.1f} s for {args.images + 8} scans)")
+        print(
+            f"project loop, params.yaml: {default:.2f} img/s = {default / limit:.2f} of the limit "
+            f"(one-off preprocessing cache: {cache_seconds:.1f} s for {args.images + 8} scans)"
+        )
         for variant in args.variants:
             key, value = variant.split("=", 1)
             typed = int(value) if value.isdigit() else {"true": True, "false": False}.get(value.lower(), value)
             speed, _ = project(args.dataset, args.images, Path(tmp), {key: typed}, args.size)
             print(f"project loop, train.{key}={value}: {speed:.2f} img/s ({speed / baseline:.1f}x seed-style)")
-    peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-               resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024**2
-    print(f"baseline={baseline:.2f} limit={limit:.2f} project={default:.2f} ratio={default / baseline:.2f} "
-          f"of_limit={default / limit:.2f} precision={precision} peak_rss_gb={peak:.2f}")
+    peak = (
+        max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+        / 1024**2
+    )
+    print(
+        f"baseline={baseline:.2f} limit={limit:.2f} project={default:.2f} ratio={default / baseline:.2f} "
+        f"of_limit={default / limit:.2f} precision={precision} peak_rss_gb={peak:.2f}"
+    )
 
 
 if __name__ == "__main__":

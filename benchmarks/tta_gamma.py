@@ -19,9 +19,8 @@ import argparse
 
 import numpy as np
 import torch
-from torch import nn
-
 from shifted_val import val_sets
+from torch import nn
 
 from braintumor.config import load_params
 from braintumor.transforms import Preprocessing
@@ -38,7 +37,7 @@ class GammaViews(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pixels = (x * self.std + self.mean).clamp(0.0, 1.0)  # back to [0, 1]
-        views = [self.net(x if g == 1.0 else (pixels ** g - self.mean) / self.std) for g in self.gammas]
+        views = [self.net(x if g == 1.0 else (pixels**g - self.mean) / self.std) for g in self.gammas]
         return torch.stack(views).mean(0)
 
 
@@ -54,8 +53,11 @@ def main() -> None:
     for name, model in {"plain": sets.net, "gamma": GammaViews(sets.net, sets.prep, args.gamma)}.items():
         clean, shifted = sets.scores(model)
         figures[name] = (clean["macro_f1"], float(np.mean(shifted)))
-        print(f"{name}: val macro-F1 {clean['macro_f1']:.4f}; shifted copies macro-F1 mean {np.mean(shifted):.4f} "
-              f"({' '.join(f'{s:.3f}' for s in shifted)})", flush=True)
+        print(
+            f"{name}: val macro-F1 {clean['macro_f1']:.4f}; shifted copies macro-F1 mean {np.mean(shifted):.4f} "
+            f"({' '.join(f'{s:.3f}' for s in shifted)})",
+            flush=True,
+        )
 
     (a, b), (c, d) = figures["plain"], figures["gamma"]
     print(f"tta_gamma val_f1 {a:.4f}->{c:.4f} shifted_f1 {b:.4f}->{d:.4f}")

@@ -26,8 +26,8 @@ import argparse
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 from shifted_val import ValSets, val_sets
+from sklearn.metrics import roc_auc_score
 
 from braintumor.calibration import shift_copies
 from braintumor.config import Params, load_params
@@ -79,8 +79,15 @@ def auroc(positive: np.ndarray, scores: np.ndarray) -> float:
 def split_images(project: Params, sets: ValSets, split: str):
     frame = in_splits(read_manifest(project.paths.manifest, sets.classes), split)
     frame = frame.sort_values("path", kind="stable").reset_index(drop=True)
-    images = np.asarray(cached_images(frame, project.paths.data, sets.prep.scan, project_path(project.paths.cache),
-                                      limits=ImageLimits.of(project.data)))
+    images = np.asarray(
+        cached_images(
+            frame,
+            project.paths.data,
+            sets.prep.scan,
+            project_path(project.paths.cache),
+            limits=ImageLimits.of(project.data),
+        )
+    )
     labels = frame["label"].map({c: i for i, c in enumerate(sets.classes)}).to_numpy()
     return frame, ImageDataset(images, labels)
 
@@ -117,9 +124,11 @@ def main() -> None:
             if args.testing:
                 t_score, t_wrong = scorer(name, tf, tl), tl.argmax(1).numpy() != ty
                 flagged = t_score > np.quantile(clean_score, FLAG_QUANTILE)
-                line += (f" | testing error_auroc {auroc(t_wrong, t_score):.4f} flagged {flagged.mean():.3f}"
-                         f" leak_free_flagged {flagged[free].mean():.3f}"
-                         f" acc_flagged {1 - t_wrong[flagged].mean():.3f} acc_unflagged {1 - t_wrong[~flagged].mean():.3f}")
+                line += (
+                    f" | testing error_auroc {auroc(t_wrong, t_score):.4f} flagged {flagged.mean():.3f}"
+                    f" leak_free_flagged {flagged[free].mean():.3f}"
+                    f" acc_flagged {1 - t_wrong[flagged].mean():.3f} acc_unflagged {1 - t_wrong[~flagged].mean():.3f}"
+                )
             print(line, flush=True)
 
 

@@ -32,17 +32,24 @@ def main() -> None:
         write_json(Path(tmp) / "validation.json", result.report)
     seconds = time.perf_counter() - start
     # ru_maxrss is in KiB on Linux; the workers are children, so take the larger of the two peaks.
-    peak_kib = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                   resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+    peak_kib = max(
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    )
     r = result.report
     print(f"dataset {args.dataset}: {r['n_train']} Training, {r['n_test']} Testing, {r['n_excluded']} excluded")
-    print(f"exact duplicates inside Training: {r['exact_duplicates_in_train']}; near-duplicate groups inside "
-          f"Training: {r['near_duplicate_groups_in_train']}; label conflicts: {r['label_conflicts']}")
-    print(f"Testing images with a copy in Training: {r['test_exact_in_train']} exact, {r['test_near_in_train']} "
-          f"near; leak-free Testing images: {r['test_leak_free']} of {r['n_test']}")
+    print(
+        f"exact duplicates inside Training: {r['exact_duplicates_in_train']}; near-duplicate groups inside "
+        f"Training: {r['near_duplicate_groups_in_train']}; label conflicts: {r['label_conflicts']}"
+    )
+    print(
+        f"Testing images with a copy in Training: {r['test_exact_in_train']} exact, {r['test_near_in_train']} "
+        f"near; leak-free Testing images: {r['test_leak_free']} of {r['n_test']}"
+    )
     print(f"image modes: {r['image_modes']}; sizes min/median/max: {r['image_sizes']}")
-    print(f"seconds={seconds:.2f} peak_rss_gb={peak_kib / 1024**2:.2f} "
-          f"test_exact_in_train={r['test_exact_in_train']} test_near_in_train={r['test_near_in_train']}")
+    print(
+        f"seconds={seconds:.2f} peak_rss_gb={peak_kib / 1024**2:.2f} "
+        f"test_exact_in_train={r['test_exact_in_train']} test_near_in_train={r['test_near_in_train']}"
+    )
 
 
 if __name__ == "__main__":

@@ -46,9 +46,11 @@ def result_type(model_uri: str) -> tuple[str, list[str]]:
     signature = model_signature(model_uri)
     params = [spec.name for spec in signature.params.params] if signature and signature.params else []
     if ROWS_PARAM not in params:
-        raise BrainTumorError(f"{model_uri} was logged by an older version of this project: its signature has no "
-                              f"param {ROWS_PARAM!r}, so it cannot answer one row per file as a Spark UDF must. "
-                              "A model trained (`dvc repro`) with this version has it.")
+        raise BrainTumorError(
+            f"{model_uri} was logged by an older version of this project: its signature has no "
+            f"param {ROWS_PARAM!r}, so it cannot answer one row per file as a Spark UDF must. "
+            "A model trained (`dvc repro`) with this version has it."
+        )
     classes, novelty = classes_of_signature(signature.outputs.input_names())
     return spark_result_type(classes, novelty), list(picture_fields(classes, novelty))
 
@@ -75,8 +77,10 @@ def score(spark, source: str, model_uri: str, *, partitions: int | None = None, 
     try:
         files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(source)
     except AnalysisException as exc:
-        raise BrainTumorError(f"INPUT {source}: {exc.getMessage() if hasattr(exc, 'getMessage') else exc}. Give "
-                              "a folder or a glob of scans that Spark can read.") from None
+        raise BrainTumorError(
+            f"INPUT {source}: {exc.getMessage() if hasattr(exc, 'getMessage') else exc}. Give "
+            "a folder or a glob of scans that Spark can read."
+        ) from None
     if partitions is None and spark.conf.get("spark.master").startswith("local"):
         # In local mode MLflow's UDF loads the model in every task (on a cluster, once per executor's Python
         # worker): one task per core, not one per ~30 files as Spark lists them (about 1 s of loading each).
@@ -87,14 +91,24 @@ def score(spark, source: str, model_uri: str, *, partitions: int | None = None, 
         files = files.coalesce(partitions) if partitions <= now else files.repartition(partitions)
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
     # the model's code and weights go to each executor; env_manager "local": the executors' Python runs them
-    predict = mlflow.pyfunc.spark_udf(spark, model_uri, result_type=udf_type, env_manager="local",
-                                      params={ROWS_PARAM: "file"})
-    scored = files.select("path", F.sha2("content", 256).alias("sha256"), F.col("length").alias("size_bytes"),
-                          predict(F.base64("content")).alias("scored"))
-    return scored.select("path", "sha256", "size_bytes", *(f"scored.scan.{name}" for name in
-                                                           ("kind", "pictures", "description")),
-                         *(F.col("scored.answer")[name].alias(name) for name in [*fields, "averaged_over"]),
-                         F.col("scored.frames").alias("frames"), F.col("scored.scan.error").alias("error"))
+    predict = mlflow.pyfunc.spark_udf(
+        spark, model_uri, result_type=udf_type, env_manager="local", params={ROWS_PARAM: "file"}
+    )
+    scored = files.select(
+        "path",
+        F.sha2("content", 256).alias("sha256"),
+        F.col("length").alias("size_bytes"),
+        predict(F.base64("content")).alias("scored"),
+    )
+    return scored.select(
+        "path",
+        "sha256",
+        "size_bytes",
+        *(f"scored.scan.{name}" for name in ("kind", "pictures", "description")),
+        *(F.col("scored.answer")[name].alias(name) for name in [*fields, "averaged_over"]),
+        F.col("scored.frames").alias("frames"),
+        F.col("scored.scan.error").alias("error"),
+    )
 
 
 def is_local(path: str) -> bool:
@@ -122,8 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("input", metavar="INPUT", help="a folder (recursive) or a glob: local, hdfs://, s3a://")
     parser.add_argument("output", metavar="OUTPUT", help="the Parquet folder to write (must not exist)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"an MLflow model URI (default {DEFAULT_MODEL})")
-    parser.add_argument("--partitions", type=int, help="score in N tasks (default: one per core in local mode, "
-                        "else as Spark lists the files)")
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        help="score in N tasks (default: one per core in local mode, else as Spark lists the files)",
+    )
     parser.add_argument("--batch-size", type=int, default=64, help="files per batch the model scores (default 64)")
     args = parser.parse_args(argv)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar per download, in a log file
@@ -137,10 +154,15 @@ def main(argv: list[str] | None = None) -> int:
         spark = spark_session()
         table = score(spark, args.input, args.model, partitions=args.partitions, batch_size=args.batch_size)
         write_parquet(table, args.output)
-        counts = spark.read.parquet(args.output).selectExpr("count(*) AS files", "count(error) AS errors",
-                                                            "sum(pictures) AS pictures").first()
-        print(f"wrote {args.output}: {counts.files} files, {counts.pictures or 0} pictures scored, "
-              f"{counts.errors} files could not be used (their reason is in the column `error`)")
+        counts = (
+            spark.read.parquet(args.output)
+            .selectExpr("count(*) AS files", "count(error) AS errors", "sum(pictures) AS pictures")
+            .first()
+        )
+        print(
+            f"wrote {args.output}: {counts.files} files, {counts.pictures or 0} pictures scored, "
+            f"{counts.errors} files could not be used (their reason is in the column `error`)"
+        )
     except BrainTumorError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

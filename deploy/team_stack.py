@@ -41,8 +41,10 @@ ARTIFACTS_BUCKET = "mlflow-artifacts"
 DVC_BUCKET = "dvc-store"
 DB_NAME = DB_USER = "mlflow"
 REGION = "us-east-1"
-INSTALL_POSTGRES = ("PostgreSQL's server binaries (initdb, pg_ctl, postgres) are not installed: "
-                    "`apt-get install postgresql` (Debian, Ubuntu) or `brew install postgresql@15` (macOS)")
+INSTALL_POSTGRES = (
+    "PostgreSQL's server binaries (initdb, pg_ctl, postgres) are not installed: "
+    "`apt-get install postgresql` (Debian, Ubuntu) or `brew install postgresql@15` (macOS)"
+)
 
 
 class StackError(ServerError):
@@ -67,8 +69,12 @@ class TeamStack:
 
     def client_env(self) -> dict[str, str]:
         """What a team member exports: the tracking server, and the S3 credentials DVC's remote uses."""
-        return {"MLFLOW_TRACKING_URI": self.tracking_uri, "AWS_ACCESS_KEY_ID": self.s3_access_key,
-                "AWS_SECRET_ACCESS_KEY": self.s3_secret_key, "AWS_DEFAULT_REGION": REGION}
+        return {
+            "MLFLOW_TRACKING_URI": self.tracking_uri,
+            "AWS_ACCESS_KEY_ID": self.s3_access_key,
+            "AWS_SECRET_ACCESS_KEY": self.s3_secret_key,
+            "AWS_DEFAULT_REGION": REGION,
+        }
 
     def secrets(self) -> list[str]:
         return [self.db_password, self.s3_access_key, self.s3_secret_key]
@@ -76,11 +82,17 @@ class TeamStack:
     def s3_client(self):
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.s3_endpoint, region_name=REGION,
-                            aws_access_key_id=self.s3_access_key, aws_secret_access_key=self.s3_secret_key)
+        return boto3.client(
+            "s3",
+            endpoint_url=self.s3_endpoint,
+            region_name=REGION,
+            aws_access_key_id=self.s3_access_key,
+            aws_secret_access_key=self.s3_secret_key,
+        )
 
 
 # ---- PostgreSQL ----------------------------------------------------------------------------------------------
+
 
 def postgres_bindir() -> Path:
     """The folder of initdb and pg_ctl: `pg_config --bindir`, else Debian's /usr/lib/postgresql/N/bin, else PATH."""
@@ -108,8 +120,10 @@ def _server_account() -> pwd.struct_passwd | None:
     for name in ("postgres", "nobody"):
         with contextlib.suppress(KeyError):
             return pwd.getpwnam(name)
-    raise StackError("running as root, and there is no `postgres` (nor `nobody`) user to run PostgreSQL as: "
-                     "`apt-get install postgresql` creates it")
+    raise StackError(
+        "running as root, and there is no `postgres` (nor `nobody`) user to run PostgreSQL as: "
+        "`apt-get install postgresql` creates it"
+    )
 
 
 @contextlib.contextmanager
@@ -134,24 +148,75 @@ def postgres_cluster(password: str, log: Path) -> Iterator[str]:
         if account:
             os.chown(password_file, account.pw_uid, account.pw_gid)
         data, port = root / "data", free_port()
-        _check(subprocess.run([str(bindir / "initdb"), "-D", str(data), "-U", DB_USER, f"--pwfile={password_file}",
-                               "--auth-host=scram-sha-256", "--auth-local=scram-sha-256", "-E", "UTF8",
-                               "--locale=C", "--no-sync"],
-                              cwd=root, capture_output=True, text=True, **as_server), "initdb")
+        _check(
+            subprocess.run(
+                [
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(data),
+                    "-U",
+                    DB_USER,
+                    f"--pwfile={password_file}",
+                    "--auth-host=scram-sha-256",
+                    "--auth-local=scram-sha-256",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                **as_server,
+            ),
+            "initdb",
+        )
         password_file.unlink()
-        options = (f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={root} -c fsync=off "
-                   "-c full_page_writes=off")
-        _check(subprocess.run([str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w",
-                               "-t", "120", "-o", options, "start"],
-                              cwd=root, capture_output=True, text=True, **as_server), "pg_ctl start")
+        options = (
+            f"-c listen_addresses=127.0.0.1 -p {port} -c unix_socket_directories={root} -c fsync=off "
+            "-c full_page_writes=off"
+        )
+        _check(
+            subprocess.run(
+                [
+                    str(bindir / "pg_ctl"),
+                    "-D",
+                    str(data),
+                    "-l",
+                    str(root / "server.log"),
+                    "-w",
+                    "-t",
+                    "120",
+                    "-o",
+                    options,
+                    "start",
+                ],
+                cwd=root,
+                capture_output=True,
+                text=True,
+                **as_server,
+            ),
+            "pg_ctl start",
+        )
         try:
             env = {**os.environ, "PGPASSWORD": password}
-            _check(subprocess.run([str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", DB_USER,
-                                   DB_NAME], env=env, capture_output=True, text=True), "createdb")
+            _check(
+                subprocess.run(
+                    [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", DB_USER, DB_NAME],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                ),
+                "createdb",
+            )
             yield f"postgresql+psycopg2://{DB_USER}@127.0.0.1:{port}/{DB_NAME}"
         finally:
-            subprocess.run([str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
-                           cwd=root, capture_output=True, **as_server)
+            subprocess.run(
+                [str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                cwd=root,
+                capture_output=True,
+                **as_server,
+            )
     finally:
         if (root / "server.log").is_file():
             shutil.copyfile(root / "server.log", log)
@@ -164,6 +229,7 @@ def _check(result: subprocess.CompletedProcess, what: str) -> None:
 
 
 # ---- S3 and MLflow -------------------------------------------------------------------------------------------
+
 
 @contextlib.contextmanager
 def s3_server(log: Path) -> Iterator[str]:
@@ -179,8 +245,15 @@ def s3_server(log: Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def mlflow_server(db_uri: str, db_password: str, s3_endpoint: str, s3_access_key: str, s3_secret_key: str,
-                  log: Path, port: int | None = None) -> Iterator[str]:
+def mlflow_server(
+    db_uri: str,
+    db_password: str,
+    s3_endpoint: str,
+    s3_access_key: str,
+    s3_secret_key: str,
+    log: Path,
+    port: int | None = None,
+) -> Iterator[str]:
     """`mlflow server` on PostgreSQL with artifacts in the S3 bucket; yields its URL.
 
     The secrets reach it through its environment (libpq's PGPASSWORD, boto3's AWS_*), never its command line.
@@ -188,13 +261,35 @@ def mlflow_server(db_uri: str, db_password: str, s3_endpoint: str, s3_access_key
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_", "PG"))}
-    env.update(PGPASSWORD=db_password, AWS_ACCESS_KEY_ID=s3_access_key, AWS_SECRET_ACCESS_KEY=s3_secret_key,
-               AWS_DEFAULT_REGION=REGION, MLFLOW_S3_ENDPOINT_URL=s3_endpoint, AWS_EC2_METADATA_DISABLED="true",
-               # no job runner: its eight processes serve GenAI features this project does not use
-               MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
-    proc = start_process([str(BIN / "mlflow"), "server", "--backend-store-uri", db_uri,
-                          "--artifacts-destination", f"s3://{ARTIFACTS_BUCKET}", "--serve-artifacts",
-                          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"], log, env=env)
+    env.update(
+        PGPASSWORD=db_password,
+        AWS_ACCESS_KEY_ID=s3_access_key,
+        AWS_SECRET_ACCESS_KEY=s3_secret_key,
+        AWS_DEFAULT_REGION=REGION,
+        MLFLOW_S3_ENDPOINT_URL=s3_endpoint,
+        AWS_EC2_METADATA_DISABLED="true",
+        # no job runner: its eight processes serve GenAI features this project does not use
+        MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
+    )
+    proc = start_process(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            db_uri,
+            "--artifacts-destination",
+            f"s3://{ARTIFACTS_BUCKET}",
+            "--serve-artifacts",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        log,
+        env=env,
+    )
     try:
         wait_http(f"{url}/health", proc, log, "mlflow server")
         yield url
@@ -212,12 +307,14 @@ def team_stack(folder: Path, mlflow_port: int | None = None) -> Iterator[TeamSta
         client = partial.s3_client()
         for bucket in (ARTIFACTS_BUCKET, DVC_BUCKET):
             client.create_bucket(Bucket=bucket)
-        with mlflow_server(db_uri, db_password, s3, s3_access_key, s3_secret_key, folder / "mlflow-server.log",
-                           mlflow_port) as tracking_uri:
+        with mlflow_server(
+            db_uri, db_password, s3, s3_access_key, s3_secret_key, folder / "mlflow-server.log", mlflow_port
+        ) as tracking_uri:
             yield TeamStack(tracking_uri, s3, db_uri, db_password, s3_access_key, s3_secret_key, folder)
 
 
 # ---- make team-up ---------------------------------------------------------------------------------------------
+
 
 def _write_env_file(path: Path, stack: TeamStack) -> None:
     path.unlink(missing_ok=True)
@@ -230,8 +327,11 @@ def _write_env_file(path: Path, stack: TeamStack) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--port", type=int, default=5000, help="the MLflow server's port (default 5000)")
-    parser.add_argument("--env-file", default="team-stack.env",
-                        help="where to write the client variables, mode 0600 (default team-stack.env, git-ignored)")
+    parser.add_argument(
+        "--env-file",
+        default="team-stack.env",
+        help="where to write the client variables, mode 0600 (default team-stack.env, git-ignored)",
+    )
     args = parser.parse_args(argv)
     env_file = Path(args.env_file).resolve()
     logs = Path(tempfile.mkdtemp(prefix="braintumor-team-stack-"))
@@ -239,13 +339,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with team_stack(logs, args.port) as stack:
             _write_env_file(env_file, stack)
-            print(f"""
+            print(
+                f"""
 Team stack up, on this machine only (logs in {logs}):
   MLflow server   {stack.tracking_uri}   (open it in a browser)
   PostgreSQL      {stack.db_uri}
   S3 (moto)       {stack.s3_endpoint}   buckets s3://{ARTIFACTS_BUCKET}, s3://{DVC_BUCKET}
 
-In each shell that uses it (it sets {', '.join(stack.client_env())}):
+In each shell that uses it (it sets {", ".join(stack.client_env())}):
   source {env_file}
 
 Point the DVC remote at the bucket (in .dvc/config.local, which git ignores, as this endpoint is yours alone):
@@ -256,7 +357,9 @@ Then: dvc repro   ->  the run, its model and report land on {stack.tracking_uri}
       dvc push --run-cache
       braintumor predict data/Testing --model models:/brain-tumor-classifier@champion
 
-Ctrl-C stops it all; runs, models and objects are gone then (moto keeps objects in memory).""", flush=True)
+Ctrl-C stops it all; runs, models and objects are gone then (moto keeps objects in memory).""",
+                flush=True,
+            )
             while True:
                 time.sleep(3600)
     except KeyboardInterrupt:

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import tiny_params
 
 from braintumor.data.sample import write_sample_dataset
-from helpers import tiny_params
+
 
 def _tracking_uri_kept():
     """Whatever a test (or a module's fixtures) sets with mlflow.set_tracking_uri, or MLFLOW_TRACKING_URI, is undone
@@ -63,9 +64,14 @@ def model_file(sample_root, tmp_path_factory) -> Path:
     params = tiny_params(sample_root)
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("model") / "model.pt"
-    save_model(path, build_model("none", len(params.data.classes)), classes=params.data.classes,
-               preprocessing=Preprocessing.from_config(params.model, params.preprocess), params=params.to_dict(),
-               metrics={})
+    save_model(
+        path,
+        build_model("none", len(params.data.classes)),
+        classes=params.data.classes,
+        preprocessing=Preprocessing.from_config(params.model, params.preprocess),
+        params=params.to_dict(),
+        metrics={},
+    )
     return path
 
 
@@ -92,11 +98,13 @@ def novelty_model_file(sample_root, tmp_path_factory):
     files = sorted((sample_root / "Training").rglob("*.jpg"))
     images = torch.from_numpy(np.stack([predictor.load_image(p) for p in files]))[:, None]
     labels = np.array([classes.index(p.parent.name) for p in files])
-    features = forward_outputs(net, [(images, torch.from_numpy(labels))], torch.device("cpu"), predictor.transform,
-                               features=True).features
+    features = forward_outputs(
+        net, [(images, torch.from_numpy(labels))], torch.device("cpu"), predictor.transform, features=True
+    ).features
     novelty = fit_novelty(features, labels, features, quantile=0.5)
-    save_model(path, net, classes=classes, preprocessing=prep, params=params.to_dict(), metrics={},
-               novelty=novelty.to_dict())
+    save_model(
+        path, net, classes=classes, preprocessing=prep, params=params.to_dict(), metrics={}, novelty=novelty.to_dict()
+    )
     return path, novelty
 
 

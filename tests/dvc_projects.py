@@ -12,8 +12,9 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from braintumor.processes import venv_env
 from helpers import REPO, tiny_params_dict
+
+from braintumor.processes import venv_env
 
 EXPERIMENT = "brain-tumor-mri"
 
@@ -22,14 +23,20 @@ def env() -> dict[str, str]:
     """The caller's environment without anything that would point MLflow, DVC or git elsewhere."""
     drop = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE")
     env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("DVC_")}
-    env.update(PATH=venv_env()["PATH"], DVC_NO_ANALYTICS="1", OMP_NUM_THREADS="2",
-               MPLBACKEND="Agg", MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1")  # tiny runs are shorter than 10 s
+    env.update(
+        PATH=venv_env()["PATH"],
+        DVC_NO_ANALYTICS="1",
+        OMP_NUM_THREADS="2",
+        MPLBACKEND="Agg",
+        MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1",
+    )  # tiny runs are shorter than 10 s
     return env
 
 
 def sh(repo: Path, *cmd: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    result = subprocess.run(list(cmd), check=False, cwd=repo, env=env(), capture_output=True, text=True,
-                            timeout=timeout)
+    result = subprocess.run(
+        list(cmd), check=False, cwd=repo, env=env(), capture_output=True, text=True, timeout=timeout
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
@@ -57,8 +64,11 @@ def set_param(repo: Path, key: str, value) -> None:
 
 
 def file_hashes(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def mlflow_client(repo: Path):
@@ -78,8 +88,16 @@ def make_project(root: Path) -> Path:
     """A git repository with what the pipeline needs, the tiny sample in data/ and tiny params, committed."""
     repo = root.resolve() / "repo"  # resolved, as the pipeline resolves its root (fileio.project_root)
     repo.mkdir(parents=True)
-    for name in ("dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", "data/.gitignore", "data/README.md",
-                 ".dvc/config", ".dvc/plots/roc_per_class.json"):
+    for name in (
+        "dvc.yaml",
+        "params.yaml",
+        ".dvcignore",
+        ".gitignore",
+        "data/.gitignore",
+        "data/README.md",
+        ".dvc/config",
+        ".dvc/plots/roc_per_class.json",
+    ):
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, repo / name)
     skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")

@@ -46,8 +46,9 @@ def predict(capsys, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def run(cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True,
-        timeout: int = 600) -> subprocess.CompletedProcess:
+def run(
+    cmd: list[str], cwd: Path, env: dict | None = None, check: bool = True, timeout: int = 600
+) -> subprocess.CompletedProcess:
     """Run a command with the venv's tools first on PATH; on failure, show its output."""
     result = subprocess.run(cmd, cwd=cwd, env=venv_env(env), capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:

@@ -14,8 +14,7 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import ExplicitVRLittleEndian, JPEGLosslessSV1, MRImageStorage, generate_uid
 
 
-def dicom_bytes(pixels: np.ndarray, *, photometric: str = "MONOCHROME2", preamble: bool = True,
-                **attributes) -> bytes:
+def dicom_bytes(pixels: np.ndarray, *, photometric: str = "MONOCHROME2", preamble: bool = True, **attributes) -> bytes:
     """A DICOM Part 10 MR image of `pixels` ((R, C) or (F, R, C), uint8, uint16 or int16), with file meta.
 
     `attributes` are set on the dataset (RescaleSlope=2, WindowCenter=40, ...)."""
@@ -78,6 +77,7 @@ def eps() -> bytes:
 
 # ---- crafted bombs (tests/test_format_bombs.py): small files whose headers lie about what they expand to --------
 
+
 def deflated_dicom_bytes(pixels: np.ndarray, *, trailing_zeros: int = 0) -> bytes:
     """`pixels` as a Deflated Explicit VR Little Endian DICOM; `trailing_zeros` bytes of Data Set Trailing Padding
     (FFFC,FFFC) after the pixel data inflate from a few hundred kilobytes (a deflate bomb when large)."""
@@ -102,7 +102,7 @@ def deflated_dicom_bytes(pixels: np.ndarray, *, trailing_zeros: int = 0) -> byte
         parts.append(deflate.compress(struct.pack("<HH2sHL", 0xFFFC, 0xFFFC, b"OB", 0, trailing_zeros)))
         chunk = bytes(1 << 20)
         for start in range(0, trailing_zeros, len(chunk)):
-            parts.append(deflate.compress(chunk[:trailing_zeros - start]))
+            parts.append(deflate.compress(chunk[: trailing_zeros - start]))
     parts.append(deflate.flush())
     return b"".join(parts)
 
@@ -136,7 +136,7 @@ def jpeg_bytes(pixels: np.ndarray, *, claimed_size: tuple[int, int] | None = Non
     data = bytearray(buffer.getvalue())
     if claimed_size:
         sof = data.index(b"\xff\xc0")
-        data[sof + 5:sof + 9] = claimed_size[1].to_bytes(2, "big") + claimed_size[0].to_bytes(2, "big")
+        data[sof + 5 : sof + 9] = claimed_size[1].to_bytes(2, "big") + claimed_size[0].to_bytes(2, "big")
     return bytes(data)
 
 
@@ -163,6 +163,6 @@ def nifti_gz_of_zeros(shape: tuple[int, int, int], dtype: str) -> bytes:
     parts = [gz.compress(header.binaryblock + b"\0" * 4)]
     chunk = bytes(1 << 22)
     for start in range(0, size, len(chunk)):
-        parts.append(gz.compress(chunk[:size - start]))
+        parts.append(gz.compress(chunk[: size - start]))
     parts.append(gz.flush())
     return b"".join(parts)

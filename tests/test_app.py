@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from helpers import predict
 from PIL import Image
 from scan_files import dicom_bytes, nifti_bytes
 
@@ -34,8 +33,10 @@ from braintumor.cli import main
 from braintumor.processes import free_port, start_process, stop_process, venv_env, wait_http
 from braintumor.serving import Predictor
 
-CHROMIUM_HINT = ("the page's browser tests need Debian's Chromium and Playwright for Python: "
-                 "apt-get install -y chromium && pip install playwright")
+CHROMIUM_HINT = (
+    "the page's browser tests need Debian's Chromium and Playwright for Python: "
+    "apt-get install -y chromium && pip install playwright"
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +46,12 @@ def scans(sample_root, module_dir) -> dict[str, Path]:
     folder.mkdir()
     testing = sorted((sample_root / "Testing").rglob("*.jpg"))
     pictures = [np.asarray(Image.open(p).convert("L")) for p in testing[:6]]  # (64, 64) uint8 each
-    files = {"jpeg": folder / "axial t1.jpg", "dicom": folder / "series 2.dcm", "nifti": folder / "volume.nii.gz",
-             "broken": folder / "broken.jpg"}
+    files = {
+        "jpeg": folder / "axial t1.jpg",
+        "dicom": folder / "series 2.dcm",
+        "nifti": folder / "volume.nii.gz",
+        "broken": folder / "broken.jpg",
+    }
     shutil.copy(testing[0], files["jpeg"])
     stored = pictures[1].astype(np.uint16) * 16  # 12-bit values, shown through the file's own window
     files["dicom"].write_bytes(dicom_bytes(stored, WindowCenter=2040, WindowWidth=4080))
@@ -62,8 +67,9 @@ def predicted(scans, novelty_model_file, module_dir) -> tuple[pd.DataFrame, str]
     printed."""
     output, printed = module_dir / "predict.csv", io.StringIO()
     with contextlib.redirect_stdout(printed):
-        code = main_status(["predict", *map(str, scans.values()), "--model", str(novelty_model_file[0]),
-                            "--output", str(output)])
+        code = main_status(
+            ["predict", *map(str, scans.values()), "--model", str(novelty_model_file[0]), "--output", str(output)]
+        )
     assert code == 0
     table = pd.read_csv(output)
     table["file"] = [Path(f).name for f in table["file"]]
@@ -82,8 +88,11 @@ def main_status(argv: list[str]) -> int:
 def app_url(novelty_model_file, module_dir):
     """`braintumor app --model FILE --port P` in a process of its own, as a user starts it."""
     port, log = free_port(), module_dir / "app.log"
-    proc = start_process([sys.executable, "-m", "braintumor.cli", "app", "--model", str(novelty_model_file[0]),
-                          "--port", str(port)], log, env=venv_env())
+    proc = start_process(
+        [sys.executable, "-m", "braintumor.cli", "app", "--model", str(novelty_model_file[0]), "--port", str(port)],
+        log,
+        env=venv_env(),
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/api/model", proc, log, "braintumor app", timeout=120)
@@ -127,8 +136,7 @@ def _check_shown(card, row: pd.Series, classes: list[str]) -> None:
 
 
 @pytest.mark.slow
-def test_the_page_shows_predicts_answers_and_evidence(browser, app_url, scans, predicted, novelty_model_file,
-                                                      tmp_path):
+def test_the_page_shows_predicts_answers_and_evidence(browser, app_url, scans, predicted, novelty_model_file, tmp_path):
     predicted, printed = predicted
     classes = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
     context = browser.new_context(viewport={"width": 1100, "height": 900}, accept_downloads=True)
@@ -175,7 +183,7 @@ def test_the_page_shows_predicts_answers_and_evidence(browser, app_url, scans, p
     # The broken file: predict's reason, on its own card; the others were still answered.
     reason = card(scans["broken"]).locator(".reason").inner_text()
     assert reason.startswith("Cannot be used: ")
-    assert f"skipped {scans['broken']}: {reason[len('Cannot be used: '):]}\n" in printed
+    assert f"skipped {scans['broken']}: {reason[len('Cannot be used: ') :]}\n" in printed
 
     # The volume: its middle slice first, then keyboard only to its slider and one slice on.
     volume, slices = card(scans["nifti"]), rows(scans["nifti"])
@@ -199,16 +207,20 @@ def test_the_page_shows_predicts_answers_and_evidence(browser, app_url, scans, p
     predictor = Predictor(novelty_model_file[0])
     image = predictor.images_of(predictor.pictures(scans["nifti"]))[3]
     expected = predictor.explain(image, per_slice.iloc[3]["label"], alpha=1.0)
-    shown = page.evaluate("""async (url) => {
+    shown = page.evaluate(
+        """async (url) => {
         const bytes = new Uint8Array(await (await fetch(url)).arrayBuffer()); return Array.from(bytes); }""",
-                          heat.get_attribute("src"))
+        heat.get_attribute("src"),
+    )
     shown = np.asarray(Image.open(io.BytesIO(bytes(shown))).convert("RGB"))
     assert shown.shape == expected.shape and np.abs(shown.astype(int) - expected).max() <= 1  # float rounding only
-    drawn = page.evaluate("""(img) => { const c = document.createElement('canvas');
+    drawn = page.evaluate(
+        """(img) => { const c = document.createElement('canvas');
         c.width = img.naturalWidth; c.height = img.naturalHeight; const g = c.getContext('2d'); g.drawImage(img, 0, 0);
         const d = g.getImageData(0, 0, c.width, c.height).data; let colour = 0;
         for (let i = 0; i < d.length; i += 4) colour += Math.abs(d[i] - d[i + 2]); return colour; }""",
-                          heat.element_handle())
+        heat.element_handle(),
+    )
     assert drawn > 0  # a jet heat map, not a gray picture
     volume.locator(".cam-toggle").click()
     assert not heat.is_visible()
@@ -244,6 +256,7 @@ def test_the_page_shows_predicts_answers_and_evidence(browser, app_url, scans, p
 
 # ---- the server over HTTP, without a browser ----------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def small_limit_url(model_file, module_dir):
     """The app in this process (uvicorn in a thread) on a model whose params say data.max_file_bytes=20000."""
@@ -254,8 +267,14 @@ def small_limit_url(model_file, module_dir):
     path = module_dir / "small-limit.pt"
     torch.save(bundle, path)
     predictor = Predictor(path)
-    server = uvicorn.Server(uvicorn.Config(create_app(Answers(predictor), model_facts(str(path), path, predictor)),
-                                           host="127.0.0.1", port=free_port(), log_level="warning"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(Answers(predictor), model_facts(str(path), path, predictor)),
+            host="127.0.0.1",
+            port=free_port(),
+            log_level="warning",
+        )
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -289,8 +308,9 @@ def _post(host: str, chunks: list[bytes], length: int | None) -> tuple[int, dict
 def test_uploads_over_the_limit_are_refused_before_and_while_they_stream(small_limit_url, sample_root):
     status, answer = _post(small_limit_url, [], length=50_000_000)  # declared: refused before a byte is read
     assert status == 413
-    assert answer["problem"] == ("50,000,000 bytes is over the limit data.max_file_bytes=20,000; raise the limit "
-                                 "if the scan is real")
+    assert answer["problem"] == (
+        "50,000,000 bytes is over the limit data.max_file_bytes=20,000; raise the limit if the scan is real"
+    )
     status, answer = _post(small_limit_url, [b"\0" * 8192] * 4, length=None)  # chunked: refused once past it
     assert status == 413 and "over the limit data.max_file_bytes=20,000" in answer["problem"]
     jpeg = next((sample_root / "Testing").rglob("*.jpg")).read_bytes()
@@ -343,8 +363,9 @@ def test_a_registered_versions_facts_and_card_head_the_page(model_file, tmp_path
     (artifacts / "model_card.md").write_text("# Model card: brain-tumor-classifier version 1\n")
     client = MlflowClient(uri)
     client.create_registered_model("brain-tumor-classifier")
-    version = client.create_model_version("brain-tumor-classifier", artifacts.as_uri(),
-                                          tags={"data_dvc_hash": "Testing:ab12,Training:cd34"})
+    version = client.create_model_version(
+        "brain-tumor-classifier", artifacts.as_uri(), tags={"data_dvc_hash": "Testing:ab12,Training:cd34"}
+    )
     client.set_registered_model_alias("brain-tumor-classifier", "champion", version.version)
 
     model = "models:/brain-tumor-classifier@champion"

@@ -52,8 +52,15 @@ def test_predictor_applies_the_model_files_temperature(sample_root, tmp_path):
     paths = {}
     for temperature in (1.0, 3.0):
         paths[temperature] = tmp_path / f"t{temperature}.pt"
-        save_model(paths[temperature], model, classes=params.data.classes, preprocessing=prep,
-                   inference=Inference(temperature=temperature), params=params.to_dict(), metrics={})
+        save_model(
+            paths[temperature],
+            model,
+            classes=params.data.classes,
+            preprocessing=prep,
+            inference=Inference(temperature=temperature),
+            params=params.to_dict(),
+            metrics={},
+        )
     scan = next((sample_root / "Testing" / "glioma_tumor").iterdir()).read_bytes()
     plain, warm = (Predictor(paths[t]) for t in (1.0, 3.0))
     images = [plain.load_image(scan)]
@@ -88,8 +95,12 @@ def _scan_data(n: int = 40, size: int = 40) -> TrainData:
 
 @pytest.mark.parametrize("method", ["val", "shifted", "none"])
 def test_calibration_method_decides_what_the_temperature_is_fitted_on(sample_root, method):
-    params = tiny_params(sample_root, train={"calibration": method}, augment={"gamma": 1.5, "contrast": 0.3},
-                         model={"image_size": 32, "resize_size": 40, "tta_hflip": False})
+    params = tiny_params(
+        sample_root,
+        train={"calibration": method},
+        augment={"gamma": 1.5, "contrast": 0.3},
+        model={"image_size": 32, "resize_size": 40, "tta_hflip": False},
+    )
     prep = Preprocessing.from_config(params.model, params.preprocess)
     inference = calibrate(_BrightnessClassifier(), _scan_data(), prep, params)
     assert inference.calibration == method
@@ -102,10 +113,20 @@ def test_calibration_method_decides_what_the_temperature_is_fitted_on(sample_roo
 
 
 def test_shifted_copies_are_seeded_scaled_intensity_augmentation_without_geometry(sample_root):
-    params = tiny_params(sample_root, augment={"gamma": 1.5, "brightness": 0.2, "contrast": 0.4, "blur_sharpen": 0.3,
-                                               "noise": 0.02, "intensity_curve": 0.5, "rotation_degrees": 30})
+    params = tiny_params(
+        sample_root,
+        augment={
+            "gamma": 1.5,
+            "brightness": 0.2,
+            "contrast": 0.4,
+            "blur_sharpen": 0.3,
+            "noise": 0.02,
+            "intensity_curve": 0.5,
+            "rotation_degrees": 30,
+        },
+    )
     stronger = stronger_intensity(params.augment, 3.0)
-    assert stronger.gamma == pytest.approx(1.5 ** 3) and stronger.brightness == pytest.approx(0.6)
+    assert stronger.gamma == pytest.approx(1.5**3) and stronger.brightness == pytest.approx(0.6)
     assert stronger.contrast == 0.95 and stronger.blur_sharpen == pytest.approx(0.9)  # contrast kept < 1
     assert stronger.noise == pytest.approx(0.06) and stronger.intensity_curve == 0.0
     assert stronger.rotation_degrees == 30  # geometry is not used by the shifted preset at all
@@ -123,20 +144,31 @@ def test_shifted_copies_are_seeded_scaled_intensity_augmentation_without_geometr
 
 
 def test_a_shifted_copy_is_drawn_per_scan_so_batching_cannot_change_it(sample_root):
-    params = tiny_params(sample_root, augment={"gamma": 1.5, "contrast": 0.3, "noise": 0.05},
-                         model={"image_size": 32, "resize_size": 40})
+    params = tiny_params(
+        sample_root, augment={"gamma": 1.5, "contrast": 0.3, "noise": 0.05}, model={"image_size": 32, "resize_size": 40}
+    )
     prep = Preprocessing.from_config(params.model, params.preprocess)
     images = torch.from_numpy(_scan_data().val_images[:, None])
     preset = shifted_preset(prep, params.augment, 2.0, 7, len(images))
     whole = preset(images, torch.arange(len(images)))
     torch.testing.assert_close(preset(images[5:6], torch.tensor([5])), whole[5:6])  # scan 5 alone, noise included
-    torch.testing.assert_close(torch.cat([preset(images[i:i + 3], torch.arange(i, min(i + 3, 40))) for i in range(0, 40, 3)]),
-                               whole)
-    temperatures = {size: calibrate(_BrightnessClassifier(), _scan_data(), prep,
-                                    tiny_params(sample_root, augment={"gamma": 1.5, "contrast": 0.3, "noise": 0.05},
-                                                model={"image_size": 32, "resize_size": 40, "tta_hflip": False},
-                                                evaluate={"batch_size": size})).temperature
-                    for size in (3, 16)}
+    torch.testing.assert_close(
+        torch.cat([preset(images[i : i + 3], torch.arange(i, min(i + 3, 40))) for i in range(0, 40, 3)]), whole
+    )
+    temperatures = {
+        size: calibrate(
+            _BrightnessClassifier(),
+            _scan_data(),
+            prep,
+            tiny_params(
+                sample_root,
+                augment={"gamma": 1.5, "contrast": 0.3, "noise": 0.05},
+                model={"image_size": 32, "resize_size": 40, "tta_hflip": False},
+                evaluate={"batch_size": size},
+            ),
+        ).temperature
+        for size in (3, 16)
+    }
     assert temperatures[3] == pytest.approx(temperatures[16], rel=1e-9)  # evaluate.batch_size: 0.93 vs 0.99 before
     assert temperatures[3] > 1.0
 

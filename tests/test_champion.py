@@ -57,7 +57,7 @@ def _dataset(root: Path, seed: int, testing: dict[str, int]) -> None:
     """A sample dataset whose Testing set keeps only `testing` scans per class (the others are removed)."""
     write_sample_dataset(root, per_class=6, test_per_class=6, size=64, seed=seed)
     for folder in sorted((root / "Testing").iterdir()):
-        for extra in sorted(folder.iterdir())[testing.get(folder.name, 0):]:
+        for extra in sorted(folder.iterdir())[testing.get(folder.name, 0) :]:
             extra.unlink()
 
 
@@ -67,8 +67,14 @@ def _constant_model(path: Path, params, answer: str) -> Path:
     with torch.no_grad():
         model.fc[1].weight.zero_()
         model.fc[1].bias.copy_(torch.tensor([8.0 if c == answer else 0.0 for c in CLASSES]))
-    save_model(path, model, classes=CLASSES, preprocessing=Preprocessing.from_config(params.model, params.preprocess),
-               params=params.to_dict(), metrics={})
+    save_model(
+        path,
+        model,
+        classes=CLASSES,
+        preprocessing=Preprocessing.from_config(params.model, params.preprocess),
+        params=params.to_dict(),
+        metrics={},
+    )
     return path
 
 
@@ -139,22 +145,30 @@ def test_readme_path_the_model_better_on_the_new_scans_becomes_champion(project,
     assert float(second.tags["test_macro_f1"]) == pytest.approx(F1_MENINGIOMA_ON_B, abs=1e-3)
     assert second.tags["champion_score_on_same_scans"] == f"version 1: {F1_GLIOMA_ON_B:.3f}"
     assert second.tags["promotion_metric"] == f"leak_free_macro_f1={F1_MENINGIOMA_ON_B:.3f}"
-    assert second.tags["promotion_compared_on"].startswith("Testing") and "(6 scans)" in second.tags[
-        "promotion_compared_on"]
+    assert (
+        second.tags["promotion_compared_on"].startswith("Testing")
+        and "(6 scans)" in second.tags["promotion_compared_on"]
+    )
     printed = capsys.readouterr().out
-    assert (f"model version 2 -> champion: leak_free_macro_f1 on 6 scans" in printed
-            and f"version 1 (champion) {F1_GLIOMA_ON_B:.3f}, version 2 {F1_MENINGIOMA_ON_B:.3f}" in printed)
-    assert (f"version 1 scored {F1_GLIOMA_ON_B:.3f}; version 2 {F1_MENINGIOMA_ON_B:.3f} -> champion"
-            in project.card)
+    assert (
+        "model version 2 -> champion: leak_free_macro_f1 on 6 scans" in printed
+        and f"version 1 (champion) {F1_GLIOMA_ON_B:.3f}, version 2 {F1_MENINGIOMA_ON_B:.3f}" in printed
+    )
+    assert f"version 1 scored {F1_GLIOMA_ON_B:.3f}; version 2 {F1_MENINGIOMA_ON_B:.3f} -> champion" in project.card
     assert project.report_tags["promotion"] == "champion"
 
     # what a user serves now answers with version 2 (always meningioma), not the first model (always glioma)
     image = next((project.root / "data" / "Testing" / "glioma_tumor").iterdir())
-    with served_model(f"models:/{NAME}@champion", project.root / "server.log",
-                      env={"MLFLOW_TRACKING_URI": project.uri}, cwd=project.root) as server:
+    with served_model(
+        f"models:/{NAME}@champion",
+        project.root / "server.log",
+        env={"MLFLOW_TRACKING_URI": project.uri},
+        cwd=project.root,
+    ) as server:
         body = json.dumps({"dataframe_records": [{"image": base64.b64encode(image.read_bytes()).decode()}]}).encode()
-        request = urllib.request.Request(f"{server.url}/invocations", data=body,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{server.url}/invocations", data=body, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=120) as response:
             answer = json.loads(response.read())["predictions"][0]
     assert answer["label"] == "meningioma_tumor"
@@ -184,7 +198,9 @@ def test_a_champion_that_cannot_be_scored_gives_way_and_the_reason_is_recorded(p
         path.unlink()  # a file that no longer loads (an artifact store cleaned up by hand, say)
     fifth = project.evaluate_new_version("glioma_tumor", patch)
     assert project.alias("champion") == "5"
-    assert fifth.tags["champion_score_on_same_scans"].startswith("version 2: not scored (models:/brain-tumor-classifier/2 holds no model.pt")
+    assert fifth.tags["champion_score_on_same_scans"].startswith(
+        "version 2: not scored (models:/brain-tumor-classifier/2 holds no model.pt"
+    )
     assert "could not be scored on these" in project.card
 
 

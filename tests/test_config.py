@@ -7,11 +7,10 @@ import re
 
 import pytest
 import yaml
+from helpers import REPO, run, tiny_params_dict
 
 from braintumor.config import Params, load_params, params_from_dict
 from braintumor.errors import BrainTumorError, ConfigError
-
-from helpers import REPO, run, tiny_params_dict
 
 
 def config_error(raw: dict) -> str:
@@ -62,16 +61,19 @@ def test_unknown_nested_key_is_named_with_the_allowed_keys_of_its_section():
     assert "val_fraction" not in allowed
 
 
-@pytest.mark.parametrize("section, key, value, expected", [
-    ("train", "lr", "abc", "a number"),
-    ("train", "epochs", 1.5, "an integer"),
-    ("train", "epochs", True, "an integer"),  # YAML `yes` is a bool, not a count
-    ("train", "nesterov", "yes", "true or false"),
-    ("train", "lr", True, "a number"),
-    ("data", "classes", "glioma_tumor", "a list"),
-    ("data", "aliases", ["notumor"], "a mapping"),
-    ("model", "weights", 3, "a string"),
-])
+@pytest.mark.parametrize(
+    "section, key, value, expected",
+    [
+        ("train", "lr", "abc", "a number"),
+        ("train", "epochs", 1.5, "an integer"),
+        ("train", "epochs", True, "an integer"),  # YAML `yes` is a bool, not a count
+        ("train", "nesterov", "yes", "true or false"),
+        ("train", "lr", True, "a number"),
+        ("data", "classes", "glioma_tumor", "a list"),
+        ("data", "aliases", ["notumor"], "a mapping"),
+        ("model", "weights", 3, "a string"),
+    ],
+)
 def test_wrong_type_names_key_value_and_expected_type(section, key, value, expected):
     message = config_error({section: {key: value}})
     assert f"{section}.{key} = {value!r}" in message
@@ -88,28 +90,31 @@ def test_a_section_that_is_not_a_mapping_is_refused():
     assert "top level must be a mapping" in config_error(["train"])
 
 
-@pytest.mark.parametrize("overrides, key, value", [
-    ({"data": {"val_fraction": 1.5}}, "data.val_fraction", 1.5),
-    ({"data": {"val_fraction": 0}}, "data.val_fraction", 0.0),
-    ({"data": {"near_duplicate_threshold": 1.2}}, "data.near_duplicate_threshold", 1.2),
-    ({"data": {"max_image_pixels": 0}}, "data.max_image_pixels", 0),
-    ({"data": {"classes": ["only_one"]}}, "data.classes", ["only_one"]),
-    ({"data": {"classes": ["a", "b", "a"]}}, "data.classes", ["a", "b", "a"]),
-    ({"model": {"image_size": 64, "resize_size": 48}}, "model.resize_size", 48),
-    ({"model": {"image_size": 16, "resize_size": 16}}, "model.image_size", 16),
-    ({"model": {"weights": "resnet.ckpt"}}, "model.weights", "resnet.ckpt"),
-    ({"augment": {"crop_scale": [0.9, 0.5]}}, "augment.crop_scale", [0.9, 0.5]),
-    ({"augment": {"crop_scale": [0.5]}}, "augment.crop_scale", [0.5]),
-    ({"augment": {"brightness": 1.0}}, "augment.brightness", 1.0),
-    ({"train": {"lr": 0}}, "train.lr", 0.0),
-    ({"train": {"lr": float("nan")}}, "train.lr", float("nan")),
-    ({"train": {"epochs": 0}}, "train.epochs", 0),
-    ({"train": {"momentum": 1.0}}, "train.momentum", 1.0),
-    ({"train": {"mixup": -0.2}}, "train.mixup", -0.2),
-    ({"train": {"epochs": 3, "head_only_epochs": 3}}, "train.head_only_epochs", 3),
-    ({"evaluate": {"calibration_bins": 1}}, "evaluate.calibration_bins", 1),
-    ({"tracking": {"experiment": "  "}}, "tracking.experiment", "  "),
-])
+@pytest.mark.parametrize(
+    "overrides, key, value",
+    [
+        ({"data": {"val_fraction": 1.5}}, "data.val_fraction", 1.5),
+        ({"data": {"val_fraction": 0}}, "data.val_fraction", 0.0),
+        ({"data": {"near_duplicate_threshold": 1.2}}, "data.near_duplicate_threshold", 1.2),
+        ({"data": {"max_image_pixels": 0}}, "data.max_image_pixels", 0),
+        ({"data": {"classes": ["only_one"]}}, "data.classes", ["only_one"]),
+        ({"data": {"classes": ["a", "b", "a"]}}, "data.classes", ["a", "b", "a"]),
+        ({"model": {"image_size": 64, "resize_size": 48}}, "model.resize_size", 48),
+        ({"model": {"image_size": 16, "resize_size": 16}}, "model.image_size", 16),
+        ({"model": {"weights": "resnet.ckpt"}}, "model.weights", "resnet.ckpt"),
+        ({"augment": {"crop_scale": [0.9, 0.5]}}, "augment.crop_scale", [0.9, 0.5]),
+        ({"augment": {"crop_scale": [0.5]}}, "augment.crop_scale", [0.5]),
+        ({"augment": {"brightness": 1.0}}, "augment.brightness", 1.0),
+        ({"train": {"lr": 0}}, "train.lr", 0.0),
+        ({"train": {"lr": float("nan")}}, "train.lr", float("nan")),
+        ({"train": {"epochs": 0}}, "train.epochs", 0),
+        ({"train": {"momentum": 1.0}}, "train.momentum", 1.0),
+        ({"train": {"mixup": -0.2}}, "train.mixup", -0.2),
+        ({"train": {"epochs": 3, "head_only_epochs": 3}}, "train.head_only_epochs", 3),
+        ({"evaluate": {"calibration_bins": 1}}, "evaluate.calibration_bins", 1),
+        ({"tracking": {"experiment": "  "}}, "tracking.experiment", "  "),
+    ],
+)
 def test_out_of_range_value_names_key_value_and_what_is_allowed(overrides, key, value):
     message = config_error(overrides)
     assert f"{key} = {value!r} is not allowed: expected " in message
@@ -120,12 +125,15 @@ def test_resize_smaller_than_crop_says_what_it_must_exceed():
     assert "model.image_size (64)" in message
 
 
-@pytest.mark.parametrize("section, key, value, choices", [
-    ("train", "scheduler", "linear", ["step", "cosine"]),
-    ("train", "device", "gpu", ["auto", "cuda", "cpu", "mps"]),
-    ("train", "freeze", "layer5", ["none", "backbone", "stem", "layer1", "layer4"]),
-    ("data", "on_bad_file", "delete", ["exclude", "fail"]),
-])
+@pytest.mark.parametrize(
+    "section, key, value, choices",
+    [
+        ("train", "scheduler", "linear", ["step", "cosine"]),
+        ("train", "device", "gpu", ["auto", "cuda", "cpu", "mps"]),
+        ("train", "freeze", "layer5", ["none", "backbone", "stem", "layer1", "layer4"]),
+        ("data", "on_bad_file", "delete", ["exclude", "fail"]),
+    ],
+)
 def test_choice_outside_the_allowed_values_lists_them(section, key, value, choices):
     message = config_error({section: {key: value}})
     assert f"{section}.{key} = {value!r}" in message
@@ -143,8 +151,9 @@ def test_alias_to_an_unknown_class_names_the_alias_and_the_classes():
 def test_alias_to_a_custom_class_list_is_checked_against_that_list():
     params = params_from_dict({"data": {"classes": ["tumor", "healthy"], "aliases": {"normal": "healthy"}}})
     assert params.data.aliases == {"normal": "healthy"}
-    assert "data.aliases.notumor" in config_error({"data": {"classes": ["tumor", "healthy"],
-                                                             "aliases": {"notumor": "no_tumor"}}})
+    assert "data.aliases.notumor" in config_error(
+        {"data": {"classes": ["tumor", "healthy"], "aliases": {"notumor": "no_tumor"}}}
+    )
 
 
 def test_flat_gives_dotted_keys_for_every_leaf():
@@ -182,8 +191,7 @@ def test_load_params_reports_unknown_key_from_a_file(tmp_path):
 def test_exponent_without_a_dot_is_a_number(tmp_path):
     # PyYAML reads `1e-3` as a string (YAML 1.1); DVC reads it as a number (YAML 1.2). Both must agree.
     path = tmp_path / "params.yaml"
-    path.write_text("train:\n  lr: 1e-3\n  weight_decay: 5E-5\ndata:\n  max_image_pixels: 1000\n",
-                    encoding="utf-8")
+    path.write_text("train:\n  lr: 1e-3\n  weight_decay: 5E-5\ndata:\n  max_image_pixels: 1000\n", encoding="utf-8")
     params = load_params(path)
     assert params.train.lr == pytest.approx(0.001)
     assert params.train.weight_decay == pytest.approx(5e-5)
@@ -233,28 +241,35 @@ def test_the_dataclass_defaults_are_params_yaml():
     for section, values in raw.items():
         assert set(values) == set(defaults[section]), f"params.yaml {section} keys differ from the dataclass"
         for key, value in values.items():
-            assert defaults[section][key] == value, f"{section}.{key}: dataclass {defaults[section][key]!r}, " \
-                                                     f"params.yaml {value!r}"
+            assert defaults[section][key] == value, (
+                f"{section}.{key}: dataclass {defaults[section][key]!r}, params.yaml {value!r}"
+            )
 
 
 # --- params that used to load and fail later -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("overrides, key, value", [
-    ({"train": {"seed": -1}}, "train.seed", -1),
-    ({"train": {"seed": 2**64}}, "train.seed", 2**64),
-    ({"data": {"split_seed": -5}}, "data.split_seed", -5),
-    ({"augment": {"preview_seed": 2**32}}, "augment.preview_seed", 2**32),
-])
+@pytest.mark.parametrize(
+    "overrides, key, value",
+    [
+        ({"train": {"seed": -1}}, "train.seed", -1),
+        ({"train": {"seed": 2**64}}, "train.seed", 2**64),
+        ({"data": {"split_seed": -5}}, "data.split_seed", -5),
+        ({"augment": {"preview_seed": 2**32}}, "augment.preview_seed", 2**32),
+    ],
+)
 def test_a_seed_outside_what_numpy_and_torch_take_is_refused_at_load(overrides, key, value):
     assert f"{key} = {value!r} is not allowed: expected an integer in [0, 4294967295]" in config_error(overrides)
 
 
-@pytest.mark.parametrize("text, key", [
-    ("train:\n  lr: .inf\n", "train.lr = inf"),
-    ("train:\n  weight_decay: -.inf\n", "train.weight_decay = -inf"),
-    ("data:\n  max_aspect_ratio: .nan\n", "data.max_aspect_ratio = nan"),
-])
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("train:\n  lr: .inf\n", "train.lr = inf"),
+        ("train:\n  weight_decay: -.inf\n", "train.weight_decay = -inf"),
+        ("data:\n  max_aspect_ratio: .nan\n", "data.max_aspect_ratio = nan"),
+    ],
+)
 def test_an_infinite_or_nan_number_is_refused_at_load(tmp_path, text, key):
     (tmp_path / "params.yaml").write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError, match=re.escape(f"{key} is not allowed: expected a finite number")):
@@ -285,15 +300,20 @@ def test_a_pixel_limit_above_pillows_own_is_refused_at_load():
 
     over = Image.MAX_IMAGE_PIXELS + 1
     message = config_error({"data": {"max_image_pixels": over}})
-    assert f"data.max_image_pixels = {over!r} is not allowed: expected an integer in [1, " \
-           f"{Image.MAX_IMAGE_PIXELS:,}] (above that, Pillow's own decompression-bomb check fires first)" in message
+    assert (
+        f"data.max_image_pixels = {over!r} is not allowed: expected an integer in [1, "
+        f"{Image.MAX_IMAGE_PIXELS:,}] (above that, Pillow's own decompression-bomb check fires first)" in message
+    )
     assert params_from_dict({"data": {"max_image_pixels": Image.MAX_IMAGE_PIXELS}})
 
 
-@pytest.mark.parametrize("overrides, key", [
-    ({"data": {"max_aspect_ratio": 0.5}}, "data.max_aspect_ratio"),
-    ({"data": {"max_aspect_ratio": 1000}}, "data.max_aspect_ratio"),
-    ({"data": {"max_file_bytes": 0}}, "data.max_file_bytes"),
-])
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        ({"data": {"max_aspect_ratio": 0.5}}, "data.max_aspect_ratio"),
+        ({"data": {"max_aspect_ratio": 1000}}, "data.max_aspect_ratio"),
+        ({"data": {"max_file_bytes": 0}}, "data.max_file_bytes"),
+    ],
+)
 def test_image_limits_out_of_range_are_refused(overrides, key):
     assert f"{key} = " in config_error(overrides)

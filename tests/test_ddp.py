@@ -14,14 +14,33 @@ pytestmark = pytest.mark.slow
 
 def test_train_stage_under_torchrun_two_processes(sample_root, tmp_path):
     raw = tiny_params_dict(sample_root, train={"epochs": 2, "threads": 1})
-    raw["paths"].update({k: str(tmp_path / v) for k, v in {
-        "manifest": "splits.csv", "validation_report": "validation.json", "model": "model.pt",
-        "train_metrics": "train.json", "train_plots": "plots", "run_info": "run.json", "cache": "cache"}.items()})
+    raw["paths"].update(
+        {
+            k: str(tmp_path / v)
+            for k, v in {
+                "manifest": "splits.csv",
+                "validation_report": "validation.json",
+                "model": "model.pt",
+                "train_metrics": "train.json",
+                "train_plots": "plots",
+                "run_info": "run.json",
+                "cache": "cache",
+            }.items()
+        }
+    )
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(raw))
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "OMP_NUM_THREADS": "1"}
-    run([str(REPO / ".venv/bin/braintumor") if (REPO / ".venv/bin/braintumor").exists() else "braintumor",
-         "validate", "--params", str(params_file)], cwd=tmp_path, env=env)
+    run(
+        [
+            str(REPO / ".venv/bin/braintumor") if (REPO / ".venv/bin/braintumor").exists() else "braintumor",
+            "validate",
+            "--params",
+            str(params_file),
+        ],
+        cwd=tmp_path,
+        env=env,
+    )
 
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     result = run(torchrun + [str(REPO / "stages/train.py"), "--params", str(params_file)], cwd=tmp_path, env=env)

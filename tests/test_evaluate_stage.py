@@ -26,17 +26,29 @@ from braintumor.transforms import Preprocessing
 
 def _setup(sample_root, tmp_path, model_classes):
     params = tiny_params(sample_root)
-    paths = dataclasses.replace(params.paths, manifest=str(tmp_path / "splits.csv"), model=str(tmp_path / "m.pt"),
-                                run_info=str(tmp_path / "run.json"), cache=str(tmp_path / "cache"),
-                                eval_metrics=str(tmp_path / "eval.json"), eval_plots=str(tmp_path / "plots"),
-                                validation_report=str(tmp_path / "validation.json"),
-                                model_card=str(tmp_path / "model_card.md"))
+    paths = dataclasses.replace(
+        params.paths,
+        manifest=str(tmp_path / "splits.csv"),
+        model=str(tmp_path / "m.pt"),
+        run_info=str(tmp_path / "run.json"),
+        cache=str(tmp_path / "cache"),
+        eval_metrics=str(tmp_path / "eval.json"),
+        eval_plots=str(tmp_path / "plots"),
+        validation_report=str(tmp_path / "validation.json"),
+        model_card=str(tmp_path / "model_card.md"),
+    )
     params = dataclasses.replace(params, paths=paths)
     validated = validate_dataset(sample_root, params.data, workers=1, progress=False)
     write_manifest(validated.manifest, paths.manifest)
     write_json(paths.validation_report, validated.report)
-    save_model(paths.model, build_model("none", len(model_classes)), classes=model_classes,
-               preprocessing=Preprocessing.from_config(params.model, params.preprocess), params=params.to_dict(), metrics={})
+    save_model(
+        paths.model,
+        build_model("none", len(model_classes)),
+        classes=model_classes,
+        preprocessing=Preprocessing.from_config(params.model, params.preprocess),
+        params=params.to_dict(),
+        metrics={},
+    )
     return params
 
 
@@ -65,8 +77,9 @@ def _tracked_run(tmp_path, monkeypatch) -> str:
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     with mlflow.start_run() as run:
         pass
-    (tmp_path / "run.json").write_text(json.dumps({"run_id": run.info.run_id, "registered_model": "x",
-                                                   "model_version": None}))
+    (tmp_path / "run.json").write_text(
+        json.dumps({"run_id": run.info.run_id, "registered_model": "x", "model_version": None})
+    )
     return run.info.run_id
 
 
@@ -81,23 +94,28 @@ def _external_set(sample_root, tmp_path) -> Path:
     training = sorted((sample_root / "Training" / "glioma_tumor").iterdir())
     shutil.copy(training[0], external / "glioma_tumor" / "exact_copy.png")
     pixels = np.asarray(Image.open(training[1]).convert("L"), dtype=np.float32)
-    Image.fromarray(np.clip(pixels * 1.1 + 5, 0, 255).astype(np.uint8)).save(external / "glioma_tumor" / "near.jpg",
-                                                                            quality=90)
+    Image.fromarray(np.clip(pixels * 1.1 + 5, 0, 255).astype(np.uint8)).save(
+        external / "glioma_tumor" / "near.jpg", quality=90
+    )
     (external / "meningioma_tumor" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
     big = sorted((external / "pituitary_tumor").iterdir())[0]  # one scan at a size no Training scan has
     Image.open(big).resize((80, 80)).save(big, quality=92)
     return external
 
 
-def test_evaluate_scores_an_external_set_and_its_copy_free_part(sample_root, novelty_model_file, tmp_path,
-                                                                monkeypatch, capsys):
+def test_evaluate_scores_an_external_set_and_its_copy_free_part(
+    sample_root, novelty_model_file, tmp_path, monkeypatch, capsys
+):
     from mlflow.tracking import MlflowClient
 
     params = _setup(sample_root, tmp_path, list(tiny_params(sample_root).data.classes))
     shutil.copy(novelty_model_file[0], params.paths.model)  # with the novelty score: every set gets its figures
     external = _external_set(sample_root, tmp_path)
-    params = dataclasses.replace(params, data=dataclasses.replace(params.data, aliases={"notumor": "no_tumor"}),
-                                 evaluate=dataclasses.replace(params.evaluate, external_data=str(external)))
+    params = dataclasses.replace(
+        params,
+        data=dataclasses.replace(params.data, aliases={"notumor": "no_tumor"}),
+        evaluate=dataclasses.replace(params.evaluate, external_data=str(external)),
+    )
     run_id = _tracked_run(tmp_path, monkeypatch)
     metrics = evaluate(params)
 
@@ -121,8 +139,10 @@ def test_evaluate_scores_an_external_set_and_its_copy_free_part(sample_root, nov
     assert list(unseen["label"]) == ["pituitary_tumor"] and (unseen["width"] == 80).all()
     assert logged["external_size_seen_n"] == 13 and logged["external_size_unseen_n"] == 1
     assert ext["by_image_size"]["unseen"]["per_class"]["pituitary_tumor"]["support"] == 1
-    assert ("1 of the external scans have an image size no Training scan of their class has (another source, "
-            "likely): accuracy") in capsys.readouterr().out
+    assert (
+        "1 of the external scans have an image size no Training scan of their class has (another source, "
+        "likely): accuracy"
+    ) in capsys.readouterr().out
     assert "test_ece_uncalibrated" in logged and "test_temperature" in logged
     card = (tmp_path / "model_card.md").read_text()  # the model card renders the external figures too
     assert "## External data" in card and f"path: {external}; 1 exact copies of Training scans" in card
@@ -134,8 +154,10 @@ def test_evaluate_scores_an_external_set_and_its_copy_free_part(sample_root, nov
     predictor = Predictor(params.paths.model)
     _, novelty = predictor.predict([predictor.load_image(sample_root / p) for p in predictions["path"]])
     np.testing.assert_allclose(predictions["novelty"], novelty, rtol=1e-5)
-    for figures, rows in ((metrics["unlike_training"], predictions),
-                          (metrics["leak_free"]["unlike_training"], predictions[predictions["leak_free"]])):
+    for figures, rows in (
+        (metrics["unlike_training"], predictions),
+        (metrics["leak_free"]["unlike_training"], predictions[predictions["leak_free"]]),
+    ):
         flagged = rows[rows["unlike_training"]]
         assert figures["n_flagged"] == len(flagged) and figures["quantile"] == 0.5
         if len(flagged):
@@ -150,8 +172,9 @@ def test_evaluate_scores_an_external_set_and_its_copy_free_part(sample_root, nov
 
 def test_evaluate_names_a_missing_external_folder(sample_root, tmp_path):
     params = _setup(sample_root, tmp_path, list(tiny_params(sample_root).data.classes))
-    params = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate,
-                                                                      external_data=str(tmp_path / "nowhere")))
+    params = dataclasses.replace(
+        params, evaluate=dataclasses.replace(params.evaluate, external_data=str(tmp_path / "nowhere"))
+    )
     with pytest.raises(BrainTumorError, match=r"evaluate\.external_data = .*nowhere.*no such folder"):
         evaluate(params)
 
@@ -176,8 +199,10 @@ def test_evaluate_reports_testing_by_whether_its_image_size_is_seen_in_training(
     assert (groups["seen"]["n"], groups["unseen"]["n"]) == (9, 3)
     assert groups["unseen"]["per_class"]["glioma_tumor"]["support"] == 3
     assert groups["seen"]["per_class"]["glioma_tumor"]["support"] == 0
-    for name, group in (("seen", predictions[predictions["size_seen_in_training"]]),
-                        ("unseen", predictions[~predictions["size_seen_in_training"]])):
+    for name, group in (
+        ("seen", predictions[predictions["size_seen_in_training"]]),
+        ("unseen", predictions[~predictions["size_seen_in_training"]]),
+    ):
         assert groups[name]["accuracy"] == pytest.approx((group["actual"] == group["predicted"]).mean())
     assert json.loads((tmp_path / "eval.json").read_text())["by_image_size"]["unseen"]["n"] == 3
     logged = MlflowClient().get_run(run_id).data.metrics

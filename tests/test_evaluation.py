@@ -7,8 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from braintumor.evaluation import (HEADLINE, classification_metrics, expected_calibration_error, reliability_table,
-                                   roc_auc_ovr, roc_table)
+from braintumor.evaluation import (
+    HEADLINE,
+    classification_metrics,
+    expected_calibration_error,
+    reliability_table,
+    roc_auc_ovr,
+    roc_table,
+)
 
 CLASSES = ["a", "b", "c"]
 
@@ -20,11 +26,7 @@ CLASSES = ["a", "b", "c"]
 #   3    b       0.30  0.60  0.10     b       0.60        yes      0.60
 #   4    c       0.55  0.15  0.30     a       0.55        no       0.30
 Y_TRUE = np.array([0, 0, 1, 1, 2])
-PROBS = np.array([[0.70, 0.20, 0.10],
-                  [0.20, 0.45, 0.35],
-                  [0.10, 0.80, 0.10],
-                  [0.30, 0.60, 0.10],
-                  [0.55, 0.15, 0.30]])
+PROBS = np.array([[0.70, 0.20, 0.10], [0.20, 0.45, 0.35], [0.10, 0.80, 0.10], [0.30, 0.60, 0.10], [0.55, 0.15, 0.30]])
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +79,7 @@ def test_a_class_absent_from_y_true_is_left_out_of_roc_auc_and_does_not_crash():
     #   b: positives (.7, .2) vs negatives (.3, .4): .7 beats 2, .2 beats 0 -> 2/4 = 0.5
     #   c: no positives: no AUC; the average is over a and b only -> 0.75
     y_true = np.array([0, 1, 0, 1])
-    probs = np.array([[0.6, 0.3, 0.1],
-                      [0.2, 0.7, 0.1],
-                      [0.3, 0.4, 0.3],
-                      [0.1, 0.2, 0.7]])
+    probs = np.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.3, 0.4, 0.3], [0.1, 0.2, 0.7]])
     result = classification_metrics(y_true, probs, CLASSES)
     assert result["roc_auc_ovr"] == pytest.approx(0.75)
     assert result["accuracy"] == pytest.approx(0.5)
@@ -184,13 +183,22 @@ def test_leak_free_subset_is_the_test_rows_without_any_copy_in_training():
 
     from braintumor.evaluation import leak_free_mask
 
-    test = pd.DataFrame({"path": ["a", "b", "c", "d"], "exact_in_train": [False, True, False, True],
-                         "near_in_train": [False, False, True, False]})
+    test = pd.DataFrame(
+        {
+            "path": ["a", "b", "c", "d"],
+            "exact_in_train": [False, True, False, True],
+            "near_in_train": [False, False, True, False],
+        }
+    )
     assert leak_free_mask(test).tolist() == [True, False, False, False]
     # as read back from the manifest CSV, the flags may be strings
     as_read = test.assign(exact_in_train=["False", "True", "False", "True"])
-    assert leak_free_mask(as_read.assign(exact_in_train=as_read["exact_in_train"] == "True")).tolist() == \
-        [True, False, False, False]
+    assert leak_free_mask(as_read.assign(exact_in_train=as_read["exact_in_train"] == "True")).tolist() == [
+        True,
+        False,
+        False,
+        False,
+    ]
 
 
 def test_roc_table_is_long_form_one_curve_per_class_present():

@@ -34,7 +34,7 @@ def make_batch(gen: torch.Generator, n: int) -> tuple[torch.Tensor, torch.Tensor
     corners = torch.full((n, 2), -1)
     for i in torch.nonzero(labels).flatten().tolist():
         r, c = torch.randint(0, SIZE - SQUARE + 1, (2,), generator=gen).tolist()
-        images[i, 0, r:r + SQUARE, c:c + SQUARE] = 1.0
+        images[i, 0, r : r + SQUARE, c : c + SQUARE] = 1.0
         corners[i] = torch.tensor([r, c])
     return images, labels, corners
 
@@ -105,17 +105,18 @@ def test_peak_lies_on_the_planted_square(trained_toy):
     assert len(positives) >= 5
     margin = 2
     for i in positives:
-        cam, explained = grad_cam(trained_toy, trained_toy.features, images[i:i + 1], target=1)
+        cam, explained = grad_cam(trained_toy, trained_toy.features, images[i : i + 1], target=1)
         assert explained == 1
         assert cam.max() == pytest.approx(1.0)
         peak_r, peak_c = np.unravel_index(cam.argmax(), cam.shape)
         r, c = corners[i].tolist()
         assert r - margin <= peak_r < r + SQUARE + margin and c - margin <= peak_c < c + SQUARE + margin, (
             f"image {i}: Grad-CAM peak at ({peak_r}, {peak_c}), square at rows {r}..{r + SQUARE - 1}, "
-            f"cols {c}..{c + SQUARE - 1}")
+            f"cols {c}..{c + SQUARE - 1}"
+        )
         # Most of the heat is on or near the square, not spread over the background.
         near = np.zeros_like(cam, dtype=bool)
-        near[max(r - margin, 0):r + SQUARE + margin, max(c - margin, 0):c + SQUARE + margin] = True
+        near[max(r - margin, 0) : r + SQUARE + margin, max(c - margin, 0) : c + SQUARE + margin] = True
         assert cam[near].sum() > cam[~near].sum()
 
 
@@ -127,7 +128,9 @@ def test_overlay_is_an_rgb_uint8_picture():
     assert picture.shape == (20, 30, 3)
     assert picture.dtype == np.uint8
     # Where the heat map is cold the jet colour map is blue: blue outweighs red there, and the reverse where hot.
-    cold, hot = overlay(np.full((4, 4), 128, np.uint8), np.zeros((4, 4))), overlay(np.full((4, 4), 128, np.uint8),
-                                                                                    np.ones((4, 4)))
+    cold, hot = (
+        overlay(np.full((4, 4), 128, np.uint8), np.zeros((4, 4))),
+        overlay(np.full((4, 4), 128, np.uint8), np.ones((4, 4))),
+    )
     assert (cold[..., 2] > cold[..., 0]).all()
     assert (hot[..., 0] > hot[..., 2]).all()

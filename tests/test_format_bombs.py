@@ -19,8 +19,15 @@ import pandas as pd
 import pytest
 from helpers import REPO
 from pydicom.uid import JPEGBaseline8Bit, RLELossless
-from scan_files import (deflated_dicom_bytes, dicom_bytes, encapsulated_dicom_bytes, jpeg_bytes, nifti_bytes,
-                        nifti_gz_of_zeros, rle_bomb_frame)
+from scan_files import (
+    deflated_dicom_bytes,
+    dicom_bytes,
+    encapsulated_dicom_bytes,
+    jpeg_bytes,
+    nifti_bytes,
+    nifti_gz_of_zeros,
+    rle_bomb_frame,
+)
 
 from braintumor.cli import main
 from braintumor.data.validate import inspect_file
@@ -38,21 +45,32 @@ def texture(size: int = 64) -> np.ndarray:
 
 # Each row of the issue's table: (file name, what the refusal says).
 BOMBS = {
-    "frames.dcm": (lambda: dicom_bytes(np.zeros((5000, 4, 4), np.uint8)),
-                   "5,000 frames of 4x4 in one file, over the limit data.max_frames=1,000; refused before decoding"),
-    "deflate.dcm": (lambda: deflated_dicom_bytes(np.zeros((64, 64), np.uint8), trailing_zeros=256 << 20),
-                    "a Deflated DICOM file that inflates past 2,101,248 bytes, more than its header promises (64x64, "
-                    "1 frames: 4,096 pixel bytes)"),
-    "rle.dcm": (lambda: encapsulated_dicom_bytes([rle_bomb_frame(64 << 20)], RLELossless, rows=64, columns=64),
-                "frame 0: RLE segment 0 is 1,048,576 bytes (from offset 64), but a 64x64 plane takes at most 4,161: "
-                "it would expand past the frame (an RLE bomb?)"),
-    "jpeg.dcm": (lambda: encapsulated_dicom_bytes([jpeg_bytes(texture(), claimed_size=(12000, 12000))],
-                                                  JPEGBaseline8Bit, rows=64, columns=64),
-                 "frame 0: the embedded image is 12000x12000, but the DICOM header says 64x64 (Columns x Rows): a "
-                 "corrupt or crafted file, refused before decoding"),
-    "float64.nii.gz": (lambda: nifti_gz_of_zeros((500, 500, 100), "float64"),
-                       "500x500x100 voxels of 8 bytes (float64) = 200,000,000 bytes once decoded, over 4 bytes x "
-                       "data.max_image_pixels = 160,000,000; refused before decoding"),
+    "frames.dcm": (
+        lambda: dicom_bytes(np.zeros((5000, 4, 4), np.uint8)),
+        "5,000 frames of 4x4 in one file, over the limit data.max_frames=1,000; refused before decoding",
+    ),
+    "deflate.dcm": (
+        lambda: deflated_dicom_bytes(np.zeros((64, 64), np.uint8), trailing_zeros=256 << 20),
+        "a Deflated DICOM file that inflates past 2,101,248 bytes, more than its header promises (64x64, "
+        "1 frames: 4,096 pixel bytes)",
+    ),
+    "rle.dcm": (
+        lambda: encapsulated_dicom_bytes([rle_bomb_frame(64 << 20)], RLELossless, rows=64, columns=64),
+        "frame 0: RLE segment 0 is 1,048,576 bytes (from offset 64), but a 64x64 plane takes at most 4,161: "
+        "it would expand past the frame (an RLE bomb?)",
+    ),
+    "jpeg.dcm": (
+        lambda: encapsulated_dicom_bytes(
+            [jpeg_bytes(texture(), claimed_size=(12000, 12000))], JPEGBaseline8Bit, rows=64, columns=64
+        ),
+        "frame 0: the embedded image is 12000x12000, but the DICOM header says 64x64 (Columns x Rows): a "
+        "corrupt or crafted file, refused before decoding",
+    ),
+    "float64.nii.gz": (
+        lambda: nifti_gz_of_zeros((500, 500, 100), "float64"),
+        "500x500x100 voxels of 8 bytes (float64) = 200,000,000 bytes once decoded, over 4 bytes x "
+        "data.max_image_pixels = 160,000,000; refused before decoding",
+    ),
 }
 
 MEASURE = r"""
@@ -108,8 +126,13 @@ def measured(bomb_files, model_file) -> dict[str, dict]:
     """For each file: what `braintumor predict` printed, what the served model answered, and the peak RSS (MB)
     above the process's RSS before it, from one subprocess."""
     env = {"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-c", MEASURE, str(model_file), *map(str, bomb_files.values())],
-                          capture_output=True, text=True, env=env, timeout=240)
+    done = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(model_file), *map(str, bomb_files.values())],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return {Path(path).name: result for path, result in json.loads(done.stdout.splitlines()[-1]).items()}
 
@@ -133,11 +156,13 @@ def test_the_memory_measure_sees_a_real_decode(measured):
 
 # ---- the same formats, told the truth, are read --------------------------------------------------------------
 
+
 def test_a_deflated_dicom_is_read_as_its_uncompressed_twin():
     pixels = texture()
     deflated = read_pictures(deflated_dicom_bytes(pixels), limits=LIMITS)
-    assert np.array_equal(np.asarray(deflated.images[0]), np.asarray(read_pictures(dicom_bytes(pixels),
-                                                                                    limits=LIMITS).images[0]))
+    assert np.array_equal(
+        np.asarray(deflated.images[0]), np.asarray(read_pictures(dicom_bytes(pixels), limits=LIMITS).images[0])
+    )
 
 
 def test_rle_and_jpeg_dicoms_whose_frames_match_their_header_are_read():
@@ -149,8 +174,9 @@ def test_rle_and_jpeg_dicoms_whose_frames_match_their_header_are_read():
     ds.save_as(buffer)
     rle = read_pictures(buffer.getvalue(), limits=LIMITS)
     assert [np.asarray(image).tolist() for image in rle.images] == [texture().tolist(), texture()[::-1].tolist()]
-    jpeg = read_pictures(encapsulated_dicom_bytes([jpeg_bytes(texture())], JPEGBaseline8Bit, rows=64, columns=64),
-                         limits=LIMITS)
+    jpeg = read_pictures(
+        encapsulated_dicom_bytes([jpeg_bytes(texture())], JPEGBaseline8Bit, rows=64, columns=64), limits=LIMITS
+    )
     assert np.abs(np.asarray(jpeg.images[0], dtype=int) - texture()).mean() < 8  # lossy, but the same picture
 
 
@@ -177,8 +203,11 @@ def test_predict_middle_decodes_only_the_frames_it_keeps(model_file, tmp_path, c
         raise AssertionError("the whole pixel data was decoded")
 
     path = tmp_path / "series.dcm"
-    path.write_bytes(encapsulated_dicom_bytes([jpeg_bytes(np.roll(texture(), i, axis=0)) for i in range(9)], JPEGBaseline8Bit,
-                                              rows=64, columns=64))
+    path.write_bytes(
+        encapsulated_dicom_bytes(
+            [jpeg_bytes(np.roll(texture(), i, axis=0)) for i in range(9)], JPEGBaseline8Bit, rows=64, columns=64
+        )
+    )
     monkeypatch.setattr(pydicom.pixels, "pixel_array", spy)
     monkeypatch.setattr(pydicom.Dataset, "pixel_array", property(whole))
     main(["predict", str(path), "--model", str(model_file), "--middle", "1", "--output", str(tmp_path / "p.csv")])
@@ -195,7 +224,14 @@ def test_a_requests_pictures_are_bounded_by_data_max_frames_across_its_rows(mode
     with pytest.raises(RequestError) as caught:
         predictor.predict_frame(pd.DataFrame({"image": [three, three, three]}))
     assert caught.value.rows == [
-        (1, "3 frames after the 3 pictures of the request's earlier rows: over data.max_frames=5 pictures in one "
-            "request; refused before decoding. Send fewer rows (or frames) per request"),
-        (2, "3 frames after the 3 pictures of the request's earlier rows: over data.max_frames=5 pictures in one "
-            "request; refused before decoding. Send fewer rows (or frames) per request")]
+        (
+            1,
+            "3 frames after the 3 pictures of the request's earlier rows: over data.max_frames=5 pictures in one "
+            "request; refused before decoding. Send fewer rows (or frames) per request",
+        ),
+        (
+            2,
+            "3 frames after the 3 pictures of the request's earlier rows: over data.max_frames=5 pictures in one "
+            "request; refused before decoding. Send fewer rows (or frames) per request",
+        ),
+    ]

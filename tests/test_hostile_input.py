@@ -59,8 +59,11 @@ def good_scan(sample_root: Path) -> bytes:
 def test_a_thin_image_is_refused_at_its_header_by_the_aspect_ratio_limit():
     data = thin_png()
     assert len(data) < 1000
-    with pytest.raises(ImageProblem, match=r"1x40000 is 40,000.0 times longer than wide, over the limit "
-                                           r"data.max_aspect_ratio=5"):
+    with pytest.raises(
+        ImageProblem,
+        match=r"1x40000 is 40,000.0 times longer than wide, over the limit "
+        r"data.max_aspect_ratio=5",
+    ):
         open_checked(data, limits=LIMITS)
     # a wide scan within the limit is read
     assert open_checked(png(Image.new("L", (300, 100))), limits=LIMITS).size == (300, 100)
@@ -76,8 +79,7 @@ def test_a_thin_image_is_a_row_problem_in_the_served_model(predictor, sample_roo
     assert str(caught.value).startswith("1 of 2 rows cannot be used: row 1: 1x40000 is")
 
 
-def test_a_thin_image_is_skipped_by_predict_and_the_good_scans_are_predicted(capsys, model_file, sample_root,
-                                                                               tmp_path):
+def test_a_thin_image_is_skipped_by_predict_and_the_good_scans_are_predicted(capsys, model_file, sample_root, tmp_path):
     folder = tmp_path / "scans"
     folder.mkdir()
     (folder / "a.jpg").write_bytes(good_scan(sample_root))
@@ -125,8 +127,9 @@ def test_any_exception_on_one_row_becomes_that_rows_problem_without_a_trace(pred
     assert len(predictor.predict_frame(request(good_scan(sample_root), good_scan(sample_root)))) == 2
 
 
-def test_any_exception_on_one_file_is_that_files_problem_in_predict(capsys, model_file, sample_root, tmp_path,
-                                                                     poisoned):
+def test_any_exception_on_one_file_is_that_files_problem_in_predict(
+    capsys, model_file, sample_root, tmp_path, poisoned
+):
     (tmp_path / "a.jpg").write_bytes(good_scan(sample_root))
     (tmp_path / "b.png").write_bytes(poisoned)
     main(["predict", str(tmp_path / "a.jpg"), str(tmp_path / "b.png"), "--model", str(model_file)])
@@ -182,7 +185,9 @@ def test_an_eps_file_is_refused_without_running_its_interpreter(monkeypatch, tmp
     data = eps()
     with Image.open(io.BytesIO(data)) as image:
         assert image.format == "EPS"  # Pillow, left to itself, takes it as an image
-    with pytest.raises(ImageProblem, match=r"not an image in an accepted format \(JPEG, PNG, BMP, TIFF, WEBP, GIF, DICOM, NIfTI\)"):
+    with pytest.raises(
+        ImageProblem, match=r"not an image in an accepted format \(JPEG, PNG, BMP, TIFF, WEBP, GIF, DICOM, NIfTI\)"
+    ):
         open_checked(data, limits=LIMITS)
     path = tmp_path / "scan.jpg"  # an image's name does not make it one
     path.write_bytes(data)
@@ -216,8 +221,9 @@ def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path):
         fh.write(png(Image.new("L", (8, 8))))
         fh.truncate(2**40)
     problem = inspect_file(str(path), LIMITS)["problem"]
-    assert problem == ("1,099,511,627,776 bytes is over the limit data.max_file_bytes=250,000,000; raise the limit "
-                       "if the scan is real")
+    assert problem == (
+        "1,099,511,627,776 bytes is over the limit data.max_file_bytes=250,000,000; raise the limit if the scan is real"
+    )
     with pytest.raises(ImageProblem, match="is over the limit data.max_file_bytes"):
         decode_grayscale(path, limits=LIMITS)
     small = ImageLimits(max_file_bytes=100)
@@ -228,6 +234,9 @@ def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path):
 def test_a_request_row_over_the_size_limit_is_refused_before_it_is_decoded(predictor, sample_root, monkeypatch):
     limit = len(good_scan(sample_root)) - 1
     monkeypatch.setattr(predictor, "limits", ImageLimits(max_file_bytes=limit))
-    with pytest.raises(RequestError, match=rf"row 0: {len(good_scan(sample_root)):,} bytes is over the limit "
-                                           rf"data.max_file_bytes={limit:,}"):
+    with pytest.raises(
+        RequestError,
+        match=rf"row 0: {len(good_scan(sample_root)):,} bytes is over the limit "
+        rf"data.max_file_bytes={limit:,}",
+    ):
         predictor.predict_frame(request(good_scan(sample_root)))

@@ -28,8 +28,12 @@ from braintumor.data.sample import write_sample_dataset
 from braintumor.errors import DataError
 
 CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
-ALIASES = {"glioma": "glioma_tumor", "meningioma": "meningioma_tumor", "notumor": "no_tumor",
-           "pituitary": "pituitary_tumor"}
+ALIASES = {
+    "glioma": "glioma_tumor",
+    "meningioma": "meningioma_tumor",
+    "notumor": "no_tumor",
+    "pituitary": "pituitary_tumor",
+}
 MAX_BYTES = 250_000_000
 
 
@@ -71,8 +75,11 @@ def test_import_data_names_the_from_scratch_recipe_for_this_cpu(tmp_path, capsys
     (tmp_path / "params.yaml").write_text(yaml.safe_dump({"paths": {"data": "data"}, "data": {"aliases": ALIASES}}))
     monkeypatch.chdir(tmp_path)
     main(["import-data", str(kaggle_folder(tmp_path / "archive")), "--params", "params.yaml"])
-    named = [line.split("braintumor recipe ")[1].split()[0] for line in capsys.readouterr().out.splitlines()
-             if "from scratch" in line]
+    named = [
+        line.split("braintumor recipe ")[1].split()[0]
+        for line in capsys.readouterr().out.splitlines()
+        if "from scratch" in line
+    ]
     assert named == [recipe] and recipe in {r.name for r in list_recipes(REPO)}
 
 
@@ -92,8 +99,10 @@ def test_symbolic_links_in_the_source_are_skipped_named_and_never_read(tmp_path,
     monkeypatch.chdir(tmp_path)
     main(["import-data", str(source), "--params", "params.yaml"])
     out = capsys.readouterr().out
-    assert ("import-data: skipped 3 symbolic link(s), never followed: Testing/meningioma/more, "
-            "Training/glioma/leak.jpg, Training/pituitary_tumor") in out
+    assert (
+        "import-data: skipped 3 symbolic link(s), never followed: Testing/meningioma/more, "
+        "Training/glioma/leak.jpg, Training/pituitary_tumor"
+    ) in out
     imported = files_under(tmp_path / "data")
     assert len(imported) == 16 and not any("leak" in p or "x.jpg" in p for p in imported)
     assert not any(p.is_symlink() for p in (tmp_path / "data").rglob("*"))
@@ -105,8 +114,11 @@ def test_a_symlinked_split_folder_is_not_followed(tmp_path):
     source.mkdir()
     (source / "Training").symlink_to(real / "Training", target_is_directory=True)
     (source / "Testing").symlink_to(real / "Testing", target_is_directory=True)
-    with pytest.raises(DataError, match=r"no Training/ folder found in .*archive \(symbolic links are not followed: "
-                                        r"Testing, Training\)"):
+    with pytest.raises(
+        DataError,
+        match=r"no Training/ folder found in .*archive \(symbolic links are not followed: "
+        r"Testing, Training\)",
+    ):
         import_dataset(source, tmp_path / "data", CLASSES, ALIASES, max_file_bytes=MAX_BYTES)
     assert not (tmp_path / "data" / "Training").exists()
 
@@ -134,8 +146,10 @@ def test_an_alias_and_its_class_holding_the_same_file_name_fail_before_anything_
     (source / "Training" / "no_tumor" / "Tr-0001.jpg").write_bytes(jpeg(99))
     with pytest.raises(DataError) as caught:
         import_dataset(source, tmp_path / "data", CLASSES, ALIASES, max_file_bytes=MAX_BYTES)
-    assert ("Training/no_tumor/Tr-0001.jpg and Training/notumor/Tr-0001.jpg would both be copied to "
-            "Training/no_tumor/Tr-0001.jpg") in str(caught.value)
+    assert (
+        "Training/no_tumor/Tr-0001.jpg and Training/notumor/Tr-0001.jpg would both be copied to "
+        "Training/no_tumor/Tr-0001.jpg"
+    ) in str(caught.value)
     assert not (tmp_path / "data").exists()
 
 
@@ -161,8 +175,11 @@ def test_a_failed_copy_leaves_nothing_behind_and_the_rerun_works(tmp_path, monke
     dest.mkdir()
     (dest / ".gitignore").write_text("/Training\n/Testing\n")
     _fail_on_third_file(monkeypatch, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
-    with pytest.raises(DataError, match=r"copying Training/meningioma/Tr-0000.jpg from .*archive failed \(No space left on device\); nothing was "
-                                        r"imported"):
+    with pytest.raises(
+        DataError,
+        match=r"copying Training/meningioma/Tr-0000.jpg from .*archive failed \(No space left on device\); nothing was "
+        r"imported",
+    ):
         import_dataset(source, dest, CLASSES, ALIASES, max_file_bytes=MAX_BYTES)
     assert sorted(os.listdir(dest)) == [".gitignore"]  # no half file, no Training/, no temporary folder
     monkeypatch.undo()
@@ -187,10 +204,13 @@ def test_a_corrupt_zip_is_a_clear_error_not_a_zlib_traceback(tmp_path):
         zf.writestr("Testing/glioma/b.jpg", jpeg(2))
     data = bytearray(archive.read_bytes())
     start = data.index(b"Training/glioma/a.jpg") + len("Training/glioma/a.jpg")
-    data[start + 2:start + 40] = os.urandom(38)  # garbage in the deflate stream of the first member
+    data[start + 2 : start + 40] = os.urandom(38)  # garbage in the deflate stream of the first member
     archive.write_bytes(bytes(data))
-    with pytest.raises(DataError, match=r"archive.zip is a damaged or unsupported zip file \(.*\); nothing was "
-                                        r"imported"):
+    with pytest.raises(
+        DataError,
+        match=r"archive.zip is a damaged or unsupported zip file \(.*\); nothing was "
+        r"imported",
+    ):
         import_dataset(archive, tmp_path / "data", ["glioma", "other"], {}, max_file_bytes=MAX_BYTES)
     assert os.listdir(tmp_path / "data") == []
 
@@ -201,8 +221,11 @@ def test_a_zip_bomb_member_is_refused_before_extraction(tmp_path):
         zf.writestr("Training/glioma/a.jpg", jpeg(1))
         zf.writestr("Testing/glioma/bomb.bmp", b"\x00" * 50_000_000)  # 50 MB in about 50 kB
     assert archive.stat().st_size < 200_000
-    with pytest.raises(DataError, match=r"member Testing/glioma/bomb.bmp inflates 1,0\d\d times \([\d,]+ -> 50,000,000 "
-                                        r"bytes\), more than any image file"):
+    with pytest.raises(
+        DataError,
+        match=r"member Testing/glioma/bomb.bmp inflates 1,0\d\d times \([\d,]+ -> 50,000,000 "
+        r"bytes\), more than any image file",
+    ):
         import_dataset(archive, tmp_path / "data", ["glioma", "other"], {}, max_file_bytes=MAX_BYTES)
     with pytest.raises(DataError, match=r"would extract to 50,000,000 bytes, over data.max_file_bytes=1,000,000"):
         import_dataset(archive, tmp_path / "data", ["glioma", "other"], {}, max_file_bytes=1_000_000)
@@ -217,11 +240,15 @@ def test_an_import_bigger_than_the_free_disk_is_refused_before_anything_is_copie
             zf.writestr(f"Training/glioma/{i:02d}.bmp", os.urandom(100_000))
         zf.writestr("Testing/glioma/b.jpg", jpeg(2))
     real_usage = shutil.disk_usage
-    monkeypatch.setattr(importer.shutil, "disk_usage",
-                        lambda path: real_usage(path)._replace(free=1_500_000))  # a nearly full disk
+    monkeypatch.setattr(
+        importer.shutil, "disk_usage", lambda path: real_usage(path)._replace(free=1_500_000)
+    )  # a nearly full disk
     total = 20 * 100_000 + len(jpeg(2))
-    with pytest.raises(DataError, match=rf"archive.zip: the images take {total:,} bytes, more than the 1,500,000 "
-                                        r"bytes free on the disk of .*data; nothing was imported"):
+    with pytest.raises(
+        DataError,
+        match=rf"archive.zip: the images take {total:,} bytes, more than the 1,500,000 "
+        r"bytes free on the disk of .*data; nothing was imported",
+    ):
         import_dataset(archive, tmp_path / "data", ["glioma", "other"], {}, max_file_bytes=MAX_BYTES)
     assert os.listdir(tmp_path / "data") == []
 
@@ -249,8 +276,10 @@ def test_sample_data_refuses_a_folder_that_holds_a_dataset(tmp_path, capsys):
     with pytest.raises(SystemExit) as caught:
         main(["sample-data", str(real), "--per-class", "2", "--size", "32"])
     assert caught.value.code == 2
-    assert f"error: {real} already holds a dataset (Training/ or Testing/ with files in it); nothing was written" \
+    assert (
+        f"error: {real} already holds a dataset (Training/ or Testing/ with files in it); nothing was written"
         in capsys.readouterr().err
+    )
     assert {p: p.read_bytes() for p in real.rglob("*.jpg")} == before  # no synthetic scan mixed in
 
 
@@ -270,17 +299,23 @@ def test_sample_data_interrupted_leaves_no_dataset(tmp_path, monkeypatch):
         write_sample_dataset(tmp_path / "data", per_class=2, test_per_class=2, size=32)
     assert os.listdir(tmp_path / "data") == []  # `make run` will write the sample again, not find half of one
     monkeypatch.undo()
-    assert write_sample_dataset(tmp_path / "data", per_class=2, test_per_class=2, size=32) == {"Training": 8,
-                                                                                              "Testing": 8}
+    assert write_sample_dataset(tmp_path / "data", per_class=2, test_per_class=2, size=32) == {
+        "Training": 8,
+        "Testing": 8,
+    }
 
 
 def test_ctrl_c_of_sample_data_prints_what_is_true_and_leaves_no_dataset(tmp_path):
     target = tmp_path / "data"
     # Ctrl-C's default action even where this runs as a background job (which starts with SIGINT ignored, and
     # then Python never raises KeyboardInterrupt)
-    proc = subprocess.Popen([str(BIN / "braintumor"), "sample-data", str(target), "--per-class", "2000"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        [str(BIN / "braintumor"), "sample-data", str(target), "--per-class", "2000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not list(target.glob(".incomplete-*/Training/*/*.jpg")):
         assert proc.poll() is None, proc.communicate()

@@ -14,11 +14,12 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
+from scan_files import dicom_bytes
+
 from braintumor.data.validate import inspect_file
 from braintumor.imaging import ImageLimits
 from braintumor.library_notes import notes
 from braintumor.serving import Predictor
-from scan_files import dicom_bytes
 
 QFAC = "pixdim[0] (qfac) should be 1 (default) or -1; setting qfac to 1"
 PADDING = "The pixel data is 1088 bytes long, which indicates it contains 64 bytes of excess padding to be removed"
@@ -65,11 +66,17 @@ def test_the_libraries_notes_are_gathered_and_nothing_of_theirs_reaches_stderr(o
 
 def test_predict_says_a_files_notes_in_one_line_naming_it(odd_files, model_file):
     nifti, dicom, _ = odd_files
-    done = subprocess.run([sys.executable, "-m", "braintumor.cli", "predict", str(nifti), str(dicom), "--model",
-                           str(model_file)], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "braintumor.cli", "predict", str(nifti), str(dicom), "--model", str(model_file)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
-    assert sorted(done.stderr.splitlines()) == [f"WARNING braintumor.medical: nibabel reading {nifti}: {QFAC}",
-                                                f"WARNING braintumor.medical: pydicom reading {dicom}: {PADDING}"]
+    assert sorted(done.stderr.splitlines()) == [
+        f"WARNING braintumor.medical: nibabel reading {nifti}: {QFAC}",
+        f"WARNING braintumor.medical: pydicom reading {dicom}: {PADDING}",
+    ]
     assert f"{nifti} [slice 0]" in done.stdout and f"{dicom}" in done.stdout
 
 
@@ -80,4 +87,6 @@ def test_validate_and_the_served_model_log_one_line_per_file(odd_files, model_fi
         rows = [base64.b64encode(nifti.read_bytes()).decode("ascii")]
         assert list(Predictor(model_file).predict_frame(pd.DataFrame({"image": rows}))["row"]) == [0, 0, 0]
     assert [(r.name, r.getMessage()) for r in caplog.records] == [
-        ("braintumor.medical", f"nibabel reading {one_slice}: {QFAC}"), ("braintumor.medical", f"nibabel: {QFAC}")]
+        ("braintumor.medical", f"nibabel reading {one_slice}: {QFAC}"),
+        ("braintumor.medical", f"nibabel: {QFAC}"),
+    ]

@@ -51,8 +51,10 @@ def tracked(sample_root, module_dir):
     run(["git", "commit", "-q", "-m", "tiny project"], cwd=root)
 
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    env = {"MLFLOW_TRACKING_URI": uri,
-           "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.5"}  # a tiny run is shorter than MLflow's default 10 s
+    env = {
+        "MLFLOW_TRACKING_URI": uri,
+        "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "0.5",
+    }  # a tiny run is shorter than MLflow's default 10 s
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
         patch.delenv("DVC_EXP_NAME", raising=False)
@@ -64,10 +66,16 @@ def tracked(sample_root, module_dir):
         pipeline.evaluate(params)
         info = json.loads(Path(params.paths.run_info).read_text())
     mlflow.set_tracking_uri(uri)
-    yield {"root": root, "params": params, "info": info, "client": MlflowClient(uri, uri), "uri": uri,
-           "commit": _git(root, "rev-parse", "HEAD"),
-           "evaluation": json.loads((root / params.paths.eval_metrics).read_text()),
-           "manifest": pd.read_csv(root / params.paths.manifest)}
+    yield {
+        "root": root,
+        "params": params,
+        "info": info,
+        "client": MlflowClient(uri, uri),
+        "uri": uri,
+        "commit": _git(root, "rev-parse", "HEAD"),
+        "evaluation": json.loads((root / params.paths.eval_metrics).read_text()),
+        "manifest": pd.read_csv(root / params.paths.manifest),
+    }
 
 
 @pytest.mark.slow
@@ -76,21 +84,27 @@ def test_the_run_lists_train_val_and_test_rows_as_datasets_with_dvc_digests(trac
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(tracked["root"])
         hashes = dvc_data_hashes("data")
-    dvc_files = {split: yaml.safe_load((tracked["root"] / f"data/{split}.dvc").read_text())["outs"][0]["md5"]
-                 for split in ("Training", "Testing")}
+    dvc_files = {
+        split: yaml.safe_load((tracked["root"] / f"data/{split}.dvc").read_text())["outs"][0]["md5"]
+        for split in ("Training", "Testing")
+    }
     assert hashes == dvc_files and all(h.endswith(".dir") for h in hashes.values())
 
     inputs = client.get_run(info["run_id"]).inputs.dataset_inputs
     by_context = {next(t.value for t in i.tags if t.key == "mlflow.data.context"): i.dataset for i in inputs}
     assert set(by_context) == {"training", "validation", "testing"}
-    for context, split, folder in (("training", "train", "Training"), ("validation", "val", "Training"),
-                                   ("testing", "test", "Testing")):
+    for context, split, folder in (
+        ("training", "train", "Training"),
+        ("validation", "val", "Training"),
+        ("testing", "test", "Testing"),
+    ):
         dataset = by_context[context]
         assert dataset.digest == dvc_files[folder], context
         assert dataset.name.startswith(f"{split}-")
         assert json.loads(dataset.profile)["num_rows"] == int((manifest["split"] == split).sum())
-        assert {"path", "label", "sha256", "exact_in_train"} <= {c["name"] for c in
-                                                                  json.loads(dataset.schema)["mlflow_colspec"]}
+        assert {"path", "label", "sha256", "exact_in_train"} <= {
+            c["name"] for c in json.loads(dataset.schema)["mlflow_colspec"]
+        }
         assert json.loads(dataset.source)["uri"] == str(tracked["root"] / "data" / folder)
 
 
@@ -105,11 +119,13 @@ def test_test_metrics_are_on_the_logged_model_with_their_dataset(tracked):
     assert metrics["test_leak_free_n"].value == evaluation["leak_free"]["n"]
     datasets = {i.dataset.name.split("-")[0]: i.dataset for i in client.get_run(info["run_id"]).inputs.dataset_inputs}
     test_metrics = [m for m in model.metrics if m.key.startswith("test_")]
-    assert {(m.dataset_name, m.dataset_digest) for m in test_metrics} == {(datasets["test"].name,
-                                                                          datasets["test"].digest)}
+    assert {(m.dataset_name, m.dataset_digest) for m in test_metrics} == {
+        (datasets["test"].name, datasets["test"].digest)
+    }
     # log_model copied the training summary onto the model (MLflow does that for the run's step-0 metrics)
     assert metrics["best_val_macro_f1"].value == pytest.approx(
-        json.loads((tracked["root"] / tracked["params"].paths.train_metrics).read_text())["best_val_macro_f1"])
+        json.loads((tracked["root"] / tracked["params"].paths.train_metrics).read_text())["best_val_macro_f1"]
+    )
     assert model.params["train.epochs"] == "1" and model.tags["git_commit"] == tracked["commit"]
     version = client.get_model_version(REGISTERED, info["model_version"])
     assert version.source == f"models:/{info['model_id']}"  # the registered version is this LoggedModel
@@ -130,21 +146,30 @@ def test_registered_version_has_description_tags_and_model_card(tracked, tmp_pat
     assert tags["disclaimer"] == "research use, not a diagnostic device"
     assert "glioma_tumor" in tags["intended_use"] and "Not for diagnosis" in tags["intended_use"]
     assert tags["preprocessing"] == model_card.preprocessing_text(
-        {"preprocessing": Preprocessing.from_config(tracked["params"].model, tracked["params"].preprocess).to_dict()})
+        {"preprocessing": Preprocessing.from_config(tracked["params"].model, tracked["params"].preprocess).to_dict()}
+    )
     assert "centre crop 32x32" in tags["preprocessing"]
     assert tags["promotion_metric"].startswith(("leak_free_macro_f1=", "macro_f1="))
     assert tags["champion_score_on_same_scans"] == "no other champion"
 
     card = (tracked["root"] / tracked["params"].paths.model_card).read_text()
-    with_model = mlflow.artifacts.download_artifacts(f"models:/{REGISTERED}/{info['model_version']}",
-                                                     dst_path=str(tmp_path / "model"))
+    with_model = mlflow.artifacts.download_artifacts(
+        f"models:/{REGISTERED}/{info['model_version']}", dst_path=str(tmp_path / "model")
+    )
     assert (Path(with_model) / "model_card.md").read_text() == card
     assert (Path(with_model) / "MLmodel").is_file()  # the card sits beside the served model, which still loads
     with_run = client.download_artifacts(info["run_id"], "report/model_card.md", str(tmp_path / "run"))
     assert Path(with_run).read_text() == card
     assert card.startswith(f"# Model card: {REGISTERED} version {info['model_version']}")
-    for section in ("## Data", "## Splits", "## Leakage found", "## Metrics", "leak-free Testing", "## Calibration",
-                    "## Known failure modes"):
+    for section in (
+        "## Data",
+        "## Splits",
+        "## Leakage found",
+        "## Metrics",
+        "leak-free Testing",
+        "## Calibration",
+        "## Known failure modes",
+    ):
         assert section in card
     assert f"temperature-scaled with T = {evaluation['temperature']:.3f}" in card  # fitted on val by training
     assert "## External data" not in card  # evaluate.external_data is not set
@@ -175,11 +200,16 @@ def test_runs_url_prints_the_runs_table_of_the_experiment(tracked):
     root = tracked["root"]
     printed = run([str(BIN / "braintumor"), "runs-url"], cwd=root, env={"MLFLOW_TRACKING_URI": tracked["uri"]})
     experiment_id = tracked["info"]["experiment_id"]
-    assert printed.stdout.strip() == (f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs"
-                                      "?workflowType=machine_learning")
+    assert printed.stdout.strip() == (
+        f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    )
     (root / "other.yaml").write_text(yaml.safe_dump({"tracking": {"experiment": "never-ran"}}))
-    missing = run([str(BIN / "braintumor"), "runs-url", "--params", "other.yaml"], cwd=root,
-                  env={"MLFLOW_TRACKING_URI": tracked["uri"]}, check=False)
+    missing = run(
+        [str(BIN / "braintumor"), "runs-url", "--params", "other.yaml"],
+        cwd=root,
+        env={"MLFLOW_TRACKING_URI": tracked["uri"]},
+        check=False,
+    )
     assert missing.returncode == 2 and "no experiment 'never-ran'" in missing.stderr
     assert "Traceback" not in missing.stderr
 
@@ -201,7 +231,11 @@ def test_served_model_declares_type_hints_instead_of_the_private_switch():
     assert not hasattr(mlflow_model.BrainTumorClassifier, "_skip_type_hint_validation")
     hints = mlflow_model.BrainTumorClassifier().predict_type_hints
     assert hints.input is pd.DataFrame and hints.output is pd.DataFrame
-    imported = subprocess.run([sys.executable, "-W", "always", "-c", "import braintumor.mlflow_model"],
-                              capture_output=True, text=True, timeout=600)
+    imported = subprocess.run(
+        [sys.executable, "-W", "always", "-c", "import braintumor.mlflow_model"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert imported.returncode == 0, imported.stderr
     assert "type hint" not in imported.stderr.lower(), imported.stderr

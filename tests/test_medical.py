@@ -16,8 +16,8 @@ from pydicom.dataset import Dataset
 from scan_files import compressed_dicom_bytes, dicom_bytes, nifti_bytes
 
 from braintumor.data.cache import load_image
-from braintumor.imaging import ImageLimits, ImageProblem, decode_grayscale, is_candidate, open_checked
 from braintumor.dicom import apply_window
+from braintumor.imaging import ImageLimits, ImageProblem, decode_grayscale, is_candidate, open_checked
 from braintumor.medical import read_pictures
 from braintumor.preprocess import ScanPrep
 
@@ -44,6 +44,7 @@ def png(pixels: np.ndarray) -> bytes:
 
 
 # ---- DICOM ---------------------------------------------------------------------------------------------------
+
 
 def test_8bit_dicom_is_the_picture_a_png_of_its_pixels_is():
     pixels = np.round(phantom() * 255).astype(np.uint8)
@@ -119,8 +120,11 @@ def test_enhanced_multi_frame_uses_each_frames_own_window():
 
 def test_class_folders_refuse_a_multi_frame_dicom_with_the_reason():
     data = dicom_bytes(np.zeros((3, 16, 16), dtype=np.uint8), NumberOfFrames=3)
-    with pytest.raises(ImageProblem, match=r"DICOM MONOCHROME2 8-bit, 3 frames: 3 frames in one file, but a class "
-                                           r"folder takes one 2-D slice per file"):
+    with pytest.raises(
+        ImageProblem,
+        match=r"DICOM MONOCHROME2 8-bit, 3 frames: 3 frames in one file, but a class "
+        r"folder takes one 2-D slice per file",
+    ):
         open_checked(data, limits=LIMITS)
 
 
@@ -135,14 +139,20 @@ def test_a_compressed_syntax_without_decoder_names_the_syntax_and_the_packages()
 
 def test_dicom_limits_and_broken_files():
     thin = dicom_bytes(np.zeros((4, 40), dtype=np.uint8))
-    with pytest.raises(ImageProblem, match=r"40x4 is 10.0 times longer than wide, over the limit data.max_aspect_ratio"):
+    with pytest.raises(
+        ImageProblem, match=r"40x4 is 10.0 times longer than wide, over the limit data.max_aspect_ratio"
+    ):
         read_pictures(thin, limits=ImageLimits(max_pixels=10**7, max_aspect_ratio=5))
     with pytest.raises(ImageProblem, match=r"bytes is over the limit data.max_file_bytes=1,000"):
         read_pictures(dicom_bytes(np.zeros((64, 64), dtype=np.uint8)), limits=ImageLimits(max_file_bytes=1000))
-    with pytest.raises(ImageProblem, match=r"3 frames of 16x16 = 768 pixels in one file, over the limit "
-                                           r"data.max_image_pixels=700"):
-        read_pictures(dicom_bytes(np.zeros((3, 16, 16), dtype=np.uint8), NumberOfFrames=3),
-                      limits=ImageLimits(max_pixels=700))
+    with pytest.raises(
+        ImageProblem,
+        match=r"3 frames of 16x16 = 768 pixels in one file, over the limit "
+        r"data.max_image_pixels=700",
+    ):
+        read_pictures(
+            dicom_bytes(np.zeros((3, 16, 16), dtype=np.uint8), NumberOfFrames=3), limits=ImageLimits(max_pixels=700)
+        )
     no_pixels = dicom_bytes(np.zeros((4, 4), dtype=np.uint8))
     import pydicom
 
@@ -172,6 +182,7 @@ def test_dicom_files_are_found_by_suffix_or_preamble(tmp_path):
 
 
 # ---- NIfTI ---------------------------------------------------------------------------------------------------
+
 
 def marked_volume() -> np.ndarray:
     """(X=20, Y=24, Z=5) RAS+ volume: background 100, an anterior marker (high y) and a patient-right one (high x)."""
@@ -230,8 +241,11 @@ def test_nifti_problems_are_named():
         read_pictures(nifti_bytes(marked_volume())[:-100], limits=LIMITS)
     with pytest.raises(ImageProblem, match=r"5 slices of 20x24 = 2,400 pixels in one file, over the limit"):
         read_pictures(nifti_bytes(marked_volume(), gz=True), limits=ImageLimits(max_pixels=2000))
-    with pytest.raises(ImageProblem, match=r"^NIfTI-1 20x24x5 int16: 5 axial slices in one file, but a class "
-                                           r"folder takes one 2-D slice per file"):
+    with pytest.raises(
+        ImageProblem,
+        match=r"^NIfTI-1 20x24x5 int16: 5 axial slices in one file, but a class "
+        r"folder takes one 2-D slice per file",
+    ):
         open_checked(nifti_bytes(marked_volume()), limits=LIMITS)
 
 

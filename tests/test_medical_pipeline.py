@@ -38,8 +38,13 @@ def as_dicoms(folder: Path) -> dict[str, Path]:
     made = {
         folder / "plain.dcm": dicom_bytes(pixels[0]),
         # 16-bit signed, stored as 10p - 500 and rescaled back by slope 0.1, intercept 50; the window [0, 255]
-        folder / "signed16.dcm": dicom_bytes((pixels[1].astype(np.int16) * 10 - 500), RescaleSlope=0.1,
-                                             RescaleIntercept=50, WindowCenter=128, WindowWidth=256),
+        folder / "signed16.dcm": dicom_bytes(
+            (pixels[1].astype(np.int16) * 10 - 500),
+            RescaleSlope=0.1,
+            RescaleIntercept=50,
+            WindowCenter=128,
+            WindowWidth=256,
+        ),
         # MONOCHROME1 stores 255 - p: shown inverted, it is p again
         folder / "inverted.dcm": dicom_bytes(255 - pixels[2], photometric="MONOCHROME1"),
         folder / "IM0004": dicom_bytes(pixels[3]),  # no extension, found by its preamble
@@ -68,11 +73,13 @@ def test_validate_and_training_cache_take_dicom_as_the_jpeg_it_came_from(dataset
     assert manifest.loc["Training/glioma_tumor/signed16.dcm", "mode"] == "DICOM MONOCHROME2 16-bit signed"
     reasons = {p["path"]: p["reason"] for p in result.report["excluded"]}
     assert result.report["n_excluded"] == 3
-    assert reasons["Training/no_tumor/series.dcm"].startswith("DICOM MONOCHROME2 8-bit, 3 frames: 3 frames in one "
-                                                              "file, but a class folder takes one 2-D slice")
+    assert reasons["Training/no_tumor/series.dcm"].startswith(
+        "DICOM MONOCHROME2 8-bit, 3 frames: 3 frames in one file, but a class folder takes one 2-D slice"
+    )
     assert reasons["Training/no_tumor/lossless.dcm"].startswith("DICOM compressed as JPEG Lossless")
-    assert reasons["Training/no_tumor/volume.nii.gz"].startswith("NIfTI-1 64x64x4 int16: 4 axial slices in one "
-                                                                 "file, but a class folder")
+    assert reasons["Training/no_tumor/volume.nii.gz"].startswith(
+        "NIfTI-1 64x64x4 int16: 4 axial slices in one file, but a class folder"
+    )
 
     # The training cache (what every epoch reads) holds for each DICOM the image its JPEG gives.
     prep = Preprocessing.from_config(params.model, params.preprocess).scan
@@ -98,19 +105,25 @@ def medical_scans(sample_root, tmp_path) -> dict[str, Path]:
     # each picture p is shown as the RAS+ plane p.T[::-1, ::-1] (medical._axial_picture undoes it)
     volume = np.stack([p.T[::-1, ::-1] for p in planes], axis=2).astype(np.int16)
     (folder / "brain.nii.gz").write_bytes(nifti_bytes(volume, gz=True))
-    return {"one": folder / "one.dcm", "series": folder / "series.dcm", "volume": folder / "brain.nii.gz",
-            "jpegs": jpegs}
+    return {
+        "one": folder / "one.dcm",
+        "series": folder / "series.dcm",
+        "volume": folder / "brain.nii.gz",
+        "jpegs": jpegs,
+    }
 
 
 def test_predict_gives_a_row_per_frame_and_slice_and_a_volume_summary(capsys, model_file, medical_scans, tmp_path):
     output = tmp_path / "out.json"
-    code, out, err = predict(capsys, str(medical_scans["one"].parent), "--model", str(model_file),
-                             "--output", str(output))
+    code, out, err = predict(
+        capsys, str(medical_scans["one"].parent), "--model", str(model_file), "--output", str(output)
+    )
     assert code == 0, err
     records = json.loads(output.read_text())
     volume, one, series = (str(medical_scans[k]) for k in ("volume", "one", "series"))
     assert [(r["file"], r["frame"]) for r in records] == (
-        [(volume, k) for k in range(9)] + [(volume, None), (one, 0)] + [(series, k) for k in range(3)])
+        [(volume, k) for k in range(9)] + [(volume, None), (one, 0)] + [(series, k) for k in range(3)]
+    )
     table = pd.DataFrame(records)
     assert list(table.columns) == ["file", "frame", "label", "probability", *CLASSES]
 
@@ -131,8 +144,17 @@ def test_predict_gives_a_row_per_frame_and_slice_and_a_volume_summary(capsys, mo
 
 def test_middle_keeps_the_central_slices(capsys, model_file, medical_scans, tmp_path):
     output = tmp_path / "out.csv"
-    code, out, err = predict(capsys, str(medical_scans["volume"]), str(medical_scans["one"]), "--middle", "3",
-                             "--model", str(model_file), "--output", str(output))
+    code, out, err = predict(
+        capsys,
+        str(medical_scans["volume"]),
+        str(medical_scans["one"]),
+        "--middle",
+        "3",
+        "--model",
+        str(model_file),
+        "--output",
+        str(output),
+    )
     assert code == 0, err
     table = pd.read_csv(output, keep_default_na=False)
     assert table["frame"].astype(str).tolist() == ["3", "4", "5", "", "0"]  # the summary row has no frame
@@ -142,15 +164,27 @@ def test_middle_keeps_the_central_slices(capsys, model_file, medical_scans, tmp_
 
 def test_gradcam_names_each_frame(capsys, model_file, medical_scans, tmp_path):
     folder = tmp_path / "cams"
-    code, _, err = predict(capsys, str(medical_scans["series"]), str(medical_scans["one"]), "--model",
-                           str(model_file), "--gradcam", str(folder))
+    code, _, err = predict(
+        capsys,
+        str(medical_scans["series"]),
+        str(medical_scans["one"]),
+        "--model",
+        str(model_file),
+        "--gradcam",
+        str(folder),
+    )
     assert code == 0, err
     assert sorted(p.name for p in folder.iterdir()) == [
-        "one.gradcam.png", "series.frame-0.gradcam.png", "series.frame-1.gradcam.png", "series.frame-2.gradcam.png"]
+        "one.gradcam.png",
+        "series.frame-0.gradcam.png",
+        "series.frame-1.gradcam.png",
+        "series.frame-2.gradcam.png",
+    ]
 
 
-def test_a_volume_summary_carries_the_mean_novelty_of_its_head_slices(capsys, novelty_model_file, medical_scans,
-                                                                      tmp_path):
+def test_a_volume_summary_carries_the_mean_novelty_of_its_head_slices(
+    capsys, novelty_model_file, medical_scans, tmp_path
+):
     path, _ = novelty_model_file
     output = tmp_path / "out.json"
     code, _, err = predict(capsys, str(medical_scans["volume"]), "--model", str(path), "--output", str(output))

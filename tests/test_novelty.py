@@ -18,6 +18,7 @@ from braintumor.model import load_model
 from braintumor.novelty import Novelty, fit_novelty
 from braintumor.serving import Predictor
 
+
 def _clusters(n: int, seed: int, shift: float = 0.0) -> tuple[torch.Tensor, np.ndarray]:
     """n features per class around four class means in 64 dimensions (the last four correlated), plus `shift`."""
     g = torch.Generator().manual_seed(seed)
@@ -64,8 +65,7 @@ def test_a_bad_quantile_is_refused_naming_the_key(sample_root, value):
         params_from_dict(spec)
 
 
-def test_the_score_survives_the_model_file_and_predict_reports_it(capsys, sample_root, novelty_model_file,
-                                                                  tmp_path):
+def test_the_score_survives_the_model_file_and_predict_reports_it(capsys, sample_root, novelty_model_file, tmp_path):
     path, fitted = novelty_model_file
     _, bundle = load_model(path)
     loaded = Novelty.from_dict(bundle["novelty"])
@@ -91,7 +91,6 @@ def test_a_model_file_without_the_score_predicts_without_its_columns(capsys, mod
     probs, novelty = predictor.predict([predictor.load_image(next((sample_root / "Testing").rglob("*.jpg")))])
     assert novelty is None and probs.shape == (1, 4)
     output = tmp_path / "predictions.csv"
-    code, out, err = predict(capsys, str(sample_root / "Testing"), "--model", str(model_file), "--output",
-                             str(output))
+    code, out, err = predict(capsys, str(sample_root / "Testing"), "--model", str(model_file), "--output", str(output))
     assert code == 0, err
     assert "novelty" not in output.read_text().splitlines()[0] and "unlike the Training" not in out

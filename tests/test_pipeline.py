@@ -23,14 +23,40 @@ from pathlib import Path
 
 import pytest
 import yaml
-from dvc_projects import env as _env, changed, file_hashes, make_project, mlflow_client, out, ran, reset, runs_of, set_param, sh
+from dvc_projects import (
+    changed,
+    file_hashes,
+    make_project,
+    mlflow_client,
+    out,
+    ran,
+    reset,
+    runs_of,
+    set_param,
+    sh,
+)
+from dvc_projects import (
+    env as _env,
+)
 from helpers import REPO
 
 STAGES = ["validate", "augment_preview", "train", "evaluate", "report"]
-OUTPUTS = ["manifests/splits.csv", "reports/validation.json", "reports/augment_preview.png", "models/model.pt",
-           "metrics/train.json", "plots/train/history.csv", "reports/mlflow_run.json", "metrics/eval.json",
-           "plots/eval/confusion.csv", "plots/eval/roc.csv", "plots/eval/reliability.csv",
-           "plots/eval/predictions.csv", "reports/model_card.md", "reports/report.html"]
+OUTPUTS = [
+    "manifests/splits.csv",
+    "reports/validation.json",
+    "reports/augment_preview.png",
+    "models/model.pt",
+    "metrics/train.json",
+    "plots/train/history.csv",
+    "reports/mlflow_run.json",
+    "metrics/eval.json",
+    "plots/eval/confusion.csv",
+    "plots/eval/roc.csv",
+    "plots/eval/reliability.csv",
+    "plots/eval/predictions.csv",
+    "reports/model_card.md",
+    "reports/report.html",
+]
 REGISTERED = "brain-tumor-classifier"
 
 
@@ -40,14 +66,23 @@ def project(module_dir) -> dict:
     repo = make_project(module_dir / "pipeline")
     # Every Python process lists what it imports on stderr (-X importtime), one stream with dvc's own output,
     # so each stage's imports follow its "Running stage" line (test_each_stage_declares_every_module_it_imports).
-    first = subprocess.run(["dvc", "repro"], cwd=repo, env={**_env(), "PYTHONPROFILEIMPORTTIME": "1"}, text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600, check=False)
+    first = subprocess.run(
+        ["dvc", "repro"],
+        cwd=repo,
+        env={**_env(), "PYTHONPROFILEIMPORTTIME": "1"},
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        timeout=600,
+        check=False,
+    )
     assert first.returncode == 0, first.stdout[-20000:]
     sh(repo, "git", "commit", "-q", "-m", "pipeline outputs")  # dvc.lock (autostaged, core.autostage)
     return {"repo": repo, "repro": first.stdout, "runs": [r.info.run_id for r in runs_of(repo)]}
 
 
 # ---- 1. one full run ------------------------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_repro_runs_every_stage_and_writes_every_output(project):
@@ -118,9 +153,22 @@ def test_report_is_self_contained_and_every_image_decodes(project, tmp_path):
     from PIL import Image
 
     page = (project["repo"] / "reports/report.html").read_text(encoding="utf-8")
-    for section in ("Dataset and validation", "Preprocessing and augmentation", "Training curves", "Test metrics",
-                    "leak-free", "Testing by image size", "Confusion matrix", "Calibration", "Sample test predictions",
-                    "Most confident mistakes", "Grad-CAM", "Model card", "Run metadata", "mlflow ui"):
+    for section in (
+        "Dataset and validation",
+        "Preprocessing and augmentation",
+        "Training curves",
+        "Test metrics",
+        "leak-free",
+        "Testing by image size",
+        "Confusion matrix",
+        "Calibration",
+        "Sample test predictions",
+        "Most confident mistakes",
+        "Grad-CAM",
+        "Model card",
+        "Run metadata",
+        "mlflow ui",
+    ):
         assert section in page, f"report lacks {section!r}"
     assert '<a href="model_card.md">' in page and (project["repo"] / "reports/model_card.md").is_file()
     assert not re.search(r'(src|href)="(https?:)?//', page), "the report must not load anything from the network"
@@ -136,11 +184,24 @@ def test_report_is_self_contained_and_every_image_decodes(project, tmp_path):
         pytest.fail("CI=true but Chromium is not installed (apt-get install -y chromium): the report is not rendered")
     if chromium:  # render it as a reader would, offline (Debian's chromium; skipped with a warning where absent)
         shot = tmp_path / "report.png"
-        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                        f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,4000",
-                        f"--screenshot={shot}", (project["repo"] / "reports/report.html").as_uri()],
-                       capture_output=True, timeout=120)
+        subprocess.run(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                f"--user-data-dir={tmp_path / 'profile'}",
+                "--window-size=1280,4000",
+                f"--screenshot={shot}",
+                (project["repo"] / "reports/report.html").as_uri(),
+            ],
+            capture_output=True,
+            timeout=120,
+        )
         with Image.open(shot) as rendered:
             pixels = rendered.convert("L").resize((64, 200))
             assert len(set(pixels.getdata())) > 20  # not a blank page
@@ -154,8 +215,10 @@ def test_each_stage_declares_every_module_it_imports(project):
     the stage imported in the real run above (and only files that exist)."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     parts = re.split(r"Running stage '([\w-]+)'", project["repro"])
-    imported = {name: set(re.findall(r"import time:.*\|\s*(braintumor(?:\.\w+)*)\s*$", text, re.MULTILINE))
-                for name, text in zip(parts[1::2], parts[2::2])}
+    imported = {
+        name: set(re.findall(r"import time:.*\|\s*(braintumor(?:\.\w+)*)\s*$", text, re.MULTILINE))
+        for name, text in zip(parts[1::2], parts[2::2])
+    }
     assert set(imported) == set(STAGES)
     undeclared = {}
     for name, modules in imported.items():
@@ -173,6 +236,7 @@ def test_each_stage_declares_every_module_it_imports(project):
 
 # ---- 2. nothing changed, nothing runs -------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_second_repro_runs_nothing(project):
     repo = project["repo"]
@@ -186,12 +250,21 @@ def test_second_repro_runs_nothing(project):
 # `dvc status` names the stages a change reaches directly; `dvc repro --dry --force-downstream` adds what runs
 # after them (their outputs change). The real rerun of a train.* change is test_exp_run_in_workspace below.
 
+
 @pytest.mark.slow
-@pytest.mark.parametrize("key, value, direct, reruns", [
-    ("train.lr", 0.02, {"train"}, {"train", "evaluate", "report"}),
-    ("augment.preview_seed", 1, {"augment_preview"}, {"augment_preview", "report"}),
-    ("augment.rotation_degrees", 5, {"augment_preview", "train"}, {"augment_preview", "train", "evaluate", "report"}),
-])
+@pytest.mark.parametrize(
+    "key, value, direct, reruns",
+    [
+        ("train.lr", 0.02, {"train"}, {"train", "evaluate", "report"}),
+        ("augment.preview_seed", 1, {"augment_preview"}, {"augment_preview", "report"}),
+        (
+            "augment.rotation_degrees",
+            5,
+            {"augment_preview", "train"},
+            {"augment_preview", "train", "evaluate", "report"},
+        ),
+    ],
+)
 def test_param_change_reaches_only_its_stages(project, key, value, direct, reruns):
     repo = project["repo"]
     original = (repo / "params.yaml").read_text()
@@ -224,6 +297,7 @@ def test_changed_image_reruns_from_validate(project):
 
 # ---- 4. experiments -------------------------------------------------------------------------------------------
 
+
 def _exp_name(text: str) -> str:
     found = re.search(r"Ran experiment\(s\): ([\w-]+)", text)
     assert found, text
@@ -254,8 +328,13 @@ def temp_experiment(project, workspace_experiment) -> dict:
     before = {r.info.run_id for r in runs_of(repo)}
     cached = sorted(p.name for p in (repo / ".cache/images").glob("*.npy"))
     result = out(sh(repo, "dvc", "exp", "run", "--temp", "-S", "train.lr=0.005"))
-    return {"result": result, "name": _exp_name(result), "before": before, "cached": cached,
-            "stale_after_add": stale_after_add}
+    return {
+        "result": result,
+        "name": _exp_name(result),
+        "before": before,
+        "cached": cached,
+        "stale_after_add": stale_after_add,
+    }
 
 
 @pytest.mark.slow
@@ -333,13 +412,18 @@ def test_exp_show_metrics_and_plots_diff(project, workspace_experiment, temp_exp
 
 # ---- 5. dataset versioning (its own repository) ---------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_dataset_add_push_pull_roundtrip(tmp_path):
     repo = make_project(tmp_path)
     assert sh(repo, "git", "ls-files", "data").stdout.split() == ["data/.gitignore", "data/README.md"]
     sh(repo, "dvc", "add", "data/Training", "data/Testing")
     assert sorted(sh(repo, "git", "ls-files", "data").stdout.split()) == [
-        "data/.gitignore", "data/README.md", "data/Testing.dvc", "data/Training.dvc"]
+        "data/.gitignore",
+        "data/README.md",
+        "data/Testing.dvc",
+        "data/Training.dvc",
+    ]
     ignored = (repo / "data/.gitignore").read_text().split()
     assert ignored.count("/Training") == 1 and ignored.count("/Testing") == 1
     sh(repo, "git", "commit", "-q", "-m", "track the dataset with DVC")
@@ -364,6 +448,7 @@ def test_dataset_add_push_pull_roundtrip(tmp_path):
 
 
 # ---- the store a `dvc exp run --temp` copy logs to (fast) --------------------------------------------------------
+
 
 def test_tracking_uri_from_a_temp_experiment_copy(tmp_path, monkeypatch):
     from braintumor.tracking import tracking_uri

@@ -37,7 +37,7 @@ def test_files_and_folders_are_read_recursively(capsys, model_file, scans, sampl
     assert len(lines) == len(expected) == 5
     for line, path in zip(lines, expected):
         assert line.startswith(str(path))
-        label, probability = line[len(str(path)):].split()
+        label, probability = line[len(str(path)) :].split()
         assert label in CLASSES and 0.25 <= float(probability) <= 1
 
 
@@ -92,8 +92,12 @@ def test_gradcam_writes_one_png_per_scan(capsys, model_file, scans, tmp_path):
     assert code == 0, err
     written = sorted(p.name for p in folder.iterdir())
     # the two class folders hold files with the same names: each scan still gets its own overlay
-    assert written == ["glioma__scan 0.gradcam.png", "glioma__scan 1.gradcam.png",
-                       "no tumor__scan 0.gradcam.png", "no tumor__scan 1.gradcam.png"]
+    assert written == [
+        "glioma__scan 0.gradcam.png",
+        "glioma__scan 1.gradcam.png",
+        "no tumor__scan 0.gradcam.png",
+        "no tumor__scan 1.gradcam.png",
+    ]
     for name in written:
         with Image.open(folder / name) as image:
             assert image.format == "PNG" and image.size == (32, 32)  # model.image_size of the tiny params
@@ -116,11 +120,16 @@ def test_bad_output_suffix_fails_before_any_work(capsys, model_file, scans, tmp_
 
 def test_missing_model_exits_2_with_one_error_line(scans, tmp_path):
     """The real command: exit status 2, one `error:` line, no traceback."""
-    result = run([str(BIN / "braintumor"), "predict", str(scans), "--model", str(tmp_path / "nope.pt")],
-                 cwd=tmp_path, check=False, timeout=120)
+    result = run(
+        [str(BIN / "braintumor"), "predict", str(scans), "--model", str(tmp_path / "nope.pt")],
+        cwd=tmp_path,
+        check=False,
+        timeout=120,
+    )
     assert result.returncode == 2, result.stderr
     assert result.stderr.splitlines() == [
-        f"error: model file {tmp_path / 'nope.pt'} not found. Train one first: `dvc repro train`."]
+        f"error: model file {tmp_path / 'nope.pt'} not found. Train one first: `dvc repro train`."
+    ]
 
 
 def test_unknown_model_uri_exits_2(capsys, scans, tmp_path, monkeypatch):

@@ -11,8 +11,7 @@ import torch
 
 from braintumor.cli import main
 from braintumor.errors import ConfigError
-from braintumor.runtime import (HALF_PRECISION_TOLERANCE, PREDICTION_DEVICE_ENV, prediction_autocast,
-                                prediction_device)
+from braintumor.runtime import HALF_PRECISION_TOLERANCE, PREDICTION_DEVICE_ENV, prediction_autocast, prediction_device
 from braintumor.serving import Predictor
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -27,6 +26,7 @@ def gpus(monkeypatch):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: n > 0)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: n)
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16)
+
     return pretend
 
 
@@ -46,23 +46,35 @@ def test_mlflow_default_prediction_device_decides_auto_and_an_explicit_choice_wi
     assert prediction_device("auto") == torch.device("cuda", 1)
     assert prediction_device("cpu") == CPU
     monkeypatch.setenv(PREDICTION_DEVICE_ENV, "cuda:2")
-    with pytest.raises(ConfigError, match=r"^MLFLOW_DEFAULT_PREDICTION_DEVICE=cuda:2, but there are only 2 CUDA "
-                                          r"GPU\(s\) \(cuda:0 to cuda:1\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^MLFLOW_DEFAULT_PREDICTION_DEVICE=cuda:2, but there are only 2 CUDA "
+        r"GPU\(s\) \(cuda:0 to cuda:1\)",
+    ):
         prediction_device("auto")
     monkeypatch.setenv(PREDICTION_DEVICE_ENV, "tpu")
-    with pytest.raises(ConfigError, match=r"^MLFLOW_DEFAULT_PREDICTION_DEVICE=tpu: not a device for predictions; "
-                                          r"use auto, cpu, cuda or cuda:N"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^MLFLOW_DEFAULT_PREDICTION_DEVICE=tpu: not a device for predictions; "
+        r"use auto, cpu, cuda or cuda:N",
+    ):
         prediction_device("auto")
 
 
 def test_cuda_without_a_gpu_is_an_error_not_a_cpu_run(gpus, monkeypatch):
     gpus(0)
-    with pytest.raises(ConfigError, match=r"^--device cuda, but PyTorch sees no CUDA GPU here \(torch .*\); use "
-                                          r"--device auto or cpu$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^--device cuda, but PyTorch sees no CUDA GPU here \(torch .*\); use "
+        r"--device auto or cpu$",
+    ):
         prediction_device("cuda")
     monkeypatch.setenv(PREDICTION_DEVICE_ENV, "cuda")
-    with pytest.raises(ConfigError, match=r"^MLFLOW_DEFAULT_PREDICTION_DEVICE=cuda, but PyTorch sees no CUDA GPU "
-                                          r"here .*; unset MLFLOW_DEFAULT_PREDICTION_DEVICE$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^MLFLOW_DEFAULT_PREDICTION_DEVICE=cuda, but PyTorch sees no CUDA GPU "
+        r"here .*; unset MLFLOW_DEFAULT_PREDICTION_DEVICE$",
+    ):
         prediction_device("auto")
 
 

@@ -9,14 +9,16 @@ import multiprocessing
 from pathlib import Path
 
 import pytest
-from braintumor.prediction_log import LOG_ENV, PredictionLog, read_log
 from helpers import predict
+
+from braintumor.prediction_log import LOG_ENV, PredictionLog, read_log
 
 CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
 
 
-def test_predict_logs_one_line_per_scan_without_names_or_pixels(capsys, monkeypatch, tmp_path, sample_root,
-                                                                novelty_model_file):
+def test_predict_logs_one_line_per_scan_without_names_or_pixels(
+    capsys, monkeypatch, tmp_path, sample_root, novelty_model_file
+):
     model, _ = novelty_model_file
     scans = sorted((sample_root / "Testing").rglob("*.jpg"))[:5]
     monkeypatch.setenv(LOG_ENV, str(tmp_path / "logs") + "/")  # a folder: <folder>/predictions.jsonl
@@ -27,9 +29,23 @@ def test_predict_logs_one_line_per_scan_without_names_or_pixels(capsys, monkeypa
     assert len(lines) == len(scans) == len(answers)
     for line, scan, answer in zip(lines, scans, answers):
         record = json.loads(line)
-        assert set(record) == {"time", "source", "model", "version", "run_id", "sha256", "frame", "label",
-                               "probability", "probabilities", "novelty", "unlike_training", "novelty_quantile",
-                               "latency_ms", "pictures_in_request"}
+        assert set(record) == {
+            "time",
+            "source",
+            "model",
+            "version",
+            "run_id",
+            "sha256",
+            "frame",
+            "label",
+            "probability",
+            "probabilities",
+            "novelty",
+            "unlike_training",
+            "novelty_quantile",
+            "latency_ms",
+            "pictures_in_request",
+        }
         assert record["sha256"] == hashlib.sha256(scan.read_bytes()).hexdigest()
         assert record["time"].endswith("Z") and record["source"] == "predict" and record["frame"] == 0
         assert record["label"] == answer["label"] and record["unlike_training"] == answer["unlike_training"]
@@ -42,8 +58,9 @@ def test_predict_logs_one_line_per_scan_without_names_or_pixels(capsys, monkeypa
             assert private not in line
 
 
-def test_an_unwritable_log_costs_a_warning_not_the_answer(capsys, monkeypatch, tmp_path, sample_root, model_file,
-                                                          caplog):
+def test_an_unwritable_log_costs_a_warning_not_the_answer(
+    capsys, monkeypatch, tmp_path, sample_root, model_file, caplog
+):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     monkeypatch.setenv(LOG_ENV, str(blocker / "predictions.jsonl"))  # its "folder" is a file
@@ -58,8 +75,20 @@ def _writer(path: str, worker: int, answers: int, max_bytes: int) -> None:
     log = PredictionLog(path, max_bytes=max_bytes, backups=50)
     for i in range(answers):
         pictures = 1 + i % 3  # an answer of 1 to 3 pictures goes out in one write
-        log.write([{"time": "2026-12-03T00:00:00Z", "label": "no_tumor", "probability": 0.5, "worker": worker,
-                    "answer": i, "picture": j, "padding": "x" * (200 + 37 * worker)} for j in range(pictures)])
+        log.write(
+            [
+                {
+                    "time": "2026-12-03T00:00:00Z",
+                    "label": "no_tumor",
+                    "probability": 0.5,
+                    "worker": worker,
+                    "answer": i,
+                    "picture": j,
+                    "padding": "x" * (200 + 37 * worker),
+                }
+                for j in range(pictures)
+            ]
+        )
 
 
 def test_concurrent_writers_never_interleave_or_lose_a_line_across_rotations(tmp_path):

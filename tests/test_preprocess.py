@@ -89,10 +89,13 @@ def test_pad_to_square_keeps_the_aspect_ratio_centred_on_black():
     assert square[:, 0].max() == 200 and square[:, -1].max() == 200
 
 
-@pytest.mark.parametrize("mode, bright_curve", [
-    ("percentile", lambda x: 1.7 * x),  # percentile windows undo a linear change of brightness and contrast
-    ("equalize", lambda x: 255 * (x / 255) ** 0.6),  # equalisation undoes any monotonic curve, gamma included
-])
+@pytest.mark.parametrize(
+    "mode, bright_curve",
+    [
+        ("percentile", lambda x: 1.7 * x),  # percentile windows undo a linear change of brightness and contrast
+        ("equalize", lambda x: 255 * (x / 255) ** 0.6),  # equalisation undoes any monotonic curve, gamma included
+    ],
+)
 def test_intensity_normalisation_makes_a_dark_and_a_bright_copy_of_a_scan_alike(mode, bright_curve):
     """The source shortcut the issue found: one source's scans dark and flat, another's bright and contrasty."""
     scan = np.asarray(synthetic_slice(np.random.default_rng(5), "meningioma_tumor", size=128)).astype(np.float32)

@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_params
 
 import braintumor.preview
 import braintumor.transforms
@@ -17,7 +18,6 @@ from braintumor.imaging import ImageLimits
 from braintumor.preview import preview_figure
 from braintumor.transforms import Preprocessing, display_preset, eval_preset, train_preset
 
-from helpers import tiny_params
 
 @pytest.fixture(scope="module")
 def setup(sample_root):
@@ -29,8 +29,9 @@ def setup(sample_root):
 
 def render(setup, data_root, augment=None) -> plt.Figure:
     params, train_rows, prep = setup
-    return preview_figure(train_rows, data_root, params.data.classes, prep, augment or params.augment,
-                          limits=ImageLimits.of(params.data))
+    return preview_figure(
+        train_rows, data_root, params.data.classes, prep, augment or params.augment, limits=ImageLimits.of(params.data)
+    )
 
 
 def png_bytes(fig: plt.Figure) -> bytes:
@@ -50,6 +51,7 @@ def shown(ax) -> np.ndarray:
 
 
 # ---- transforms: the display preset is the train preset ----------------------------------------------------
+
 
 def _views(preset, image, n=8, seed=0):
     return preset(image.expand(n, 1, -1, -1), torch.Generator().manual_seed(seed))
@@ -87,18 +89,27 @@ def test_one_scan_and_a_batch_give_the_same_result(setup):
 
 def test_eval_preset_is_a_centre_crop_to_the_model_input(setup):
     _, _, prep = setup
-    image = torch.arange(prep.resize_size ** 2, dtype=torch.int64).reshape(1, prep.resize_size, -1)
+    image = torch.arange(prep.resize_size**2, dtype=torch.int64).reshape(1, prep.resize_size, -1)
     image = (image % 256).to(torch.uint8)
     out = eval_preset(prep)(image)
     off = (prep.resize_size - prep.image_size) // 2
-    crop = image[:, off:off + prep.image_size, off:off + prep.image_size]
+    crop = image[:, off : off + prep.image_size, off : off + prep.image_size]
     mean, std = torch.tensor(prep.mean)[:, None, None], torch.tensor(prep.std)[:, None, None]
     torch.testing.assert_close(out, (crop.expand(3, -1, -1).float() / 255 - mean) / std)
 
 
 def _off(params, **changes):
-    base = dict(crop_scale=[1.0, 1.0], hflip=False, rotation_degrees=0.0, brightness=0.0, contrast=0.0, gamma=1.0,
-                blur_sharpen=0.0, noise=0.0, intensity_curve=0.0)
+    base = dict(
+        crop_scale=[1.0, 1.0],
+        hflip=False,
+        rotation_degrees=0.0,
+        brightness=0.0,
+        contrast=0.0,
+        gamma=1.0,
+        blur_sharpen=0.0,
+        noise=0.0,
+        intensity_curve=0.0,
+    )
     return dataclasses.replace(params.augment, **{**base, **changes})
 
 
@@ -106,8 +117,13 @@ def test_everything_off_is_a_plain_resize_of_the_whole_scan(setup):
     params, _, prep = setup
     image = torch.randint(0, 256, (1, prep.resize_size, prep.resize_size), dtype=torch.uint8)
     views = _views(display_preset(prep, _off(params)), image)
-    expected = torch.nn.functional.interpolate(image[None].float(), size=(prep.image_size,) * 2, mode="bilinear",
-                                               align_corners=False).round().to(torch.uint8)
+    expected = (
+        torch.nn.functional.interpolate(
+            image[None].float(), size=(prep.image_size,) * 2, mode="bilinear", align_corners=False
+        )
+        .round()
+        .to(torch.uint8)
+    )
     assert (views.int() - expected.int()).abs().max() <= 1
     assert (views == views[0]).all()  # nothing random left
 
@@ -174,12 +190,12 @@ def test_blur_and_sharpen_change_edges_not_flat_areas(setup):
     params, _, prep = setup
     size = prep.resize_size
     edge = torch.zeros(1, size, size, dtype=torch.uint8)
-    edge[:, :, size // 2:] = 200  # a vertical edge; flat on either side
+    edge[:, :, size // 2 :] = 200  # a vertical edge; flat on either side
     views = _views(display_preset(prep, _off(params, blur_sharpen=1.0)), edge, n=16).float()
     plain = _views(display_preset(prep, _off(params)), edge, n=1).float()
-    at_edge = (views - plain)[..., :, prep.image_size // 2 - 2:prep.image_size // 2 + 2].abs().amax(dim=(1, 2, 3))
+    at_edge = (views - plain)[..., :, prep.image_size // 2 - 2 : prep.image_size // 2 + 2].abs().amax(dim=(1, 2, 3))
     assert (at_edge > 20).sum() >= 8  # most views blurred or sharpened the edge
-    flat = (views - plain)[..., 4:-4, 4:prep.image_size // 2 - 6].abs().max()
+    flat = (views - plain)[..., 4:-4, 4 : prep.image_size // 2 - 6].abs().max()
     assert flat <= 1  # flat regions unchanged
 
 
@@ -194,6 +210,7 @@ def test_noise_is_random_per_scan_and_reproducible_from_the_seed(setup):
 
 
 # ---- the preview figure -------------------------------------------------------------------------------------
+
 
 def test_preview_views_come_from_the_train_preset_code(setup, sample_root, monkeypatch):
     params, _, prep = setup
@@ -250,8 +267,13 @@ def test_grid_has_one_row_per_picked_image_and_views_plus_two_columns(setup, sam
         for ax in axes[:, 1:].flat:  # every view after the stored scan is the model's input size
             assert shown(ax).shape == (prep.image_size, prep.image_size)
         assert shown(axes[0, 0]).shape == (64, 64)  # the sample's scans as stored
-        assert [ax.get_title() for ax in axes[0]] == ["scan as stored", "preprocessed\n(eval view)", "train view 1",
-                                                      "train view 2", "train view 3"]
+        assert [ax.get_title() for ax in axes[0]] == [
+            "scan as stored",
+            "preprocessed\n(eval view)",
+            "train view 1",
+            "train view 2",
+            "train view 3",
+        ]
     finally:
         plt.close(fig)
 
@@ -281,8 +303,7 @@ def test_only_the_rows_given_are_shown(setup, sample_root):
     params, train_rows, prep = setup
     one_each = train_rows.groupby("label").head(1)
     augment = dataclasses.replace(params.augment, preview_images_per_class=3, preview_views=1)
-    fig = preview_figure(one_each, sample_root, params.data.classes, prep, augment,
-                         limits=ImageLimits.of(params.data))
+    fig = preview_figure(one_each, sample_root, params.data.classes, prep, augment, limits=ImageLimits.of(params.data))
     try:
         shown_rows = [tuple(ax.get_ylabel().split("\n")) for ax in np.array(fig.axes).reshape(-1, 3)[:, 0]]
         assert shown_rows == list(zip(one_each["label"], one_each["path"].map(lambda p: p.rsplit("/", 1)[-1])))

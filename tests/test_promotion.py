@@ -34,8 +34,11 @@ def registry(store, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.get_experiment_by_name("promotion")
-    experiment_id = (experiment.experiment_id if experiment else
-                     mlflow.create_experiment("promotion", artifact_location=(store / "artifacts").as_uri()))
+    experiment_id = (
+        experiment.experiment_id
+        if experiment
+        else mlflow.create_experiment("promotion", artifact_location=(store / "artifacts").as_uri())
+    )
     name = f"classifier-{next(_names)}"
     MlflowClient().create_registered_model(name)
     yield Registry(store, uri, experiment_id, name)
@@ -53,21 +56,35 @@ class Registry:
         its stored test figure (from whatever scans it was evaluated on) must never decide."""
         with mlflow.start_run(experiment_id=self.experiment_id) as run:
             mlflow.log_metric("test_leak_free_macro_f1", stored_macro_f1)
-        version = self.client.create_model_version(self.name, source=(self.store / "model").as_uri(),
-                                                   run_id=run.info.run_id)
+        version = self.client.create_model_version(
+            self.name, source=(self.store / "model").as_uri(), run_id=run.info.run_id
+        )
         # write_run_info stores the version as a string (MLflow's ModelVersion.version is an int)
-        return {"run_id": run.info.run_id, "registered_model": self.name, "model_version": str(version.version),
-                "experiment": "promotion", "tracking_uri": self.uri}
+        return {
+            "run_id": run.info.run_id,
+            "registered_model": self.name,
+            "model_version": str(version.version),
+            "experiment": "promotion",
+            "tracking_uri": self.uri,
+        }
 
-    def promote(self, run_info: dict, value: float, champion_value: float | None = None,
-                reason: str | None = None) -> dict:
+    def promote(
+        self, run_info: dict, value: float, champion_value: float | None = None, reason: str | None = None
+    ) -> dict:
         """What evaluate does: find the champion, (score both on the same rows: given here), promote."""
         logger = RunLogger(run_info)
         try:
             champion = logger.champion_version()
-            comparison = SameScansComparison("leak_free_macro_f1", "leak_free_macro_f1", 394, "Testing:abc.dir",
-                                             value, champion, champion_value if champion else None,
-                                             reason if champion else None)
+            comparison = SameScansComparison(
+                "leak_free_macro_f1",
+                "leak_free_macro_f1",
+                394,
+                "Testing:abc.dir",
+                value,
+                champion,
+                champion_value if champion else None,
+                reason if champion else None,
+            )
             return logger.promote(comparison)
         finally:
             logger.end()
@@ -174,6 +191,9 @@ def test_every_promotion_metric_param_names_the_rows_and_the_metric_both_models_
     assert set(allowed) == set(SAME_SCANS)
     assert Params().evaluate.promotion_metric == "leak_free_macro_f1"
     assert SAME_SCANS["leak_free_macro_f1"] == ("leak_free", "macro_f1")
-    with pytest.raises(ConfigError, match=r"evaluate.promotion_metric = 'f1' is not allowed: expected one of "
-                                          r"leak_free_macro_f1, leak_free_accuracy, macro_f1, accuracy, val_macro_f1"):
+    with pytest.raises(
+        ConfigError,
+        match=r"evaluate.promotion_metric = 'f1' is not allowed: expected one of "
+        r"leak_free_macro_f1, leak_free_accuracy, macro_f1, accuracy, val_macro_f1",
+    ):
         params_from_dict({"evaluate": {"promotion_metric": "f1"}})

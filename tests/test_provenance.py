@@ -73,12 +73,26 @@ def test_long_lists_of_changes_are_cut(repo):
 def test_data_hashes_from_dvc_files_then_dvc_lock(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert dvc_data_hashes("data") == {} and dvc_data_hash("data") == "untracked"
-    (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": {"validate": {"deps": [
-        {"path": "data/Training", "md5": "1" * 32 + ".dir"}, {"path": "data/Testing", "md5": "2" * 32 + ".dir"},
-        {"path": "stages/validate.py", "md5": "3" * 32}]}}}))
+    (tmp_path / "dvc.lock").write_text(
+        yaml.safe_dump(
+            {
+                "schema": "2.0",
+                "stages": {
+                    "validate": {
+                        "deps": [
+                            {"path": "data/Training", "md5": "1" * 32 + ".dir"},
+                            {"path": "data/Testing", "md5": "2" * 32 + ".dir"},
+                            {"path": "stages/validate.py", "md5": "3" * 32},
+                        ]
+                    }
+                },
+            }
+        )
+    )
     assert dvc_data_hashes("data") == {"Training": "1" * 32 + ".dir", "Testing": "2" * 32 + ".dir"}
     (tmp_path / "data").mkdir()
     for split, digit in (("Training", "4"), ("Testing", "5")):  # `dvc add`-ed data wins over the lock file
-        (tmp_path / f"data/{split}.dvc").write_text(yaml.safe_dump({"outs": [{"md5": digit * 32 + ".dir",
-                                                                              "path": split}]}))
+        (tmp_path / f"data/{split}.dvc").write_text(
+            yaml.safe_dump({"outs": [{"md5": digit * 32 + ".dir", "path": split}]})
+        )
     assert dvc_data_hash("data") == f"Testing:{'5' * 32}.dir,Training:{'4' * 32}.dir"

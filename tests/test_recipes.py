@@ -49,8 +49,17 @@ def test_recipe_is_valid_on_params_yaml_and_sets_what_it_says(name):
 
 # Options that change what is learned and are off by default: a recipe sets each, so that what an earlier
 # `dvc exp run -S` left in params.yaml (DVC applies an experiment's params to the workspace) cannot ride along.
-TECHNIQUES = ("augment.intensity_curve", "train.mixup", "train.grad_clip", "train.patience", "train.swa_epochs",
-              "train.ema_decay", "train.label_smoothing", "train.freeze", "train.head_only_epochs")
+TECHNIQUES = (
+    "augment.intensity_curve",
+    "train.mixup",
+    "train.grad_clip",
+    "train.patience",
+    "train.swa_epochs",
+    "train.ema_decay",
+    "train.label_smoothing",
+    "train.freeze",
+    "train.head_only_epochs",
+)
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -92,13 +101,28 @@ def test_recipe_trains_for_a_few_steps(name, sample_root, tmp_path):
 
         weights = str(tmp_path / "resnet50.pth")
         torch.save(resnet50(weights=None).state_dict(), weights)
-    train = dataclasses.replace(params.train, epochs=1, warmup_epochs=0, head_only_epochs=0, batch_size=8,
-                                device="cpu", num_workers=0, threads=2)
+    train = dataclasses.replace(
+        params.train,
+        epochs=1,
+        warmup_epochs=0,
+        head_only_epochs=0,
+        batch_size=8,
+        device="cpu",
+        num_workers=0,
+        threads=2,
+    )
     manifest = validate_dataset(sample_root, params.data, workers=1, progress=False).manifest
     frame = manifest[manifest["split"] != "test"].head(24)
     prep = Preprocessing.from_config(params.model, params.preprocess)
-    images = cached_images(frame, sample_root, prep.scan, tmp_path / "cache", limits=ImageLimits(max_pixels=10**8),
-                           workers=1, progress=False)
+    images = cached_images(
+        frame,
+        sample_root,
+        prep.scan,
+        tmp_path / "cache",
+        limits=ImageLimits(max_pixels=10**8),
+        workers=1,
+        progress=False,
+    )
     labels = frame["label"].map({c: i for i, c in enumerate(params.data.classes)}).to_numpy()
     data = TrainData(images[:16], labels[:16], images[16:], labels[16:], params.data.classes)
     model = build_model(weights, len(params.data.classes), params.model.dropout)
@@ -108,8 +132,13 @@ def test_recipe_trains_for_a_few_steps(name, sample_root, tmp_path):
 
 
 def test_recipe_command_dry_run_prints_the_dvc_experiment(tmp_path):
-    result = subprocess.run([str(BIN / "braintumor"), "recipe", "cpu-scratch", "--dry-run", "--", "--temp"],
-                            cwd=REPO, capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [str(BIN / "braintumor"), "recipe", "cpu-scratch", "--dry-run", "--", "--temp"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     command = shlex.split(result.stdout.strip().splitlines()[-1])
     assert command[:5] == ["dvc", "exp", "run", "-n", command[4]] and command[4].startswith("cpu-scratch-")
     assert command[5:-1] == load_recipe("cpu-scratch", REPO).set_args() and command[-1] == "--temp"
@@ -128,6 +157,7 @@ def test_a_recipe_with_a_bad_key_or_value_fails_before_dvc_starts(tmp_path):
     (tmp_path / "recipes" / "empty.yaml").write_text("description: nothing\n")
     with pytest.raises(ConfigError, match="expected a mapping with `description` and `params`"):
         load_recipe("empty", tmp_path)
-    result = subprocess.run([sys.executable, "-m", "braintumor.cli", "recipe", "missing"], cwd=REPO,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "braintumor.cli", "recipe", "missing"], cwd=REPO, capture_output=True, text=True
+    )
     assert result.returncode == 2 and "no recipe 'missing'" in result.stderr and "Traceback" not in result.stderr

@@ -11,23 +11,34 @@ import time
 import pytest
 import torch
 import yaml
-from braintumor.processes import venv_env
 from helpers import BIN, REPO, run, tiny_params_dict
 from mlflow.tracking import MlflowClient
+
+from braintumor.processes import venv_env
 
 pytestmark = pytest.mark.slow
 
 
 def test_kill_9_during_training_then_rerun_resumes(sample_root, tmp_path):
     raw = tiny_params_dict(sample_root, train={"epochs": 4})
-    raw["paths"].update({"manifest": str(tmp_path / "splits.csv"), "cache": str(tmp_path / "cache"),
-                         "validation_report": str(tmp_path / "validation.json")})
+    raw["paths"].update(
+        {
+            "manifest": str(tmp_path / "splits.csv"),
+            "cache": str(tmp_path / "cache"),
+            "validation_report": str(tmp_path / "validation.json"),
+        }
+    )
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     run([str(BIN / "braintumor"), "validate"], cwd=tmp_path, env=env)
 
-    stage = subprocess.Popen([sys.executable, str(REPO / "stages/train.py")], cwd=tmp_path, env=venv_env(env),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stage = subprocess.Popen(
+        [sys.executable, str(REPO / "stages/train.py")],
+        cwd=tmp_path,
+        env=venv_env(env),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     checkpoints = tmp_path / "cache" / "checkpoints"
     deadline = time.monotonic() + 300
     try:

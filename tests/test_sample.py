@@ -19,8 +19,11 @@ from braintumor.data.validate import validate_dataset
 
 
 def file_hashes(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_same_seed_writes_byte_identical_files(tmp_path):
@@ -73,8 +76,16 @@ def test_every_class_has_the_same_size_mode_and_encoding(tmp_path):
     seen = set()
     for path in sorted(tmp_path.rglob("*.jpg")):
         with Image.open(path) as image:
-            seen.add((image.format, image.mode, image.size, str(sorted(image.info)),
-                      str(image.quantization), str(image.layer)))
+            seen.add(
+                (
+                    image.format,
+                    image.mode,
+                    image.size,
+                    str(sorted(image.info)),
+                    str(image.quantization),
+                    str(image.layer),
+                )
+            )
     assert len(seen) == 1
     fmt, mode, size, *_ = seen.pop()
     assert (fmt, mode, size) == ("JPEG", "L", (80, 80))

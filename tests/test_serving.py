@@ -18,10 +18,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from braintumor.processes import served_model
 from helpers import BIN, REPO, run, tiny_params_dict
 from PIL import Image
 from scan_files import compressed_dicom_bytes, dicom_bytes, eps, float_tiff, nifti_bytes
+
+from braintumor.processes import served_model
 
 pytestmark = pytest.mark.slow
 
@@ -40,8 +41,9 @@ class Served:
 
     def post(self, payload: dict | bytes) -> tuple[int, dict]:
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        request = urllib.request.Request(f"{self.url}/invocations", data=body,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{self.url}/invocations", data=body, headers={"Content-Type": "application/json"}
+        )
         try:
             with urllib.request.urlopen(request, timeout=120) as response:
                 return response.status, json.loads(response.read())
@@ -125,8 +127,20 @@ def test_a_batch_of_formats_gets_one_row_per_image(batch_predictions, scans):
 @pytest.mark.parametrize("model", ["models/model.pt", MODEL_URI], ids=["model-file", "registered-model"])
 def test_served_numbers_equal_braintumor_predict(served, scans, batch_predictions, model):
     output = served.root / f"predict-{model.replace('/', '_').replace(':', '')}.json"
-    run([str(BIN / "braintumor"), "predict", *(str(p) for p in scans.values()), "--model", model,
-         "--output", str(output)], cwd=served.root, env=served.env, timeout=300)
+    run(
+        [
+            str(BIN / "braintumor"),
+            "predict",
+            *(str(p) for p in scans.values()),
+            "--model",
+            model,
+            "--output",
+            str(output),
+        ],
+        cwd=served.root,
+        env=served.env,
+        timeout=300,
+    )
     local = json.loads(output.read_text())
     assert [row["file"] for row in local] == [str(p) for p in scans.values()]
     for mine, theirs in zip(local, batch_predictions):
@@ -150,10 +164,16 @@ BAD_ROWS = {
     "empty-string": (lambda good: [good, good, ""], 2, "empty value"),
     "null": (lambda good: [None, good], 0, "empty value"),
     "a-number": (lambda good: [good, 42], 1, "a value of type int, not a string"),
-    "too-many-pixels": (lambda good: [_b64(_png(Image.new("L", (600, 600), 40)))], 0,
-                        f"600x600 = 360,000 pixels is over the limit data.max_image_pixels={MAX_PIXELS:,}"),
-    "undecodable-dicom": (lambda good: [good, _b64(compressed_dicom_bytes())], 1,
-                          "DICOM compressed as JPEG Lossless, Non-Hierarchical, First-Order Prediction"),
+    "too-many-pixels": (
+        lambda good: [_b64(_png(Image.new("L", (600, 600), 40)))],
+        0,
+        f"600x600 = 360,000 pixels is over the limit data.max_image_pixels={MAX_PIXELS:,}",
+    ),
+    "undecodable-dicom": (
+        lambda good: [good, _b64(compressed_dicom_bytes())],
+        1,
+        "DICOM compressed as JPEG Lossless, Non-Hierarchical, First-Order Prediction",
+    ),
 }
 
 
@@ -231,20 +251,31 @@ def _hostile_payloads(good: str) -> dict[str, tuple[dict, str]]:
     bombs = {250, 500, 999}
     thin = _b64(_png(Image.new("L", (1, 40_000), 90)))
     return {
-        "thin bomb": (_request(good, thin), "1 of 2 rows cannot be used: row 1: 1x40000 is 40,000.0 times longer "
-                                            "than wide, over the limit data.max_aspect_ratio=5"),
-        "NaN TIFF": (_request(_b64(float_tiff(nan_scan))), "1 of 1 rows cannot be used: row 0: 1 of 4,096 pixels are not "
-                                                      "finite numbers (NaN or infinity)"),
+        "thin bomb": (
+            _request(good, thin),
+            "1 of 2 rows cannot be used: row 1: 1x40000 is 40,000.0 times longer "
+            "than wide, over the limit data.max_aspect_ratio=5",
+        ),
+        "NaN TIFF": (
+            _request(_b64(float_tiff(nan_scan))),
+            "1 of 1 rows cannot be used: row 0: 1 of 4,096 pixels are not finite numbers (NaN or infinity)",
+        ),
         "EPS": (_request(good, _b64(eps())), "1 of 2 rows cannot be used: row 1: not an image in an accepted format"),
-        "50 MB base64": (_request(fifty_mb), f"1 of 1 rows cannot be used: row 0: 37,500,000 bytes is over the limit "
-                                             f"data.max_file_bytes={MAX_FILE_BYTES:,}"),
-        "1,000 rows": (_request(*(thin if i in bombs else good for i in range(1000))),
-                       "3 of 1000 rows cannot be used: row 250: 1x40000 is"),
+        "50 MB base64": (
+            _request(fifty_mb),
+            f"1 of 1 rows cannot be used: row 0: 37,500,000 bytes is over the limit "
+            f"data.max_file_bytes={MAX_FILE_BYTES:,}",
+        ),
+        "1,000 rows": (
+            _request(*(thin if i in bombs else good for i in range(1000))),
+            "3 of 1000 rows cannot be used: row 250: 1x40000 is",
+        ),
     }
 
 
-def test_hostile_requests_get_400_naming_the_row_in_bounded_memory_and_the_server_goes_on(served, scans,
-                                                                                            batch_predictions):
+def test_hostile_requests_get_400_naming_the_row_in_bounded_memory_and_the_server_goes_on(
+    served, scans, batch_predictions
+):
     good = _b64(scans["jpeg"].read_bytes())
     assert served.post(_request(good))[0] == 200
     baseline = _tree_rss_mb(served.pid)
@@ -254,8 +285,9 @@ def test_hostile_requests_get_400_naming_the_row_in_bounded_memory_and_the_serve
         status, body = served.post(payload)
         assert status == 400, (name, body)
         assert body["detail"].startswith(detail), (name, body["detail"][:300])
-        assert [row["row"] for row in body["rows"]] == ([250, 500, 999] if name == "1,000 rows" else
-                                                        [int(detail.split("row ")[1].split(":")[0])])
+        assert [row["row"] for row in body["rows"]] == (
+            [250, 500, 999] if name == "1,000 rows" else [int(detail.split("row ")[1].split(":")[0])]
+        )
         assert "Traceback" not in body["message"] and str(served.root) not in body["message"], name
         peak = max(peak, _tree_rss_mb(served.pid))
         assert peak - baseline < RSS_GROWTH_BOUND_MB, (name, baseline, peak)
@@ -275,8 +307,10 @@ def test_dicom_frames_and_nifti_slices_get_a_row_each_with_the_cli_numbers(serve
         first = np.asarray(image.convert("L"))
     with Image.open(scans["png"]) as image:
         second = np.asarray(image.convert("L"))
-    files = {"series.dcm": dicom_bytes(np.stack([first, second]), NumberOfFrames=2),
-             "brain.nii.gz": nifti_bytes(np.stack([second.T, first.T, second.T], axis=2).astype(np.int16), gz=True)}
+    files = {
+        "series.dcm": dicom_bytes(np.stack([first, second]), NumberOfFrames=2),
+        "brain.nii.gz": nifti_bytes(np.stack([second.T, first.T, second.T], axis=2).astype(np.int16), gz=True),
+    }
     for name, data in files.items():
         (folder / name).write_bytes(data)
     status, body = served.post(_request(scans["jpeg"].read_bytes(), *files.values()))
@@ -289,8 +323,20 @@ def test_dicom_frames_and_nifti_slices_get_a_row_each_with_the_cli_numbers(serve
 
     output = served.root / "predict-medical.json"
     paths = [scans["jpeg"], folder / "series.dcm", folder / "brain.nii.gz"]
-    run([str(BIN / "braintumor"), "predict", *(str(p) for p in paths), "--model", "models/model.pt",
-         "--output", str(output)], cwd=served.root, env=served.env, timeout=300)
+    run(
+        [
+            str(BIN / "braintumor"),
+            "predict",
+            *(str(p) for p in paths),
+            "--model",
+            "models/model.pt",
+            "--output",
+            str(output),
+        ],
+        cwd=served.root,
+        env=served.env,
+        timeout=300,
+    )
     local = [r for r in json.loads(output.read_text()) if r["frame"] is not None]  # not the volume summary
     assert [(r["file"], r["frame"]) for r in local] == [(str(paths[r["row"]]), r["frame"]) for r in served_rows]
     for mine, theirs in zip(local, served_rows):

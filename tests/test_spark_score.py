@@ -19,15 +19,16 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from helpers import BIN, REPO, run, tiny_params
+from mlflow.models import infer_signature
+from PIL import Image
+from scan_files import compressed_dicom_bytes, dicom_bytes, nifti_bytes
+
 from braintumor.errors import BrainTumorError
 from braintumor.file_answers import answer_files, rows_of
 from braintumor.imaging import problem_of
 from braintumor.predict import predict_paths
 from braintumor.serving import Predictor, RequestError
-from helpers import BIN, REPO, run, tiny_params
-from mlflow.models import infer_signature
-from PIL import Image
-from scan_files import compressed_dicom_bytes, dicom_bytes, nifti_bytes
 
 sys.path.insert(0, str(REPO / "deploy"))
 import spark_score  # noqa: E402  (deploy/ is not a package: the same file is what spark-submit runs)
@@ -70,6 +71,7 @@ def write_archive(folder, sample_root) -> None:
 
 # --- the model's per-file answer, in this process -----------------------------------------------------------------
 
+
 def test_the_rows_param_defaults_to_the_rest_answer_and_names_its_values():
     assert rows_of(None) == rows_of({}) == "picture"
     assert rows_of({"rows": "file"}) == "file"
@@ -77,8 +79,9 @@ def test_the_rows_param_defaults_to_the_rest_answer_and_names_its_values():
         rows_of({"rows": "slice"})
 
 
-def test_one_answer_per_file_holds_each_pictures_answer_and_a_bad_files_reason(novelty_model_file, sample_root,
-                                                                               tmp_path):
+def test_one_answer_per_file_holds_each_pictures_answer_and_a_bad_files_reason(
+    novelty_model_file, sample_root, tmp_path
+):
     predictor = Predictor(novelty_model_file[0])
     write_archive(tmp_path / "scans", sample_root)
     names = ["one.dcm", "series.dcm", TRUNCATED_JPEG, "brain.nii.gz"]
@@ -97,15 +100,21 @@ def test_one_answer_per_file_holds_each_pictures_answer_and_a_bad_files_reason(n
             assert [mine[key] for key in ANSWER] == pytest.approx([theirs[key] for key in ANSWER], abs=1e-6)
         assert answer["scan"]["error"] is None
     one, series, broken, volume = (answers.iloc[i] for i in range(4))
-    assert one["answer"] == {**{k: v for k, v in one["frames"][0].items() if k not in ("frame", "shows_head")},
-                             "averaged_over": 1}
+    assert one["answer"] == {
+        **{k: v for k, v in one["frames"][0].items() if k not in ("frame", "shows_head")},
+        "averaged_over": 1,
+    }
     assert [f["shows_head"] for f in series["frames"]] == [True, False, True]  # the blank frame shows no head
     assert series["answer"]["averaged_over"] == 2
     mean = np.mean([[f[c] for c in CLASSES] for f in series["frames"] if f["shows_head"]], axis=0)
     assert [series["answer"][c] for c in CLASSES] == pytest.approx(mean, abs=1e-12)
     assert series["answer"]["label"] == CLASSES[int(mean.argmax())]
-    assert volume["scan"] == {"kind": "nifti", "pictures": 3, "description": volume["scan"]["description"],
-                              "error": None}
+    assert volume["scan"] == {
+        "kind": "nifti",
+        "pictures": 3,
+        "description": volume["scan"]["description"],
+        "error": None,
+    }
     assert broken["scan"]["error"] == problem_of(_error_of(predictor, files[2]))
     assert broken["frames"] == [] and set(broken["answer"].values()) == {None}
 
@@ -120,27 +129,32 @@ def _error_of(predictor: Predictor, data: bytes) -> Exception:
 
 def test_a_model_logged_without_the_rows_param_is_refused_before_spark_starts(monkeypatch):
     example = pd.DataFrame({"image": ["aGVsbG8="]})
-    output = pd.DataFrame({"row": [0], "frame": [0], "label": ["no_tumor"], "probability": [0.9],
-                           **{c: [0.25] for c in CLASSES}})
+    output = pd.DataFrame(
+        {"row": [0], "frame": [0], "label": ["no_tumor"], "probability": [0.9], **{c: [0.25] for c in CLASSES}}
+    )
     monkeypatch.setattr("braintumor.tracking.model_signature", lambda uri: infer_signature(example, output))
-    with pytest.raises(BrainTumorError, match="logged by an older version of this project: its signature has no "
-                                              "param 'rows'"):
+    with pytest.raises(
+        BrainTumorError, match="logged by an older version of this project: its signature has no param 'rows'"
+    ):
         spark_score.result_type("models:/brain-tumor-classifier/1")
 
 
 def test_the_udf_type_follows_the_models_classes(monkeypatch):
     example = pd.DataFrame({"image": ["aGVsbG8="]})
-    output = pd.DataFrame({"row": [0], "frame": [0], "label": ["a"], "probability": [0.9], "a": [0.9],
-                           "b c": [0.1]})
-    monkeypatch.setattr("braintumor.tracking.model_signature",
-                        lambda uri: infer_signature(example, output, params={"rows": "picture"}))
+    output = pd.DataFrame({"row": [0], "frame": [0], "label": ["a"], "probability": [0.9], "a": [0.9], "b c": [0.1]})
+    monkeypatch.setattr(
+        "braintumor.tracking.model_signature", lambda uri: infer_signature(example, output, params={"rows": "picture"})
+    )
     udf_type, fields = spark_score.result_type("models:/x/1")
     assert fields == ["label", "probability", "a", "b c"]  # no novelty score in this model
-    assert "answer: struct<`label`: string, `probability`: double, `a`: double, `b c`: double, averaged_over: long>" \
+    assert (
+        "answer: struct<`label`: string, `probability`: double, `a`: double, `b c`: double, averaged_over: long>"
         in udf_type
+    )
 
 
 # --- Spark ------------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def registered(novelty_model_file, sample_root, module_dir):
@@ -158,8 +172,9 @@ def registered(novelty_model_file, sample_root, module_dir):
         patch.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
         tracker = RunTracker(params)
         try:
-            version = log_served_model(tracker, params, Predictor(model_path).load_image(
-                next((sample_root / "Training").rglob("*.jpg"))))
+            version = log_served_model(
+                tracker, params, Predictor(model_path).load_image(next((sample_root / "Training").rglob("*.jpg")))
+            )
         finally:
             tracker.end()
     mlflow.set_tracking_uri(previous)
@@ -172,10 +187,27 @@ def scored(registered, sample_root, module_dir) -> tuple[pd.DataFrame, pd.DataFr
     uri, env, model_path = registered
     archive = module_dir / "archive"
     write_archive(archive, sample_root)
-    result = run([str(BIN / "spark-submit"), "--master", "local[2]", "--conf", "spark.ui.enabled=false",
-                  "--conf", "spark.sql.shuffle.partitions=2", str(REPO / "deploy" / "spark_score.py"),
-                  str(archive), "answers.parquet", "--model", uri, "--batch-size", "16"],
-                 cwd=module_dir, env=env, timeout=300)
+    result = run(
+        [
+            str(BIN / "spark-submit"),
+            "--master",
+            "local[2]",
+            "--conf",
+            "spark.ui.enabled=false",
+            "--conf",
+            "spark.sql.shuffle.partitions=2",
+            str(REPO / "deploy" / "spark_score.py"),
+            str(archive),
+            "answers.parquet",
+            "--model",
+            uri,
+            "--batch-size",
+            "16",
+        ],
+        cwd=module_dir,
+        env=env,
+        timeout=300,
+    )
     assert f"wrote answers.parquet: {len(list(archive.iterdir()))} files" in result.stdout, result.stdout
     parquet = pd.read_parquet(module_dir / "answers.parquet")
     parquet["file"] = parquet["path"].str.removeprefix("file:")
@@ -183,8 +215,11 @@ def scored(registered, sample_root, module_dir) -> tuple[pd.DataFrame, pd.DataFr
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):  # predict prints its table and a line per file it skips
         table = predict_paths(sorted(str(p) for p in archive.iterdir()), str(model_path))
-    skipped = dict(line.removeprefix("skipped ").split(": ", 1) for line in printed.getvalue().splitlines()
-                   if line.startswith("skipped "))
+    skipped = dict(
+        line.removeprefix("skipped ").split(": ", 1)
+        for line in printed.getvalue().splitlines()
+        if line.startswith("skipped ")
+    )
     return parquet, table, skipped
 
 
@@ -197,8 +232,12 @@ def test_the_parquet_has_one_row_per_file_with_its_sha256(scored, module_dir):
         data = open(file, "rb").read()
         assert (sha256, size) == (hashlib.sha256(data).hexdigest(), len(data))
     kinds = parquet.set_index(parquet["file"].str.rpartition("/")[2])["kind"]
-    assert (kinds["one.dcm"], kinds["series.dcm"], kinds["brain.nii.gz"], kinds["scan16.png"]) == \
-        ("dicom", "dicom", "nifti", "image")
+    assert (kinds["one.dcm"], kinds["series.dcm"], kinds["brain.nii.gz"], kinds["scan16.png"]) == (
+        "dicom",
+        "dicom",
+        "nifti",
+        "image",
+    )
 
 
 @pytest.mark.slow
@@ -235,8 +274,9 @@ def test_the_parquet_answers_equal_braintumor_predict(scored):
 def test_a_file_that_cannot_be_used_has_predicts_reason_and_nothing_else_fails(scored):
     parquet, _, skipped = scored
     failed = parquet[parquet["error"].notna()].set_index("file")
-    assert sorted(name.rpartition("/")[2] for name in failed.index) == sorted([TRUNCATED_JPEG, NOT_A_SCAN,
-                                                                               LOSSLESS_DICOM])
+    assert sorted(name.rpartition("/")[2] for name in failed.index) == sorted(
+        [TRUNCATED_JPEG, NOT_A_SCAN, LOSSLESS_DICOM]
+    )
     assert failed["error"].to_dict() == skipped
     assert failed["error"].str.len().min() > 10
     assert failed[["label", "probability", "kind", "pictures"]].isna().all().all()

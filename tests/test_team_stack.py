@@ -23,9 +23,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from braintumor.processes import served_model, venv_env
-from helpers import REPO
 from dvc_projects import file_hashes, make_project, ran
+from helpers import REPO
+
+from braintumor.processes import served_model, venv_env
 
 sys.path.insert(0, str(REPO / "deploy"))
 import team_stack  # noqa: E402  (deploy/ is not a package: the same file is `make team-up`)
@@ -40,16 +41,20 @@ def team_env(stack: team_stack.TeamStack) -> dict[str, str]:
     that would point MLflow, AWS clients, DVC or git elsewhere."""
     drop = ("MLFLOW_", "AWS_", "DVC_", "GIT_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-    env.update(PATH=venv_env()["PATH"], DVC_NO_ANALYTICS="1", OMP_NUM_THREADS="2",
-               MPLBACKEND="Agg", AWS_EC2_METADATA_DISABLED="true")  # credentials from the environment alone
+    env.update(
+        PATH=venv_env()["PATH"],
+        DVC_NO_ANALYTICS="1",
+        OMP_NUM_THREADS="2",
+        MPLBACKEND="Agg",
+        AWS_EC2_METADATA_DISABLED="true",
+    )  # credentials from the environment alone
     env.update(stack.client_env())
     return env
 
 
 def sh(stack, repo: Path, *cmd: str, timeout: int = 600) -> str:
     """Run a command as a team member; returns stdout and stderr together, fails with both."""
-    result = subprocess.run(list(cmd), cwd=repo, env=team_env(stack), capture_output=True, text=True,
-                            timeout=timeout)
+    result = subprocess.run(list(cmd), cwd=repo, env=team_env(stack), capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result.stdout + result.stderr
@@ -99,6 +104,7 @@ def team_project(stack, module_dir) -> dict:
 
 # ---- MLflow: the server, its PostgreSQL tables and its bucket ------------------------------------------------
 
+
 @pytest.mark.slow
 def test_run_with_params_metrics_and_tags_on_the_server(stack, team_project, client):
     repo, run_id = team_project["repo"], team_project["first"]["run_id"]
@@ -120,8 +126,10 @@ def test_run_with_params_metrics_and_tags_on_the_server(stack, team_project, cli
 
     tags = run.data.tags
     assert tags["git_commit"] == sh(stack, repo, "git", "rev-parse", "HEAD~1").strip()  # the commit it ran on
-    md5 = {split: yaml.safe_load((repo / f"data/{split}.dvc").read_text())["outs"][0]["md5"]
-           for split in ("Training", "Testing")}
+    md5 = {
+        split: yaml.safe_load((repo / f"data/{split}.dvc").read_text())["outs"][0]["md5"]
+        for split in ("Training", "Testing")
+    }
     assert tags["data_dvc_hash"] == f"Testing:{md5['Testing']},Training:{md5['Training']}"
     assert tags["device"] == "cpu" and tags["promotion"] == "champion"
 
@@ -153,8 +161,11 @@ def test_second_run_is_compared_with_the_first(team_project, client):
 def test_artifacts_are_objects_in_the_bucket(stack, team_project, client):
     repo, run_id = team_project["repo"], team_project["first"]["run_id"]
     s3 = stack.s3_client()
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=team_stack.ARTIFACTS_BUCKET)
-            for o in page.get("Contents", [])]
+    keys = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=team_stack.ARTIFACTS_BUCKET)
+        for o in page.get("Contents", [])
+    ]
     experiment_id = client.get_run(run_id).info.experiment_id
     run_prefix = f"{experiment_id}/{run_id}/artifacts/"
     for name in ("report/report.html", "report/augment_preview.png", "metrics/train.json"):
@@ -163,8 +174,11 @@ def test_artifacts_are_objects_in_the_bucket(stack, team_project, client):
     assert hashlib.sha256(report).hexdigest() == sha256(repo / "reports/report.html")
 
     # MLflow 3 logs a model apart from its run: <experiment>/models/<model id>/artifacts/, MLmodel beside the weights
-    weights = {k: hashlib.sha256(s3.get_object(Bucket=team_stack.ARTIFACTS_BUCKET, Key=k)["Body"].read()).hexdigest()
-               for k in keys if k.endswith("/model.pt")}
+    weights = {
+        k: hashlib.sha256(s3.get_object(Bucket=team_stack.ARTIFACTS_BUCKET, Key=k)["Body"].read()).hexdigest()
+        for k in keys
+        if k.endswith("/model.pt")
+    }
     assert len(weights) == 2, f"one model per run: {sorted(weights)}"
     assert sha256(repo / "models/model.pt") in weights.values()
     for key in weights:
@@ -181,8 +195,10 @@ def test_postgres_holds_runs_and_registry_and_wants_the_password(stack, team_pro
         psycopg2.connect(**connect, password="not-the-password")
     with psycopg2.connect(**connect, password=stack.db_password) as db, db.cursor() as cursor:
         cursor.execute("SELECT run_uuid FROM runs")
-        assert {row[0] for row in cursor.fetchall()} == {team_project["first"]["run_id"],
-                                                         team_project["second"]["run_id"]}
+        assert {row[0] for row in cursor.fetchall()} == {
+            team_project["first"]["run_id"],
+            team_project["second"]["run_id"],
+        }
         cursor.execute("SELECT alias, version FROM registered_model_aliases WHERE name = %s", (REGISTERED,))
         assert "champion" in dict(cursor.fetchall())
     db.close()
@@ -191,8 +207,11 @@ def test_postgres_holds_runs_and_registry_and_wants_the_password(stack, team_pro
 @pytest.mark.slow
 def test_no_secret_in_params_tags_git_outputs_or_logs(stack, team_project, client):
     repo = team_project["repo"]
-    texts = {"pipeline output": team_project["output"], "git history": sh(stack, repo, "git", "log", "-p", "--all"),
-             ".dvc/config": (repo / ".dvc/config").read_text()}
+    texts = {
+        "pipeline output": team_project["output"],
+        "git history": sh(stack, repo, "git", "log", "-p", "--all"),
+        ".dvc/config": (repo / ".dvc/config").read_text(),
+    }
     for run in (team_project["first"], team_project["second"]):
         data = client.get_run(run["run_id"]).data
         texts[f"params of {run['run_id']}"] = json.dumps(data.params)
@@ -213,6 +232,7 @@ def test_no_secret_in_params_tags_git_outputs_or_logs(stack, team_project, clien
 
 # ---- the registered champion, from the server ----------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_predict_and_serve_the_champion_from_the_server(stack, team_project, tmp_path):
     repo = team_project["repo"]
@@ -223,8 +243,9 @@ def test_predict_and_serve_the_champion_from_the_server(stack, team_project, tmp
     with served_model(CHAMPION, tmp_path / "serve.log", env=team_env(stack), cwd=tmp_path) as server:
         image = base64.b64encode(scan.read_bytes()).decode("ascii")
         body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[image]]}}).encode()
-        request = urllib.request.Request(f"{server.url}/invocations", data=body,
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{server.url}/invocations", data=body, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=120) as response:
             served = json.loads(response.read())["predictions"][0]
     assert served["label"] == predicted["label"]
@@ -234,13 +255,17 @@ def test_predict_and_serve_the_champion_from_the_server(stack, team_project, tmp
 
 # ---- DVC: the remote on S3, and the run cache across clones --------------------------------------------------
 
+
 @pytest.mark.slow
 def test_dvc_push_then_a_fresh_clone_pulls_and_reuses_the_run_cache(stack, team_project, client, tmp_path):
     repo = team_project["repo"]
     sh(stack, repo, "dvc", "push", "--run-cache")
     s3 = stack.s3_client()
-    stored = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(
-        Bucket=team_stack.DVC_BUCKET, Prefix="braintumor/") for o in page.get("Contents", [])]
+    stored = [
+        o["Key"]
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=team_stack.DVC_BUCKET, Prefix="braintumor/")
+        for o in page.get("Contents", [])
+    ]
     assert any(k.startswith("braintumor/files/md5/") for k in stored), stored[:10]
     assert any(k.startswith("braintumor/runs/") for k in stored), "the run cache was not pushed"
 
@@ -263,6 +288,7 @@ def test_dvc_push_then_a_fresh_clone_pulls_and_reuses_the_run_cache(stack, team_
 
 # ---- the compose file runs the server the tests run (fast) ---------------------------------------------------
 
+
 def test_compose_file_matches_the_tested_stack():
     compose = yaml.safe_load((REPO / "deploy/compose.yaml").read_text())
     services = compose["services"]
@@ -275,12 +301,17 @@ def test_compose_file_matches_the_tested_stack():
     assert f"store/{team_stack.ARTIFACTS_BUCKET}" in buckets and f"store/{team_stack.DVC_BUCKET}" in buckets
     environment = services["mlflow"]["environment"]
     assert {"PGPASSWORD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "MLFLOW_S3_ENDPOINT_URL"} <= set(environment)
-    secrets = [*services["postgres"]["environment"].values(), *services["minio"]["environment"].values(),
-               environment["PGPASSWORD"], environment["AWS_SECRET_ACCESS_KEY"]]
+    secrets = [
+        *services["postgres"]["environment"].values(),
+        *services["minio"]["environment"].values(),
+        environment["PGPASSWORD"],
+        environment["AWS_SECRET_ACCESS_KEY"],
+    ]
     assert all(str(v).startswith("${") for v in secrets if v not in ("mlflow",)), "a secret written into compose.yaml"
 
 
 def test_secret_files_are_ignored_by_git():
-    ignored = subprocess.run(["git", "check-ignore", "team-stack.env", "deploy/.env"], cwd=REPO,
-                             capture_output=True, text=True)
+    ignored = subprocess.run(
+        ["git", "check-ignore", "team-stack.env", "deploy/.env"], cwd=REPO, capture_output=True, text=True
+    )
     assert ignored.stdout.split() == ["team-stack.env", "deploy/.env"]

@@ -1,12 +1,12 @@
 """RunTracker against a real store: a resumed run gets each epoch once; concurrent starts share the experiment."""
 
 import mlflow
+from helpers import tiny_params
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from braintumor.tracking import RunTracker
 from braintumor.training import EpochStats
-from helpers import tiny_params
 
 
 def _stats(epoch: int) -> EpochStats:

@@ -7,8 +7,8 @@ import urllib.error
 import numpy as np
 import pytest
 import torch
-from torch import nn
 from helpers import tiny_params
+from torch import nn
 
 from braintumor.checkpoint import load_checkpoint
 from braintumor.data.cache import cached_images
@@ -28,9 +28,15 @@ def tiny_data(sample_root, tmp_path_factory) -> TrainData:
     params = tiny_params(sample_root)
     frame = validate_dataset(sample_root, params.data, workers=1, progress=False).manifest
     rows = in_splits(frame, "train", "val")
-    images = cached_images(rows, sample_root, Preprocessing.from_config(params.model, params.preprocess).scan,
-                           tmp_path_factory.mktemp("cache"), limits=ImageLimits.of(params.data), workers=1,
-                           progress=False)
+    images = cached_images(
+        rows,
+        sample_root,
+        Preprocessing.from_config(params.model, params.preprocess).scan,
+        tmp_path_factory.mktemp("cache"),
+        limits=ImageLimits.of(params.data),
+        workers=1,
+        progress=False,
+    )
     labels = rows["label"].map({c: i for i, c in enumerate(params.data.classes)}).to_numpy()
     is_val = (rows["split"] == "val").to_numpy()
     return TrainData(images[~is_val], labels[~is_val], images[is_val], labels[is_val], params.data.classes)
@@ -39,13 +45,20 @@ def tiny_data(sample_root, tmp_path_factory) -> TrainData:
 def _fit(data, params, checkpoint, **kwargs):
     torch.manual_seed(0)  # the same initial weights for every call
     model = build_model("none", len(data.classes))
-    return fit(model, data, params.train, params.augment, Preprocessing.from_config(params.model, params.preprocess),
-               checkpoint_path=checkpoint, progress=False, **kwargs)
+    return fit(
+        model,
+        data,
+        params.train,
+        params.augment,
+        Preprocessing.from_config(params.model, params.preprocess),
+        checkpoint_path=checkpoint,
+        progress=False,
+        **kwargs,
+    )
 
 
 def _curves(result) -> list[tuple]:
-    return [(s.train_loss, s.train_accuracy, s.val_loss, s.val_accuracy, s.val_macro_f1, s.lr)
-            for s in result.history]
+    return [(s.train_loss, s.train_accuracy, s.val_loss, s.val_accuracy, s.val_macro_f1, s.lr) for s in result.history]
 
 
 class KilledAfterEpoch(Exception):
@@ -88,8 +101,9 @@ class Recorder:
 
 
 @pytest.mark.trains
-def test_a_kill_between_checkpoint_and_log_replays_the_checkpointed_epochs_to_the_logger(tiny_data, sample_root,
-                                                                                          tmp_path):
+def test_a_kill_between_checkpoint_and_log_replays_the_checkpointed_epochs_to_the_logger(
+    tiny_data, sample_root, tmp_path
+):
     params = tiny_params(sample_root, train={"epochs": 3})
     with pytest.raises(KilledAfterEpoch):  # epoch 2 is checkpointed, never logged
         _fit(tiny_data, params, tmp_path / "c.pt", logger=KillAfter(2))
@@ -115,8 +129,9 @@ def test_a_finished_checkpoint_is_not_trained_again(tiny_data, sample_root, tmp_
 
 
 @pytest.mark.trains
-def test_non_finite_loss_stops_with_epoch_and_batch_and_keeps_the_last_good_checkpoint(tiny_data, sample_root,
-                                                                                      tmp_path):
+def test_non_finite_loss_stops_with_epoch_and_batch_and_keeps_the_last_good_checkpoint(
+    tiny_data, sample_root, tmp_path
+):
     params = tiny_params(sample_root, train={"epochs": 3})
     torch.manual_seed(0)
     model = build_model("none", len(tiny_data.classes))
@@ -132,8 +147,15 @@ def test_non_finite_loss_stops_with_epoch_and_batch_and_keeps_the_last_good_chec
     model.fc.register_forward_hook(poison)
     checkpoint = tmp_path / "nan.pt"
     with pytest.raises(BrainTumorError, match=r"epoch 2, batch 1"):
-        fit(model, tiny_data, params.train, params.augment, Preprocessing.from_config(params.model, params.preprocess),
-            checkpoint_path=checkpoint, progress=False)
+        fit(
+            model,
+            tiny_data,
+            params.train,
+            params.augment,
+            Preprocessing.from_config(params.model, params.preprocess),
+            checkpoint_path=checkpoint,
+            progress=False,
+        )
     good = load_checkpoint(checkpoint)
     assert good["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in good["model"].values() if v.is_floating_point())
@@ -151,8 +173,16 @@ def test_head_only_epochs_leave_the_backbone_untouched_then_unfreeze(tiny_data, 
         def log_epoch(self, stats):
             seen[stats.epoch] = model.layer3[0].conv1.weight.detach().clone()
 
-    fit(model, tiny_data, params.train, params.augment, Preprocessing.from_config(params.model, params.preprocess),
-        checkpoint_path=tmp_path / "h.pt", logger=Snapshot(), progress=False)
+    fit(
+        model,
+        tiny_data,
+        params.train,
+        params.augment,
+        Preprocessing.from_config(params.model, params.preprocess),
+        checkpoint_path=tmp_path / "h.pt",
+        logger=Snapshot(),
+        progress=False,
+    )
     assert torch.equal(seen[1], start)
     assert not torch.equal(seen[2], start)
 
@@ -189,12 +219,18 @@ def test_no_weight_decay_on_norm_and_bias_parameters(sample_root):
 
 
 def test_learning_rate_schedules_step_per_batch(sample_root):
-    step = lr_lambda(tiny_params(sample_root, train={"scheduler": "step", "step_size": 7, "gamma": 0.1,
-                                                     "warmup_epochs": 0, "epochs": 20}).train, steps_per_epoch=10)
+    step = lr_lambda(
+        tiny_params(
+            sample_root, train={"scheduler": "step", "step_size": 7, "gamma": 0.1, "warmup_epochs": 0, "epochs": 20}
+        ).train,
+        steps_per_epoch=10,
+    )
     # Step decays at epoch boundaries: after 7 epochs (70 steps) and 14 epochs (140 steps).
     assert [step(s) for s in (0, 69, 70, 139, 140)] == pytest.approx([1, 1, 0.1, 0.1, 0.01])
-    cosine = lr_lambda(tiny_params(sample_root, train={"scheduler": "cosine", "warmup_epochs": 2,
-                                                       "epochs": 10}).train, steps_per_epoch=10)
+    cosine = lr_lambda(
+        tiny_params(sample_root, train={"scheduler": "cosine", "warmup_epochs": 2, "epochs": 10}).train,
+        steps_per_epoch=10,
+    )
     # Linear warmup over 2 epochs (20 steps), step by step; then cosine over the 8 epochs left, to zero.
     assert cosine(0) == pytest.approx(1 / 21) and cosine(9) == pytest.approx(10 / 21)
     assert cosine(19) == pytest.approx(20 / 21)
@@ -237,8 +273,15 @@ def test_model_file_round_trip_rebuilds_the_same_network(tmp_path):
     torch.manual_seed(0)
     model = build_model("none", 4, dropout=0.3).eval()
     prep = Preprocessing(scan=ScanPrep(size=40, head_crop=True, intensity="equalize"), image_size=32)
-    save_model(tmp_path / "model.pt", model, classes=["a", "b", "c", "d"], preprocessing=prep,
-               inference=Inference(temperature=1.7, tta_hflip=True), params={"x": 1}, metrics={"best_epoch": 1})
+    save_model(
+        tmp_path / "model.pt",
+        model,
+        classes=["a", "b", "c", "d"],
+        preprocessing=prep,
+        inference=Inference(temperature=1.7, tta_hflip=True),
+        params={"x": 1},
+        metrics={"best_epoch": 1},
+    )
     loaded, bundle = load_model(tmp_path / "model.pt")
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -342,7 +385,8 @@ def test_with_ema_the_selected_weights_are_the_average_and_resume_is_exact(tiny_
 
 @pytest.mark.trains
 def test_weight_average_over_the_last_epochs_is_saved_with_its_own_batch_norm_and_resumes_exactly(
-        tiny_data, sample_root, tmp_path):
+    tiny_data, sample_root, tmp_path
+):
     params = tiny_params(sample_root, train={"epochs": 3, "deterministic": True, "swa_epochs": 2})
     straight = _fit(tiny_data, params, tmp_path / "straight.pt")
     plain = _fit(tiny_data, tiny_params(sample_root, train={"epochs": 3, "deterministic": True}), tmp_path / "p.pt")
@@ -430,8 +474,9 @@ class Epochs:
 
 
 @pytest.mark.trains
-def test_a_readable_checkpoint_that_cannot_be_resumed_starts_over_with_a_warning(tiny_data, sample_root, tmp_path,
-                                                                                 caplog):
+def test_a_readable_checkpoint_that_cannot_be_resumed_starts_over_with_a_warning(
+    tiny_data, sample_root, tmp_path, caplog
+):
     params = tiny_params(sample_root, train={"epochs": 1, "deterministic": True})
     straight = _fit(tiny_data, params, tmp_path / "straight.pt")  # leaves its checkpoint after epoch 1
     damages = {
@@ -472,17 +517,35 @@ def test_with_mixup_the_loss_weighs_both_labels_of_each_blend():
     nn.init.normal_(net[1].weight, std=0.5)  # confident logits: the mixed and the plain loss differ clearly
     images, targets = torch.rand(6, 3, 6, 6), torch.tensor([0, 1, 2, 3, 0, 1])
     optimizer = torch.optim.SGD(net.parameters(), lr=0.0)  # the loss of the weights as they are
-    step = Step(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
-                torch.amp.GradScaler("cpu", enabled=False), None, None, None, 0.0, label_smoothing=0.1, mixup=0.4)
-    loss, _, seen, _ = train_one_epoch(net, net, [(torch.zeros(6, 1, 6, 6, dtype=torch.uint8), targets)],
-                                       lambda _: images, step, torch.device("cpu"), 1, torch.contiguous_format,
-                                       torch.Generator().manual_seed(4))
+    step = Step(
+        optimizer,
+        torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
+        torch.amp.GradScaler("cpu", enabled=False),
+        None,
+        None,
+        None,
+        0.0,
+        label_smoothing=0.1,
+        mixup=0.4,
+    )
+    loss, _, seen, _ = train_one_epoch(
+        net,
+        net,
+        [(torch.zeros(6, 1, 6, 6, dtype=torch.uint8), targets)],
+        lambda _: images,
+        step,
+        torch.device("cpu"),
+        1,
+        torch.contiguous_format,
+        torch.Generator().manual_seed(4),
+    )
     mixed, partner, lam = mixup(images, 0.4, torch.Generator().manual_seed(4))
     assert 0.3 < lam < 0.7  # a real blend (at lam 0 or 1 the mixed loss is the plain one, permuted)
     with torch.no_grad():
         logits = net(mixed)
-    expected = (lam * nn.functional.cross_entropy(logits, targets, label_smoothing=0.1)
-                + (1 - lam) * nn.functional.cross_entropy(logits, targets[partner], label_smoothing=0.1))
+    expected = lam * nn.functional.cross_entropy(logits, targets, label_smoothing=0.1) + (
+        1 - lam
+    ) * nn.functional.cross_entropy(logits, targets[partner], label_smoothing=0.1)
     plain = nn.functional.cross_entropy(net(images), targets, label_smoothing=0.1)
     assert seen == 6 and loss == pytest.approx(float(expected), rel=1e-5)
     assert abs(loss - float(plain)) > 1e-3  # the mixed loss, not the plain one

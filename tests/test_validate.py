@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from helpers import REPO, run, tiny_params, tiny_params_dict
 from PIL import Image
 
 from braintumor.data.sample import synthetic_slice, write_sample_dataset
@@ -22,8 +23,6 @@ from braintumor.data.splits import MANIFEST_COLUMNS, grouped_stratified_val, rea
 from braintumor.data.validate import validate_dataset
 from braintumor.errors import BrainTumorError, DataError
 from braintumor.imaging import ImageLimits, ImageProblem, decode_grayscale, is_candidate, open_checked, to_grayscale
-
-from helpers import REPO, run, tiny_params, tiny_params_dict
 
 CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
 # The `sample_root` fixture: 6 Training and 3 Testing images per class, 64x64 grayscale JPEG.
@@ -47,8 +46,10 @@ def jpeg_bytes(image: Image.Image, quality: int = 92) -> bytes:
 
 def snapshot(root: Path) -> dict[str, str]:
     """Every file and folder under root (hidden ones too) with the hash of its bytes."""
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(root.rglob("*"))}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+        for p in sorted(root.rglob("*"))
+    }
 
 
 def row(manifest: pd.DataFrame, path: str) -> pd.Series:
@@ -85,8 +86,12 @@ def add_odd_modes(root: Path) -> dict[str, str]:
     rgba.putalpha(255)
     rgba.save(root / "Training/no_tumor/alpha.png")
     fresh_slice(5, "glioma").convert("P").save(root / "Testing/glioma_tumor/palette.png")
-    return {"Training/glioma_tumor/cmyk.jpg": "CMYK", "Training/meningioma_tumor/deep.png": "I;16",
-            "Training/no_tumor/alpha.png": "RGBA", "Testing/glioma_tumor/palette.png": "P"}
+    return {
+        "Training/glioma_tumor/cmyk.jpg": "CMYK",
+        "Training/meningioma_tumor/deep.png": "I;16",
+        "Training/no_tumor/alpha.png": "RGBA",
+        "Testing/glioma_tumor/palette.png": "P",
+    }
 
 
 def add_junk(root: Path) -> None:
@@ -246,8 +251,9 @@ def test_exact_copy_within_training_is_counted_and_grouped(dataset_copy):
 
 
 def test_exact_copy_in_testing_is_a_leak(dataset_copy):
-    shutil.copy(dataset_copy / "Training/meningioma_tumor/tr_0003.jpg",
-                dataset_copy / "Testing/meningioma_tumor/leak.jpg")
+    shutil.copy(
+        dataset_copy / "Training/meningioma_tumor/tr_0003.jpg", dataset_copy / "Testing/meningioma_tumor/leak.jpg"
+    )
     result = validate(dataset_copy)
     assert result.report["test_exact_in_train"] == 1
     assert result.report["test_near_in_train"] == 0
@@ -278,14 +284,18 @@ def test_reencoded_and_resized_copy_in_testing_is_a_near_leak(dataset_copy):
 
 
 def test_same_image_under_two_labels_is_a_label_conflict(dataset_copy):
-    shutil.copy(dataset_copy / "Training/glioma_tumor/tr_0001.jpg",
-                dataset_copy / "Training/meningioma_tumor/looks_like_glioma.jpg")
+    shutil.copy(
+        dataset_copy / "Training/glioma_tumor/tr_0001.jpg",
+        dataset_copy / "Training/meningioma_tumor/looks_like_glioma.jpg",
+    )
     result = validate(dataset_copy)
     assert result.report["label_conflicts"] == 1
     (conflict,) = result.report["label_conflict_groups"]
     assert conflict["labels"] == ["glioma_tumor", "meningioma_tumor"]
-    assert sorted(conflict["paths"]) == ["Training/glioma_tumor/tr_0001.jpg",
-                                         "Training/meningioma_tumor/looks_like_glioma.jpg"]
+    assert sorted(conflict["paths"]) == [
+        "Training/glioma_tumor/tr_0001.jpg",
+        "Training/meningioma_tumor/looks_like_glioma.jpg",
+    ]
     assert conflict["size"] == 2
     json.dumps(result.report, allow_nan=False)
 
@@ -295,8 +305,12 @@ def test_val_never_splits_a_group_of_copies(dataset_copy):
     shutil.copy(source, dataset_copy / "Training/no_tumor/copy_a.jpg")
     shutil.copy(source, dataset_copy / "Training/no_tumor/copy_b.jpg")
     (dataset_copy / "Training/no_tumor/copy_c.jpg").write_bytes(jpeg_bytes(Image.open(source), quality=70))
-    copies = {"Training/no_tumor/tr_0002.jpg", "Training/no_tumor/copy_a.jpg", "Training/no_tumor/copy_b.jpg",
-              "Training/no_tumor/copy_c.jpg"}
+    copies = {
+        "Training/no_tumor/tr_0002.jpg",
+        "Training/no_tumor/copy_a.jpg",
+        "Training/no_tumor/copy_b.jpg",
+        "Training/no_tumor/copy_c.jpg",
+    }
     sides = set()
     for seed in range(8):
         manifest = validate(dataset_copy, val_fraction=0.3, split_seed=seed).manifest
@@ -432,9 +446,22 @@ def test_read_manifest_errors(tmp_path):
     partial.write_text("path,split,label\nTraining/a/x.jpg,train,a\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"lacks the columns \['sha256'"):
         read_manifest(partial)
-    frame = pd.DataFrame([{"path": "Training/a/x.jpg", "split": "train", "label": "glioma", "sha256": "0" * 64,
-                           "group": 0, "exact_in_train": False, "near_in_train": False, "width": 1, "height": 1,
-                           "mode": "L"}])
+    frame = pd.DataFrame(
+        [
+            {
+                "path": "Training/a/x.jpg",
+                "split": "train",
+                "label": "glioma",
+                "sha256": "0" * 64,
+                "group": 0,
+                "exact_in_train": False,
+                "near_in_train": False,
+                "width": 1,
+                "height": 1,
+                "mode": "L",
+            }
+        ]
+    )
     write_manifest(frame, tmp_path / "splits.csv")
     with pytest.raises(DataError, match=r"labels \['glioma'\] that are not in data.classes"):
         read_manifest(tmp_path / "splits.csv", CLASSES)
@@ -446,8 +473,12 @@ def test_read_manifest_errors(tmp_path):
 def png_header_only(width: int, height: int) -> bytes:
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)) + \
-        chunk(b"IEND", b"")
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 def test_decompression_bomb_is_refused_before_decoding():
@@ -506,8 +537,9 @@ def test_cli_on_a_broken_dataset_exits_2_with_a_one_line_error(dataset_copy, tmp
     raw["paths"].update(manifest=str(tmp_path / "out/splits.csv"), validation_report=str(tmp_path / "out/v.json"))
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(raw), encoding="utf-8")
-    result = run([str(REPO / ".venv/bin/braintumor"), "validate", "--params", str(params_file)], cwd=tmp_path,
-                 check=False)
+    result = run(
+        [str(REPO / ".venv/bin/braintumor"), "validate", "--params", str(params_file)], cwd=tmp_path, check=False
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
@@ -530,7 +562,8 @@ def test_too_few_scans_for_a_val_split_stop_validation_saying_how_many_are_neede
     assert str(caught.value) == (
         "no val scan of class glioma_tumor: it has 3 usable Training scan(s), and with data.val_fraction=0.15 a class "
         "needs at least 4 distinct ones to have both train and val scans. Add Training scans of glioma_tumor, or "
-        "raise data.val_fraction.")
+        "raise data.val_fraction."
+    )
     assert validate(tmp_path / "data", val_fraction=0.2).report["n_val"] == 4  # round(3 * 0.2) = 1 per class
 
 
@@ -539,8 +572,11 @@ def test_a_class_whose_scans_are_all_copies_of_one_has_no_val_scan(dataset_copy)
     first = sorted(folder.iterdir())[0].read_bytes()
     for path in folder.iterdir():
         path.write_bytes(first)
-    with pytest.raises(DataError, match=r"no val scan of class pituitary_tumor: it has 6 usable Training scan\(s\) "
-                                        r"\(1 distinct: copies of one scan stay on one side of the split\)"):
+    with pytest.raises(
+        DataError,
+        match=r"no val scan of class pituitary_tumor: it has 6 usable Training scan\(s\) "
+        r"\(1 distinct: copies of one scan stay on one side of the split\)",
+    ):
         validate(dataset_copy)
 
 
@@ -561,19 +597,26 @@ def test_testing_scans_at_sizes_their_class_never_has_in_training_are_reported_a
         Image.open(path).resize((80, 80)).save(path, quality=92)
     fresh_slice(7).resize((80, 80)).save(dataset_copy / "Training/no_tumor/big.jpg", quality=92)
     Image.open(dataset_copy / "Testing/meningioma_tumor/te_0000.jpg").resize((80, 60)).save(
-        dataset_copy / "Testing/meningioma_tumor/te_0000.jpg", quality=92)
+        dataset_copy / "Testing/meningioma_tumor/te_0000.jpg", quality=92
+    )
     with caplog.at_level("WARNING"):
         report = validate(dataset_copy).report
     shift = report["image_size_shift"]
-    assert shift["glioma_tumor"] == {"training_sizes": 1, "training_top_size": "64x64", "training_top_share": 1.0,
-                                     "test_n": 3, "test_size_seen": 0.0}
+    assert shift["glioma_tumor"] == {
+        "training_sizes": 1,
+        "training_top_size": "64x64",
+        "training_top_share": 1.0,
+        "test_n": 3,
+        "test_size_seen": 0.0,
+    }
     assert shift["meningioma_tumor"]["test_size_seen"] == pytest.approx(2 / 3)  # above the warning's 1/2
     assert shift["no_tumor"]["training_sizes"] == 2 and shift["no_tumor"]["test_size_seen"] == 1.0
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
     assert report["image_size_warnings"] == warnings  # the report shows them too
     assert len(warnings) == 1 and warnings[0].startswith(
         "Testing's glioma_tumor scans: 0% of 3 have an image size found among Training's glioma_tumor scans "
-        "(all at 64x64)")
+        "(all at 64x64)"
+    )
     assert "add Training scans of glioma_tumor from those sources" in warnings[0]
     json.dumps(report, allow_nan=False)
 

@@ -61,8 +61,9 @@ def fitted_on(method: str) -> str:
     if method == "none":
         return "not fitted (train.calibration: none, T = 1)"
     if method == "shifted":
-        return (f"fitted on val and {len(shift_copies())} copies of it through the train preset's intensity "
-                f"augmentation, {COPIES_PER_STRENGTH} at each of {', '.join(f'{s:g}' for s in SHIFT_STRENGTHS)}x "
-                "its strength (train.calibration: shifted)")
+        return (
+            f"fitted on val and {len(shift_copies())} copies of it through the train preset's intensity "
+            f"augmentation, {COPIES_PER_STRENGTH} at each of {', '.join(f'{s:g}' for s in SHIFT_STRENGTHS)}x "
+            "its strength (train.calibration: shifted)"
+        )
     return "fitted on val (train.calibration: val)"
-

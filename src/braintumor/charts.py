@@ -39,13 +39,27 @@ def confusion_matrices(matrix: np.ndarray, classes: list[str]) -> plt.Figure:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
     for ax, values, title, fmt in ((axes[0], matrix, "Counts", "d"), (axes[1], normalised, "Row-normalised", ".2f")):
         ax.imshow(values, cmap="Blues", vmin=0)
-        ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=short, yticklabels=short,
-               xlabel="predicted", ylabel="actual", title=title)
+        ax.set(
+            xticks=range(len(classes)),
+            yticks=range(len(classes)),
+            xticklabels=short,
+            yticklabels=short,
+            xlabel="predicted",
+            ylabel="actual",
+            title=title,
+        )
         peak = values.max() if values.size else 1
         for i in range(values.shape[0]):
             for j in range(values.shape[1]):
-                ax.text(j, i, format(values[i, j], fmt), ha="center", va="center",
-                        color="white" if values[i, j] > peak / 2 else "black", fontsize=9)
+                ax.text(
+                    j,
+                    i,
+                    format(values[i, j], fmt),
+                    ha="center",
+                    va="center",
+                    color="white" if values[i, j] > peak / 2 else "black",
+                    fontsize=9,
+                )
     fig.tight_layout()
     return fig
 
@@ -54,12 +68,24 @@ def reliability_diagram(table: pd.DataFrame, ece: float | None) -> plt.Figure:
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
     filled = table[table["count"] > 0]
     width = float(table["bin_upper"].iloc[0] - table["bin_lower"].iloc[0])
-    ax.bar(filled["bin_lower"], filled["accuracy"], width=width, align="edge", edgecolor="black",
-           alpha=0.7, label="accuracy")
+    ax.bar(
+        filled["bin_lower"],
+        filled["accuracy"],
+        width=width,
+        align="edge",
+        edgecolor="black",
+        alpha=0.7,
+        label="accuracy",
+    )
     ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
     ax.plot(filled["confidence"], filled["accuracy"], "o", color="tab:red", ms=4, label="bin mean confidence")
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (max probability)", ylabel="accuracy",
-           title=f"Reliability (ECE {ece:.3f})" if ece is not None else "Reliability")
+    ax.set(
+        xlim=(0, 1),
+        ylim=(0, 1),
+        xlabel="confidence (max probability)",
+        ylabel="accuracy",
+        title=f"Reliability (ECE {ece:.3f})" if ece is not None else "Reliability",
+    )
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     return fig
@@ -78,8 +104,9 @@ def roc_curves(table: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def image_grid(images: list[np.ndarray], captions: list[str], *, columns: int = 6,
-               colors: list[str] | None = None) -> plt.Figure:
+def image_grid(
+    images: list[np.ndarray], captions: list[str], *, columns: int = 6, colors: list[str] | None = None
+) -> plt.Figure:
     """Scans (H, W) or pictures (H, W, 3) in a grid with a caption under each."""
     count = max(1, len(images))
     rows = (count + columns - 1) // columns

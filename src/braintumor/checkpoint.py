@@ -56,8 +56,21 @@ def load_checkpoint(path: str | Path, model: torch.nn.Module | None = None) -> d
     return ckpt
 
 
-CHECKPOINT_KEYS = ("model", "optimizer", "scheduler", "scaler", "ema", "rng", "epoch", "best_f1", "best_epoch",
-                   "best_state", "since_best", "history", "extra")
+CHECKPOINT_KEYS = (
+    "model",
+    "optimizer",
+    "scheduler",
+    "scaler",
+    "ema",
+    "rng",
+    "epoch",
+    "best_f1",
+    "best_epoch",
+    "best_state",
+    "since_best",
+    "history",
+    "extra",
+)
 
 
 def _problem(ckpt: Any, model: torch.nn.Module | None) -> str | None:

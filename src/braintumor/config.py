@@ -19,8 +19,12 @@ from braintumor.errors import ConfigError
 
 # The defaults of every key are params.yaml's values (tests/test_config.py checks that the two agree).
 DEFAULT_CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
-DEFAULT_ALIASES = {"glioma": "glioma_tumor", "meningioma": "meningioma_tumor", "notumor": "no_tumor",
-                   "pituitary": "pituitary_tumor"}  # the newer Kaggle set's folder names
+DEFAULT_ALIASES = {
+    "glioma": "glioma_tumor",
+    "meningioma": "meningioma_tumor",
+    "notumor": "no_tumor",
+    "pituitary": "pituitary_tumor",
+}  # the newer Kaggle set's folder names
 MAX_SEED = 2**32 - 1  # numpy, torch and Python's random all take it; train.seed * 1000 + epoch stays far below 2**63
 
 
@@ -72,26 +76,48 @@ class DataConfig:
             _check(target in self.classes, f"data.aliases.{alias}", target, f"one of {self.classes}")
         _check(0.0 < self.val_fraction < 1.0, "data.val_fraction", self.val_fraction, "a number in (0, 1)")
         _check(0 <= self.split_seed <= MAX_SEED, "data.split_seed", self.split_seed, f"an integer in [0, {MAX_SEED}]")
-        _check(0.0 < self.near_duplicate_threshold <= 1.0, "data.near_duplicate_threshold",
-               self.near_duplicate_threshold, "a number in (0, 1]")
+        _check(
+            0.0 < self.near_duplicate_threshold <= 1.0,
+            "data.near_duplicate_threshold",
+            self.near_duplicate_threshold,
+            "a number in (0, 1]",
+        )
         pillow_limit = _pillow_pixel_limit()
-        _check(0 < self.max_image_pixels <= pillow_limit, "data.max_image_pixels", self.max_image_pixels,
-               f"an integer in [1, {pillow_limit:,}] (above that, Pillow's own decompression-bomb check fires first)")
-        _check(1.0 <= self.max_aspect_ratio <= 100.0, "data.max_aspect_ratio", self.max_aspect_ratio,
-               "a ratio of long side to short side in [1, 100]")
+        _check(
+            0 < self.max_image_pixels <= pillow_limit,
+            "data.max_image_pixels",
+            self.max_image_pixels,
+            f"an integer in [1, {pillow_limit:,}] (above that, Pillow's own decompression-bomb check fires first)",
+        )
+        _check(
+            1.0 <= self.max_aspect_ratio <= 100.0,
+            "data.max_aspect_ratio",
+            self.max_aspect_ratio,
+            "a ratio of long side to short side in [1, 100]",
+        )
         _check(self.max_file_bytes > 0, "data.max_file_bytes", self.max_file_bytes, "a positive number of bytes")
-        _check(0 < self.max_frames <= 100_000, "data.max_frames", self.max_frames,
-               "an integer in [1, 100,000] (frames or slices in one file; pictures in one served request)")
+        _check(
+            0 < self.max_frames <= 100_000,
+            "data.max_frames",
+            self.max_frames,
+            "an integer in [1, 100,000] (frames or slices in one file; pictures in one served request)",
+        )
 
 
-PLAIN_NAME = ("a plain folder name: not empty, no / or \\, not starting with a dot, no control characters, "
-              "no leading or trailing spaces")
+PLAIN_NAME = (
+    "a plain folder name: not empty, no / or \\, not starting with a dot, no control characters, "
+    "no leading or trailing spaces"
+)
 
 
 def is_plain_name(name: str) -> bool:
     """Can `name` be one folder inside data/Training? (Never a path: `../../x` would leave data/.)"""
-    return (bool(name) and name == name.strip() and not name.startswith(".")
-            and not any(c in "/\\" or ord(c) < 32 or ord(c) == 127 for c in name))
+    return (
+        bool(name)
+        and name == name.strip()
+        and not name.startswith(".")
+        and not any(c in "/\\" or ord(c) < 32 or ord(c) == 127 for c in name)
+    )
 
 
 def _pillow_pixel_limit() -> int:
@@ -113,13 +139,25 @@ class PreprocessConfig:
     percentiles: list[float] = field(default_factory=lambda: [1.0, 99.0])
 
     def __post_init__(self) -> None:
-        _check(0.0 < self.crop_threshold < 1.0, "preprocess.crop_threshold", self.crop_threshold,
-               "a fraction of the scan's 99th percentile in (0, 1)")
-        _check(0.0 <= self.crop_margin <= 0.5, "preprocess.crop_margin", self.crop_margin,
-               "a fraction of the head box in [0, 0.5]")
+        _check(
+            0.0 < self.crop_threshold < 1.0,
+            "preprocess.crop_threshold",
+            self.crop_threshold,
+            "a fraction of the scan's 99th percentile in (0, 1)",
+        )
+        _check(
+            0.0 <= self.crop_margin <= 0.5,
+            "preprocess.crop_margin",
+            self.crop_margin,
+            "a fraction of the head box in [0, 0.5]",
+        )
         lo_hi = self.percentiles
-        _check(len(lo_hi) == 2 and 0.0 <= lo_hi[0] < lo_hi[1] <= 100.0, "preprocess.percentiles", lo_hi,
-               "[low, high] with 0 <= low < high <= 100")
+        _check(
+            len(lo_hi) == 2 and 0.0 <= lo_hi[0] < lo_hi[1] <= 100.0,
+            "preprocess.percentiles",
+            lo_hi,
+            "[low, high] with 0 <= low < high <= 100",
+        )
 
 
 @dataclass(frozen=True)
@@ -141,23 +179,47 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         lo_hi = self.crop_scale
-        _check(len(lo_hi) == 2 and 0.0 < lo_hi[0] <= lo_hi[1] <= 1.0, "augment.crop_scale", lo_hi,
-               "[min, max] with 0 < min <= max <= 1")
-        _check(0.0 <= self.rotation_degrees <= 180.0, "augment.rotation_degrees", self.rotation_degrees,
-               "degrees in [0, 180] (0 switches rotation off)")
+        _check(
+            len(lo_hi) == 2 and 0.0 < lo_hi[0] <= lo_hi[1] <= 1.0,
+            "augment.crop_scale",
+            lo_hi,
+            "[min, max] with 0 < min <= max <= 1",
+        )
+        _check(
+            0.0 <= self.rotation_degrees <= 180.0,
+            "augment.rotation_degrees",
+            self.rotation_degrees,
+            "degrees in [0, 180] (0 switches rotation off)",
+        )
         for key in ("brightness", "contrast"):
             value = getattr(self, key)
             _check(0.0 <= value < 1.0, f"augment.{key}", value, "a jitter strength in [0, 1) (0 switches it off)")
-        _check(0.0 <= self.intensity_curve <= 1.0, "augment.intensity_curve", self.intensity_curve,
-               "a probability in [0, 1] (0 switches it off)")
+        _check(
+            0.0 <= self.intensity_curve <= 1.0,
+            "augment.intensity_curve",
+            self.intensity_curve,
+            "a probability in [0, 1] (0 switches it off)",
+        )
         _check(1.0 <= self.gamma <= 4.0, "augment.gamma", self.gamma, "a number in [1, 4] (1 switches it off)")
-        _check(0.0 <= self.blur_sharpen <= 1.0, "augment.blur_sharpen", self.blur_sharpen,
-               "a strength in [0, 1] (0 switches it off)")
+        _check(
+            0.0 <= self.blur_sharpen <= 1.0,
+            "augment.blur_sharpen",
+            self.blur_sharpen,
+            "a strength in [0, 1] (0 switches it off)",
+        )
         _check(0.0 <= self.noise <= 0.5, "augment.noise", self.noise, "a noise std in [0, 0.5] (0 switches it off)")
-        _check(0 <= self.preview_seed <= MAX_SEED, "augment.preview_seed", self.preview_seed,
-               f"an integer in [0, {MAX_SEED}]")
-        _check(self.preview_images_per_class >= 1, "augment.preview_images_per_class",
-               self.preview_images_per_class, "an integer >= 1")
+        _check(
+            0 <= self.preview_seed <= MAX_SEED,
+            "augment.preview_seed",
+            self.preview_seed,
+            f"an integer in [0, {MAX_SEED}]",
+        )
+        _check(
+            self.preview_images_per_class >= 1,
+            "augment.preview_images_per_class",
+            self.preview_images_per_class,
+            "an integer >= 1",
+        )
         _check(self.preview_views >= 1, "augment.preview_views", self.preview_views, "an integer >= 1")
 
 
@@ -175,14 +237,25 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "a probability in [0, 1)")
         _check(self.image_size >= 32, "model.image_size", self.image_size, "an integer >= 32")
-        _check(self.resize_size >= self.image_size, "model.resize_size", self.resize_size,
-               f"an integer >= model.image_size ({self.image_size})")
-        _check(self.unlike_training_quantile == 0 or 0.5 <= self.unlike_training_quantile < 1,
-               "model.unlike_training_quantile", self.unlike_training_quantile,
-               "a share of val scans in [0.5, 1) (e.g. 0.95), or 0 for no novelty score")
+        _check(
+            self.resize_size >= self.image_size,
+            "model.resize_size",
+            self.resize_size,
+            f"an integer >= model.image_size ({self.image_size})",
+        )
+        _check(
+            self.unlike_training_quantile == 0 or 0.5 <= self.unlike_training_quantile < 1,
+            "model.unlike_training_quantile",
+            self.unlike_training_quantile,
+            "a share of val scans in [0.5, 1) (e.g. 0.95), or 0 for no novelty score",
+        )
         if self.weights not in ("imagenet", "none"):
-            _check(Path(self.weights).suffix in (".pt", ".pth"), "model.weights", self.weights,
-                   "'imagenet', 'none' or the path of a local .pt/.pth state dict")
+            _check(
+                Path(self.weights).suffix in (".pt", ".pth"),
+                "model.weights",
+                self.weights,
+                "'imagenet', 'none' or the path of a local .pt/.pth state dict",
+            )
 
 
 @dataclass(frozen=True)
@@ -235,23 +308,51 @@ class TrainConfig:
         _check(self.lr > 0, "train.lr", self.lr, "a positive learning rate")
         _check(0.0 <= self.momentum < 1.0, "train.momentum", self.momentum, "a number in [0, 1)")
         _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay, "a number >= 0")
-        _check(self.ema_decay == 0.0 or 0.9 <= self.ema_decay < 1.0, "train.ema_decay", self.ema_decay,
-               "0 (off) or a decay in [0.9, 1), e.g. 0.998")
+        _check(
+            self.ema_decay == 0.0 or 0.9 <= self.ema_decay < 1.0,
+            "train.ema_decay",
+            self.ema_decay,
+            "0 (off) or a decay in [0.9, 1), e.g. 0.998",
+        )
         _check(0.0 <= self.label_smoothing < 1.0, "train.label_smoothing", self.label_smoothing, "a number in [0, 1)")
-        _check(0.0 <= self.mixup <= 10.0, "train.mixup", self.mixup,
-               "the alpha of Beta(alpha, alpha), in [0, 10] (0 switches mixup off; 0.2-0.4 is usual)")
+        _check(
+            0.0 <= self.mixup <= 10.0,
+            "train.mixup",
+            self.mixup,
+            "the alpha of Beta(alpha, alpha), in [0, 10] (0 switches mixup off; 0.2-0.4 is usual)",
+        )
         _check(0.0 < self.gamma <= 1.0, "train.gamma", self.gamma, "a number in (0, 1]")
         _check(self.grad_clip >= 0, "train.grad_clip", self.grad_clip, "a max norm >= 0 (0 = off)")
-        _check(not (self.nesterov and self.optimizer != "sgd"), "train.nesterov", self.nesterov,
-               "false unless train.optimizer is sgd")
-        _check(not (self.nesterov and self.momentum == 0), "train.nesterov", self.nesterov,
-               "false when train.momentum is 0 (Nesterov needs momentum)")
-        _check(self.head_only_epochs < self.epochs or self.head_only_epochs == 0, "train.head_only_epochs",
-               self.head_only_epochs, f"fewer than train.epochs ({self.epochs})")
-        _check(self.swa_epochs <= self.epochs, "train.swa_epochs", self.swa_epochs,
-               f"at most train.epochs ({self.epochs}): the average is taken over the last swa_epochs epochs")
-        _check(not (self.swa_epochs and self.patience), "train.swa_epochs", self.swa_epochs,
-               "0 when train.patience is set: early stopping would end training before the averaged epochs")
+        _check(
+            not (self.nesterov and self.optimizer != "sgd"),
+            "train.nesterov",
+            self.nesterov,
+            "false unless train.optimizer is sgd",
+        )
+        _check(
+            not (self.nesterov and self.momentum == 0),
+            "train.nesterov",
+            self.nesterov,
+            "false when train.momentum is 0 (Nesterov needs momentum)",
+        )
+        _check(
+            self.head_only_epochs < self.epochs or self.head_only_epochs == 0,
+            "train.head_only_epochs",
+            self.head_only_epochs,
+            f"fewer than train.epochs ({self.epochs})",
+        )
+        _check(
+            self.swa_epochs <= self.epochs,
+            "train.swa_epochs",
+            self.swa_epochs,
+            f"at most train.epochs ({self.epochs}): the average is taken over the last swa_epochs epochs",
+        )
+        _check(
+            not (self.swa_epochs and self.patience),
+            "train.swa_epochs",
+            self.swa_epochs,
+            "0 when train.patience is set: early stopping would end training before the averaged epochs",
+        )
 
 
 @dataclass(frozen=True)
@@ -263,8 +364,9 @@ class EvaluateConfig:
     # What the champion/challenger rule compares (pipeline.SAME_SCANS): the new model and the champion are both
     # scored on the same rows (leak-free Testing scans, all Testing, or val); the leak-free choices use all of
     # Testing when no Testing scan is leak-free. Ties keep the champion.
-    promotion_metric: Literal["leak_free_macro_f1", "leak_free_accuracy", "macro_f1", "accuracy",
-                              "val_macro_f1"] = "leak_free_macro_f1"
+    promotion_metric: Literal["leak_free_macro_f1", "leak_free_accuracy", "macro_f1", "accuracy", "val_macro_f1"] = (
+        "leak_free_macro_f1"
+    )
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "evaluate.batch_size", self.batch_size, "an integer >= 1")
@@ -290,8 +392,9 @@ class TrackingConfig:
 
     def __post_init__(self) -> None:
         _check(bool(self.experiment.strip()), "tracking.experiment", self.experiment, "a non-empty name")
-        _check(bool(self.registered_model.strip()), "tracking.registered_model", self.registered_model,
-               "a non-empty name")
+        _check(
+            bool(self.registered_model.strip()), "tracking.registered_model", self.registered_model, "a non-empty name"
+        )
 
 
 @dataclass(frozen=True)
@@ -311,11 +414,20 @@ class Params:
 
     def __post_init__(self) -> None:
         augment = self.augment
-        has_intensity_shift = (augment.gamma > 1 or augment.brightness > 0 or augment.contrast > 0
-                               or augment.blur_sharpen > 0 or augment.noise > 0)
-        _check(self.train.calibration != "shifted" or has_intensity_shift, "train.calibration",
-               self.train.calibration, "val or none when the augment section has no intensity augmentation "
-               "(shifted copies val through augment.gamma, brightness, contrast, blur_sharpen and noise)")
+        has_intensity_shift = (
+            augment.gamma > 1
+            or augment.brightness > 0
+            or augment.contrast > 0
+            or augment.blur_sharpen > 0
+            or augment.noise > 0
+        )
+        _check(
+            self.train.calibration != "shifted" or has_intensity_shift,
+            "train.calibration",
+            self.train.calibration,
+            "val or none when the augment section has no intensity augmentation "
+            "(shifted copies val through augment.gamma, brightness, contrast, blur_sharpen and noise)",
+        )
 
     def flat(self) -> dict[str, Any]:
         """`{"train.lr": 0.01, ...}`: the form MLflow params and `dvc exp run -S` use."""
@@ -325,8 +437,9 @@ class Params:
 def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"params file not found: {path.resolve()}. Run from the repository root, "
-                          "or pass --params PATH.")
+        raise ConfigError(
+            f"params file not found: {path.resolve()}. Run from the repository root, or pass --params PATH."
+        )
     import yaml  # only here: the training core imports this module on machines without PyYAML
 
     class ParamsLoader(yaml.SafeLoader):
@@ -336,8 +449,10 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         """
 
     ParamsLoader.add_implicit_resolver(
-        "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-        list("-+0123456789."))
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+        list("-+0123456789."),
+    )
     try:
         with open(path, encoding="utf-8") as fh:
             raw = yaml.load(fh, Loader=ParamsLoader) or {}
@@ -399,8 +514,14 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
                 return _coerce(option, value, key)
             except ConfigError:
                 continue
-        described = [", ".join(map(str, typing.get_args(a))) if typing.get_origin(a) is Literal
-                     else "true, false" if a is bool else a.__name__ for a in args]
+        described = [
+            ", ".join(map(str, typing.get_args(a)))
+            if typing.get_origin(a) is Literal
+            else "true, false"
+            if a is bool
+            else a.__name__
+            for a in args
+        ]
         raise ConfigError(f"{key} = {value!r} is not allowed: expected one of {', '.join(described)}")
     if origin is list:
         if not isinstance(value, list):

@@ -14,10 +14,16 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from braintumor.imaging import ImageLimits, ImageProblem
 from braintumor.dicom_checks import check_encapsulated, is_deflated, read_deflated
-from braintumor.medical import (Pictures, check_decoded_bytes, check_finite, check_pixels, has_dicom_preamble,
-                               percentile_window)
+from braintumor.imaging import ImageLimits, ImageProblem
+from braintumor.medical import (
+    Pictures,
+    check_decoded_bytes,
+    check_finite,
+    check_pixels,
+    has_dicom_preamble,
+    percentile_window,
+)
 
 # pydicom names a decoder plugin; pip installs it under this name.
 PIP_NAMES = {"gdcm": "python-gdcm"}
@@ -38,8 +44,9 @@ def read_dicom(data: bytes, *, limits: ImageLimits, keep: Callable[[int], list[i
         raise ImageProblem(f"not a readable DICOM file ({type(exc).__name__}: {exc})") from None
     if "PixelData" not in ds:
         what = ds.get("SOPClassUID")
-        raise ImageProblem(f"a DICOM file without pixel data ({getattr(what, 'name', what) or 'no SOP class'}): "
-                           "not an image")
+        raise ImageProblem(
+            f"a DICOM file without pixel data ({getattr(what, 'name', what) or 'no SOP class'}): not an image"
+        )
     rows, columns, frames = _check_header(ds, limits)
     _check_decoder(ds)
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
@@ -60,7 +67,9 @@ def read_dicom(data: bytes, *, limits: ImageLimits, keep: Callable[[int], list[i
     samples = int(ds.get("SamplesPerPixel") or 1)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
     if samples == 1 and photometric in ("MONOCHROME1", "MONOCHROME2"):
-        images = [Image.fromarray(_monochrome(ds, frame, i, photometric), mode="L") for i, frame in zip(numbers, pixels)]
+        images = [
+            Image.fromarray(_monochrome(ds, frame, i, photometric), mode="L") for i, frame in zip(numbers, pixels)
+        ]
     else:
         images = [_colour_to_gray(ds, frame, photometric) for frame in pixels]
     signed = " signed" if ds.get("PixelRepresentation") == 1 else ""
@@ -78,11 +87,16 @@ def _check_header(ds, limits: ImageLimits) -> tuple[int, int, int]:
         bits = int(ds.get("BitsAllocated") or 8)
         samples = int(ds.get("SamplesPerPixel") or 1)
     except Exception as exc:
-        raise ImageProblem(f"a DICOM image without valid Rows, Columns, Number of Frames or Bits Allocated ({exc})"
-                           ) from None
+        raise ImageProblem(
+            f"a DICOM image without valid Rows, Columns, Number of Frames or Bits Allocated ({exc})"
+        ) from None
     check_pixels(rows, columns, frames, limits, unit="frames")
-    check_decoded_bytes(rows * columns * frames * samples, max(bits, 1) / 8, limits,
-                        what=f"{frames} frames of {columns}x{rows} x {samples} samples of {bits} bits")
+    check_decoded_bytes(
+        rows * columns * frames * samples,
+        max(bits, 1) / 8,
+        limits,
+        what=f"{frames} frames of {columns}x{rows} x {samples} samples of {bits} bits",
+    )
     return rows, columns, frames
 
 
@@ -96,8 +110,10 @@ def _check_decoder(ds) -> None:
     try:
         decoder = get_decoder(syntax)
     except NotImplementedError:
-        raise ImageProblem(f"DICOM transfer syntax {syntax.name} ({syntax}) has no pixel data decoder in pydicom; "
-                           "convert the file to an uncompressed syntax (e.g. `gdcmconv --raw`)") from None
+        raise ImageProblem(
+            f"DICOM transfer syntax {syntax.name} ({syntax}) has no pixel data decoder in pydicom; "
+            "convert the file to an uncompressed syntax (e.g. `gdcmconv --raw`)"
+        ) from None
     if decoder.is_available:
         return
     options = []
@@ -106,8 +122,10 @@ def _check_decoder(ds) -> None:
         names = [re.split(r"[<>=!~\s]", need.strip())[0] for need in needs.split(" and ") if need.strip()]
         packages = [PIP_NAMES.get(name, name) for name in names]
         options.append(f"{plugin} (pip install {' '.join(packages)})" if packages else plugin)
-    raise ImageProblem(f"DICOM compressed as {syntax.name} ({syntax}): no decoder for it is installed here; "
-                       f"install one of: {'; '.join(options)}")
+    raise ImageProblem(
+        f"DICOM compressed as {syntax.name} ({syntax}): no decoder for it is installed here; "
+        f"install one of: {'; '.join(options)}"
+    )
 
 
 def _monochrome(ds, frame: np.ndarray, index: int, photometric: str) -> np.ndarray:
@@ -165,8 +183,10 @@ def _frame_attribute(ds, index: int, sequence: str, keyword: str):
     Enhanced multi-frame files (Enhanced MR) keep the rescale and the window there, possibly frame by frame."""
     per_frame = ds.get("PerFrameFunctionalGroupsSequence")
     shared = ds.get("SharedFunctionalGroupsSequence")
-    for groups in ((per_frame[index] if per_frame and index < len(per_frame) else None),
-                   (shared[0] if shared else None)):
+    for groups in (
+        (per_frame[index] if per_frame and index < len(per_frame) else None),
+        (shared[0] if shared else None),
+    ):
         items = groups.get(sequence) if groups is not None else None
         if items and keyword in items[0]:
             return items[0][keyword].value
@@ -183,12 +203,12 @@ def _colour_to_gray(ds, frame: np.ndarray, photometric: str) -> Image.Image:
 
         frame = apply_color_lut(frame, ds)
     if frame.ndim != 3 or frame.shape[-1] != 3:
-        raise ImageProblem(f"DICOM photometric interpretation {photometric!r} with "
-                           f"{ds.get('SamplesPerPixel')} samples per pixel is not supported; "
-                           "use MONOCHROME1, MONOCHROME2, RGB, YBR or PALETTE COLOR")
+        raise ImageProblem(
+            f"DICOM photometric interpretation {photometric!r} with "
+            f"{ds.get('SamplesPerPixel')} samples per pixel is not supported; "
+            "use MONOCHROME1, MONOCHROME2, RGB, YBR or PALETTE COLOR"
+        )
     if frame.dtype != np.uint8:  # 16-bit colour: scale the stored range to 8 bits
         top = float(2 ** int(ds.get("BitsStored") or 16) - 1) if photometric != "PALETTE COLOR" else 65535.0
         frame = np.round(np.clip(frame.astype(np.float64) / top, 0, 1) * 255).astype(np.uint8)
     return Image.fromarray(np.ascontiguousarray(frame), mode="RGB").convert("L")
-
-

@@ -6,8 +6,15 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, log_loss, precision_recall_fscore_support,
-                             roc_auc_score, roc_curve)
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    log_loss,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    roc_curve,
+)
 
 from braintumor.novelty import unlike_training
 from braintumor.scores import macro_f1
@@ -15,8 +22,9 @@ from braintumor.scores import macro_f1
 HEADLINE = ("accuracy", "macro_f1", "weighted_f1", "log_loss", "ece", "roc_auc_ovr")
 
 
-def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str], *,
-                           bins: int = 15) -> dict[str, Any]:
+def classification_metrics(
+    y_true: np.ndarray, probs: np.ndarray, classes: list[str], *, bins: int = 15
+) -> dict[str, Any]:
     """Headline metrics and per-class precision/recall/F1/support. probs: (N, C), rows sum to 1.
 
     macro_f1 averages the classes present in y_true: a subset that holds no scan of a class (the public set's
@@ -35,8 +43,15 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[
         "log_loss": float(log_loss(y_true, probs, labels=labels)),
         "ece": expected_calibration_error(y_true, probs, bins=bins),
         "roc_auc_ovr": roc_auc_ovr(y_true, probs),
-        "per_class": {name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                             "support": int(support[i])} for i, name in enumerate(classes)},
+        "per_class": {
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
+            for i, name in enumerate(classes)
+        },
     }
 
 
@@ -52,8 +67,10 @@ def unseen_size_sentence(by_size: dict[str, Any] | None, name: str) -> str:
         return ""
     seen, unseen = by_size["seen"], by_size["unseen"]
     others = f", {seen['accuracy']:.3f} on the {seen['n']} others" if seen["n"] else ""
-    return (f" {unseen['n']} of the {name} scans have an image size no Training scan of their class has (another "
-            f"source, likely): accuracy {unseen['accuracy']:.3f} on them{others}.")
+    return (
+        f" {unseen['n']} of the {name} scans have an image size no Training scan of their class has (another "
+        f"source, likely): accuracy {unseen['accuracy']:.3f} on them{others}."
+    )
 
 
 def roc_auc_ovr(y_true: np.ndarray, probs: np.ndarray) -> float | None:
@@ -73,9 +90,15 @@ def reliability_table(y_true: np.ndarray, probs: np.ndarray, *, bins: int = 15) 
     table = []
     for b in range(bins):
         mask = index == b
-        table.append({"bin_lower": edges[b], "bin_upper": edges[b + 1], "count": int(mask.sum()),
-                      "confidence": float(confidence[mask].mean()) if mask.any() else np.nan,
-                      "accuracy": float(correct[mask].mean()) if mask.any() else np.nan})
+        table.append(
+            {
+                "bin_lower": edges[b],
+                "bin_upper": edges[b + 1],
+                "count": int(mask.sum()),
+                "confidence": float(confidence[mask].mean()) if mask.any() else np.nan,
+                "accuracy": float(correct[mask].mean()) if mask.any() else np.nan,
+            }
+        )
     return pd.DataFrame(table)
 
 
@@ -112,23 +135,39 @@ def novelty_metrics(y_true: np.ndarray, probs: np.ndarray, novelty: np.ndarray) 
     flagged = unlike_training(novelty)
     wrong = probs.argmax(axis=1) != y_true
     n = len(y_true)
-    return {"n_flagged": int(flagged.sum()),
-            "flagged_share": float(flagged.mean()) if n else None,
-            "accuracy_flagged": float(1 - wrong[flagged].mean()) if flagged.any() else None,
-            "accuracy_unflagged": float(1 - wrong[~flagged].mean()) if (~flagged).any() else None,
-            "error_auroc": float(roc_auc_score(wrong, novelty)) if 0 < wrong.sum() < n else None}
+    return {
+        "n_flagged": int(flagged.sum()),
+        "flagged_share": float(flagged.mean()) if n else None,
+        "accuracy_flagged": float(1 - wrong[flagged].mean()) if flagged.any() else None,
+        "accuracy_unflagged": float(1 - wrong[~flagged].mean()) if (~flagged).any() else None,
+        "error_auroc": float(roc_auc_score(wrong, novelty)) if 0 < wrong.sum() < n else None,
+    }
 
 
 def novelty_rows(evaluation: dict[str, Any]) -> list[list[Any]]:
     """One row per scored set of an eval.json with `unlike_training` figures (all Testing, leak-free Testing, the
     external set and its copy-free part): its name, size and NOVELTY_COLUMNS. Empty for a model without the score."""
     external = evaluation.get("external") or {}
-    sets = [("all Testing", evaluation), ("leak-free Testing", evaluation.get("leak_free") or {}),
-            ("external", external), ("external without copies", external.get("copy_free") or {})]
-    return [[name, metrics.get("n"), *(metrics["unlike_training"].get(k) for k in NOVELTY_COLUMNS)]
-            for name, metrics in sets if metrics.get("unlike_training")]
+    sets = [
+        ("all Testing", evaluation),
+        ("leak-free Testing", evaluation.get("leak_free") or {}),
+        ("external", external),
+        ("external without copies", external.get("copy_free") or {}),
+    ]
+    return [
+        [name, metrics.get("n"), *(metrics["unlike_training"].get(k) for k in NOVELTY_COLUMNS)]
+        for name, metrics in sets
+        if metrics.get("unlike_training")
+    ]
 
 
 NOVELTY_COLUMNS = ("n_flagged", "flagged_share", "accuracy_flagged", "accuracy_unflagged", "error_auroc")
-NOVELTY_HEADER = ("scans", "n", "flagged", "share flagged", "accuracy flagged", "accuracy not flagged",
-                  "ROC AUC for wrong answers")
+NOVELTY_HEADER = (
+    "scans",
+    "n",
+    "flagged",
+    "share flagged",
+    "accuracy flagged",
+    "accuracy not flagged",
+    "ROC AUC for wrong answers",
+)

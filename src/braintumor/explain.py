@@ -8,7 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def grad_cam(model: nn.Module, layer: nn.Module, image: torch.Tensor, target: int | None = None) -> tuple[np.ndarray, int]:
+def grad_cam(
+    model: nn.Module, layer: nn.Module, image: torch.Tensor, target: int | None = None
+) -> tuple[np.ndarray, int]:
     """Heat map in [0, 1] of shape (H, W) for one image (1, C, H, W), and the class it explains.
 
     Weights each channel of `layer`'s output by the mean gradient of the class score over it, sums the channels,

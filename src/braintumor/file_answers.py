@@ -76,8 +76,10 @@ def answer_files(predictor: Predictor, frame: pd.DataFrame) -> pd.DataFrame:
         scans.append(_Scan(pictures, len(images), shows_head))
         images.extend(prepared)
     probs, novelty = predictor.predict(images)  # (N, C), (N,) or None
-    answers = [_answer(predictor, scan, probs, novelty) if isinstance(scan, _Scan) else _unusable(predictor, scan)
-               for scan in scans]
+    answers = [
+        _answer(predictor, scan, probs, novelty) if isinstance(scan, _Scan) else _unusable(predictor, scan)
+        for scan in scans
+    ]
     return pd.DataFrame(answers, columns=["scan", "answer", "frames"])
 
 
@@ -88,15 +90,20 @@ def _answer(predictor: Predictor, scan: _Scan, probs: np.ndarray, novelty: np.nd
         answer = {**_record(table.iloc[0]), "averaged_over": 1}
     elif any(scan.shows_head):  # as predict's volume summary: the means over the pictures that show a head
         head = np.array(scan.shows_head)
-        summary = predictor.table(mine[head].mean(axis=0, keepdims=True),
-                                  None if score is None else score[head].mean(keepdims=True))
+        summary = predictor.table(
+            mine[head].mean(axis=0, keepdims=True), None if score is None else score[head].mean(keepdims=True)
+        )
         answer = {**_record(summary.iloc[0]), "averaged_over": int(head.sum())}
     else:
         answer = {**_empty_answer(predictor), "averaged_over": 0}
     frames = table.assign(shows_head=scan.shows_head)
     frames.insert(0, "frame", scan.pictures.numbers)
-    info = {"kind": scan.pictures.kind, "pictures": len(scan.pictures.images),
-            "description": scan.pictures.description, "error": None}
+    info = {
+        "kind": scan.pictures.kind,
+        "pictures": len(scan.pictures.images),
+        "description": scan.pictures.description,
+        "error": None,
+    }
     return {"scan": info, "answer": answer, "frames": [_record(row) for _, row in frames.iterrows()]}
 
 
@@ -111,8 +118,10 @@ def _empty_answer(predictor: Predictor) -> dict:
 
 def _record(row: pd.Series) -> dict:
     """A table row as plain Python values (numpy scalars would not pass through JSON), None for a missing one."""
-    return {key: None if value is None else value.item() if isinstance(value, np.generic) else value
-            for key, value in row.items()}
+    return {
+        key: None if value is None else value.item() if isinstance(value, np.generic) else value
+        for key, value in row.items()
+    }
 
 
 def picture_fields(classes: list[str], novelty: bool) -> dict[str, str]:
@@ -124,19 +133,23 @@ def picture_fields(classes: list[str], novelty: bool) -> dict[str, str]:
 def spark_result_type(classes: list[str], novelty: bool) -> str:
     """The Spark SQL type (DDL) of `answer_files`'s rows, the `result_type` of spark_udf."""
     picture = [f"{_quoted(name)}: {kind}" for name, kind in picture_fields(classes, novelty).items()]
-    return (f"scan: struct<kind: string, pictures: long, description: string, error: string>, "
-            f"answer: struct<{', '.join(picture)}, averaged_over: long>, "
-            f"frames: array<struct<frame: long, {', '.join(picture)}, shows_head: boolean>>")
+    return (
+        f"scan: struct<kind: string, pictures: long, description: string, error: string>, "
+        f"answer: struct<{', '.join(picture)}, averaged_over: long>, "
+        f"frames: array<struct<frame: long, {', '.join(picture)}, shows_head: boolean>>"
+    )
 
 
 def classes_of_signature(columns: list[str]) -> tuple[list[str], bool]:
     """The class names and whether there is a novelty score, from the served model's output columns (its logged
     signature: row, frame, label, probability, one column per class, then novelty and unlike_training)."""
     if "probability" not in columns:
-        raise BrainTumorError(f"the model's output columns {columns} are not this project's (row, frame, label, "
-                              "probability, one per class, ...): was it logged by braintumor?")
+        raise BrainTumorError(
+            f"the model's output columns {columns} are not this project's (row, frame, label, "
+            "probability, one per class, ...): was it logged by braintumor?"
+        )
     end = columns.index("novelty") if "novelty" in columns else len(columns)
-    return columns[columns.index("probability") + 1:end], "novelty" in columns
+    return columns[columns.index("probability") + 1 : end], "novelty" in columns
 
 
 def _quoted(name: str) -> str:

@@ -102,12 +102,18 @@ def remove_stale_staging(parent: Path) -> list[Path]:
             stale = False
         if stale:
             shutil.rmtree(folder, ignore_errors=True)
-            log.warning("removed %s, left by an interrupted run (%s)", folder,
-                        f"process {pid} is gone" if owner else "over an hour old")
+            log.warning(
+                "removed %s, left by an interrupted run (%s)",
+                folder,
+                f"process {pid} is gone" if owner else "over an hour old",
+            )
             removed.append(folder)
         else:
-            log.warning("%s is another run's unfinished copy (%s); remove it by hand if no run is going", folder,
-                        owner or "no owner recorded")
+            log.warning(
+                "%s is another run's unfinished copy (%s); remove it by hand if no run is going",
+                folder,
+                owner or "no owner recorded",
+            )
     return removed
 
 
@@ -151,7 +157,7 @@ def project_root(start: Path | None = None) -> Path:
     here = (start or Path.cwd()).resolve()
     parts = here.parts
     for i in range(len(parts) - 2):
-        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
             return Path(*parts[:i])
     for candidate in (here, *here.parents):
         if (candidate / ".dvc").is_dir() or (candidate / ".git").exists():

@@ -23,8 +23,28 @@ IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".
 # Files that operating systems and tools drop into folders; never data, never reported.
 IGNORED_NAMES = frozenset({".ds_store", "thumbs.db", "desktop.ini", "._.ds_store"})
 # Modes converted to 8-bit grayscale. Anything else (LAB, HSV, ...) is reported as unsupported.
-SUPPORTED_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr",
-                             "I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+SUPPORTED_MODES = frozenset(
+    {
+        "1",
+        "L",
+        "LA",
+        "La",
+        "P",
+        "PA",
+        "RGB",
+        "RGBA",
+        "RGBa",
+        "RGBX",
+        "CMYK",
+        "YCbCr",
+        "I",
+        "I;16",
+        "I;16L",
+        "I;16B",
+        "I;16N",
+        "F",
+    }
+)
 
 
 # What Pillow may open a user's file as: raster formats only, named, so that no other plugin ever parses a user's
@@ -53,10 +73,12 @@ class ImageLimits:
     def of(cls, data: DataConfig | dict) -> "ImageLimits":
         """From the params' `data` section, or its dict as a model file stores it (an older one may lack keys)."""
         values = data if isinstance(data, dict) else dataclasses.asdict(data)
-        return cls(max_pixels=int(values.get("max_image_pixels", cls.max_pixels)),
-                   max_aspect_ratio=float(values.get("max_aspect_ratio", cls.max_aspect_ratio)),
-                   max_file_bytes=int(values.get("max_file_bytes", cls.max_file_bytes)),
-                   max_frames=int(values.get("max_frames", cls.max_frames)))
+        return cls(
+            max_pixels=int(values.get("max_image_pixels", cls.max_pixels)),
+            max_aspect_ratio=float(values.get("max_aspect_ratio", cls.max_aspect_ratio)),
+            max_file_bytes=int(values.get("max_file_bytes", cls.max_file_bytes)),
+            max_frames=int(values.get("max_frames", cls.max_frames)),
+        )
 
 
 def problem_of(exc: Exception) -> str:
@@ -101,12 +123,15 @@ def read_checked(source: str | os.PathLike | bytes, *, max_file_bytes: int) -> b
 def check_file_size(size: int, max_file_bytes: int) -> None:
     """Raise ImageProblem when a file of `size` bytes is over data.max_file_bytes."""
     if size > max_file_bytes:
-        raise ImageProblem(f"{size:,} bytes is over the limit data.max_file_bytes={max_file_bytes:,}; "
-                           "raise the limit if the scan is real")
+        raise ImageProblem(
+            f"{size:,} bytes is over the limit data.max_file_bytes={max_file_bytes:,}; "
+            "raise the limit if the scan is real"
+        )
 
 
-def open_checked(source: str | os.PathLike | bytes, *, limits: ImageLimits, draft: int | None = None,
-                 name: str = "") -> Image.Image:
+def open_checked(
+    source: str | os.PathLike | bytes, *, limits: ImageLimits, draft: int | None = None, name: str = ""
+) -> Image.Image:
     """Check the size and the header (format, pixels, aspect ratio, mode), then fully decode; or raise ImageProblem.
     `name`: the file's name for what pydicom and nibabel say about it, when `source` is its bytes.
 
@@ -129,8 +154,9 @@ def open_checked(source: str | os.PathLike | bytes, *, limits: ImageLimits, draf
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageProblem(f"too many pixels, a possible decompression bomb ({exc})") from None
     except UnidentifiedImageError:
-        raise ImageProblem(f"not an image in an accepted format ({', '.join(ACCEPTED_FORMATS + MEDICAL_FORMATS)})"
-                           ) from None
+        raise ImageProblem(
+            f"not an image in an accepted format ({', '.join(ACCEPTED_FORMATS + MEDICAL_FORMATS)})"
+        ) from None
     except Exception as exc:  # Pillow raises many types for malformed headers
         raise ImageProblem(f"unreadable image header ({type(exc).__name__}: {exc})") from None
     _check_header(image, limits)
@@ -156,12 +182,16 @@ def check_dimensions(width: int, height: int, limits: ImageLimits) -> None:
     if width < 1 or height < 1:
         raise ImageProblem(f"{width}x{height} image has no pixels")
     if width * height > limits.max_pixels:
-        raise ImageProblem(f"{width}x{height} = {width * height:,} pixels is over the limit data.max_image_pixels="
-                           f"{limits.max_pixels:,} (a possible decompression bomb); raise the limit if the scan is real")
+        raise ImageProblem(
+            f"{width}x{height} = {width * height:,} pixels is over the limit data.max_image_pixels="
+            f"{limits.max_pixels:,} (a possible decompression bomb); raise the limit if the scan is real"
+        )
     ratio = max(width, height) / min(width, height)
     if ratio > limits.max_aspect_ratio:
-        raise ImageProblem(f"{width}x{height} is {ratio:,.1f} times longer than wide, over the limit "
-                           f"data.max_aspect_ratio={limits.max_aspect_ratio:g}; crop it to the scan")
+        raise ImageProblem(
+            f"{width}x{height} is {ratio:,.1f} times longer than wide, over the limit "
+            f"data.max_aspect_ratio={limits.max_aspect_ratio:g}; crop it to the scan"
+        )
 
 
 def to_grayscale(image: Image.Image) -> Image.Image:
@@ -173,8 +203,10 @@ def to_grayscale(image: Image.Image) -> Image.Image:
         pixels = np.asarray(image, dtype=np.float64)
         bad = int(np.count_nonzero(~np.isfinite(pixels)))
         if bad:  # NaN or infinity: any stretch would be a guess (the old one made the whole scan black)
-            raise ImageProblem(f"{bad:,} of {pixels.size:,} pixels are not finite numbers (NaN or infinity); "
-                               "replace them (e.g. with the background value) and save the scan again")
+            raise ImageProblem(
+                f"{bad:,} of {pixels.size:,} pixels are not finite numbers (NaN or infinity); "
+                "replace them (e.g. with the background value) and save the scan again"
+            )
         lo, hi = float(pixels.min()), float(pixels.max())
         scaled = (pixels - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(pixels)
         return Image.fromarray(np.round(scaled).astype(np.uint8), mode="L")
@@ -188,8 +220,8 @@ def to_grayscale(image: Image.Image) -> Image.Image:
     return image.convert("L")
 
 
-def decode_grayscale(source: str | os.PathLike | bytes, *, limits: ImageLimits,
-                     draft: int | None = None) -> Image.Image:
+def decode_grayscale(
+    source: str | os.PathLike | bytes, *, limits: ImageLimits, draft: int | None = None
+) -> Image.Image:
     """The one way a scan becomes pixels: checked open, full decode, then 8-bit grayscale."""
     return to_grayscale(open_checked(source, limits=limits, draft=draft))
-

@@ -27,9 +27,17 @@ class Outputs:
 
 
 @torch.no_grad()
-def forward_outputs(model: nn.Module, batches, device: torch.device, transform, *, tta_hflip: bool = False,
-                    amp_dtype: torch.dtype | None = None, channels_last: bool = False,
-                    features: bool = False) -> Outputs:
+def forward_outputs(
+    model: nn.Module,
+    batches,
+    device: torch.device,
+    transform,
+    *,
+    tta_hflip: bool = False,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    features: bool = False,
+) -> Outputs:
     """Logits (and with `features`, the penultimate features the `fc` head reads) of every scan; model in eval mode.
 
     batches yield (uint8 images (B, 1, S, S), labels); `transform` (the eval preset) runs on `device`. With
@@ -59,26 +67,51 @@ def forward_outputs(model: nn.Module, batches, device: torch.device, transform, 
         if hook is not None:
             hook.remove()
     if not logits:
-        return Outputs(torch.zeros((0, 0), dtype=torch.float64), torch.zeros(0, dtype=torch.int64),
-                       torch.zeros((0, 0), dtype=torch.float64) if features else None)
+        return Outputs(
+            torch.zeros((0, 0), dtype=torch.float64),
+            torch.zeros(0, dtype=torch.int64),
+            torch.zeros((0, 0), dtype=torch.float64) if features else None,
+        )
     return Outputs(torch.cat(logits), torch.cat(labels), torch.cat(feats) if features else None)
 
 
-def predict_logits(model: nn.Module, batches, device: torch.device, transform, *, tta_hflip: bool = False,
-                   amp_dtype: torch.dtype | None = None,
-                   channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_logits(
+    model: nn.Module,
+    batches,
+    device: torch.device,
+    transform,
+    *,
+    tta_hflip: bool = False,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (logits (N, C) float64 on the CPU, labels (N,)): `forward_outputs` without features."""
-    out = forward_outputs(model, batches, device, transform, tta_hflip=tta_hflip, amp_dtype=amp_dtype,
-                          channels_last=channels_last)
+    out = forward_outputs(
+        model, batches, device, transform, tta_hflip=tta_hflip, amp_dtype=amp_dtype, channels_last=channels_last
+    )
     return out.logits, out.labels
 
 
-def predict_probs(model: nn.Module, batches, device: torch.device, transform, *,
-                  inference: Inference = Inference(), amp_dtype: torch.dtype | None = None,
-                  channels_last: bool = False) -> tuple[np.ndarray, np.ndarray, float]:
+def predict_probs(
+    model: nn.Module,
+    batches,
+    device: torch.device,
+    transform,
+    *,
+    inference: Inference = Inference(),
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> tuple[np.ndarray, np.ndarray, float]:
     """Returns (probs (N, C) float64, labels (N,), mean cross-entropy of those probabilities)."""
-    logits, labels = predict_logits(model, batches, device, transform, tta_hflip=inference.tta_hflip,
-                                    amp_dtype=amp_dtype, channels_last=channels_last)
+    logits, labels = predict_logits(
+        model,
+        batches,
+        device,
+        transform,
+        tta_hflip=inference.tta_hflip,
+        amp_dtype=amp_dtype,
+        channels_last=channels_last,
+    )
     if len(labels) == 0:
         return np.zeros((0, 0)), np.zeros(0, dtype=np.int64), float("nan")
     loss = float(F.cross_entropy(logits / inference.temperature, labels))

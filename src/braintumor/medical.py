@@ -62,6 +62,7 @@ class Pictures:
 
 # ---- which reader --------------------------------------------------------------------------------------------
 
+
 def has_dicom_preamble(data: bytes) -> bool:
     """A DICOM Part 10 file: 128 bytes of preamble, then `DICM`."""
     return data[128:132] == b"DICM"
@@ -86,7 +87,7 @@ def is_medical_name(path: Path, head: Callable[[], bytes] | None = None) -> bool
 
 
 def kind_of(data: bytes, name: str = "") -> str | None:
-    """"dicom", "nifti" or None (a format for Pillow), from the bytes (and, for DICOM without preamble, `.dcm`)."""
+    """ "dicom", "nifti" or None (a format for Pillow), from the bytes (and, for DICOM without preamble, `.dcm`)."""
     if has_dicom_preamble(data) or name.lower().endswith(DICOM_SUFFIXES):
         return "dicom"
     from braintumor.nifti import header_bytes  # (dicom.py and nifti.py import this module)
@@ -96,8 +97,13 @@ def kind_of(data: bytes, name: str = "") -> str | None:
     return None
 
 
-def read_pictures(source: str | os.PathLike | bytes, *, limits: ImageLimits, draft: int | None = None,
-                  keep: Callable[[int], list[int]] | None = None) -> Pictures:
+def read_pictures(
+    source: str | os.PathLike | bytes,
+    *,
+    limits: ImageLimits,
+    draft: int | None = None,
+    keep: Callable[[int], list[int]] | None = None,
+) -> Pictures:
     """Every 2-D picture in a file (a path or its bytes): one for raster images and single-frame DICOM, one per
     frame of a multi-frame DICOM, one per axial slice of a NIfTI volume. Raises ImageProblem.
 
@@ -137,15 +143,16 @@ def single_picture(data: bytes, kind: str, *, limits: ImageLimits, name: str = "
         pictures = read_dicom(data, limits=limits) if kind == "dicom" else read_nifti(data, limits=limits)
     if len(pictures.images) > 1:
         what = "frames" if kind == "dicom" else "axial slices"
-        raise ImageProblem(f"{pictures.description}: {len(pictures.images)} {what} in one file, but a class folder "
-                           "takes one 2-D slice per file (its label must be true of every picture, and the other "
-                           f"{what} of a series need not show the lesion). Save the slices that show it as "
-                           "single-frame files; `braintumor predict` reads the whole file, one prediction per "
-                           f"{what[:-1] if kind == 'dicom' else 'slice'}.")
+        raise ImageProblem(
+            f"{pictures.description}: {len(pictures.images)} {what} in one file, but a class folder "
+            "takes one 2-D slice per file (its label must be true of every picture, and the other "
+            f"{what} of a series need not show the lesion). Save the slices that show it as "
+            "single-frame files; `braintumor predict` reads the whole file, one prediction per "
+            f"{what[:-1] if kind == 'dicom' else 'slice'}."
+        )
     image = pictures.images[0]
     image.info["source_size"], image.info["source_mode"] = image.size, pictures.description
     return image
-
 
 
 @contextlib.contextmanager
@@ -164,6 +171,7 @@ def library_warnings(library: str, name: str = "") -> Iterator[None]:
 
 # ---- shared by both readers ---------------------------------------------------------------------------------
 
+
 def percentile_window(values: np.ndarray) -> np.ndarray:
     """The 0.5th-99.5th percentiles to [0, 1] (min-max when they are equal: a near-constant picture)."""
     low, high = np.percentile(values, PERCENTILE_WINDOW)
@@ -174,25 +182,30 @@ def percentile_window(values: np.ndarray) -> np.ndarray:
     return np.clip((values - low) / (high - low), 0.0, 1.0)
 
 
-
 def check_pixels(rows: int, columns: int, count: int, limits: ImageLimits, *, unit: str) -> None:
     """The number of pictures, each picture's pixels and aspect ratio, then all of the file's pictures together
     (before decoding)."""
     if count < 1:
         raise ImageProblem(f"{count} {unit}: no pixels")
     if count > limits.max_frames:
-        raise ImageProblem(f"{count:,} {unit} of {columns}x{rows} in one file, over the limit data.max_frames="
-                           f"{limits.max_frames:,}; refused before decoding. Export the {unit} you need (or raise "
-                           "the limit if the scan is real)")
+        raise ImageProblem(
+            f"{count:,} {unit} of {columns}x{rows} in one file, over the limit data.max_frames="
+            f"{limits.max_frames:,}; refused before decoding. Export the {unit} you need (or raise "
+            "the limit if the scan is real)"
+        )
     if count + limits.frames_used > limits.max_frames:
-        raise ImageProblem(f"{count:,} {unit} after the {limits.frames_used:,} pictures of the request's earlier rows"
-                           f": over data.max_frames={limits.max_frames:,} pictures in one request; refused before "
-                           "decoding. Send fewer rows (or frames) per request")
+        raise ImageProblem(
+            f"{count:,} {unit} after the {limits.frames_used:,} pictures of the request's earlier rows"
+            f": over data.max_frames={limits.max_frames:,} pictures in one request; refused before "
+            "decoding. Send fewer rows (or frames) per request"
+        )
     check_dimensions(columns, rows, limits)
     if rows * columns * count > limits.max_pixels:
-        raise ImageProblem(f"{count} {unit} of {columns}x{rows} = {rows * columns * count:,} pixels in one file, over "
-                           f"the limit data.max_image_pixels={limits.max_pixels:,}; raise the limit if the scan is "
-                           "real")
+        raise ImageProblem(
+            f"{count} {unit} of {columns}x{rows} = {rows * columns * count:,} pixels in one file, over "
+            f"the limit data.max_image_pixels={limits.max_pixels:,}; raise the limit if the scan is "
+            "real"
+        )
 
 
 def check_decoded_bytes(values: int, bytes_each: float, limits: ImageLimits, *, what: str) -> None:
@@ -200,13 +213,17 @@ def check_decoded_bytes(values: int, bytes_each: float, limits: ImageLimits, *, 
     that a float64 or 16-bit colour file is held to the memory of the pixel limit's float32 (before decoding)."""
     decoded, bound = int(values * bytes_each), DECODED_BYTES_PER_PIXEL * limits.max_pixels
     if decoded > bound:
-        raise ImageProblem(f"{what} = {decoded:,} bytes once decoded, over {DECODED_BYTES_PER_PIXEL} bytes x "
-                           f"data.max_image_pixels = {bound:,}; refused before decoding. Save it with fewer "
-                           "bytes per value (float32, int16) or raise data.max_image_pixels if the scan is real")
+        raise ImageProblem(
+            f"{what} = {decoded:,} bytes once decoded, over {DECODED_BYTES_PER_PIXEL} bytes x "
+            f"data.max_image_pixels = {bound:,}; refused before decoding. Save it with fewer "
+            "bytes per value (float32, int16) or raise data.max_image_pixels if the scan is real"
+        )
 
 
 def check_finite(values: np.ndarray) -> None:
     bad = int(np.count_nonzero(~np.isfinite(values)))
     if bad:
-        raise ImageProblem(f"{bad:,} of {values.size:,} pixels are not finite numbers (NaN or infinity); "
-                           "replace them (e.g. with the background value) and save the scan again")
+        raise ImageProblem(
+            f"{bad:,} of {values.size:,} pixels are not finite numbers (NaN or infinity); "
+            "replace them (e.g. with the background value) and save the scan again"
+        )

@@ -47,10 +47,14 @@ class BrainTumorClassifier(mlflow.pyfunc.PythonModel):
         config = context.model_config or {}
         device = prediction_device(config.get("device"), option="model_config device")
         precision = config.get("precision") or os.environ.get(PRECISION_ENV) or "fp32"
-        prediction_autocast(device, precision,  # a wrong setting is named as the user wrote it
-                            option="model_config precision" if config.get("precision") else PRECISION_ENV)
-        self.predictor = self.inference.submit(Predictor, context.artifacts["model"], device=device,
-                                               precision=precision).result()
+        prediction_autocast(
+            device,
+            precision,  # a wrong setting is named as the user wrote it
+            option="model_config precision" if config.get("precision") else PRECISION_ENV,
+        )
+        self.predictor = self.inference.submit(
+            Predictor, context.artifacts["model"], device=device, precision=precision
+        ).result()
         # BRAINTUMOR_PREDICTION_LOG: one JSON line per answered picture (prediction_log.py), for `braintumor monitor`
         self.prediction_log = PredictionLog.from_env()
         if self.prediction_log is not None:
@@ -67,8 +71,7 @@ class BrainTumorClassifier(mlflow.pyfunc.PythonModel):
             return table
         except BrainTumorError as exc:
             rows = [{"row": row, "reason": reason} for row, reason in getattr(exc, "rows", [])]
-            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE, detail=str(exc),
-                                  rows=rows) from None
+            raise MlflowException(str(exc), error_code=INVALID_PARAMETER_VALUE, detail=str(exc), rows=rows) from None
 
     def _log(self, model_input: pd.DataFrame, table: pd.DataFrame, latency_s: float) -> None:
         """The answer's lines in the prediction log; the inputs' file bytes again (every row decoded before)."""
@@ -80,8 +83,16 @@ class BrainTumorClassifier(mlflow.pyfunc.PythonModel):
         except BrainTumorError:
             return
         novelty = self.predictor.novelty
-        log_answers(table, inputs, self.predictor.classes, self.identity, latency_s=latency_s, source="serve",
-                    novelty_quantile=novelty.quantile if novelty else None, prediction_log=self.prediction_log)
+        log_answers(
+            table,
+            inputs,
+            self.predictor.classes,
+            self.identity,
+            latency_s=latency_s,
+            source="serve",
+            novelty_quantile=novelty.quantile if novelty else None,
+            prediction_log=self.prediction_log,
+        )
 
 
 mlflow.models.set_model(BrainTumorClassifier())

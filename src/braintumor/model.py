@@ -52,19 +52,23 @@ def _imagenet_weights() -> ResNet50_Weights:
             f"could not get the ImageNet weights ({type(exc).__name__}: {exc}).\n"
             f"  Either download {weights.url}\n  on a machine with internet and put it at {cache},\n"
             "  or set model.weights to the path of a local ResNet50 state dict,\n"
-            "  or set model.weights: none to train from scratch (much lower accuracy on real scans).") from None
+            "  or set model.weights: none to train from scratch (much lower accuracy on real scans)."
+        ) from None
     return weights
 
 
 def _local_state_dict(path: str) -> dict[str, torch.Tensor]:
     if not Path(path).is_file():
-        raise ConfigError(f"model.weights = {path!r}: no such file. Give the path of a ResNet50 state dict "
-                          "(.pt/.pth), or 'imagenet' or 'none'.")
+        raise ConfigError(
+            f"model.weights = {path!r}: no such file. Give the path of a ResNet50 state dict "
+            "(.pt/.pth), or 'imagenet' or 'none'."
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise ConfigError(f"model.weights = {path!r} cannot be loaded as a state dict "
-                          f"({type(exc).__name__}: {exc})") from None
+        raise ConfigError(
+            f"model.weights = {path!r} cannot be loaded as a state dict ({type(exc).__name__}: {exc})"
+        ) from None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
     if not isinstance(state, dict) or not any(k.startswith("layer4.") for k in state):
         raise ConfigError(f"model.weights = {path!r} is not a ResNet50 state dict (no layer4.* keys)")
@@ -105,18 +109,37 @@ class Inference:
     @classmethod
     def from_dict(cls, spec: dict | None) -> Inference:
         spec = spec or {}  # model files before train.calibration fitted T on val
-        return cls(temperature=float(spec.get("temperature", 1.0)), tta_hflip=bool(spec.get("tta_hflip", False)),
-                   calibration=str(spec.get("calibration", "val")))
+        return cls(
+            temperature=float(spec.get("temperature", 1.0)),
+            tta_hflip=bool(spec.get("tta_hflip", False)),
+            calibration=str(spec.get("calibration", "val")),
+        )
 
 
-def save_model(path: str | Path, model: nn.Module, *, classes: list[str], preprocessing: Preprocessing,
-               params: dict[str, Any], metrics: dict[str, Any], inference: Inference = Inference(),
-               novelty: dict[str, Any] | None = None) -> None:
+def save_model(
+    path: str | Path,
+    model: nn.Module,
+    *,
+    classes: list[str],
+    preprocessing: Preprocessing,
+    params: dict[str, Any],
+    metrics: dict[str, Any],
+    inference: Inference = Inference(),
+    novelty: dict[str, Any] | None = None,
+) -> None:
     """`novelty`: novelty.Novelty.to_dict() of the fitted score, or None (no score)."""
     state = {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()}
-    bundle = {"format": MODEL_FORMAT, "arch": "resnet50", "state_dict": state, "classes": list(classes),
-              "preprocessing": preprocessing.to_dict(), "inference": asdict(inference), "params": params,
-              "metrics": metrics, "novelty": novelty}
+    bundle = {
+        "format": MODEL_FORMAT,
+        "arch": "resnet50",
+        "state_dict": state,
+        "classes": list(classes),
+        "preprocessing": preprocessing.to_dict(),
+        "inference": asdict(inference),
+        "params": params,
+        "metrics": metrics,
+        "novelty": novelty,
+    }
     with atomic_path(path) as tmp:
         torch.save(bundle, tmp)
 
@@ -131,8 +154,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn
     except Exception as exc:
         raise BrainTumorError(f"{path} is not a model file written by this project ({type(exc).__name__}: {exc})")
     if not isinstance(bundle, dict) or bundle.get("format") not in READABLE_FORMATS:
-        raise BrainTumorError(f"{path} is not a model file written by this project (format "
-                              f"{' or '.join(map(str, READABLE_FORMATS))}).")
+        raise BrainTumorError(
+            f"{path} is not a model file written by this project (format {' or '.join(map(str, READABLE_FORMATS))})."
+        )
     model = build_model("none", len(bundle["classes"]))
     model.load_state_dict(bundle.pop("state_dict"))
     model.to(device).eval()

@@ -14,9 +14,11 @@ import math
 from typing import Any
 
 DISCLAIMER = "research use, not a diagnostic device"
-INTENDED_USE = ("Research on telling {classes} apart on single axial brain MRI slices (one image per prediction). "
-                "Not for diagnosis, triage or any clinical decision; not validated on scanners, sequences or "
-                "populations other than its training data's.")
+INTENDED_USE = (
+    "Research on telling {classes} apart on single axial brain MRI slices (one image per prediction). "
+    "Not for diagnosis, triage or any clinical decision; not validated on scanners, sequences or "
+    "populations other than its training data's."
+)
 METRICS = ("accuracy", "macro_f1", "weighted_f1", "log_loss", "ece", "roc_auc_ovr")
 # Thresholds of the failure-mode checks (on 0..1 metrics).
 LOW_RECALL = 0.5  # a class with a lower recall misses most of its scans
@@ -30,41 +32,59 @@ MIN_CLASS_N = 5  # leak-free Testing scans of a class needed on a side (image si
 
 def render(facts: dict[str, Any]) -> str:
     """The model card, markdown."""
-    sections = [_title(facts), _model(facts), ("Intended use", _intended_use(facts)), ("Data", _data(facts)),
-                ("Splits", _splits(facts)), ("Leakage found", _leakage(facts)), ("Metrics", _metrics(facts)),
-                ("Calibration", _calibration(facts["evaluation"], facts["params"]["train"].get("calibration", "val")))]
+    sections = [
+        _title(facts),
+        _model(facts),
+        ("Intended use", _intended_use(facts)),
+        ("Data", _data(facts)),
+        ("Splits", _splits(facts)),
+        ("Leakage found", _leakage(facts)),
+        ("Metrics", _metrics(facts)),
+        ("Calibration", _calibration(facts["evaluation"], facts["params"]["train"].get("calibration", "val"))),
+    ]
     external = facts["evaluation"].get("external")
     if external:
         sections.append(("External data", _external(external)))
     if facts["evaluation"].get("unlike_training"):
         sections.append(("Scans unlike the Training scans", _unlike_training(facts)))
-    sections.append(("Known failure modes (derived from the numbers above)",
-                     "\n".join(f"- {line}" for line in failure_modes(facts))))
+    sections.append(
+        (
+            "Known failure modes (derived from the numbers above)",
+            "\n".join(f"- {line}" for line in failure_modes(facts)),
+        )
+    )
     return "\n\n".join(text if isinstance(text, str) else f"## {text[0]}\n\n{text[1]}" for text in sections) + "\n"
 
 
 def version_description(facts: dict[str, Any]) -> str:
     """The registered version's description (markdown, a few lines): what it is, its figures, where the card is."""
     test, leak_free, train = facts["evaluation"], facts["evaluation"].get("leak_free", {}), facts["training"]
-    rows = [(*saved_val(train), facts["validation"].get("n_val")),
-            ("all Testing", test.get("accuracy"), test.get("macro_f1"), test.get("n")),
-            ("leak-free Testing", leak_free.get("accuracy"), leak_free.get("macro_f1"), leak_free.get("n"))]
+    rows = [
+        (*saved_val(train), facts["validation"].get("n_val")),
+        ("all Testing", test.get("accuracy"), test.get("macro_f1"), test.get("n")),
+        ("leak-free Testing", leak_free.get("accuracy"), leak_free.get("macro_f1"), leak_free.get("n")),
+    ]
     table = _table(["", "accuracy", "macro-F1", "n"], [[name, *values] for name, *values in rows])
-    return (f"ResNet50 classifier of axial brain MRI slices ({', '.join(facts['classes'])}). "
-            f"**{DISCLAIMER.capitalize()}.**\n\n{table}\n\n"
-            f"Data (DVC): `{facts['tags'].get('data_dvc_hash', 'unknown')}`; git commit "
-            f"`{facts['tags'].get('git_commit', 'unknown')}`. Preprocessing: {preprocessing_text(facts)}. "
-            "Full model card: `model_card.md` in this version's artifacts.")
+    return (
+        f"ResNet50 classifier of axial brain MRI slices ({', '.join(facts['classes'])}). "
+        f"**{DISCLAIMER.capitalize()}.**\n\n{table}\n\n"
+        f"Data (DVC): `{facts['tags'].get('data_dvc_hash', 'unknown')}`; git commit "
+        f"`{facts['tags'].get('git_commit', 'unknown')}`. Preprocessing: {preprocessing_text(facts)}. "
+        "Full model card: `model_card.md` in this version's artifacts."
+    )
 
 
 def version_tags(facts: dict[str, Any]) -> dict[str, str]:
     """Tags of the registered version (and its LoggedModel): provenance, headline figures, use."""
     test, leak_free = facts["evaluation"], facts["evaluation"].get("leak_free", {})
-    tags = {"data_dvc_hash": facts["tags"].get("data_dvc_hash", "unknown"),
-            "git_commit": facts["tags"].get("git_commit", "unknown"),
-            "preprocessing": preprocessing_text(facts),
-            "intended_use": INTENDED_USE.format(classes=", ".join(facts["classes"])),
-            "disclaimer": DISCLAIMER, "model_card": "model_card.md"}
+    tags = {
+        "data_dvc_hash": facts["tags"].get("data_dvc_hash", "unknown"),
+        "git_commit": facts["tags"].get("git_commit", "unknown"),
+        "preprocessing": preprocessing_text(facts),
+        "intended_use": INTENDED_USE.format(classes=", ".join(facts["classes"])),
+        "disclaimer": DISCLAIMER,
+        "model_card": "model_card.md",
+    }
     for prefix, metrics in (("test_", test), ("test_leak_free_", leak_free)):
         for name in ("accuracy", "macro_f1", "n"):
             if metrics.get(name) is not None:
@@ -75,22 +95,29 @@ def version_tags(facts: dict[str, Any]) -> dict[str, str]:
         tags["promotion_compared_on"] = f"{promotion['compared_on']} ({promotion['scans']} scans)"
         champion = promotion.get("previous_champion_version")
         tags["champion_score_on_same_scans"] = (
-            "no other champion" if champion is None else
-            f"version {champion}: not scored ({promotion.get('champion_unscored_reason')})"
-            if promotion.get("previous_champion_value") is None else
-            f"version {champion}: {_fmt(promotion['previous_champion_value'])}")
+            "no other champion"
+            if champion is None
+            else f"version {champion}: not scored ({promotion.get('champion_unscored_reason')})"
+            if promotion.get("previous_champion_value") is None
+            else f"version {champion}: {_fmt(promotion['previous_champion_value'])}"
+        )
     return tags
 
 
 def registered_model_text(classes: list[str], name: str) -> tuple[str, dict[str, str]]:
     """The registered model's own description and tags (the same for every version)."""
-    description = (f"ResNet50 classifier of axial brain MRI slices ({', '.join(classes)}). "
-                   f"**{DISCLAIMER.capitalize()}.** Serve `models:/{name}@champion`: the evaluate stage gives "
-                   "`champion` to the version that scores best on the Testing scans it was evaluated on, both "
-                   "versions scored on the same scans. Each version's model card: `model_card.md` in its artifacts "
-                   "(also `reports/model_card.md` beside the run's report).")
-    tags = {"intended_use": INTENDED_USE.format(classes=", ".join(classes)), "disclaimer": DISCLAIMER,
-            "model_card": f"model_card.md in the artifacts of models:/{name}@champion"}
+    description = (
+        f"ResNet50 classifier of axial brain MRI slices ({', '.join(classes)}). "
+        f"**{DISCLAIMER.capitalize()}.** Serve `models:/{name}@champion`: the evaluate stage gives "
+        "`champion` to the version that scores best on the Testing scans it was evaluated on, both "
+        "versions scored on the same scans. Each version's model card: `model_card.md` in its artifacts "
+        "(also `reports/model_card.md` beside the run's report)."
+    )
+    tags = {
+        "intended_use": INTENDED_USE.format(classes=", ".join(classes)),
+        "disclaimer": DISCLAIMER,
+        "model_card": f"model_card.md in the artifacts of models:/{name}@champion",
+    }
     return description, tags
 
 
@@ -109,8 +136,10 @@ def preprocessing_text(facts: dict[str, Any]) -> str:
         steps.append(f"intensity windowed to the head's {low:g}-{high:g} percentiles")
     elif scan.get("intensity") == "equalize":
         steps.append("histogram-equalised over the head")
-    steps.append(f"centre crop {crop}x{crop}, repeated to 3 channels, normalised with mean {_floats(prep['mean'])} and "
-                 f"std {_floats(prep['std'])}")
+    steps.append(
+        f"centre crop {crop}x{crop}, repeated to 3 channels, normalised with mean {_floats(prep['mean'])} and "
+        f"std {_floats(prep['std'])}"
+    )
     return ", ".join(steps)
 
 
@@ -122,8 +151,10 @@ def failure_modes(facts: dict[str, Any]) -> list[str]:
     if tested:
         worst = min(tested, key=lambda c: tested[c]["recall"])
         recall = tested[worst]["recall"]
-        lines.append(f"Weakest class: {worst}, recall {recall:.2f} on all Testing (support {tested[worst]['support']})"
-                     + (": most of its scans are missed." if recall < LOW_RECALL else "."))
+        lines.append(
+            f"Weakest class: {worst}, recall {recall:.2f} on all Testing (support {tested[worst]['support']})"
+            + (": most of its scans are missed." if recall < LOW_RECALL else ".")
+        )
         noisiest = min(tested, key=lambda c: tested[c]["precision"])
         lines.append(f"Least reliable positive call: {noisiest}, precision {tested[noisiest]['precision']:.2f}.")
     flags = []  # the checks below; each adds a line only when its figure says so
@@ -133,33 +164,46 @@ def failure_modes(facts: dict[str, Any]) -> list[str]:
     val_f1 = saved_val(train)[2]
     for name, metrics in (("all Testing", test), ("leak-free Testing", leak_free)):
         if val_f1 is not None and metrics.get("macro_f1") is not None and val_f1 - metrics["macro_f1"] > SHIFT_GAP:
-            flags.append(f"Macro-F1 drops from {val_f1:.2f} on val to {metrics['macro_f1']:.2f} on {name}: scans not "
-                         "drawn like the training set are classified worse; expect the lower figure on new data.")
+            flags.append(
+                f"Macro-F1 drops from {val_f1:.2f} on val to {metrics['macro_f1']:.2f} on {name}: scans not "
+                "drawn like the training set are classified worse; expect the lower figure on new data."
+            )
     test_f1, leak_free_f1 = test.get("macro_f1"), leak_free.get("macro_f1")
     if test_f1 is not None and leak_free_f1 is not None and test_f1 - leak_free_f1 > LEAK_GAP:
-        flags.append(f"The all-Testing macro-F1 ({test['macro_f1']:.2f}) is inflated by Testing scans that have a copy "
-                     f"in Training; on the {leak_free['n']} without one it is {leak_free['macro_f1']:.2f}.")
+        flags.append(
+            f"The all-Testing macro-F1 ({test['macro_f1']:.2f}) is inflated by Testing scans that have a copy "
+            f"in Training; on the {leak_free['n']} without one it is {leak_free['macro_f1']:.2f}."
+        )
     if leak_free.get("n", 0) == 0:
         flags.append("No Testing scan is free of a copy in Training: no Testing figure measures generalisation.")
     elif leak_free["n"] < SMALL_N:
         low, high = wilson_interval(leak_free["accuracy"], leak_free["n"])
-        flags.append(f"The leak-free figures rest on {leak_free['n']} scans: accuracy {leak_free['accuracy']:.2f}, "
-                     f"95% interval {low:.2f}-{high:.2f}.")
+        flags.append(
+            f"The leak-free figures rest on {leak_free['n']} scans: accuracy {leak_free['accuracy']:.2f}, "
+            f"95% interval {low:.2f}-{high:.2f}."
+        )
     if test.get("ece") is not None and test["ece"] > HIGH_ECE:
-        flags.append(f"Probabilities are miscalibrated (ECE {test['ece']:.3f} on all Testing): do not read them as the "
-                     "chance of being right.")
+        flags.append(
+            f"Probabilities are miscalibrated (ECE {test['ece']:.3f} on all Testing): do not read them as the "
+            "chance of being right."
+        )
     unlike = test.get("unlike_training") or {}
     if unlike.get("flagged_share") is not None and unlike["flagged_share"] > 2 * (1 - unlike["quantile"]):
-        flags.append(f"{unlike['flagged_share']:.0%} of the Testing scans are unlike the Training scans (novelty > 1; "
-                     f"{1 - unlike['quantile']:.0%} of val by design): accuracy {_fmt(unlike['accuracy_flagged'])} on them, "
-                     f"{_fmt(unlike['accuracy_unflagged'])} on the others.")
+        flags.append(
+            f"{unlike['flagged_share']:.0%} of the Testing scans are unlike the Training scans (novelty > 1; "
+            f"{1 - unlike['quantile']:.0%} of val by design): accuracy {_fmt(unlike['accuracy_flagged'])} on them, "
+            f"{_fmt(unlike['accuracy_unflagged'])} on the others."
+        )
     flags += _source_flags(leak_free.get("by_image_size") or {})
     external = test.get("external") or {}
     if external.get("macro_f1") is not None and val_f1 is not None and val_f1 - external["macro_f1"] > SHIFT_GAP:
-        flags.append(f"On the external data macro-F1 is {external['macro_f1']:.2f} (val {val_f1:.2f}): it does not "
-                     "carry over to other sources as is.")
-    return lines + (flags or ["No other check (val vs Testing gap, leakage gap, sample size, calibration) flagged "
-                              "a problem."])
+        flags.append(
+            f"On the external data macro-F1 is {external['macro_f1']:.2f} (val {val_f1:.2f}): it does not "
+            "carry over to other sources as is."
+        )
+    return lines + (
+        flags or ["No other check (val vs Testing gap, leakage gap, sample size, calibration) flagged a problem."]
+    )
 
 
 def _source_flags(by_size: dict[str, Any]) -> list[str]:
@@ -175,13 +219,17 @@ def _source_flags(by_size: dict[str, Any]) -> list[str]:
             continue
         where = f"the {after['support']} leak-free Testing scans of {name} at image sizes no Training scan of it has"
         if before["support"] >= MIN_CLASS_N and before["recall"] - after["recall"] > SHIFT_GAP:
-            lines.append(f"Recall of {name} is {after['recall']:.2f} on {where} (other sources, likely), against "
-                         f"{before['recall']:.2f} on the {before['support']} at sizes it has: the model learnt part "
-                         "of the source with the class; expect the lower figure on other hospitals' scans.")
+            lines.append(
+                f"Recall of {name} is {after['recall']:.2f} on {where} (other sources, likely), against "
+                f"{before['recall']:.2f} on the {before['support']} at sizes it has: the model learnt part "
+                "of the source with the class; expect the lower figure on other hospitals' scans."
+            )
         elif before["support"] < MIN_CLASS_N and after["support"] >= SIZE_GROUP_N and after["recall"] < LOW_RECALL:
-            lines.append(f"Recall of {name} is {after['recall']:.2f} on {where}, "
-                         f"{'all' if before['support'] == 0 else 'nearly all'} of its leak-free scans: they likely "
-                         f"come from sources Training holds no {name} scan from.")
+            lines.append(
+                f"Recall of {name} is {after['recall']:.2f} on {where}, "
+                f"{'all' if before['support'] == 0 else 'nearly all'} of its leak-free scans: they likely "
+                f"come from sources Training holds no {name} scan from."
+            )
     return lines
 
 
@@ -202,12 +250,15 @@ def wilson_interval(proportion: float, n: int, z: float = 1.96) -> tuple[float, 
 
 # ---- sections ---------------------------------------------------------------------------------------------------
 
+
 def _title(facts: dict[str, Any]) -> str:
     run = facts["run"]
     version = f" version {run['model_version']}" if run.get("model_version") else ""
-    return (f"# Model card: {run.get('registered_model', 'model')}{version}\n\n"
-            f"> **{DISCLAIMER.capitalize()}.** Generated from MLflow run `{run.get('run_id', '')}` by the evaluate "
-            "stage; every figure below comes from that run's files.")
+    return (
+        f"# Model card: {run.get('registered_model', 'model')}{version}\n\n"
+        f"> **{DISCLAIMER.capitalize()}.** Generated from MLflow run `{run.get('run_id', '')}` by the evaluate "
+        "stage; every figure below comes from that run's files."
+    )
 
 
 def _model(facts: dict[str, Any]) -> tuple[str, str]:
@@ -215,28 +266,43 @@ def _model(facts: dict[str, Any]) -> tuple[str, str]:
     recipe = params["train"]
     weights = params["model"]["weights"]
     best = f"epoch {train.get('best_epoch', '?')} by val macro-F1"
-    saved = (f"saved: the average of the weights over the last {train['swa_epochs']} epochs (best single {best})"
-             if "swa_epochs" in train else f"best {best}")
-    rows = [["architecture", f"ResNet50, {len(facts['classes'])} classes: {', '.join(facts['classes'])}"],
-            ["initial weights", "none (trained from scratch)" if weights == "none" else weights],
-            ["input", preprocessing_text(facts)],
-            ["training", f"{recipe['optimizer']}, lr {recipe['lr']}, {recipe['scheduler']} schedule, "
-                         f"batch {recipe['batch_size']}, {train.get('epochs_run', '?')} epochs run, "
-                         + saved],
-            ["git commit", tags.get("git_commit", "unknown")
-             + (" (with uncommitted changes)" if tags.get("git_dirty") == "true" else "")],
-            ["data (DVC hash)", tags.get("data_dvc_hash", "unknown")],
-            ["MLflow", f"experiment {run.get('experiment', '')}, run {run.get('run_id', '')}, "
-                       f"model {run.get('model_id') or 'not logged'}"]]
+    saved = (
+        f"saved: the average of the weights over the last {train['swa_epochs']} epochs (best single {best})"
+        if "swa_epochs" in train
+        else f"best {best}"
+    )
+    rows = [
+        ["architecture", f"ResNet50, {len(facts['classes'])} classes: {', '.join(facts['classes'])}"],
+        ["initial weights", "none (trained from scratch)" if weights == "none" else weights],
+        ["input", preprocessing_text(facts)],
+        [
+            "training",
+            f"{recipe['optimizer']}, lr {recipe['lr']}, {recipe['scheduler']} schedule, "
+            f"batch {recipe['batch_size']}, {train.get('epochs_run', '?')} epochs run, " + saved,
+        ],
+        [
+            "git commit",
+            tags.get("git_commit", "unknown")
+            + (" (with uncommitted changes)" if tags.get("git_dirty") == "true" else ""),
+        ],
+        ["data (DVC hash)", tags.get("data_dvc_hash", "unknown")],
+        [
+            "MLflow",
+            f"experiment {run.get('experiment', '')}, run {run.get('run_id', '')}, "
+            f"model {run.get('model_id') or 'not logged'}",
+        ],
+    ]
     if tags.get("device"):
         rows.append(["trained on", tags["device"]])
     return "Model", _table(["", ""], rows)
 
 
 def _intended_use(facts: dict[str, Any]) -> str:
-    return (INTENDED_USE.format(classes=", ".join(facts["classes"])) + "\n\nInput: one image file per scan (JPEG, "
-            "PNG or anything Pillow reads), as `braintumor predict` or the served model's `image` column takes it. "
-            "Output: a label and one probability per class.")
+    return (
+        INTENDED_USE.format(classes=", ".join(facts["classes"])) + "\n\nInput: one image file per scan (JPEG, "
+        "PNG or anything Pillow reads), as `braintumor predict` or the served model's `image` column takes it. "
+        "Output: a label and one probability per class."
+    )
 
 
 def _data(facts: dict[str, Any]) -> str:
@@ -244,28 +310,38 @@ def _data(facts: dict[str, Any]) -> str:
     per = report["per_class"]
     rows = [[c, per["train"][c], per["val"][c], per["test"][c]] for c in classes]
     rows.append(["total", report["n_train_fit"], report["n_val"], report["n_test"]])
-    return (_table(["class", "train", "val", "test"], rows) + f"\n\n{report['n_excluded']} files excluded as unusable "
-            "(listed in reports/validation.json).")
+    return (
+        _table(["class", "train", "val", "test"], rows) + f"\n\n{report['n_excluded']} files excluded as unusable "
+        "(listed in reports/validation.json)."
+    )
 
 
 def _splits(facts: dict[str, Any]) -> str:
     data = facts["params"]["data"]
-    return (f"`val` is {data['val_fraction']:.0%} of the Training folder, stratified by class and grouped by "
-            f"duplicates (seed {data['split_seed']}): no scan has an exact or near copy on the other side. Training "
-            + ("validates each epoch and the weight average on `val`" if "swa_epochs" in facts["training"]
-               else "picks its best epoch on `val`")
-            + ". `test` is the Testing folder, read only by the evaluate stage.")
+    return (
+        f"`val` is {data['val_fraction']:.0%} of the Training folder, stratified by class and grouped by "
+        f"duplicates (seed {data['split_seed']}): no scan has an exact or near copy on the other side. Training "
+        + (
+            "validates each epoch and the weight average on `val`"
+            if "swa_epochs" in facts["training"]
+            else "picks its best epoch on `val`"
+        )
+        + ". `test` is the Testing folder, read only by the evaluate stage."
+    )
 
 
 def _leakage(facts: dict[str, Any]) -> str:
     report, threshold = facts["validation"], facts["params"]["data"]["near_duplicate_threshold"]
     leaked = report["test_exact_in_train"] + report["test_near_in_train"]
-    return "\n".join([
-        f"- {report['test_exact_in_train']} of {report['n_test']} Testing scans are byte-identical to a Training "
-        f"scan and {report['test_near_in_train']} more are near copies (thumbnail correlation >= {threshold}): "
-        f"{leaked} leak, {report['test_leak_free']} are leak-free.",
-        f"- {report['exact_duplicates_in_train']} extra byte-identical copies inside Training; "
-        f"{report['label_conflicts']} groups of copies filed under different classes."])
+    return "\n".join(
+        [
+            f"- {report['test_exact_in_train']} of {report['n_test']} Testing scans are byte-identical to a Training "
+            f"scan and {report['test_near_in_train']} more are near copies (thumbnail correlation >= {threshold}): "
+            f"{leaked} leak, {report['test_leak_free']} are leak-free.",
+            f"- {report['exact_duplicates_in_train']} extra byte-identical copies inside Training; "
+            f"{report['label_conflicts']} groups of copies filed under different classes.",
+        ]
+    )
 
 
 def _metrics(facts: dict[str, Any]) -> str:
@@ -275,15 +351,22 @@ def _metrics(facts: dict[str, Any]) -> str:
     rows = [[name, val.get(name), test.get(name), leak_free.get(name)] for name in METRICS]
     rows.append(["scans", facts["validation"].get("n_val"), test.get("n"), leak_free.get("n", 0)])
     parts = [_table(["metric", label, "all Testing", "leak-free Testing"], rows)]
-    intervals = ["{} {:.2f}-{:.2f}".format(name, *wilson_interval(m["accuracy"], m["n"]))
-                 for name, m in (("all Testing", test), ("leak-free Testing", leak_free)) if m.get("n")]
+    intervals = [
+        "{} {:.2f}-{:.2f}".format(name, *wilson_interval(m["accuracy"], m["n"]))
+        for name, m in (("all Testing", test), ("leak-free Testing", leak_free))
+        if m.get("n")
+    ]
     if intervals:
         parts.append("Accuracy, 95% interval: " + "; ".join(intervals) + ".")
     per = test.get("per_class", {})
     if per:
-        parts.append("Per class, all Testing:\n\n" + _table(
-            ["class", "precision", "recall", "F1", "support"],
-            [[c, m["precision"], m["recall"], m["f1"], m["support"]] for c, m in per.items()]))
+        parts.append(
+            "Per class, all Testing:\n\n"
+            + _table(
+                ["class", "precision", "recall", "F1", "support"],
+                [[c, m["precision"], m["recall"], m["f1"], m["support"]] for c, m in per.items()],
+            )
+        )
     promotion = facts.get("promotion") or {}
     if promotion.get("metric"):
         parts.append(promotion_text(promotion))
@@ -291,44 +374,59 @@ def _metrics(facts: dict[str, Any]) -> str:
 
 
 def promotion_text(promotion: dict[str, Any]) -> str:
-    """"Version 1 scored 0.31 on these 394 scans; version 2 0.51 -> champion": both on the same scans."""
+    """ "Version 1 scored 0.31 on these 394 scans; version 2 0.51 -> champion": both on the same scans."""
     version, alias, champion = promotion["version"], promotion["decision"], promotion.get("previous_champion_version")
-    scans = (f"{promotion['scans']} scans ({promotion['compared_on']}; evaluate.promotion_metric = "
-             f"{promotion['promotion_metric']})")
+    scans = (
+        f"{promotion['scans']} scans ({promotion['compared_on']}; evaluate.promotion_metric = "
+        f"{promotion['promotion_metric']})"
+    )
     if champion is None:
-        return (f"Champion/challenger: version {version} scored {promotion['metric']} {_fmt(promotion['value'])} on "
-                f"{scans}; no other version held `champion` -> {alias}.")
+        return (
+            f"Champion/challenger: version {version} scored {promotion['metric']} {_fmt(promotion['value'])} on "
+            f"{scans}; no other version held `champion` -> {alias}."
+        )
     if promotion.get("previous_champion_value") is None:
-        return (f"Champion/challenger: the champion, version {champion}, could not be scored on these "
-                f"{scans}: {promotion.get('champion_unscored_reason')}. Version {version} scored "
-                f"{promotion['metric']} {_fmt(promotion['value'])} -> {alias}.")
-    return (f"Champion/challenger, {promotion['metric']} on the same {scans}: version {champion} scored "
-            f"{_fmt(promotion['previous_champion_value'])}; version {version} {_fmt(promotion['value'])} -> {alias}"
-            + (" (ties keep the champion)." if promotion["value"] == promotion["previous_champion_value"] else "."))
+        return (
+            f"Champion/challenger: the champion, version {champion}, could not be scored on these "
+            f"{scans}: {promotion.get('champion_unscored_reason')}. Version {version} scored "
+            f"{promotion['metric']} {_fmt(promotion['value'])} -> {alias}."
+        )
+    return (
+        f"Champion/challenger, {promotion['metric']} on the same {scans}: version {champion} scored "
+        f"{_fmt(promotion['previous_champion_value'])}; version {version} {_fmt(promotion['value'])} -> {alias}"
+        + (" (ties keep the champion)." if promotion["value"] == promotion["previous_champion_value"] else ".")
+    )
 
 
 def _calibration(test: dict[str, Any], method: str) -> str:
     from braintumor.calibration import fitted_on
 
     leak_free = test.get("leak_free", {})
-    lines = [f"Expected calibration error: {_fmt(test.get('ece'))} on all Testing, "
-             f"{_fmt(leak_free.get('ece'))} leak-free; "
-             f"log loss {_fmt(test.get('log_loss'))} / {_fmt(leak_free.get('log_loss'))}."]
+    lines = [
+        f"Expected calibration error: {_fmt(test.get('ece'))} on all Testing, "
+        f"{_fmt(leak_free.get('ece'))} leak-free; "
+        f"log loss {_fmt(test.get('log_loss'))} / {_fmt(leak_free.get('log_loss'))}."
+    ]
     if test.get("temperature") is not None:
         before = f" (ECE {_fmt(test['ece_uncalibrated'])} before)" if test.get("ece_uncalibrated") is not None else ""
-        lines.append(f"Probabilities are temperature-scaled with T = {_fmt(test['temperature'])}{before}, "
-                     f"{fitted_on(method)}.")
+        lines.append(
+            f"Probabilities are temperature-scaled with T = {_fmt(test['temperature'])}{before}, {fitted_on(method)}."
+        )
     return " ".join(lines)
 
 
 def _external(external: dict[str, Any]) -> str:
     """evaluate.external_data's figures: all its scans and those without a copy in Training (`copy_free`)."""
     copy_free = external.get("copy_free") or {}
-    rows = [[name, external.get(name), copy_free.get(name)] for name in (*METRICS, "n")
-            if external.get(name) is not None]
+    rows = [
+        [name, external.get(name), copy_free.get(name)] for name in (*METRICS, "n") if external.get(name) is not None
+    ]
     described = [f"{k}: {v}" for k, v in external.items() if isinstance(v, str)]
-    copies = [f"{external[k]} {k.replace('_in_train', '')} copies of Training scans"
-              for k in ("exact_in_train", "near_in_train") if k in external]
+    copies = [
+        f"{external[k]} {k.replace('_in_train', '')} copies of Training scans"
+        for k in ("exact_in_train", "near_in_train")
+        if k in external
+    ]
     text = "; ".join(described + copies)
     return (text + ".\n\n" if text else "") + _table(["metric", "external", "external without copies"], rows)
 
@@ -338,11 +436,13 @@ def _unlike_training(facts: dict[str, Any]) -> str:
     from braintumor.evaluation import NOVELTY_HEADER, novelty_rows
 
     quantile = facts["evaluation"]["unlike_training"]["quantile"]
-    return (f"Every answer comes with a novelty score (how far the scan's features lie from the Training scans'; "
-            f"1 = the level {quantile:.0%} of the val scans stay under). A scan above 1 is flagged "
-            f"`unlike_training`: by construction about {1 - quantile:.0%} of scans like the Training ones are, and "
-            "more of those from other sources. Check a flagged scan before trusting its label.\n\n"
-            + _table(list(NOVELTY_HEADER), novelty_rows(facts["evaluation"])))
+    return (
+        f"Every answer comes with a novelty score (how far the scan's features lie from the Training scans'; "
+        f"1 = the level {quantile:.0%} of the val scans stay under). A scan above 1 is flagged "
+        f"`unlike_training`: by construction about {1 - quantile:.0%} of scans like the Training ones are, and "
+        "more of those from other sources. Check a flagged scan before trusting its label.\n\n"
+        + _table(list(NOVELTY_HEADER), novelty_rows(facts["evaluation"]))
+    )
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:

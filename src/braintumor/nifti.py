@@ -27,12 +27,13 @@ def read_nifti(data: bytes, *, limits: ImageLimits) -> Pictures:
     head = header_bytes(data)
     if head is None:
         raise ImageProblem("not a NIfTI-1 or NIfTI-2 file (no NIfTI header)")
-    version, header_class, image_class = ((1, nib.Nifti1Header, nib.Nifti1Image) if _sizeof_hdr(head) == 348
-                                          else (2, nib.Nifti2Header, nib.Nifti2Image))
+    version, header_class, image_class = (
+        (1, nib.Nifti1Header, nib.Nifti1Image) if _sizeof_hdr(head) == 348 else (2, nib.Nifti2Header, nib.Nifti2Image)
+    )
     if head[344:348] == b"ni1\x00":
         raise ImageProblem("a NIfTI header whose voxels are in a separate .img file; save it as one .nii file")
     try:
-        header = header_class(binaryblock=head[:header_class.template_dtype.itemsize])
+        header = header_class(binaryblock=head[: header_class.template_dtype.itemsize])
         shape = tuple(int(n) for n in header.get_data_shape())
         itemsize = header.get_data_dtype().itemsize
         offset = max(int(header["vox_offset"]), header_class.template_dtype.itemsize + 4)  # voxels follow the header
@@ -40,19 +41,24 @@ def read_nifti(data: bytes, *, limits: ImageLimits) -> Pictures:
         raise ImageProblem(f"unreadable NIfTI-{version} header ({type(exc).__name__}: {exc})") from None
     shape = _volume_shape(shape)
     if len(shape) > 3:
-        raise ImageProblem(f"a {len(shape)}-D NIfTI image {'x'.join(map(str, shape))}: give one 3-D volume "
-                           "(e.g. the first of a series: `fslroi in.nii.gz out.nii.gz 0 1`)")
+        raise ImageProblem(
+            f"a {len(shape)}-D NIfTI image {'x'.join(map(str, shape))}: give one 3-D volume "
+            "(e.g. the first of a series: `fslroi in.nii.gz out.nii.gz 0 1`)"
+        )
     columns, rows, slices = (shape + (1, 1))[:3]
     check_pixels(rows, columns, slices, limits, unit="slices")
-    check_decoded_bytes(rows * columns * slices, itemsize, limits,
-                        what=f"{columns}x{rows}x{slices} voxels of {itemsize} bytes ({header.get_data_dtype()})")
+    check_decoded_bytes(
+        rows * columns * slices,
+        itemsize,
+        limits,
+        what=f"{columns}x{rows}x{slices} voxels of {itemsize} bytes ({header.get_data_dtype()})",
+    )
     if not 0 <= offset <= MAX_NIFTI_OFFSET:  # the header and its extensions come first; bounds what is inflated
         raise ImageProblem(f"NIfTI vox_offset {offset:,} is outside 0..{MAX_NIFTI_OFFSET:,}: a corrupt header")
     needed = offset + int(np.prod(shape)) * itemsize
     raw = _bounded_bytes(data, needed)
     if len(raw) < needed:
-        raise ImageProblem(f"truncated NIfTI file: the header promises {needed:,} bytes, the file holds "
-                           f"{len(raw):,}")
+        raise ImageProblem(f"truncated NIfTI file: the header promises {needed:,} bytes, the file holds {len(raw):,}")
     try:
         image = nib.as_closest_canonical(image_class.from_bytes(raw))  # RAS+: the third axis runs up the body
         volume = np.asarray(image.get_fdata(dtype=np.float32))  # scl_slope / scl_inter applied
@@ -62,8 +68,11 @@ def read_nifti(data: bytes, *, limits: ImageLimits) -> Pictures:
     volume = volume.reshape(volume.shape[:3] if volume.ndim >= 3 else volume.shape + (1,) * (3 - volume.ndim))
     check_finite(volume)
     low, high = float(header["cal_min"]), float(header["cal_max"])
-    shown = (np.clip((volume - low) / (high - low), 0, 1) if np.isfinite([low, high]).all() and high > low
-             else percentile_window(volume))
+    shown = (
+        np.clip((volume - low) / (high - low), 0, 1)
+        if np.isfinite([low, high]).all() and high > low
+        else percentile_window(volume)
+    )
     gray = np.round(shown * 255.0).astype(np.uint8)
     images = [_axial_picture(gray[:, :, k], zooms, limits) for k in range(gray.shape[2])]
     description = f"NIfTI-{version} {'x'.join(map(str, gray.shape))} {header.get_data_dtype()}"
@@ -121,5 +130,3 @@ def _bounded_bytes(data: bytes, needed: int) -> bytes:
             return stream.read(needed)
     except (OSError, EOFError, zlib.error) as exc:
         raise ImageProblem(f"corrupt gzip stream in the NIfTI file ({type(exc).__name__}: {exc})") from None
-
-

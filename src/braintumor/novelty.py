@@ -51,8 +51,13 @@ class Novelty:
         return self.raw(features) / self.threshold
 
     def to_dict(self) -> dict:
-        return {"method": "mahalanobis", "means": self.means, "precision": self.precision,
-                "threshold": self.threshold, "quantile": self.quantile}
+        return {
+            "method": "mahalanobis",
+            "means": self.means,
+            "precision": self.precision,
+            "threshold": self.threshold,
+            "quantile": self.quantile,
+        }
 
     @classmethod
     def from_dict(cls, spec: dict | None) -> Novelty | None:
@@ -62,8 +67,9 @@ class Novelty:
         return cls(spec["means"], spec["precision"], float(spec["threshold"]), float(spec["quantile"]))
 
 
-def fit_novelty(train_features: torch.Tensor, train_labels: np.ndarray, val_features: torch.Tensor,
-                quantile: float) -> Novelty:
+def fit_novelty(
+    train_features: torch.Tensor, train_labels: np.ndarray, val_features: torch.Tensor, quantile: float
+) -> Novelty:
     """Class means and shared precision from the train scans' features; threshold from the val scans'."""
     from sklearn.covariance import LedoitWolf
 

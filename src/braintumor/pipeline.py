@@ -14,13 +14,12 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
-
-from typing import TYPE_CHECKING
 
 from braintumor.config import Params
 from braintumor.errors import BrainTumorError
@@ -45,11 +44,13 @@ def validate(params: Params) -> dict:
     write_manifest(result.manifest, params.paths.manifest)
     write_json(params.paths.validation_report, result.report)
     report = result.report
-    print(f"validate: {report['n_train']} Training images ({report['n_train_fit']} train / {report['n_val']} val), "
-          f"{report['n_test']} Testing, {report['n_excluded']} excluded; "
-          f"{report['exact_duplicates_in_train']} exact duplicates in Training; "
-          f"Testing with a copy in Training: {report['test_exact_in_train']} exact, "
-          f"{report['test_near_in_train']} near; {report['label_conflicts']} label conflicts.")
+    print(
+        f"validate: {report['n_train']} Training images ({report['n_train_fit']} train / {report['n_val']} val), "
+        f"{report['n_test']} Testing, {report['n_excluded']} excluded; "
+        f"{report['exact_duplicates_in_train']} exact duplicates in Training; "
+        f"Testing with a copy in Training: {report['test_exact_in_train']} exact, "
+        f"{report['test_near_in_train']} near; {report['label_conflicts']} label conflicts."
+    )
     print(f"validate: wrote {params.paths.validation_report} and {params.paths.manifest}")
     return report
 
@@ -71,13 +72,23 @@ def train(params: Params) -> dict:
     if dist_info.is_main:
         from braintumor.tracking import RunTracker  # mlflow is imported by the process that logs, only
 
-        tracker = RunTracker(params, resume_run_id=checkpoint_extra(checkpoint).get("mlflow_run_id"),
-                             training_rows=images)
+        tracker = RunTracker(
+            params, resume_run_id=checkpoint_extra(checkpoint).get("mlflow_run_id"), training_rows=images
+        )
     prep = Preprocessing.from_config(params.model, params.preprocess)
     model = build_model(params.model.weights, len(params.data.classes), params.model.dropout)
     try:
-        result = fit(model, data, params.train, params.augment, prep, checkpoint_path=checkpoint, logger=tracker,
-                     extra={"mlflow_run_id": tracker.run_id} if tracker else {}, dist_info=dist_info)
+        result = fit(
+            model,
+            data,
+            params.train,
+            params.augment,
+            prep,
+            checkpoint_path=checkpoint,
+            logger=tracker,
+            extra={"mlflow_run_id": tracker.run_id} if tracker else {},
+            dist_info=dist_info,
+        )
     except BaseException:
         if tracker is not None:
             tracker.end("FAILED")
@@ -87,10 +98,22 @@ def train(params: Params) -> dict:
     model.load_state_dict(result.final_state)
     inference = calibrate(model, data, prep, params)
     novelty = fit_unlike_training(model, data, prep, params)
-    summary = {**result.summary(), "temperature": inference.temperature, "calibration": inference.calibration,
-               "precision": result.precision}
-    save_model(params.paths.model, model, classes=params.data.classes, preprocessing=prep, inference=inference,
-               params=params.to_dict(), metrics=summary, novelty=novelty.to_dict() if novelty else None)
+    summary = {
+        **result.summary(),
+        "temperature": inference.temperature,
+        "calibration": inference.calibration,
+        "precision": result.precision,
+    }
+    save_model(
+        params.paths.model,
+        model,
+        classes=params.data.classes,
+        preprocessing=prep,
+        inference=inference,
+        params=params.to_dict(),
+        metrics=summary,
+        novelty=novelty.to_dict() if novelty else None,
+    )
     write_json(params.paths.train_metrics, summary)
     _write_history(result.history, Path(params.paths.train_plots) / "history.csv")
     tracker.finish_training(summary, result.device, result.precision)
@@ -103,13 +126,19 @@ def train(params: Params) -> dict:
     tracker.end()
     checkpoint.unlink(missing_ok=True)  # finished: the next run with these params is a fresh one
     if result.average is not None:
-        saved = (f"weight average of the last {summary['swa_epochs']} epochs, val acc "
-                 f"{summary['swa_val_accuracy']:.3f} macro-F1 {summary['swa_val_macro_f1']:.3f}")
+        saved = (
+            f"weight average of the last {summary['swa_epochs']} epochs, val acc "
+            f"{summary['swa_val_accuracy']:.3f} macro-F1 {summary['swa_val_macro_f1']:.3f}"
+        )
     else:
-        saved = (f"best epoch {summary['best_epoch']} val acc {summary['best_val_accuracy']:.3f} macro-F1 "
-                 f"{summary['best_val_macro_f1']:.3f}")
-    print(f"train: {saved}; wrote {params.paths.model}; MLflow run {tracker.run_id}"
-          + (f", registered {params.tracking.registered_model} version {version}" if version else ""))
+        saved = (
+            f"best epoch {summary['best_epoch']} val acc {summary['best_val_accuracy']:.3f} macro-F1 "
+            f"{summary['best_val_macro_f1']:.3f}"
+        )
+    print(
+        f"train: {saved}; wrote {params.paths.model}; MLflow run {tracker.run_id}"
+        + (f", registered {params.tracking.registered_model} version {version}" if version else "")
+    )
     return summary
 
 
@@ -133,16 +162,24 @@ def calibrate(model, data: TrainData, prep: Preprocessing, params: Params, *, se
     if method == "shifted":  # copies made on the CPU scan by scan, from fixed seeds: the same on every run
         for copy_seed, strength in shift_copies(seed):
             shifted = shifted_preset(prep, params.augment, strength, copy_seed, len(val))
-            passes.append((torch.utils.data.DataLoader(IndexedTransform(val, shifted), batch_size=batch_size),
-                           torch.nn.Identity()))
-    fitted = [predict_logits(model.eval(), loader, device, transform, tta_hflip=params.model.tta_hflip)
-              for loader, transform in passes]
+            passes.append(
+                (
+                    torch.utils.data.DataLoader(IndexedTransform(val, shifted), batch_size=batch_size),
+                    torch.nn.Identity(),
+                )
+            )
+    fitted = [
+        predict_logits(model.eval(), loader, device, transform, tta_hflip=params.model.tta_hflip)
+        for loader, transform in passes
+    ]
     if method == "shifted":  # clean val weighs as much as each strength's copies together
         fitted = [fitted[0]] * COPIES_PER_STRENGTH + fitted[1:]
     logits, labels = torch.cat([f[0] for f in fitted]), torch.cat([f[1] for f in fitted])
     temperature = fit_temperature(logits, labels)
-    print(f"train: temperature {temperature:.3f}, fitted on {len(data.val_labels)} val scans"
-          + (f" and {len(passes) - 1} intensity-shifted copies of them" if method == "shifted" else ""))
+    print(
+        f"train: temperature {temperature:.3f}, fitted on {len(data.val_labels)} val scans"
+        + (f" and {len(passes) - 1} intensity-shifted copies of them" if method == "shifted" else "")
+    )
     return Inference(temperature=temperature, tta_hflip=params.model.tta_hflip, calibration=method)
 
 
@@ -162,13 +199,20 @@ def fit_unlike_training(model, data: TrainData, prep: Preprocessing, params: Par
 
     def features(images: np.ndarray, labels: np.ndarray) -> torch.Tensor:
         loader = torch.utils.data.DataLoader(ImageDataset(images, labels), batch_size=params.evaluate.batch_size)
-        return forward_outputs(model.eval(), loader, device, eval_preset(prep), tta_hflip=params.model.tta_hflip,
-                               features=True).features
+        return forward_outputs(
+            model.eval(), loader, device, eval_preset(prep), tta_hflip=params.model.tta_hflip, features=True
+        ).features
 
-    novelty = fit_novelty(features(data.train_images, data.train_labels), data.train_labels,
-                          features(data.val_images, data.val_labels), quantile)
-    print(f"train: novelty score fitted on {len(data.train_labels)} train scans; threshold at the {quantile:.0%} "
-          f"quantile of {len(data.val_labels)} val scans")
+    novelty = fit_novelty(
+        features(data.train_images, data.train_labels),
+        data.train_labels,
+        features(data.val_images, data.val_labels),
+        quantile,
+    )
+    print(
+        f"train: novelty score fitted on {len(data.train_labels)} train scans; threshold at the {quantile:.0%} "
+        f"quantile of {len(data.val_labels)} val scans"
+    )
     return novelty
 
 
@@ -185,8 +229,14 @@ def _training_data(params: Params, dist_info) -> tuple[TrainData, pd.DataFrame]:
     cache = project_path(params.paths.cache)  # shared by `dvc exp run --temp` copies of the repository
 
     def decoded():
-        return cached_images(rows, params.paths.data, Preprocessing.from_config(params.model, params.preprocess).scan,
-                             cache, limits=ImageLimits.of(params.data), progress=dist_info.is_main)
+        return cached_images(
+            rows,
+            params.paths.data,
+            Preprocessing.from_config(params.model, params.preprocess).scan,
+            cache,
+            limits=ImageLimits.of(params.data),
+            progress=dist_info.is_main,
+        )
 
     if dist_info.enabled:
         images = decoded() if dist_info.is_main else None
@@ -237,9 +287,14 @@ def augment_preview(params: Params) -> None:
     from braintumor.transforms import Preprocessing
 
     frame = read_manifest(params.paths.manifest, params.data.classes)
-    fig = preview_figure(in_splits(frame, "train"), params.paths.data, params.data.classes,
-                         Preprocessing.from_config(params.model, params.preprocess), params.augment,
-                         limits=ImageLimits.of(params.data))
+    fig = preview_figure(
+        in_splits(frame, "train"),
+        params.paths.data,
+        params.data.classes,
+        Preprocessing.from_config(params.model, params.preprocess),
+        params.augment,
+        limits=ImageLimits.of(params.data),
+    )
     with atomic_path(params.paths.preview) as tmp:
         fig.savefig(tmp, format="png", dpi=80)
     print(f"augment_preview: wrote {params.paths.preview}")
@@ -258,20 +313,24 @@ def evaluate(params: Params) -> dict:
     device = select_device(params.train.device)  # train.device, as training resolved it: auto picks CUDA, MPS, CPU
     model, bundle = load_model(params.paths.model, device)
     if list(bundle["classes"]) != list(params.data.classes):
-        raise BrainTumorError(f"{params.paths.model} was trained on classes {bundle['classes']} but data.classes is "
-                              f"{params.data.classes}. Retrain (`dvc repro train`) or restore data.classes.")
+        raise BrainTumorError(
+            f"{params.paths.model} was trained on classes {bundle['classes']} but data.classes is "
+            f"{params.data.classes}. Retrain (`dvc repro train`) or restore data.classes."
+        )
     scorer = Scorer(model, device, bundle, params)
     test = in_splits(frame, "test")
     logits, y_true, novelty = scorer.predict(test, params.paths.data)
     probs = scorer.probabilities(logits)
     leak_free = ev.leak_free_mask(test)
     metrics = scorer.metrics(y_true, logits, novelty)
-    metrics["leak_free"] = scorer.metrics(y_true[leak_free], logits[leak_free],
-                                          None if novelty is None else novelty[leak_free], per_class=False)
+    metrics["leak_free"] = scorer.metrics(
+        y_true[leak_free], logits[leak_free], None if novelty is None else novelty[leak_free], per_class=False
+    )
     size_seen = size_seen_in_training(test, in_splits(frame, "train", "val"))
     metrics["by_image_size"] = scorer.by_image_size(y_true, logits, size_seen)
-    metrics["leak_free"]["by_image_size"] = scorer.by_image_size(y_true[leak_free], logits[leak_free],
-                                                                 size_seen[leak_free])
+    metrics["leak_free"]["by_image_size"] = scorer.by_image_size(
+        y_true[leak_free], logits[leak_free], size_seen[leak_free]
+    )
     outputs = _write_eval_plots(params, test, probs, y_true, leak_free, novelty, size_seen)
     if params.evaluate.external_data:
         metrics["external"], external_csv = _evaluate_external(scorer, frame, params)
@@ -284,12 +343,14 @@ def evaluate(params: Params) -> dict:
     logger.log_test_metrics(_scalars(metrics["leak_free"]), prefix="test_leak_free_")
     for group in ("seen", "unseen"):
         logger.log_test_metrics(_scalars(metrics["by_image_size"][group]), prefix=f"test_size_{group}_")
-        logger.log_test_metrics(_scalars(metrics["leak_free"]["by_image_size"][group]),
-                                prefix=f"test_leak_free_size_{group}_")
+        logger.log_test_metrics(
+            _scalars(metrics["leak_free"]["by_image_size"][group]), prefix=f"test_leak_free_size_{group}_"
+        )
     if "unlike_training" in metrics:
         logger.log_test_metrics(_scalars(metrics["unlike_training"]), prefix="test_unlike_training_")
-        logger.log_test_metrics(_scalars(metrics["leak_free"]["unlike_training"]),
-                                prefix="test_leak_free_unlike_training_")
+        logger.log_test_metrics(
+            _scalars(metrics["leak_free"]["unlike_training"]), prefix="test_leak_free_unlike_training_"
+        )
     if "external" in metrics:
         logger.log_metrics(_scalars(metrics["external"]), prefix="external_")
         logger.log_metrics(_scalars(metrics["external"]["copy_free"]), prefix="external_copy_free_")
@@ -300,35 +361,57 @@ def evaluate(params: Params) -> dict:
     logger.log_figure(_confusion_figure(y_true, probs, params.data.classes), "evaluation/confusion_matrix.png")
     for path in outputs + [params.paths.eval_metrics]:
         logger.log_artifact(path, "evaluation")
-    decision = logger.promote(_compare_with_champion(params, frame, test, leak_free, scorer, logits, y_true, device,
-                                                     logger))
+    decision = logger.promote(
+        _compare_with_champion(params, frame, test, leak_free, scorer, logits, y_true, device, logger)
+    )
     _write_model_card(params, metrics, bundle, logger, decision)
     logger.end()
     lf = metrics["leak_free"]
-    print(f"evaluate: Testing accuracy {metrics['accuracy']:.3f} macro-F1 {metrics['macro_f1']:.3f} "
-          f"(n={metrics['n']}); leak-free accuracy "
-          + (f"{lf['accuracy']:.3f} macro-F1 {lf['macro_f1']:.3f} (n={lf['n']})" if lf["n"] else "n/a (n=0)")
-          + f"; ECE {metrics['ece']:.3f} (before temperature scaling {metrics['ece_uncalibrated']:.3f})")
+    print(
+        f"evaluate: Testing accuracy {metrics['accuracy']:.3f} macro-F1 {metrics['macro_f1']:.3f} "
+        f"(n={metrics['n']}); leak-free accuracy "
+        + (f"{lf['accuracy']:.3f} macro-F1 {lf['macro_f1']:.3f} (n={lf['n']})" if lf["n"] else "n/a (n=0)")
+        + f"; ECE {metrics['ece']:.3f} (before temperature scaling {metrics['ece_uncalibrated']:.3f})"
+    )
     if metrics["by_image_size"]["unseen"]["n"]:
-        print("evaluate:" + ev.unseen_size_sentence(metrics["by_image_size"], "Testing")
-              + ev.unseen_size_sentence(metrics["leak_free"]["by_image_size"], "leak-free Testing"))
+        print(
+            "evaluate:"
+            + ev.unseen_size_sentence(metrics["by_image_size"], "Testing")
+            + ev.unseen_size_sentence(metrics["leak_free"]["by_image_size"], "leak-free Testing")
+        )
     if "external" in metrics:
         ext, free = metrics["external"], metrics["external"]["copy_free"]
-        print(f"evaluate: external set accuracy {ext['accuracy']:.3f} macro-F1 {ext['macro_f1']:.3f} (n={ext['n']}); "
-              + (f"copy-free accuracy {free['accuracy']:.3f} (n={free['n']})" if free["n"] else "no copy-free scan")
-              + f"; {ext['exact_in_train']} exact and {ext['near_in_train']} near copies of Training scans."
-              + ev.unseen_size_sentence(ext["by_image_size"], "external"))
+        print(
+            f"evaluate: external set accuracy {ext['accuracy']:.3f} macro-F1 {ext['macro_f1']:.3f} (n={ext['n']}); "
+            + (f"copy-free accuracy {free['accuracy']:.3f} (n={free['n']})" if free["n"] else "no copy-free scan")
+            + f"; {ext['exact_in_train']} exact and {ext['near_in_train']} near copies of Training scans."
+            + ev.unseen_size_sentence(ext["by_image_size"], "external")
+        )
     print(f"evaluate: {promotion_sentence(decision)}; wrote {params.paths.model_card}")
     return metrics
 
 
 # evaluate.promotion_metric -> (the rows both models are scored on, the metric computed on them)
-SAME_SCANS = {"leak_free_macro_f1": ("leak_free", "macro_f1"), "leak_free_accuracy": ("leak_free", "accuracy"),
-              "macro_f1": ("test", "macro_f1"), "accuracy": ("test", "accuracy"), "val_macro_f1": ("val", "macro_f1")}
+SAME_SCANS = {
+    "leak_free_macro_f1": ("leak_free", "macro_f1"),
+    "leak_free_accuracy": ("leak_free", "accuracy"),
+    "macro_f1": ("test", "macro_f1"),
+    "accuracy": ("test", "accuracy"),
+    "val_macro_f1": ("val", "macro_f1"),
+}
 
 
-def _compare_with_champion(params: Params, frame: pd.DataFrame, test: pd.DataFrame, leak_free: np.ndarray,
-                           scorer: Scorer, logits: torch.Tensor, y_true: np.ndarray, device, logger):
+def _compare_with_champion(
+    params: Params,
+    frame: pd.DataFrame,
+    test: pd.DataFrame,
+    leak_free: np.ndarray,
+    scorer: Scorer,
+    logits: torch.Tensor,
+    y_true: np.ndarray,
+    device,
+    logger,
+):
     """Score the new model and the current champion on the very same rows (each with the preprocessing, TTA and
     temperature its own file carries) on evaluate.promotion_metric: a champion's stored figure came from other
     scans (a synthetic sample, last year's Testing set) and is never compared with this one."""
@@ -354,8 +437,13 @@ def _compare_with_champion(params: Params, frame: pd.DataFrame, test: pd.DataFra
 
     # the new model's Testing logits are at hand; val rows (val_macro_f1) are scored here
     value = score(scorer, None if part == "val" else (logits[torch.from_numpy(mask)], y_true[mask], None))
-    comparison = SameScansComparison(params.evaluate.promotion_metric, metric if part == "test" else
-                                     f"{part}_{metric}", len(rows), compared_on, value)
+    comparison = SameScansComparison(
+        params.evaluate.promotion_metric,
+        metric if part == "test" else f"{part}_{metric}",
+        len(rows),
+        compared_on,
+        value,
+    )
     champion = logger.champion_version() if logger.info.get("model_version") else None
     if champion is None:
         return comparison
@@ -367,8 +455,9 @@ def _compare_with_champion(params: Params, frame: pd.DataFrame, test: pd.DataFra
     except BrainTumorError as exc:
         return dataclasses.replace(comparison, champion_version=champion, unscored_reason=str(exc))
     except (OSError, RuntimeError, KeyError, ValueError) as exc:  # a file that loads but does not fit these rows
-        return dataclasses.replace(comparison, champion_version=champion,
-                                   unscored_reason=f"{type(exc).__name__}: {exc}")
+        return dataclasses.replace(
+            comparison, champion_version=champion, unscored_reason=f"{type(exc).__name__}: {exc}"
+        )
     return dataclasses.replace(comparison, champion_version=champion, champion_value=champion_value)
 
 
@@ -382,12 +471,16 @@ def promotion_sentence(decision: dict) -> str:
     if champion is None:
         return f"model version {version} -> {alias}: {figures} {decision['value']:.3f}; no other champion to beat"
     if decision.get("previous_champion_value") is None:
-        return (f"model version {version} -> {alias}: the champion, version {champion}, could not be scored on "
-                f"these scans ({decision['champion_unscored_reason']}); version {version}: {figures} "
-                f"{decision['value']:.3f}")
-    return (f"model version {version} -> {alias}: {figures}: version {champion} (champion) "
-            f"{decision['previous_champion_value']:.3f}, version {version} {decision['value']:.3f}"
-            + (" (ties keep the champion)" if decision["value"] == decision["previous_champion_value"] else ""))
+        return (
+            f"model version {version} -> {alias}: the champion, version {champion}, could not be scored on "
+            f"these scans ({decision['champion_unscored_reason']}); version {version}: {figures} "
+            f"{decision['value']:.3f}"
+        )
+    return (
+        f"model version {version} -> {alias}: {figures}: version {champion} (champion) "
+        f"{decision['previous_champion_value']:.3f}, version {version} {decision['value']:.3f}"
+        + (" (ties keep the champion)" if decision["value"] == decision["previous_champion_value"] else "")
+    )
 
 
 class Scorer:
@@ -411,13 +504,19 @@ class Scorer:
         from braintumor.imaging import ImageLimits
         from braintumor.inference import forward_outputs
 
-        images = cached_images(frame, root, self.prep.scan, project_path(self.params.paths.cache),
-                               limits=ImageLimits.of(self.params.data))
+        images = cached_images(
+            frame, root, self.prep.scan, project_path(self.params.paths.cache), limits=ImageLimits.of(self.params.data)
+        )
         labels = frame["label"].map({c: i for i, c in enumerate(self.params.data.classes)}).to_numpy()
-        loader = torch.utils.data.DataLoader(ImageDataset(images, labels),
-                                             batch_size=self.params.evaluate.batch_size)
-        out = forward_outputs(self.model, loader, self.device, self.transform, tta_hflip=self.inference.tta_hflip,
-                              features=self.novelty is not None)
+        loader = torch.utils.data.DataLoader(ImageDataset(images, labels), batch_size=self.params.evaluate.batch_size)
+        out = forward_outputs(
+            self.model,
+            loader,
+            self.device,
+            self.transform,
+            tta_hflip=self.inference.tta_hflip,
+            features=self.novelty is not None,
+        )
         novelty = self.novelty.scores(out.features) if self.novelty is not None else None
         return out.logits, out.labels.numpy(), novelty
 
@@ -426,8 +525,9 @@ class Scorer:
 
         return probabilities(logits, self.inference.temperature if calibrated else 1.0)
 
-    def metrics(self, y_true: np.ndarray, logits: torch.Tensor, novelty: np.ndarray | None = None, *,
-                per_class: bool = True) -> dict:
+    def metrics(
+        self, y_true: np.ndarray, logits: torch.Tensor, novelty: np.ndarray | None = None, *, per_class: bool = True
+    ) -> dict:
         """Headline metrics (probabilities after temperature scaling), the temperature and ECE before it, and how
         the `unlike_training` flag splits the scans (when the model file has the novelty score)."""
         from braintumor import evaluation as ev
@@ -435,12 +535,15 @@ class Scorer:
         bins, classes = self.params.evaluate.calibration_bins, self.params.data.classes
         probs = self.probabilities(logits)
         metrics = ev.classification_metrics(y_true, probs, classes, bins=bins)
-        metrics["ece_uncalibrated"] = (ev.expected_calibration_error(y_true, self.probabilities(logits, False),
-                                                                     bins=bins) if len(y_true) else None)
+        metrics["ece_uncalibrated"] = (
+            ev.expected_calibration_error(y_true, self.probabilities(logits, False), bins=bins) if len(y_true) else None
+        )
         metrics["temperature"] = self.inference.temperature
         if novelty is not None:
-            metrics["unlike_training"] = {**ev.novelty_metrics(y_true, probs, novelty),
-                                          "quantile": self.novelty.quantile}
+            metrics["unlike_training"] = {
+                **ev.novelty_metrics(y_true, probs, novelty),
+                "quantile": self.novelty.quantile,
+            }
         if not per_class:
             metrics.pop("per_class")
         return metrics
@@ -451,8 +554,10 @@ class Scorer:
         and on scans from other sources. Copies of Training scans nearly always have a seen size: split the
         leak-free scans too to compare sources without them. (A side often lacks a class: macro-F1 averages the
         classes present.) The temperature is the set's, not repeated."""
-        return {group: {k: v for k, v in self.metrics(y_true[mask], logits[mask]).items() if k != "temperature"}
-                for group, mask in (("seen", size_seen), ("unseen", ~size_seen))}
+        return {
+            group: {k: v for k, v in self.metrics(y_true[mask], logits[mask]).items() if k != "temperature"}
+            for group, mask in (("seen", size_seen), ("unseen", ~size_seen))
+        }
 
 
 def _evaluate_external(scorer: Scorer, frame: pd.DataFrame, params: Params) -> tuple[dict, str]:
@@ -466,18 +571,25 @@ def _evaluate_external(scorer: Scorer, frame: pd.DataFrame, params: Params) -> t
     logits, y_true, novelty = scorer.predict(external.frame, external.root)
     copy_free = external.copy_free
     size_seen = size_seen_in_training(external.frame, training)
-    metrics = {"path": str(params.evaluate.external_data), **scorer.metrics(y_true, logits, novelty),
-               "n_excluded": len(external.excluded),
-               "exact_in_train": int(external.frame["exact_in_train"].sum()),
-               "near_in_train": int(external.frame["near_in_train"].sum()),
-               "copy_free": scorer.metrics(y_true[copy_free], logits[copy_free],
-                                           None if novelty is None else novelty[copy_free], per_class=False),
-               "by_image_size": scorer.by_image_size(y_true, logits, size_seen)}
+    metrics = {
+        "path": str(params.evaluate.external_data),
+        **scorer.metrics(y_true, logits, novelty),
+        "n_excluded": len(external.excluded),
+        "exact_in_train": int(external.frame["exact_in_train"].sum()),
+        "near_in_train": int(external.frame["near_in_train"].sum()),
+        "copy_free": scorer.metrics(
+            y_true[copy_free], logits[copy_free], None if novelty is None else novelty[copy_free], per_class=False
+        ),
+        "by_image_size": scorer.by_image_size(y_true, logits, size_seen),
+    }
     probs = scorer.probabilities(logits)
     classes = params.data.classes
-    table = external.frame.assign(predicted=[classes[i] for i in probs.argmax(axis=1)],
-                                  probability=probs.max(axis=1), copy_free=copy_free,
-                                  size_seen_in_training=size_seen)
+    table = external.frame.assign(
+        predicted=[classes[i] for i in probs.argmax(axis=1)],
+        probability=probs.max(axis=1),
+        copy_free=copy_free,
+        size_seen_in_training=size_seen,
+    )
     if novelty is not None:
         table = table.assign(novelty=novelty, unlike_training=unlike_training(novelty))
     path = Path(params.paths.eval_plots) / "external_predictions.csv"
@@ -495,26 +607,49 @@ def _write_model_card(params: Params, metrics: dict, bundle: dict, logger, decis
     from braintumor import model_card
     from braintumor.fileio import read_json, write_text
 
-    facts = {"run": logger.info, "classes": params.data.classes, "params": bundle["params"],
-             "preprocessing": bundle["preprocessing"], "validation": read_json(params.paths.validation_report),
-             "training": bundle["metrics"], "evaluation": metrics, "tags": logger.run_tags(), "promotion": decision}
+    facts = {
+        "run": logger.info,
+        "classes": params.data.classes,
+        "params": bundle["params"],
+        "preprocessing": bundle["preprocessing"],
+        "validation": read_json(params.paths.validation_report),
+        "training": bundle["metrics"],
+        "evaluation": metrics,
+        "tags": logger.run_tags(),
+        "promotion": decision,
+    }
     write_text(params.paths.model_card, model_card.render(facts))
-    logger.document_model(params.paths.model_card, model_card.version_description(facts),
-                          model_card.version_tags(facts))
-    logger.describe_registered_model(*model_card.registered_model_text(params.data.classes,
-                                                                      params.tracking.registered_model))
+    logger.document_model(
+        params.paths.model_card, model_card.version_description(facts), model_card.version_tags(facts)
+    )
+    logger.describe_registered_model(
+        *model_card.registered_model_text(params.data.classes, params.tracking.registered_model)
+    )
 
 
-def _write_eval_plots(params: Params, test: pd.DataFrame, probs: np.ndarray, y_true: np.ndarray,
-                      leak_free: np.ndarray, novelty: np.ndarray | None, size_seen: np.ndarray) -> list[str]:
+def _write_eval_plots(
+    params: Params,
+    test: pd.DataFrame,
+    probs: np.ndarray,
+    y_true: np.ndarray,
+    leak_free: np.ndarray,
+    novelty: np.ndarray | None,
+    size_seen: np.ndarray,
+) -> list[str]:
     from braintumor import evaluation as ev
     from braintumor.novelty import unlike_training
 
     classes = params.data.classes
     out = Path(params.paths.eval_plots)
     y_pred = probs.argmax(axis=1)
-    predictions = pd.DataFrame({"path": test["path"], "actual": [classes[i] for i in y_true],
-                                "predicted": [classes[i] for i in y_pred], "probability": probs.max(axis=1)})
+    predictions = pd.DataFrame(
+        {
+            "path": test["path"],
+            "actual": [classes[i] for i in y_true],
+            "predicted": [classes[i] for i in y_pred],
+            "probability": probs.max(axis=1),
+        }
+    )
     for i, name in enumerate(classes):
         predictions[f"p_{name}"] = probs[:, i]
     predictions["leak_free"] = leak_free
@@ -523,10 +658,12 @@ def _write_eval_plots(params: Params, test: pd.DataFrame, probs: np.ndarray, y_t
         predictions["novelty"] = novelty
         predictions["unlike_training"] = unlike_training(novelty)
     reliability = ev.reliability_table(y_true, probs, bins=params.evaluate.calibration_bins)
-    tables = {"predictions.csv": predictions,
-              "confusion.csv": predictions[["actual", "predicted"]],
-              "roc.csv": ev.roc_table(y_true, probs, classes),
-              "reliability.csv": reliability[reliability["count"] > 0]}  # empty bins have no point to draw
+    tables = {
+        "predictions.csv": predictions,
+        "confusion.csv": predictions[["actual", "predicted"]],
+        "roc.csv": ev.roc_table(y_true, probs, classes),
+        "reliability.csv": reliability[reliability["count"] > 0],
+    }  # empty bins have no point to draw
     written = []
     for name, table in tables.items():
         with atomic_path(out / name) as tmp:
@@ -536,7 +673,8 @@ def _write_eval_plots(params: Params, test: pd.DataFrame, probs: np.ndarray, y_t
 
 
 def _confusion_figure(y_true: np.ndarray, probs: np.ndarray, classes: list[str]):
-    from braintumor import charts, evaluation as ev
+    from braintumor import charts
+    from braintumor import evaluation as ev
 
     return charts.confusion_matrices(ev.confusion(y_true, probs.argmax(axis=1), len(classes)), classes)
 
@@ -550,16 +688,27 @@ def report(params: Params) -> None:
     run_info = read_run_info(params.paths.run_info)
     plots = Path(params.paths.eval_plots)
     inputs = ReportInputs(
-        params=params.to_dict(), validation=read_json(params.paths.validation_report),
+        params=params.to_dict(),
+        validation=read_json(params.paths.validation_report),
         history=pd.read_csv(Path(params.paths.train_plots) / "history.csv"),
-        evaluation=read_json(params.paths.eval_metrics), predictions=pd.read_csv(plots / "predictions.csv"),
-        reliability=pd.read_csv(plots / "reliability.csv"), roc=pd.read_csv(plots / "roc.csv"),
+        evaluation=read_json(params.paths.eval_metrics),
+        predictions=pd.read_csv(plots / "predictions.csv"),
+        reliability=pd.read_csv(plots / "reliability.csv"),
+        roc=pd.read_csv(plots / "roc.csv"),
         preview_png=Path(params.paths.preview).read_bytes(),
-        run_info=run_info, run_tags=run_tags_of(run_info["run_id"]), data_root=params.paths.data,
-        model_path=params.paths.model, model_card=Path(params.paths.model_card).read_text(encoding="utf-8"),
-        model_card_href=os.path.relpath(params.paths.model_card, Path(params.paths.report).parent))
-    page = build_report(inputs, samples=params.report.sample_predictions, mistakes=params.report.confident_mistakes,
-                        gradcam=params.report.gradcam)
+        run_info=run_info,
+        run_tags=run_tags_of(run_info["run_id"]),
+        data_root=params.paths.data,
+        model_path=params.paths.model,
+        model_card=Path(params.paths.model_card).read_text(encoding="utf-8"),
+        model_card_href=os.path.relpath(params.paths.model_card, Path(params.paths.report).parent),
+    )
+    page = build_report(
+        inputs,
+        samples=params.report.sample_predictions,
+        mistakes=params.report.confident_mistakes,
+        gradcam=params.report.gradcam,
+    )
     write_text(params.paths.report, page)
     logger = RunLogger(run_info)
     logger.log_artifact(params.paths.report, "report")

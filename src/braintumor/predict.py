@@ -55,8 +55,16 @@ def resolve_model(model: str) -> Path:
     return Path(model)
 
 
-def predict_paths(paths: list[str], model: str, *, output: str | None = None, gradcam_dir: str | None = None,
-                  device: str = "auto", precision: str = "fp32", middle: int | None = None) -> pd.DataFrame:
+def predict_paths(
+    paths: list[str],
+    model: str,
+    *,
+    output: str | None = None,
+    gradcam_dir: str | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
+    middle: int | None = None,
+) -> pd.DataFrame:
     if output and not output.endswith((".csv", ".json")):  # before any work, not after it
         raise BrainTumorError(f"--output {output}: use a .csv or .json file name")
     check_output_paths(output, gradcam_dir)
@@ -75,8 +83,10 @@ def predict_paths(paths: list[str], model: str, *, output: str | None = None, gr
         except Exception as exc:  # one file's problem, whatever it is: the other files are still predicted
             print(f"skipped {escaped(path)}: {problem_of(exc)}")
     if not scans:
-        raise BrainTumorError(f"no readable image among {', '.join(map(str, paths))}; give image files "
-                              "(.jpg, .png, .dcm, .nii.gz, ...) or folders that hold them.")
+        raise BrainTumorError(
+            f"no readable image among {', '.join(map(str, paths))}; give image files "
+            "(.jpg, .png, .dcm, .nii.gz, ...) or folders that hold them."
+        )
     start = time.perf_counter()
     probs, novelty = predictor.predict([image for scan in scans for image in scan.images])  # (N, C), (N,) | None
     table = table_of(predictor, scans, probs, novelty)
@@ -90,17 +100,21 @@ def predict_paths(paths: list[str], model: str, *, output: str | None = None, gr
             _write_gradcams(predictor, scans, table[table["frame"].notna()], Path(gradcam_dir))
             print(f"wrote Grad-CAM overlays to {gradcam_dir}/")
     except OSError as exc:  # /proc/x.csv, a full disk, a read-only folder: said in one line
-        raise BrainTumorError(f"cannot write {escaped(exc.filename or output or gradcam_dir)} "
-                              f"({exc.strerror or type(exc).__name__}); give --output / --gradcam a path in a "
-                              "writable folder") from None
+        raise BrainTumorError(
+            f"cannot write {escaped(exc.filename or output or gradcam_dir)} "
+            f"({exc.strerror or type(exc).__name__}); give --output / --gradcam a path in a "
+            "writable folder"
+        ) from None
     return table
 
 
 def check_output_paths(output: str | None, gradcam_dir: str | None) -> None:
     """Before any work: --output's folder exists, and --gradcam names a folder (or nothing yet), not a file."""
     if output and not Path(output).resolve().parent.is_dir():
-        raise BrainTumorError(f"--output {escaped(output)}: its folder {escaped(Path(output).resolve().parent)} does "
-                              "not exist; create it or write elsewhere")
+        raise BrainTumorError(
+            f"--output {escaped(output)}: its folder {escaped(Path(output).resolve().parent)} does "
+            "not exist; create it or write elsewhere"
+        )
     if gradcam_dir and Path(gradcam_dir).exists() and not Path(gradcam_dir).is_dir():
         raise BrainTumorError(f"--gradcam {escaped(gradcam_dir)} is a file; give a folder for the overlays")
 
@@ -108,13 +122,15 @@ def check_output_paths(output: str | None, gradcam_dir: str | None) -> None:
 def read_scan(predictor: Predictor, path: Path, middle: int | None = None, *, data: bytes | None = None) -> Scan:
     """One file's pictures, prepared. `data`: the file's bytes when they are not on disk (a page's upload; `path`
     then only names it). A multi-frame DICOM decodes only the `middle` frames it keeps. Raises ImageProblem."""
-    pictures = predictor.pictures(path if data is None else data,
-                                  keep=None if middle is None else lambda count: middle_indices(count, middle))
+    pictures = predictor.pictures(
+        path if data is None else data, keep=None if middle is None else lambda count: middle_indices(count, middle)
+    )
     keep = middle_indices(len(pictures.images), middle)
     shows_head = head_pictures(pictures, predictor.prep.scan.crop_threshold, keep) if pictures.is_volume else None
     several = len(keep) > 1 or (pictures.total or len(pictures.images)) > 1 or pictures.is_volume
-    selected = Pictures([pictures.images[i] for i in keep], [pictures.numbers[i] for i in keep], pictures.kind,
-                        pictures.description)
+    selected = Pictures(
+        [pictures.images[i] for i in keep], [pictures.numbers[i] for i in keep], pictures.kind, pictures.description
+    )
     return Scan(path, selected, predictor.images_of(selected), shows_head, several)
 
 
@@ -123,12 +139,15 @@ def head_pictures(pictures: Pictures, crop_threshold: float, indices: list[int] 
     level of the whole file (its pictures' 99th percentile), covers at least MIN_HEAD_FRACTION of the picture."""
     level = float(np.percentile(np.stack([np.asarray(image) for image in pictures.images]), 99))
     indices = range(len(pictures.images)) if indices is None else indices
-    return [head_fraction(np.asarray(pictures.images[i]), threshold=crop_threshold, level=level) >= MIN_HEAD_FRACTION
-            for i in indices]
+    return [
+        head_fraction(np.asarray(pictures.images[i]), threshold=crop_threshold, level=level) >= MIN_HEAD_FRACTION
+        for i in indices
+    ]
 
 
-def _log_answers(predictor: Predictor, scans: list[Scan], table: pd.DataFrame, latency_s: float, model: str,
-                 model_file: Path) -> None:
+def _log_answers(
+    predictor: Predictor, scans: list[Scan], table: pd.DataFrame, latency_s: float, model: str, model_file: Path
+) -> None:
     """The pictures' rows (not a volume's summary) in the prediction log BRAINTUMOR_PREDICTION_LOG names, if any."""
     from braintumor.prediction_log import PredictionLog, log_answers, model_identity
 
@@ -143,8 +162,16 @@ def _log_answers(predictor: Predictor, scans: list[Scan], table: pd.DataFrame, l
         log.warning("prediction log: answers not recorded: %s", exc)
         return
     identity = model_identity(model_file, predictor.bundle, model if ":/" in model else None)
-    log_answers(pictures, inputs, predictor.classes, identity, latency_s=latency_s, source="predict",
-                novelty_quantile=predictor.novelty.quantile if predictor.novelty else None, prediction_log=target)
+    log_answers(
+        pictures,
+        inputs,
+        predictor.classes,
+        identity,
+        latency_s=latency_s,
+        source="predict",
+        novelty_quantile=predictor.novelty.quantile if predictor.novelty else None,
+        prediction_log=target,
+    )
 
 
 def middle_indices(count: int, middle: int | None) -> list[int]:
@@ -181,22 +208,29 @@ def _print_table(table: pd.DataFrame, scans: list[Scan], quantile: float | None)
     names = []  # in the order of table_of's rows
     for scan in scans:
         word = "slice" if scan.pictures.is_volume else "frame"
-        names += [f"{escaped(scan.path)} [{word} {n}]" if scan.several else escaped(scan.path)
-                  for n in scan.pictures.numbers]
+        names += [
+            f"{escaped(scan.path)} [{word} {n}]" if scan.several else escaped(scan.path) for n in scan.pictures.numbers
+        ]
         if scan.shows_head is not None and any(scan.shows_head):
-            names.append(f"{escaped(scan.path)} [volume: mean of the {sum(scan.shows_head)} of {len(scan.shows_head)} "
-                         "slices that show a head]")
+            names.append(
+                f"{escaped(scan.path)} [volume: mean of the {sum(scan.shows_head)} of {len(scan.shows_head)} "
+                "slices that show a head]"
+            )
         elif scan.shows_head is not None:
-            print(f"{escaped(scan.path)}: no slice shows a head (head region >= {MIN_HEAD_FRACTION:.0%} of the slice); "
-                  "no volume summary")
+            print(
+                f"{escaped(scan.path)}: no slice shows a head (head region >= {MIN_HEAD_FRACTION:.0%} of the slice); "
+                "no volume summary"
+            )
     width = max(len(name) for name in names)
     novelty = table["novelty"] if "novelty" in table else [None] * len(table)
     for name, label, prob, score in zip(names, table["label"], table["probability"], novelty):
         flag = f"  unlike the Training scans (novelty {score:.2f})" if score is not None and score > 1 else ""
         print(f"{name:<{width}}  {label:<18} {prob:.3f}{flag}")
     if "novelty" in table and table["unlike_training"].any():
-        print(f"{int(table['unlike_training'].sum())} of {len(table)} rows unlike the Training scans (novelty > 1: "
-              f"less like them than {quantile:.0%} of the val scans): check these scans before trusting their labels.")
+        print(
+            f"{int(table['unlike_training'].sum())} of {len(table)} rows unlike the Training scans (novelty > 1: "
+            f"less like them than {quantile:.0%} of the val scans): check these scans before trusting their labels."
+        )
 
 
 def _write_table(table: pd.DataFrame, output: str) -> None:
@@ -214,9 +248,11 @@ def _write_gradcams(predictor: Predictor, scans: list[Scan], table: pd.DataFrame
     """One overlay per picture (not per volume summary): `<name>.gradcam.png`, `<name>.frame-<n>.gradcam.png`."""
     folder.mkdir(parents=True, exist_ok=True)
     images = [image for scan in scans for image in scan.images]
-    names = [f"{name}.frame-{number}" if scan.several else name
-             for name, scan in zip(_overlay_names([scan.path for scan in scans]), scans)
-             for number in scan.pictures.numbers]
+    names = [
+        f"{name}.frame-{number}" if scan.several else name
+        for name, scan in zip(_overlay_names([scan.path for scan in scans]), scans)
+        for number in scan.pictures.numbers
+    ]
     for name, image, label in zip(names, images, table["label"]):
         picture = predictor.explain(image, label)
         with atomic_path(folder / f"{name}.gradcam.png") as tmp:

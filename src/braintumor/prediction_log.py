@@ -86,8 +86,16 @@ def _uri_version(model_uri: str | None) -> str | None:
     return parts[1] if (model_uri or "").startswith("models:/") and len(parts) == 2 and parts[1].isdigit() else None
 
 
-def answer_records(table: pd.DataFrame, digests: list[str], classes: list[str], model: ModelIdentity, *,
-                   latency_s: float, source: str, novelty_quantile: float | None = None) -> list[dict]:
+def answer_records(
+    table: pd.DataFrame,
+    digests: list[str],
+    classes: list[str],
+    model: ModelIdentity,
+    *,
+    latency_s: float,
+    source: str,
+    novelty_quantile: float | None = None,
+) -> list[dict]:
     """One log record per row of a prediction table (Predictor.table's columns and `frame`); `digests` holds
     the SHA-256 of the input file of each row."""
     now = datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
@@ -95,16 +103,25 @@ def answer_records(table: pd.DataFrame, digests: list[str], classes: list[str], 
     records = []
     for i, (digest, row) in enumerate(zip(digests, table.to_dict(orient="records"))):
         frame = row.get("frame")
-        records.append({
-            "time": now, "source": source, "model": model.name, "version": model.version, "run_id": model.run_id,
-            "sha256": digest, "frame": None if pd.isna(frame) else int(frame), "label": row["label"],
-            "probability": float(row["probability"]),
-            "probabilities": {name: float(row[name]) for name in classes},
-            "novelty": float(row["novelty"]) if has_novelty else None,
-            "unlike_training": bool(row["unlike_training"]) if has_novelty else None,
-            "novelty_quantile": novelty_quantile if has_novelty else None,
-            "latency_ms": round(latency_s * 1000, 3), "pictures_in_request": len(table),
-        })
+        records.append(
+            {
+                "time": now,
+                "source": source,
+                "model": model.name,
+                "version": model.version,
+                "run_id": model.run_id,
+                "sha256": digest,
+                "frame": None if pd.isna(frame) else int(frame),
+                "label": row["label"],
+                "probability": float(row["probability"]),
+                "probabilities": {name: float(row[name]) for name in classes},
+                "novelty": float(row["novelty"]) if has_novelty else None,
+                "unlike_training": bool(row["unlike_training"]) if has_novelty else None,
+                "novelty_quantile": novelty_quantile if has_novelty else None,
+                "latency_ms": round(latency_s * 1000, 3),
+                "pictures_in_request": len(table),
+            }
+        )
     return records
 
 
@@ -180,14 +197,24 @@ class PredictionLog:
 
     def files(self) -> list[Path]:
         """The log's files, oldest first (the rotated ones, then the current one)."""
-        older = sorted((p for p in self.path.parent.glob(f"{self.path.name}.*") if p.suffix[1:].isdigit()),
-                       key=lambda p: -int(p.suffix[1:]))
+        older = sorted(
+            (p for p in self.path.parent.glob(f"{self.path.name}.*") if p.suffix[1:].isdigit()),
+            key=lambda p: -int(p.suffix[1:]),
+        )
         return [*older, *([self.path] if self.path.is_file() else [])]
 
 
-def log_answers(table: pd.DataFrame, inputs: list[bytes], classes: list[str], model: ModelIdentity, *,
-                latency_s: float, source: str, novelty_quantile: float | None = None,
-                prediction_log: PredictionLog | None = None) -> bool:
+def log_answers(
+    table: pd.DataFrame,
+    inputs: list[bytes],
+    classes: list[str],
+    model: ModelIdentity,
+    *,
+    latency_s: float,
+    source: str,
+    novelty_quantile: float | None = None,
+    prediction_log: PredictionLog | None = None,
+) -> bool:
     """Log a prediction table whose rows carry `row` (the index of their input in `inputs`, the files' bytes), for
     a page or any other caller: a no-op when BRAINTUMOR_PREDICTION_LOG is unset. Never raises for the log's sake."""
     target = prediction_log or PredictionLog.from_env()
@@ -196,8 +223,15 @@ def log_answers(table: pd.DataFrame, inputs: list[bytes], classes: list[str], mo
     try:
         digests = [sha256(data) for data in inputs]
         rows = table["row"].tolist() if "row" in table.columns else list(range(len(table)))
-        records = answer_records(table, [digests[r] for r in rows], classes, model, latency_s=latency_s,
-                                 source=source, novelty_quantile=novelty_quantile)
+        records = answer_records(
+            table,
+            [digests[r] for r in rows],
+            classes,
+            model,
+            latency_s=latency_s,
+            source=source,
+            novelty_quantile=novelty_quantile,
+        )
     except Exception:  # a log problem, whatever it is, must not cost the answer
         log.warning("prediction log: answers not recorded", exc_info=True)
         return False

@@ -69,7 +69,7 @@ def pad_to_square(image: Image.Image, size: int) -> np.ndarray:
     new_w, new_h = max(1, round(width * scale)), max(1, round(height * scale))
     canvas = np.zeros((size, size), dtype=np.uint8)
     top, left = (size - new_h) // 2, (size - new_w) // 2
-    canvas[top:top + new_h, left:left + new_w] = np.asarray(image.resize((new_w, new_h), Image.BILINEAR))
+    canvas[top : top + new_h, left : left + new_w] = np.asarray(image.resize((new_w, new_h), Image.BILINEAR))
     return canvas
 
 
@@ -171,5 +171,5 @@ def _dilate_max(values: np.ndarray) -> np.ndarray:
     out = values.copy()
     for dy in (0, 1, 2):
         for dx in (0, 1, 2):
-            np.maximum(out, padded[dy:dy + h, dx:dx + w], out=out)
+            np.maximum(out, padded[dy : dy + h, dx : dx + w], out=out)
     return out

@@ -21,8 +21,15 @@ from braintumor.imaging import ImageLimits, decode_grayscale, problem_of  # noqa
 from braintumor.transforms import Preprocessing, display_preset, eval_preset  # noqa: E402
 
 
-def preview_figure(train_rows: pd.DataFrame, data_root: str | Path, classes: list[str], prep: Preprocessing,
-                   augment: AugmentConfig, *, limits: ImageLimits) -> plt.Figure:
+def preview_figure(
+    train_rows: pd.DataFrame,
+    data_root: str | Path,
+    classes: list[str],
+    prep: Preprocessing,
+    augment: AugmentConfig,
+    *,
+    limits: ImageLimits,
+) -> plt.Figure:
     rng = np.random.default_rng(augment.preview_seed)
     picks = []
     for label in classes:
@@ -49,11 +56,14 @@ def preview_figure(train_rows: pd.DataFrame, data_root: str | Path, classes: lis
             if row == 0:
                 ax.set_title(titles[col], fontsize=8)
     scan = prep.scan
-    fig.suptitle(f"Preprocessing: head crop {scan.head_crop}, intensity {scan.intensity}.\nTrain preset: crop scale "
-                 f"{augment.crop_scale}, hflip {augment.hflip}, rotation ±{augment.rotation_degrees:g}°, brightness "
-                 f"{augment.brightness:g}, contrast {augment.contrast:g}, intensity curve "
-                 f"{augment.intensity_curve:g}, gamma {augment.gamma:g}, blur/sharpen {augment.blur_sharpen:g}, "
-                 f"noise {augment.noise:g}", fontsize=8)
+    fig.suptitle(
+        f"Preprocessing: head crop {scan.head_crop}, intensity {scan.intensity}.\nTrain preset: crop scale "
+        f"{augment.crop_scale}, hflip {augment.hflip}, rotation ±{augment.rotation_degrees:g}°, brightness "
+        f"{augment.brightness:g}, contrast {augment.contrast:g}, intensity curve "
+        f"{augment.intensity_curve:g}, gamma {augment.gamma:g}, blur/sharpen {augment.blur_sharpen:g}, "
+        f"noise {augment.noise:g}",
+        fontsize=8,
+    )
     fig.tight_layout()
     return fig
 
@@ -64,5 +74,7 @@ def _load(path: Path, prep: Preprocessing, limits: ImageLimits) -> tuple[np.ndar
         stored = np.asarray(decode_grayscale(path, limits=limits))  # before preprocessing
         return stored, torch.from_numpy(load_image(path, prep.scan, limits))[None]
     except Exception as exc:
-        raise DataError(f"{path} can no longer be read ({problem_of(exc)}); it changed after the validate stage "
-                        "ran. Rerun the pipeline: `dvc repro`.") from None
+        raise DataError(
+            f"{path} can no longer be read ({problem_of(exc)}); it changed after the validate stage "
+            "ran. Rerun the pipeline: `dvc repro`."
+        ) from None

@@ -39,12 +39,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_process(cmd: list[str], log: Path, env: dict[str, str] | None = None,
-                  cwd: Path | None = None) -> subprocess.Popen:
+def start_process(
+    cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.Popen:
     """A server in a process group of its own (so that stop_process also reaches its workers), output to `log`."""
     with open(log, "ab") as log_file:
-        return subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=cwd,
-                                start_new_session=True)
+        return subprocess.Popen(
+            cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
+        )
 
 
 def stop_process(proc: subprocess.Popen) -> None:
@@ -104,16 +106,40 @@ class ServedModel:
 
 
 @contextlib.contextmanager
-def served_model(model_uri: str, log: Path, *, env: dict[str, str] | None = None, cwd: Path | None = None,
-                 timeout: float = 180, workers: int = 1,
-                 request_timeout: int | None = None) -> Iterator[ServedModel]:
+def served_model(
+    model_uri: str,
+    log: Path,
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 180,
+    workers: int = 1,
+    request_timeout: int | None = None,
+) -> Iterator[ServedModel]:
     """`mlflow models serve -m model_uri --env-manager local` on 127.0.0.1 at a free port, ready (/ping answers)
     while the block runs, stopped with its workers after it. `env` is added to venv_env(); the model is read from
     the store its MLFLOW_TRACKING_URI names. `workers`, `request_timeout`: its --workers and --timeout."""
     port = free_port()
     extra = ["--workers", str(workers)] + (["--timeout", str(request_timeout)] if request_timeout else [])
-    proc = start_process([str(BIN / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
-                          "-h", "127.0.0.1", "-p", str(port), *extra], log, env=venv_env(env), cwd=cwd)
+    proc = start_process(
+        [
+            str(BIN / "mlflow"),
+            "models",
+            "serve",
+            "-m",
+            model_uri,
+            "--env-manager",
+            "local",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            *extra,
+        ],
+        log,
+        env=venv_env(env),
+        cwd=cwd,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/ping", proc, log, "mlflow models serve", timeout)

@@ -5,6 +5,7 @@ from __future__ import annotations
 try:
     from tqdm import tqdm as progress_bar
 except ImportError:  # a bare CUDA machine: iterate without a bar
+
     def progress_bar(iterable=None, *args, **kwargs):  # noqa: ARG001
         return _Plain(iterable)
 

@@ -68,7 +68,7 @@ def run_name(params: Params, params_file: str = "params.yaml") -> str:
     changed = changed_params(params, git("show", f"HEAD:./{params_file}"))
     if changed:
         name = ", ".join(changed)
-        return name if len(name) <= MAX_RUN_NAME else name[:MAX_RUN_NAME - 1] + "…"
+        return name if len(name) <= MAX_RUN_NAME else name[: MAX_RUN_NAME - 1] + "…"
     return f"{params_file} @ {commit}" + ("-dirty" if git_dirty() else "")
 
 

@@ -79,5 +79,5 @@ def _yaml_value(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        return value if value and value.strip() == value and not value[0] in "[{'\"" else json.dumps(value)
+        return value if value and value.strip() == value and value[0] not in "[{'\"" else json.dumps(value)
     return json.dumps(value)  # numbers, and lists in flow style: [0.5, 1.0]

@@ -58,6 +58,7 @@ def _img(data: bytes) -> str:
 def _table(rows: list[list[Any]], header: list[str]) -> str:
     def cell(v: Any) -> str:
         return f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
+
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
@@ -67,23 +68,39 @@ def build_report(inputs: ReportInputs, *, samples: int, mistakes: int, gradcam: 
     classes = inputs.params["data"]["classes"]
     sections = [
         ("Dataset and validation", _dataset_section(inputs.validation, classes)),
-        ("Preprocessing and augmentation", "<p class=note>Each row: a training scan as stored, after "
-                                           "preprocessing (head crop, intensity normalisation: what evaluation, "
-                                           "predict and the served model see), then augmented views made by the "
-                                           "train preset training used (same module, same params).</p>"
-                                           + _img(inputs.preview_png)),
+        (
+            "Preprocessing and augmentation",
+            "<p class=note>Each row: a training scan as stored, after "
+            "preprocessing (head crop, intensity normalisation: what evaluation, "
+            "predict and the served model see), then augmented views made by the "
+            "train preset training used (same module, same params).</p>" + _img(inputs.preview_png),
+        ),
         ("Training curves", png(charts.training_curves(inputs.history))),
-        ("Test metrics", _metrics_section(inputs.evaluation, classes,
-                                           inputs.params["train"].get("calibration", "val"))),
-        *([("Testing by image size (source)", _image_size_section(inputs.validation, inputs.evaluation, classes))]
-          if "by_image_size" in inputs.evaluation else []),
-        *([("External validation", _external_section(inputs.evaluation["external"], classes))]
-          if "external" in inputs.evaluation else []),
-        *([("Scans unlike the Training scans", _novelty_section(inputs.evaluation))]
-          if "unlike_training" in inputs.evaluation else []),
+        (
+            "Test metrics",
+            _metrics_section(inputs.evaluation, classes, inputs.params["train"].get("calibration", "val")),
+        ),
+        *(
+            [("Testing by image size (source)", _image_size_section(inputs.validation, inputs.evaluation, classes))]
+            if "by_image_size" in inputs.evaluation
+            else []
+        ),
+        *(
+            [("External validation", _external_section(inputs.evaluation["external"], classes))]
+            if "external" in inputs.evaluation
+            else []
+        ),
+        *(
+            [("Scans unlike the Training scans", _novelty_section(inputs.evaluation))]
+            if "unlike_training" in inputs.evaluation
+            else []
+        ),
         ("Confusion matrix", png(charts.confusion_matrices(_confusion(inputs.predictions, classes), classes))),
-        ("Calibration and ROC", png(charts.reliability_diagram(inputs.reliability, inputs.evaluation.get("ece")))
-         + png(charts.roc_curves(inputs.roc))),
+        (
+            "Calibration and ROC",
+            png(charts.reliability_diagram(inputs.reliability, inputs.evaluation.get("ece")))
+            + png(charts.roc_curves(inputs.roc)),
+        ),
     ]
     predictor = Predictor(inputs.model_path)
     sections.append(("Sample test predictions", _prediction_grid(inputs, predictor, samples, wrong_only=False)))
@@ -94,8 +111,10 @@ def build_report(inputs: ReportInputs, *, samples: int, mistakes: int, gradcam: 
     sections.append(("Run metadata", _metadata_section(inputs)))
     body = "".join(f"<h2>{html.escape(title)}</h2>{content}" for title, content in sections)
     title = html.escape(run_title(inputs.run_info, inputs.run_tags))
-    return (f"<!doctype html><html><head><meta charset=utf-8><title>{title}: brain-tumor MRI classifier report"
-            f"</title><style>{CSS}</style></head><body><h1>Brain-tumor MRI classifier: {title}</h1>{body}</body></html>")
+    return (
+        f"<!doctype html><html><head><meta charset=utf-8><title>{title}: brain-tumor MRI classifier report"
+        f"</title><style>{CSS}</style></head><body><h1>Brain-tumor MRI classifier: {title}</h1>{body}</body></html>"
+    )
 
 
 def run_title(run_info: dict[str, Any], run_tags: dict[str, str]) -> str:
@@ -104,8 +123,9 @@ def run_title(run_info: dict[str, Any], run_tags: dict[str, str]) -> str:
     title = f'run "{name}"'
     if run_info.get("model_version"):
         alias = run_tags.get("promotion")
-        title += (f" · {run_info.get('registered_model', 'model')} version {run_info['model_version']}"
-                  + (f" ({alias})" if alias in ("champion", "challenger") else ""))
+        title += f" · {run_info.get('registered_model', 'model')} version {run_info['model_version']}" + (
+            f" ({alias})" if alias in ("champion", "challenger") else ""
+        )
     return title
 
 
@@ -114,19 +134,27 @@ def _dataset_section(validation: dict[str, Any], classes: list[str]) -> str:
     rows = [[c, per["train"][c], per["val"][c], per["test"][c]] for c in classes]
     rows.append(["total", validation["n_train_fit"], validation["n_val"], validation["n_test"]])
     leak = validation["test_exact_in_train"] + validation["test_near_in_train"]
-    parts = [_table(rows, ["class", "train", "val", "test"]),
-             _table([["excluded (unusable) files", validation["n_excluded"]],
-                     ["exact duplicates inside Training", validation["exact_duplicates_in_train"]],
-                     ["Testing images with a byte-identical copy in Training", validation["test_exact_in_train"]],
-                     ["Testing images with a near-identical copy in Training", validation["test_near_in_train"]],
-                     ["leak-free Testing images", validation["test_leak_free"]],
-                     ["groups of copies filed under different classes", validation["label_conflicts"]],
-                     ["image modes", ", ".join(f"{k}: {n}" for k, n in validation["image_modes"].items())],
-                     ["image sizes (min / median / max)", " / ".join(validation["image_sizes"].values())]],
-                    ["check", "result"])]
+    parts = [
+        _table(rows, ["class", "train", "val", "test"]),
+        _table(
+            [
+                ["excluded (unusable) files", validation["n_excluded"]],
+                ["exact duplicates inside Training", validation["exact_duplicates_in_train"]],
+                ["Testing images with a byte-identical copy in Training", validation["test_exact_in_train"]],
+                ["Testing images with a near-identical copy in Training", validation["test_near_in_train"]],
+                ["leak-free Testing images", validation["test_leak_free"]],
+                ["groups of copies filed under different classes", validation["label_conflicts"]],
+                ["image modes", ", ".join(f"{k}: {n}" for k, n in validation["image_modes"].items())],
+                ["image sizes (min / median / max)", " / ".join(validation["image_sizes"].values())],
+            ],
+            ["check", "result"],
+        ),
+    ]
     if leak:
-        parts.append(f"<p class=warn>{leak} of {validation['n_test']} Testing images have a copy in Training: "
-                     "the headline test figures are optimistic. The leak-free figures below leave them out.</p>")
+        parts.append(
+            f"<p class=warn>{leak} of {validation['n_test']} Testing images have a copy in Training: "
+            "the headline test figures are optimistic. The leak-free figures below leave them out.</p>"
+        )
     if validation["excluded"]:
         excluded = [[item["path"], item["reason"]] for item in validation["excluded"][:50]]
         parts.append(_table(excluded, ["excluded file", "reason"]))
@@ -138,32 +166,68 @@ def _metrics_section(test: dict[str, Any], classes: list[str], calibration: str)
 
     lf = test.get("leak_free", {})
     names = ["accuracy", "macro_f1", "weighted_f1", "log_loss", "ece", "roc_auc_ovr"]
-    rows = [[n, test.get(n) if test.get(n) is not None else "n/a", lf.get(n) if lf.get(n) is not None else "n/a"]
-            for n in names]
-    rows.append(["ECE before temperature scaling", _or_na(test.get("ece_uncalibrated")),
-                 _or_na(lf.get("ece_uncalibrated"))])
+    rows = [
+        [n, test.get(n) if test.get(n) is not None else "n/a", lf.get(n) if lf.get(n) is not None else "n/a"]
+        for n in names
+    ]
+    rows.append(
+        ["ECE before temperature scaling", _or_na(test.get("ece_uncalibrated")), _or_na(lf.get("ece_uncalibrated"))]
+    )
     rows.append(["images", test["n"], lf.get("n", 0)])
-    per = [[c, test["per_class"][c]["precision"], test["per_class"][c]["recall"], test["per_class"][c]["f1"],
-            test["per_class"][c]["support"]] for c in classes]
-    note = (f"<p class=note>Probabilities are softmax(logits / T) with T = {test['temperature']:.3f}, "
-            f"{html.escape(fitted_on(calibration))} (temperature scaling: labels, accuracy and F1 are unchanged; "
-            "log loss and ECE are after it).</p>"
-            if "temperature" in test else "")
-    return (_table(rows, ["metric", "all Testing", "leak-free Testing"]) + note
-            + _table(per, ["class", "precision", "recall", "F1", "support"]))
+    per = [
+        [
+            c,
+            test["per_class"][c]["precision"],
+            test["per_class"][c]["recall"],
+            test["per_class"][c]["f1"],
+            test["per_class"][c]["support"],
+        ]
+        for c in classes
+    ]
+    note = (
+        f"<p class=note>Probabilities are softmax(logits / T) with T = {test['temperature']:.3f}, "
+        f"{html.escape(fitted_on(calibration))} (temperature scaling: labels, accuracy and F1 are unchanged; "
+        "log loss and ECE are after it).</p>"
+        if "temperature" in test
+        else ""
+    )
+    return (
+        _table(rows, ["metric", "all Testing", "leak-free Testing"])
+        + note
+        + _table(per, ["class", "precision", "recall", "F1", "support"])
+    )
 
 
 def _image_size_section(validation: dict[str, Any], evaluation: dict[str, Any], classes: list[str]) -> str:
     shift = validation.get("image_size_shift") or {}
+
     def share(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.0%}"
 
-    sizes = _table([[c, s["training_sizes"], f"{s['training_top_size']} ({share(s['training_top_share'])})",
-                     s["test_n"], share(s["test_size_seen"])] for c, s in shift.items()],
-                   ["class", "image sizes in Training", "commonest (share)", "Testing scans",
-                    "share at a size of the class's Training scans"]) if shift else ""
-    warnings = "".join(f"<p class=warn>{html.escape(line)}</p>"
-                       for line in validation.get("image_size_warnings", []))
+    sizes = (
+        _table(
+            [
+                [
+                    c,
+                    s["training_sizes"],
+                    f"{s['training_top_size']} ({share(s['training_top_share'])})",
+                    s["test_n"],
+                    share(s["test_size_seen"]),
+                ]
+                for c, s in shift.items()
+            ],
+            [
+                "class",
+                "image sizes in Training",
+                "commonest (share)",
+                "Testing scans",
+                "share at a size of the class's Training scans",
+            ],
+        )
+        if shift
+        else ""
+    )
+    warnings = "".join(f"<p class=warn>{html.escape(line)}</p>" for line in validation.get("image_size_warnings", []))
     groups = [evaluation["by_image_size"][side] for side in ("seen", "unseen")]
     leak_free = (evaluation.get("leak_free") or {}).get("by_image_size")
     if leak_free:
@@ -174,29 +238,37 @@ def _image_size_section(validation: dict[str, Any], evaluation: dict[str, Any], 
         return f"{score['recall']:.2f} of {score['support']}" if score and score["support"] else "n/a"
 
     # accuracy and recall per class: the sides hold different mixes of classes, so compare a class with itself
-    rows = [["scans", *(g["n"] for g in groups)], ["accuracy", *(_or_na(g.get("accuracy")) for g in groups)],
-            *([f"recall {c}", *(recall(g, c) for g in groups)] for c in classes)]
+    rows = [
+        ["scans", *(g["n"] for g in groups)],
+        ["accuracy", *(_or_na(g.get("accuracy")) for g in groups)],
+        *([f"recall {c}", *(recall(g, c) for g in groups)] for c in classes),
+    ]
     header = ["Testing", "all: size seen in Training (same class)", "all: size unseen"]
     if leak_free:
         header += ["leak-free: seen", "leak-free: unseen"]
-    return ("<p class=note>Image size is a fingerprint of where a scan comes from (a scanner's export, a web copy). "
-            "A Testing scan counts as <i>seen</i> when some Training scan of its class has its width x height, "
-            "<i>unseen</i> otherwise: a scan from a source the model never learnt its class from. Copies of "
-            "Training scans nearly always have a seen size, so compare the leak-free columns: a much lower figure "
-            "on unseen scans there says the model learnt the source along with the tumour.</p>"
-            + sizes + warnings + _table(rows, header))
+    return (
+        "<p class=note>Image size is a fingerprint of where a scan comes from (a scanner's export, a web copy). "
+        "A Testing scan counts as <i>seen</i> when some Training scan of its class has its width x height, "
+        "<i>unseen</i> otherwise: a scan from a source the model never learnt its class from. Copies of "
+        "Training scans nearly always have a seen size, so compare the leak-free columns: a much lower figure "
+        "on unseen scans there says the model learnt the source along with the tumour.</p>"
+        + sizes
+        + warnings
+        + _table(rows, header)
+    )
 
 
 def _novelty_section(evaluation: dict[str, Any]) -> str:
     from braintumor.evaluation import NOVELTY_HEADER, novelty_rows
 
     quantile = evaluation["unlike_training"]["quantile"]
-    return (f"<p class=note>Each answer carries a novelty score: how far the scan's features lie from the Training "
-            f"scans' (1 = the level {quantile:.0%} of the val scans stay under). Scans above 1 are flagged "
-            "<code>unlike_training</code> in predict's and the served model's output: check them before trusting "
-            "their labels. The last column: how well the score ranks wrong answers above right ones (0.5 = "
-            "chance).</p>"
-            + _table([[_or_na(v) for v in row] for row in novelty_rows(evaluation)], list(NOVELTY_HEADER)))
+    return (
+        f"<p class=note>Each answer carries a novelty score: how far the scan's features lie from the Training "
+        f"scans' (1 = the level {quantile:.0%} of the val scans stay under). Scans above 1 are flagged "
+        "<code>unlike_training</code> in predict's and the served model's output: check them before trusting "
+        "their labels. The last column: how well the score ranks wrong answers above right ones (0.5 = "
+        "chance).</p>" + _table([[_or_na(v) for v in row] for row in novelty_rows(evaluation)], list(NOVELTY_HEADER))
+    )
 
 
 def _external_section(external: dict[str, Any], classes: list[str]) -> str:
@@ -205,14 +277,19 @@ def _external_section(external: dict[str, Any], classes: list[str]) -> str:
     rows = [[n, _or_na(external.get(n)), _or_na(free.get(n))] for n in names]
     rows.append(["images", external["n"], free.get("n", 0)])
     scores = external.get("per_class", {})
-    per = [[c, scores[c]["precision"], scores[c]["recall"], scores[c]["f1"], scores[c]["support"]]
-           for c in classes if c in scores]
-    return (f"<p>Another labelled dataset, <code>{html.escape(str(external['path']))}</code>: "
-            f"{external['exact_in_train']} byte-identical and {external['near_in_train']} near copies of Training "
-            f"scans found and left out of the copy-free column; {external['n_excluded']} unusable files excluded."
-            f"{unseen_size_sentence(external.get('by_image_size'), 'external')}</p>"
-            + _table(rows, ["metric", "all external", "copy-free external"])
-            + _table(per, ["class", "precision", "recall", "F1", "support"]))
+    per = [
+        [c, scores[c]["precision"], scores[c]["recall"], scores[c]["f1"], scores[c]["support"]]
+        for c in classes
+        if c in scores
+    ]
+    return (
+        f"<p>Another labelled dataset, <code>{html.escape(str(external['path']))}</code>: "
+        f"{external['exact_in_train']} byte-identical and {external['near_in_train']} near copies of Training "
+        f"scans found and left out of the copy-free column; {external['n_excluded']} unusable files excluded."
+        f"{unseen_size_sentence(external.get('by_image_size'), 'external')}</p>"
+        + _table(rows, ["metric", "all external", "copy-free external"])
+        + _table(per, ["class", "precision", "recall", "F1", "support"])
+    )
 
 
 def _or_na(value: Any) -> Any:
@@ -222,8 +299,9 @@ def _or_na(value: Any) -> Any:
 def _confusion(predictions: pd.DataFrame, classes: list[str]) -> np.ndarray:
     """evaluation.confusion of the predictions table's class names."""
     index = {c: i for i, c in enumerate(classes)}
-    return confusion(predictions["actual"].map(index).to_numpy(), predictions["predicted"].map(index).to_numpy(),
-                     len(classes))
+    return confusion(
+        predictions["actual"].map(index).to_numpy(), predictions["predicted"].map(index).to_numpy(), len(classes)
+    )
 
 
 def _prediction_grid(inputs: ReportInputs, predictor: Predictor, count: int, *, wrong_only: bool) -> str:
@@ -236,8 +314,10 @@ def _prediction_grid(inputs: ReportInputs, predictor: Predictor, count: int, *, 
         frame = frame.sample(n=min(count, len(frame)), random_state=0)
     frame = frame.head(count)
     images = [predictor.load_image(Path(inputs.data_root) / p) for p in frame["path"]]
-    captions = [f"{Path(p).name[:20]}\ntrue {a.replace('_tumor', '')}\npred {b.replace('_tumor', '')} {q:.2f}"
-                for p, a, b, q in zip(frame["path"], frame["actual"], frame["predicted"], frame["probability"])]
+    captions = [
+        f"{Path(p).name[:20]}\ntrue {a.replace('_tumor', '')}\npred {b.replace('_tumor', '')} {q:.2f}"
+        for p, a, b, q in zip(frame["path"], frame["actual"], frame["predicted"], frame["probability"])
+    ]
     colors = ["green" if a == b else "red" for a, b in zip(frame["actual"], frame["predicted"])]
     return png(charts.image_grid(images, captions, colors=colors)) if images else "<p>None.</p>"
 
@@ -253,33 +333,56 @@ def _gradcam_section(inputs: ReportInputs, predictor: Predictor) -> str:
             row = pick.sort_values("probability", ascending=not correct).iloc[0]
             image = predictor.load_image(Path(inputs.data_root) / row["path"])
             pictures.append(predictor.explain(image, row["predicted"]))
-            captions.append(f"{'correct' if correct else 'WRONG'}: true {label.replace('_tumor', '')}\n"
-                            f"pred {row['predicted'].replace('_tumor', '')} {row['probability']:.2f}")
+            captions.append(
+                f"{'correct' if correct else 'WRONG'}: true {label.replace('_tumor', '')}\n"
+                f"pred {row['predicted'].replace('_tumor', '')} {row['probability']:.2f}"
+            )
     note = "<p class=note>Where the evidence for the predicted class lies (red = strongest).</p>"
     return note + (png(charts.image_grid(pictures, captions, columns=4)) if pictures else "<p>None.</p>")
 
 
 def _model_card_section(inputs: ReportInputs) -> str:
     href = html.escape(inputs.model_card_href)
-    return (f'<p>The model card: <a href="{href}">{href}</a> (markdown, beside this report; also in the MLflow '
-            "run's artifacts next to this report and in the registered model version's artifacts).</p>"
-            f"<details><summary>Show it</summary><pre>{html.escape(inputs.model_card)}</pre></details>")
+    return (
+        f'<p>The model card: <a href="{href}">{href}</a> (markdown, beside this report; also in the MLflow '
+        "run's artifacts next to this report and in the registered model version's artifacts).</p>"
+        f"<details><summary>Show it</summary><pre>{html.escape(inputs.model_card)}</pre></details>"
+    )
 
 
 def _metadata_section(inputs: ReportInputs) -> str:
     info, tags = inputs.run_info, inputs.run_tags
-    rows = [["MLflow run id", info.get("run_id", "")], ["experiment", info.get("experiment", "")],
-            ["registered model", f"{info.get('registered_model', '')} version {info.get('model_version')}"],
-            ["git commit", tags.get("git_commit", "") + (" (uncommitted changes)" if tags.get("git_dirty") == "true"
-                                                          else "")],
-            ["promotion", " ".join(filter(None, [tags.get("promotion", ""), tags.get("promotion_metric", ""),
-                                                 tags.get("promotion_compared_on", "")]))],
-            ["DVC data hash", tags.get("data_dvc_hash", "")],
-            ["device", f"{tags.get('device', '')} ({tags.get('precision', 'fp32')})"],
-            ["torch", tags.get("torch_version", "")], ["tracking URI", info.get("tracking_uri", "")]]
+    rows = [
+        ["MLflow run id", info.get("run_id", "")],
+        ["experiment", info.get("experiment", "")],
+        ["registered model", f"{info.get('registered_model', '')} version {info.get('model_version')}"],
+        [
+            "git commit",
+            tags.get("git_commit", "") + (" (uncommitted changes)" if tags.get("git_dirty") == "true" else ""),
+        ],
+        [
+            "promotion",
+            " ".join(
+                filter(
+                    None,
+                    [
+                        tags.get("promotion", ""),
+                        tags.get("promotion_metric", ""),
+                        tags.get("promotion_compared_on", ""),
+                    ],
+                )
+            ),
+        ],
+        ["DVC data hash", tags.get("data_dvc_hash", "")],
+        ["device", f"{tags.get('device', '')} ({tags.get('precision', 'fp32')})"],
+        ["torch", tags.get("torch_version", "")],
+        ["tracking URI", info.get("tracking_uri", "")],
+    ]
     uri = str(info.get("tracking_uri", ""))
     ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else "the team's MLflow server"
     address = info.get("ui_url") or f"experiment {info.get('experiment', '')}, run {info.get('run_id', '')}"
-    return (_table(rows, ["", ""]) + f"<p>Open this run in the MLflow UI: start <code>{html.escape(ui)}</code>, "
-            f"then go to <code>{html.escape(str(address))}</code>.</p><h3>Params</h3><pre>"
-            f"{html.escape(yaml.safe_dump(inputs.params, sort_keys=False))}</pre>")
+    return (
+        _table(rows, ["", ""]) + f"<p>Open this run in the MLflow UI: start <code>{html.escape(ui)}</code>, "
+        f"then go to <code>{html.escape(str(address))}</code>.</p><h3>Params</h3><pre>"
+        f"{html.escape(yaml.safe_dump(inputs.params, sort_keys=False))}</pre>"
+    )

@@ -34,8 +34,9 @@ def init_distributed(device_kind: str) -> DistInfo:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()
-    info = DistInfo(rank=int(os.environ["RANK"]), world_size=world_size,
-                    local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    info = DistInfo(
+        rank=int(os.environ["RANK"]), world_size=world_size, local_rank=int(os.environ.get("LOCAL_RANK", "0"))
+    )
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
     return info
@@ -86,11 +87,14 @@ def _prediction_device(name: str, where: str, instead: str) -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
-            raise ConfigError(f"{where}, but PyTorch sees no CUDA GPU here (torch {torch.__version__}, {build}); "
-                              f"{instead}")
+            raise ConfigError(
+                f"{where}, but PyTorch sees no CUDA GPU here (torch {torch.__version__}, {build}); {instead}"
+            )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(f"{where}, but there are only {torch.cuda.device_count()} CUDA GPU(s) "
-                              f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+            raise ConfigError(
+                f"{where}, but there are only {torch.cuda.device_count()} CUDA GPU(s) "
+                f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})"
+            )
     return device
 
 
@@ -101,8 +105,9 @@ def prediction_autocast(device: torch.device, precision: str, *, option: str = "
         raise ConfigError(f"{option} {precision!r} is not allowed: expected one of {', '.join(PREDICTION_PRECISIONS)}")
     dtype = PREDICTION_PRECISIONS[precision]
     if dtype is not None and device.type != "cuda":
-        raise ConfigError(f"{option} {precision} runs on a CUDA GPU only, and predictions run on {device}; "
-                          "use fp32 there")
+        raise ConfigError(
+            f"{option} {precision} runs on a CUDA GPU only, and predictions run on {device}; use fp32 there"
+        )
     if dtype is torch.bfloat16 and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"{option} bf16, but this GPU has no bf16 support; use fp16 or fp32")
     return dtype
@@ -172,8 +177,11 @@ def seed_everything(seed: int) -> None:
 def rng_states() -> dict:
     # Plain lists and tensors only, so checkpoints load with torch.load(weights_only=True).
     name, keys, pos, has_gauss, gauss = np.random.get_state()
-    states = {"python": random.getstate(), "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
-              "torch": torch.get_rng_state()}
+    states = {
+        "python": random.getstate(),
+        "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states

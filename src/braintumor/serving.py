@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from braintumor.data.cache import draft_size, load_image, images_of
+from braintumor.data.cache import draft_size, images_of, load_image
 from braintumor.errors import BrainTumorError
 from braintumor.imaging import ImageLimits, ImageProblem, check_file_size, problem_of
 from braintumor.inference import forward_outputs, probabilities
@@ -46,8 +46,13 @@ class RequestError(BrainTumorError):
 
 
 class Predictor:
-    def __init__(self, model_path: str | os.PathLike, device: str | torch.device = "cpu", batch_size: int = 32,
-                 precision: str = "fp32") -> None:
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        batch_size: int = 32,
+        precision: str = "fp32",
+    ) -> None:
         """`device` as runtime.prediction_device chose it; `precision` fp32, or bf16 / fp16 autocast on CUDA."""
         self.device, self.batch_size = torch.device(device), batch_size
         self.amp_dtype = prediction_autocast(self.device, precision)
@@ -66,8 +71,7 @@ class Predictor:
         """One scan -> (S, S) uint8, exactly as evaluation sees it. Raises ImageProblem."""
         return load_image(source, self.prep.scan, self.limits)
 
-    def pictures(self, source: bytes | str | os.PathLike, *, limits: ImageLimits | None = None,
-                 keep=None) -> Pictures:
+    def pictures(self, source: bytes | str | os.PathLike, *, limits: ImageLimits | None = None, keep=None) -> Pictures:
         """Every 2-D picture in one file (one; a DICOM's frames; a NIfTI's axial slices). Raises ImageProblem.
 
         `keep(count)`: the frames of a multi-frame DICOM to decode (medical.read_pictures)."""
@@ -85,10 +89,19 @@ class Predictor:
         """(probabilities (N, C), novelty (N,) or None when the model file has no score) for (S, S) uint8 images."""
         if not images:
             return np.zeros((0, len(self.classes))), (np.zeros(0) if self.novelty else None)
-        batches = ((torch.from_numpy(np.stack(images[i:i + self.batch_size]))[:, None], torch.zeros(0))
-                   for i in range(0, len(images), self.batch_size))  # (B, 1, S, S) uint8, no labels
-        out = forward_outputs(self.model, batches, self.device, self.transform, tta_hflip=self.inference.tta_hflip,
-                              amp_dtype=self.amp_dtype, features=self.novelty is not None)
+        batches = (
+            (torch.from_numpy(np.stack(images[i : i + self.batch_size]))[:, None], torch.zeros(0))
+            for i in range(0, len(images), self.batch_size)
+        )  # (B, 1, S, S) uint8, no labels
+        out = forward_outputs(
+            self.model,
+            batches,
+            self.device,
+            self.transform,
+            tta_hflip=self.inference.tta_hflip,
+            amp_dtype=self.amp_dtype,
+            features=self.novelty is not None,
+        )
         novelty = self.novelty.scores(out.features) if self.novelty else None
         return probabilities(out.logits, self.inference.temperature), novelty
 
@@ -104,8 +117,12 @@ class Predictor:
 
     def table(self, probs: np.ndarray, novelty: np.ndarray | None = None) -> pd.DataFrame:
         best = probs.argmax(axis=1) if len(probs) else np.zeros(0, dtype=int)
-        frame = pd.DataFrame({"label": [self.classes[i] for i in best],
-                              "probability": probs[np.arange(len(best)), best] if len(probs) else []})
+        frame = pd.DataFrame(
+            {
+                "label": [self.classes[i] for i in best],
+                "probability": probs[np.arange(len(best)), best] if len(probs) else [],
+            }
+        )
         for i, name in enumerate(self.classes):
             frame[name] = probs[:, i] if len(probs) else []
         if novelty is not None:
@@ -118,8 +135,10 @@ class Predictor:
         images, rows, frames, problems = [], [], [], []
         for row, value in enumerate(request_values(frame)):
             try:
-                pictures = self.pictures(decode_base64(value, max_bytes=self.limits.max_file_bytes),
-                                         limits=request_limits(self.limits, len(images)))
+                pictures = self.pictures(
+                    decode_base64(value, max_bytes=self.limits.max_file_bytes),
+                    limits=request_limits(self.limits, len(images)),
+                )
                 images.extend(self.images_of(pictures))
             except Exception as exc:  # one row's problem, whatever it is: the other rows and the server go on
                 if not isinstance(exc, (BrainTumorError, ImageProblem)):
@@ -142,8 +161,9 @@ def request_values(frame: pd.DataFrame) -> list:
     """The request's column `image`, one value per row; a request without it is a RequestError."""
     if not isinstance(frame, pd.DataFrame) or INPUT_COLUMN not in frame.columns:
         got = list(frame.columns) if isinstance(frame, pd.DataFrame) else type(frame).__name__
-        raise RequestError(f"the request needs a column {INPUT_COLUMN!r} of base64-encoded image bytes; "
-                           f"got columns {got}")
+        raise RequestError(
+            f"the request needs a column {INPUT_COLUMN!r} of base64-encoded image bytes; got columns {got}"
+        )
     return frame[INPUT_COLUMN].tolist()
 
 
@@ -152,9 +172,11 @@ def request_limits(limits: ImageLimits, pictures: int) -> ImageLimits:
     pictures of the whole request (frames x rows), so that one request's work stays within the server's timeout,
     which does not stop work already started. Raises ImageProblem when the request is already full."""
     if pictures >= limits.max_frames:
-        raise ImageProblem(f"the request's earlier rows already hold {pictures:,} pictures: over "
-                           f"data.max_frames={limits.max_frames:,} pictures in one request; send fewer rows (or "
-                           "frames) per request")
+        raise ImageProblem(
+            f"the request's earlier rows already hold {pictures:,} pictures: over "
+            f"data.max_frames={limits.max_frames:,} pictures in one request; send fewer rows (or "
+            "frames) per request"
+        )
     return dataclasses.replace(limits, frames_used=pictures)
 
 
@@ -169,8 +191,9 @@ def decode_base64(value: object, *, max_bytes: int) -> bytes:
     if missing or (isinstance(value, str) and not value.strip()):
         raise RequestError("empty value; send the image file's bytes, base64-encoded")
     if not isinstance(value, str):
-        raise RequestError(f"a value of type {type(value).__name__}, not a string; send the image file's bytes, "
-                           "base64-encoded")
+        raise RequestError(
+            f"a value of type {type(value).__name__}, not a string; send the image file's bytes, base64-encoded"
+        )
     text = "".join(value.split())
     check_file_size(len(text) // 4 * 3 - text[-2:].count("="), max_bytes)  # before decoding: 3 bytes per 4 chars
     try:

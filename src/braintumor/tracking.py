@@ -76,7 +76,7 @@ def tracking_uri() -> str:
         return f"sqlite:///{project_root() / 'mlflow.db'}"
     relative_sqlite = uri.startswith("sqlite:///") and not uri.startswith("sqlite:////") and ":memory:" not in uri
     if relative_sqlite:  # e.g. sqlite:///mlflow.db: from the repository root, not a `dvc exp run --temp` copy
-        return f"sqlite:///{project_root() / uri[len('sqlite:///'):]}"
+        return f"sqlite:///{project_root() / uri[len('sqlite:///') :]}"
     return uri
 
 
@@ -93,8 +93,10 @@ def _use_store(experiment: str) -> str:
         except MlflowException as exc:
             error = exc
             time.sleep(0.5)
-    raise BrainTumorError(f"cannot reach the MLflow tracking store {uri}: {error}. Check MLFLOW_TRACKING_URI, "
-                          "or unset it to use the local mlflow.db.")
+    raise BrainTumorError(
+        f"cannot reach the MLflow tracking store {uri}: {error}. Check MLFLOW_TRACKING_URI, "
+        "or unset it to use the local mlflow.db."
+    )
 
 
 def _experiment_id(experiment: str, uri: str) -> str:
@@ -132,12 +134,17 @@ class RunTracker:
     The run is named by provenance.run_name, records system metrics while it is open (CPU, memory, disk, network;
     GPU through nvidia-ml-py where an NVIDIA driver is present) and lists the train and val rows as its datasets."""
 
-    def __init__(self, params: Params, resume_run_id: str | None = None,
-                 training_rows: pd.DataFrame | None = None) -> None:
+    def __init__(
+        self, params: Params, resume_run_id: str | None = None, training_rows: pd.DataFrame | None = None
+    ) -> None:
         self.params = params
         self.experiment_id = _use_store(params.tracking.experiment)
-        self.run = mlflow.start_run(run_id=resume_run_id, experiment_id=None if resume_run_id else self.experiment_id,
-                                    run_name=None if resume_run_id else run_name(params), log_system_metrics=True)
+        self.run = mlflow.start_run(
+            run_id=resume_run_id,
+            experiment_id=None if resume_run_id else self.experiment_id,
+            run_name=None if resume_run_id else run_name(params),
+            log_system_metrics=True,
+        )
         self.run_id = self.run.info.run_id
         self.model_id: str | None = None  # the LoggedModel, once log_served_model made it
         self._logged_epochs = {m.step for m in MlflowClient().get_metric_history(self.run_id, "val_macro_f1")}
@@ -213,14 +220,20 @@ def log_datasets(rows: pd.DataFrame, data_dir: str) -> dict[str, Any]:
         if part.empty:
             continue
         folder = "Testing" if split == "test" else "Training"
-        fingerprint = hashlib.sha256("\n".join(sorted(part["sha256"] + " " + part["path"] + " " + part["label"]))
-                                     .encode()).hexdigest()[:8]
+        fingerprint = hashlib.sha256(
+            "\n".join(sorted(part["sha256"] + " " + part["path"] + " " + part["label"])).encode()
+        ).hexdigest()[:8]
         # MLflow's UserWarnings here are not for us: "source can be interpreted in multiple ways" (both readings
         # are the local folder) and the hint about integer columns in a *model* input schema.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            dataset = mlflow.data.from_pandas(part, source=str((Path(data_dir) / folder).resolve()), targets="label",
-                                              name=f"{split}-{fingerprint}", digest=hashes.get(folder))
+            dataset = mlflow.data.from_pandas(
+                part,
+                source=str((Path(data_dir) / folder).resolve()),
+                targets="label",
+                name=f"{split}-{fingerprint}",
+                digest=hashes.get(folder),
+            )
             mlflow.log_input(dataset, context=context, tags={"dvc_hash": hashes.get(folder, "untracked")})
         datasets[split] = dataset
     return datasets
@@ -237,28 +250,46 @@ def _served_requirements() -> list[str]:
     import pydicom
     import torchvision
 
-    return [f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
-            f"torchvision=={torchvision.__version__.split('+')[0]}", f"pillow=={PIL.__version__}",
-            f"numpy=={np.__version__}", f"pandas=={pd.__version__}", f"pydicom=={pydicom.__version__}",
-            f"nibabel=={nibabel.__version__}", "pyyaml", "tqdm"]
+    return [
+        f"mlflow=={mlflow.__version__}",
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"torchvision=={torchvision.__version__.split('+')[0]}",
+        f"pillow=={PIL.__version__}",
+        f"numpy=={np.__version__}",
+        f"pandas=={pd.__version__}",
+        f"pydicom=={pydicom.__version__}",
+        f"nibabel=={nibabel.__version__}",
+        "pyyaml",
+        "tqdm",
+    ]
 
 
 # ---- evaluation and report: log into the training run -------------------------------------------------------
 
+
 def read_run_info(path: str) -> dict[str, Any]:
     if not Path(path).is_file():
-        raise BrainTumorError(f"{path} not found: it names the MLflow run to log into. Run training first: "
-                              "`dvc repro train`.")
+        raise BrainTumorError(
+            f"{path} not found: it names the MLflow run to log into. Run training first: `dvc repro train`."
+        )
     return read_json(path)
 
 
 def write_run_info(path: str, tracker: RunTracker, model_version: str | None) -> None:
     uri = tracking_uri()
-    write_json(path, {"run_id": tracker.run_id, "experiment": tracker.params.tracking.experiment,
-                      "experiment_id": tracker.experiment_id,
-                      "registered_model": tracker.params.tracking.registered_model,
-                      "model_version": model_version, "model_id": tracker.model_id, "tracking_uri": uri,
-                      "ui_url": f"{ui_base(uri)}/#/experiments/{tracker.experiment_id}/runs/{tracker.run_id}"})
+    write_json(
+        path,
+        {
+            "run_id": tracker.run_id,
+            "experiment": tracker.params.tracking.experiment,
+            "experiment_id": tracker.experiment_id,
+            "registered_model": tracker.params.tracking.registered_model,
+            "model_version": model_version,
+            "model_id": tracker.model_id,
+            "tracking_uri": uri,
+            "ui_url": f"{ui_base(uri)}/#/experiments/{tracker.experiment_id}/runs/{tracker.run_id}",
+        },
+    )
 
 
 class RunLogger:
@@ -272,8 +303,10 @@ class RunLogger:
         try:
             mlflow.start_run(run_id=run_info["run_id"])
         except MlflowException as exc:
-            raise BrainTumorError(f"MLflow run {run_info['run_id']} not found in {tracking_uri()} ({exc}). "
-                                  "Was MLFLOW_TRACKING_URI changed since training? Retrain: `dvc repro -f train`.")
+            raise BrainTumorError(
+                f"MLflow run {run_info['run_id']} not found in {tracking_uri()} ({exc}). "
+                "Was MLFLOW_TRACKING_URI changed since training? Retrain: `dvc repro -f train`."
+            )
 
     def log_metrics(self, metrics: dict[str, float], prefix: str = "") -> None:
         mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in metrics.items() if v is not None})
@@ -285,8 +318,11 @@ class RunLogger:
     def log_test_metrics(self, metrics: dict[str, float], prefix: str) -> None:
         """Metrics of the model on the test set: on the run, and on its LoggedModel with the dataset they come
         from, so MLflow's model pages show them."""
-        mlflow.log_metrics({f"{prefix}{k}": float(v) for k, v in metrics.items() if v is not None},
-                           model_id=self.model_id, dataset=self.test_set)
+        mlflow.log_metrics(
+            {f"{prefix}{k}": float(v) for k, v in metrics.items() if v is not None},
+            model_id=self.model_id,
+            dataset=self.test_set,
+        )
 
     def log_artifact(self, path: str, artifact_path: str | None = None) -> None:
         mlflow.log_artifact(path, artifact_path=artifact_path)
@@ -325,15 +361,27 @@ class RunLogger:
                     client.delete_registered_model_alias(name, "challenger")
             except MlflowException:
                 pass
-        decision = {"decision": alias, "model": name, "version": str(version),
-                    "promotion_metric": comparison.promotion_metric, "metric": comparison.metric,
-                    "value": comparison.value, "scans": comparison.scans, "compared_on": comparison.compared_on,
-                    "previous_champion_version": comparison.champion_version,
-                    "previous_champion_value": comparison.champion_value,
-                    "champion_unscored_reason": comparison.unscored_reason}
-        mlflow.set_tags({"promotion": alias, "promotion_metric": comparison.metric,
-                         "promotion_compared_on": comparison.compared_on,
-                         "promotion_previous_champion": str(comparison.champion_version)})
+        decision = {
+            "decision": alias,
+            "model": name,
+            "version": str(version),
+            "promotion_metric": comparison.promotion_metric,
+            "metric": comparison.metric,
+            "value": comparison.value,
+            "scans": comparison.scans,
+            "compared_on": comparison.compared_on,
+            "previous_champion_version": comparison.champion_version,
+            "previous_champion_value": comparison.champion_value,
+            "champion_unscored_reason": comparison.unscored_reason,
+        }
+        mlflow.set_tags(
+            {
+                "promotion": alias,
+                "promotion_metric": comparison.metric,
+                "promotion_compared_on": comparison.compared_on,
+                "promotion_previous_champion": str(comparison.champion_version),
+            }
+        )
         mlflow.log_metric(f"promotion_{comparison.metric}", comparison.value)
         if comparison.champion_value is not None:
             mlflow.log_metric(f"previous_champion_{comparison.metric}", comparison.champion_value)
@@ -381,8 +429,10 @@ def download_model_file(model_uri: str) -> Path:
     try:
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri))
     except MlflowException as exc:
-        raise BrainTumorError(f"cannot fetch {model_uri} from {tracking_uri()}: {exc}. Check the name and alias "
-                              "(e.g. models:/brain-tumor-classifier@champion) and MLFLOW_TRACKING_URI.") from None
+        raise BrainTumorError(
+            f"cannot fetch {model_uri} from {tracking_uri()}: {exc}. Check the name and alias "
+            "(e.g. models:/brain-tumor-classifier@champion) and MLFLOW_TRACKING_URI."
+        ) from None
     found = sorted(local.rglob("*.pt"))
     if not found:
         raise BrainTumorError(f"{model_uri} holds no model.pt; was it logged by this project?")
@@ -392,19 +442,27 @@ def download_model_file(model_uri: str) -> Path:
 def registered_version(model_uri: str) -> dict[str, Any] | None:
     """What the registry says of models:/NAME/VERSION or models:/NAME@ALIAS (for the page's header): name, version,
     aliases, registration time (ms since the epoch), data hash and git commit. None for any other URI."""
-    rest = model_uri[len("models:/"):].strip("/") if model_uri.startswith("models:/") else ""
+    rest = model_uri[len("models:/") :].strip("/") if model_uri.startswith("models:/") else ""
     name, alias = rest.split("@", 1) if "@" in rest else (rest.rpartition("/")[0], None)
     if not name:
         return None  # runs:/..., a LoggedModel id (models:/m-...), a file
     client = MlflowClient(tracking_uri())
     try:
-        version = (client.get_model_version_by_alias(name, alias) if alias
-                   else client.get_model_version(name, rest.rpartition("/")[2]))
+        version = (
+            client.get_model_version_by_alias(name, alias)
+            if alias
+            else client.get_model_version(name, rest.rpartition("/")[2])
+        )
     except MlflowException as exc:
         raise BrainTumorError(f"cannot read {model_uri} from {tracking_uri()}: {exc}") from None
-    return {"name": version.name, "version": str(version.version), "aliases": sorted(version.aliases),
-            "registered": version.creation_timestamp, "data_dvc_hash": version.tags.get("data_dvc_hash"),
-            "git_commit": version.tags.get("git_commit")}
+    return {
+        "name": version.name,
+        "version": str(version.version),
+        "aliases": sorted(version.aliases),
+        "registered": version.creation_timestamp,
+        "data_dvc_hash": version.tags.get("data_dvc_hash"),
+        "git_commit": version.tags.get("git_commit"),
+    }
 
 
 def model_signature(model_uri: str):
@@ -414,8 +472,10 @@ def model_signature(model_uri: str):
     try:
         return mlflow.models.get_model_info(model_uri).signature
     except (MlflowException, OSError) as exc:
-        raise BrainTumorError(f"cannot fetch {model_uri} from {tracking_uri()}: {exc}. Check the name and alias "
-                              "(e.g. models:/brain-tumor-classifier@champion) and MLFLOW_TRACKING_URI.") from None
+        raise BrainTumorError(
+            f"cannot fetch {model_uri} from {tracking_uri()}: {exc}. Check the name and alias "
+            "(e.g. models:/brain-tumor-classifier@champion) and MLFLOW_TRACKING_URI."
+        ) from None
 
 
 def version_of_run(name: str, run_id: str, model_uri: str | None = None) -> str | None:

@@ -25,7 +25,6 @@ from torch.optim.swa_utils import AveragedModel, update_bn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from braintumor import runtime
-from braintumor.progress import progress_bar
 from braintumor.checkpoint import load_checkpoint, save_checkpoint
 from braintumor.config import AugmentConfig, TrainConfig
 from braintumor.data.cache import ImageDataset
@@ -33,6 +32,7 @@ from braintumor.ema import WeightEMA
 from braintumor.errors import BrainTumorError
 from braintumor.inference import predict_probs
 from braintumor.model import keep_frozen_in_eval, set_frozen
+from braintumor.progress import progress_bar
 from braintumor.scores import macro_f1
 from braintumor.transforms import Preprocessing, eval_preset, mixup, train_preset
 
@@ -96,14 +96,22 @@ class TrainResult:
     def summary(self) -> dict[str, Any]:
         best = self.history[self.best_epoch - 1]
         speeds = [s.images_per_s for s in self.history if s.images_per_s > 0]
-        summary = {"best_epoch": self.best_epoch, "best_val_accuracy": best.val_accuracy,
-                   "best_val_macro_f1": best.val_macro_f1, "epochs_run": len(self.history),
-                   "stopped_early": self.stopped_early,
-                   "train_images_per_s": float(np.median(speeds)) if speeds else 0.0}
+        summary = {
+            "best_epoch": self.best_epoch,
+            "best_val_accuracy": best.val_accuracy,
+            "best_val_macro_f1": best.val_macro_f1,
+            "epochs_run": len(self.history),
+            "stopped_early": self.stopped_early,
+            "train_images_per_s": float(np.median(speeds)) if speeds else 0.0,
+        }
         if self.average is not None:
-            summary.update(swa_epochs=self.average.epochs, swa_steps=self.average.steps,
-                           swa_val_loss=self.average.val_loss, swa_val_accuracy=self.average.val_accuracy,
-                           swa_val_macro_f1=self.average.val_macro_f1)
+            summary.update(
+                swa_epochs=self.average.epochs,
+                swa_steps=self.average.steps,
+                swa_val_loss=self.average.val_loss,
+                swa_val_accuracy=self.average.val_accuracy,
+                swa_val_macro_f1=self.average.val_macro_f1,
+            )
         return summary
 
 
@@ -145,9 +153,19 @@ class Step:
     mixup: float  # train.mixup's alpha; 0 = off
 
 
-def fit(model: nn.Module, data: TrainData, cfg: TrainConfig, augment: AugmentConfig, prep: Preprocessing, *,
-        checkpoint_path: str | Path, logger: EpochLogger | None = None, extra: dict[str, Any] | None = None,
-        dist_info: runtime.DistInfo = runtime.DistInfo(), progress: bool = True) -> TrainResult:
+def fit(
+    model: nn.Module,
+    data: TrainData,
+    cfg: TrainConfig,
+    augment: AugmentConfig,
+    prep: Preprocessing,
+    *,
+    checkpoint_path: str | Path,
+    logger: EpochLogger | None = None,
+    extra: dict[str, Any] | None = None,
+    dist_info: runtime.DistInfo = runtime.DistInfo(),
+    progress: bool = True,
+) -> TrainResult:
     """Train `model` on data.train_*, select the best epoch by val macro-F1, return its weights and the curves."""
     device = runtime.select_device(cfg.device, dist_info)
     runtime.configure(device, threads=cfg.threads, deterministic=cfg.deterministic)
@@ -158,11 +176,17 @@ def fit(model: nn.Module, data: TrainData, cfg: TrainConfig, augment: AugmentCon
     train_set = ImageDataset(data.train_images, data.train_labels)
     steps_per_epoch = len(_train_loader(train_set, cfg, device, dist_info, epoch=1))
     optimizer = build_optimizer(model, cfg)
-    step = Step(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch)),
-                torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
-                WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None,
-                AveragedModel(model) if cfg.swa_epochs > 0 else None, amp_dtype, cfg.grad_clip,
-                cfg.label_smoothing, cfg.mixup)
+    step = Step(
+        optimizer,
+        torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, steps_per_epoch)),
+        torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
+        WeightEMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None,
+        AveragedModel(model) if cfg.swa_epochs > 0 else None,
+        amp_dtype,
+        cfg.grad_clip,
+        cfg.label_smoothing,
+        cfg.mixup,
+    )
     state = TrainState(extra=dict(extra or {}))
     if _resume(checkpoint_path, state, model, step) and dist_info.is_main:
         print(f"train: resuming from {checkpoint_path} after epoch {state.epoch}")
@@ -170,8 +194,10 @@ def fit(model: nn.Module, data: TrainData, cfg: TrainConfig, augment: AugmentCon
             for stats in state.history:
                 logger.log_epoch(stats)
     if dist_info.enabled and dist_info.is_main:
-        print(f"train: DistributedDataParallel over {dist_info.world_size} processes "
-              f"({dist.get_backend()}), batch {cfg.batch_size} per process")
+        print(
+            f"train: DistributedDataParallel over {dist_info.world_size} processes "
+            f"({dist.get_backend()}), batch {cfg.batch_size} per process"
+        )
     augment_batch, eval_batch = train_preset(prep, augment), eval_preset(prep)
     val_loader = _loader(ImageDataset(data.val_images, data.val_labels), cfg, device, shuffle=False)
     selected = step.ema.model if step.ema else model  # what is validated, selected and saved
@@ -185,21 +211,46 @@ def fit(model: nn.Module, data: TrainData, cfg: TrainConfig, augment: AugmentCon
         t0 = time.perf_counter()
         # Augmentation draws from its own generator, seeded by (seed, epoch, rank): resumable and per-process.
         draws = torch.Generator().manual_seed(cfg.seed * 1000 + epoch + 1_000_003 * dist_info.rank)
-        bar = progress_bar(loader, desc=f"epoch {epoch}/{cfg.epochs}", unit="batch", leave=False,
-                           disable=not (progress and dist_info.is_main))
+        bar = progress_bar(
+            loader,
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            unit="batch",
+            leave=False,
+            disable=not (progress and dist_info.is_main),
+        )
         average = step.swa if epoch > cfg.epochs - cfg.swa_epochs else None
-        loss, acc, n_seen, t_train = train_one_epoch(net, model, bar, lambda x: augment_batch(x, draws), step,
-                                                     device, epoch, memory_format, draws, average)
+        loss, acc, n_seen, t_train = train_one_epoch(
+            net, model, bar, lambda x: augment_batch(x, draws), step, device, epoch, memory_format, draws, average
+        )
         val_loss, val_acc, val_f1 = _validate(selected, val_loader, device, eval_batch, amp_dtype, cfg, data.classes)
-        stats = EpochStats(epoch, loss, acc, val_loss, val_acc, val_f1, lr,
-                           n_seen * dist_info.world_size / max(t_train, 1e-9), time.perf_counter() - t0)
+        stats = EpochStats(
+            epoch,
+            loss,
+            acc,
+            val_loss,
+            val_acc,
+            val_f1,
+            lr,
+            n_seen * dist_info.world_size / max(t_train, 1e-9),
+            time.perf_counter() - t0,
+        )
         state.record(stats, selected)
         if dist_info.is_main:
-            save_checkpoint(checkpoint_path, model=model, optimizer=optimizer, scheduler=step.scheduler,
-                            scaler=step.scaler, ema=step.ema, swa=step.swa, state=state)
-            print(f"epoch {epoch}/{cfg.epochs}  train loss {loss:.4f} acc {acc:.3f} | val loss {val_loss:.4f} "
-                  f"acc {val_acc:.3f} macro-F1 {val_f1:.3f} | lr {lr:.2e} | {stats.images_per_s:.1f} img/s"
-                  + ("  *best" if state.best_epoch == epoch else ""))
+            save_checkpoint(
+                checkpoint_path,
+                model=model,
+                optimizer=optimizer,
+                scheduler=step.scheduler,
+                scaler=step.scaler,
+                ema=step.ema,
+                swa=step.swa,
+                state=state,
+            )
+            print(
+                f"epoch {epoch}/{cfg.epochs}  train loss {loss:.4f} acc {acc:.3f} | val loss {val_loss:.4f} "
+                f"acc {val_acc:.3f} macro-F1 {val_f1:.3f} | lr {lr:.2e} | {stats.images_per_s:.1f} img/s"
+                + ("  *best" if state.best_epoch == epoch else "")
+            )
             if logger is not None:
                 logger.log_epoch(stats)
         if dist_info.enabled:
@@ -212,27 +263,48 @@ def fit(model: nn.Module, data: TrainData, cfg: TrainConfig, augment: AugmentCon
     average = None
     if step.swa is not None:
         _refit_batchnorm(step.swa, train_set, augment_batch, cfg, device, dist_info, memory_format)
-        val_loss, val_acc, val_f1 = _validate(step.swa.module, val_loader, device, eval_batch, amp_dtype, cfg,
-                                              data.classes)
-        average = WeightAverage({k: v.detach().to("cpu", copy=True) for k, v in step.swa.module.state_dict().items()},
-                                cfg.swa_epochs, int(step.swa.n_averaged), val_loss, val_acc, val_f1)
+        val_loss, val_acc, val_f1 = _validate(
+            step.swa.module, val_loader, device, eval_batch, amp_dtype, cfg, data.classes
+        )
+        average = WeightAverage(
+            {k: v.detach().to("cpu", copy=True) for k, v in step.swa.module.state_dict().items()},
+            cfg.swa_epochs,
+            int(step.swa.n_averaged),
+            val_loss,
+            val_acc,
+            val_f1,
+        )
         if dist_info.is_main:
-            print(f"train: average of the weights over the last {average.epochs} epochs ({average.steps} steps): "
-                  f"val loss {val_loss:.4f} acc {val_acc:.3f} macro-F1 {val_f1:.3f} "
-                  f"(best epoch {state.best_epoch}: {state.best_f1:.3f})")
-    return TrainResult(best_state=state.best_state, history=state.history, best_epoch=state.best_epoch,
-                       stopped_early=stopped_early, device=str(device), precision=runtime.precision_name(amp_dtype),
-                       average=average)
+            print(
+                f"train: average of the weights over the last {average.epochs} epochs ({average.steps} steps): "
+                f"val loss {val_loss:.4f} acc {val_acc:.3f} macro-F1 {val_f1:.3f} "
+                f"(best epoch {state.best_epoch}: {state.best_f1:.3f})"
+            )
+    return TrainResult(
+        best_state=state.best_state,
+        history=state.history,
+        best_epoch=state.best_epoch,
+        stopped_early=stopped_early,
+        device=str(device),
+        precision=runtime.precision_name(amp_dtype),
+        average=average,
+    )
 
 
-def _refit_batchnorm(swa: AveragedModel, train_set, augment_batch, cfg: TrainConfig, device, dist_info,
-                     memory_format) -> None:
+def _refit_batchnorm(
+    swa: AveragedModel, train_set, augment_batch, cfg: TrainConfig, device, dist_info, memory_format
+) -> None:
     """Batch-norm statistics for the averaged weights (their own, not any one step's): one pass over the train
     scans through the train preset, from fixed seeds (torch.optim.swa_utils.update_bn)."""
     draws = torch.Generator().manual_seed(cfg.seed * 1000 + cfg.epochs + 1 + 1_000_003 * dist_info.rank)
     loader = _train_loader(train_set, cfg, device, dist_info, epoch=cfg.epochs + 1)
-    update_bn((augment_batch(cached.to(device, non_blocking=True), draws).contiguous(memory_format=memory_format)
-               for cached, _ in loader), swa)
+    update_bn(
+        (
+            augment_batch(cached.to(device, non_blocking=True), draws).contiguous(memory_format=memory_format)
+            for cached, _ in loader
+        ),
+        swa,
+    )
 
 
 def _resume(checkpoint_path, state: TrainState, model: nn.Module, step: Step) -> bool:
@@ -265,16 +337,26 @@ def _resume(checkpoint_path, state: TrainState, model: nn.Module, step: Step) ->
 
 def _validate(model, loader, device, transform, amp_dtype, cfg: TrainConfig, classes) -> tuple[float, float, float]:
     """(val loss, val accuracy, val macro-F1) on the val split."""
-    probs, labels, loss = predict_probs(model.eval(), loader, device, transform, amp_dtype=amp_dtype,
-                                        channels_last=cfg.channels_last)
+    probs, labels, loss = predict_probs(
+        model.eval(), loader, device, transform, amp_dtype=amp_dtype, channels_last=cfg.channels_last
+    )
     preds = probs.argmax(1) if len(probs) else np.zeros(0, dtype=np.int64)
     accuracy = float((preds == labels).mean()) if len(labels) else float("nan")
     return loss, accuracy, macro_f1(labels, preds, len(classes))
 
 
-def train_one_epoch(net: nn.Module, model: nn.Module, batches, augment, step: Step, device: torch.device,
-                    epoch: int, memory_format, draws: torch.Generator | None = None,
-                    average: AveragedModel | None = None) -> tuple[float, float, int, float]:
+def train_one_epoch(
+    net: nn.Module,
+    model: nn.Module,
+    batches,
+    augment,
+    step: Step,
+    device: torch.device,
+    epoch: int,
+    memory_format,
+    draws: torch.Generator | None = None,
+    average: AveragedModel | None = None,
+) -> tuple[float, float, int, float]:
     """One pass over `batches`: (mean train loss, train accuracy, scans seen, seconds).
 
     With mixup (step.mixup > 0, its draws from `draws`) the loss and the accuracy weigh both labels of a blend.
@@ -295,13 +377,15 @@ def train_one_epoch(net: nn.Module, model: nn.Module, batches, augment, step: St
             logits = net(images)  # (B, C)
             loss = lam * nn.functional.cross_entropy(logits.float(), targets, label_smoothing=step.label_smoothing)
             if lam < 1.0:
-                loss = loss + (1 - lam) * nn.functional.cross_entropy(logits.float(), partner,
-                                                                      label_smoothing=step.label_smoothing)
+                loss = loss + (1 - lam) * nn.functional.cross_entropy(
+                    logits.float(), partner, label_smoothing=step.label_smoothing
+                )
         value = loss.item()
         if not math.isfinite(value):
             raise BrainTumorError(
                 f"training diverged: the loss became {value} at epoch {epoch}, batch {batch}. The last good "
-                "checkpoint and model are kept. Lower train.lr, set train.grad_clip (e.g. 1.0), or check the data.")
+                "checkpoint and model are kept. Lower train.lr, set train.grad_clip (e.g. 1.0), or check the data."
+            )
         step.optimizer.zero_grad(set_to_none=True)
         step.scaler.scale(loss).backward()
         if step.grad_clip > 0:
@@ -346,14 +430,16 @@ def lr_lambda(cfg: TrainConfig, steps_per_epoch: int):
             return cfg.gamma ** (int(epochs_after_warmup) // cfg.step_size)
         span = max(1, cfg.epochs - cfg.warmup_epochs)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, epochs_after_warmup / span)))
+
     return factor
 
 
 def _wrap(model: nn.Module, cfg: TrainConfig, device: torch.device, dist_info: runtime.DistInfo) -> nn.Module:
     net = model
     if dist_info.enabled:  # rewrapped each epoch: the set of trainable parameters may change (head-only epochs)
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                      find_unused_parameters=False)
+        net = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False
+        )
     if cfg.compile:
         net = torch.compile(net)
     return net
@@ -362,18 +448,31 @@ def _wrap(model: nn.Module, cfg: TrainConfig, device: torch.device, dist_info: r
 def _train_loader(dataset, cfg: TrainConfig, device, dist_info: runtime.DistInfo, epoch: int) -> DataLoader:
     generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
     if dist_info.enabled:
-        sampler = DistributedSampler(dataset, num_replicas=dist_info.world_size, rank=dist_info.rank,
-                                     shuffle=True, seed=cfg.seed, drop_last=True)
+        sampler = DistributedSampler(
+            dataset, num_replicas=dist_info.world_size, rank=dist_info.rank, shuffle=True, seed=cfg.seed, drop_last=True
+        )
         sampler.set_epoch(epoch)
     else:
         sampler = RandomSampler(dataset, generator=generator)
     # drop_last: a trailing batch of 1 breaks BatchNorm; keep it only when the whole set is one short batch.
     drop_last = len(dataset) // dist_info.world_size > cfg.batch_size
-    return DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                      pin_memory=cfg.pin_memory and device.type == "cuda", drop_last=drop_last,
-                      generator=generator, persistent_workers=False)
+    return DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        pin_memory=cfg.pin_memory and device.type == "cuda",
+        drop_last=drop_last,
+        generator=generator,
+        persistent_workers=False,
+    )
 
 
 def _loader(dataset, cfg: TrainConfig, device, *, shuffle: bool) -> DataLoader:
-    return DataLoader(dataset, batch_size=cfg.batch_size * 2, shuffle=shuffle, num_workers=cfg.num_workers,
-                      pin_memory=cfg.pin_memory and device.type == "cuda")
+    return DataLoader(
+        dataset,
+        batch_size=cfg.batch_size * 2,
+        shuffle=shuffle,
+        num_workers=cfg.num_workers,
+        pin_memory=cfg.pin_memory and device.type == "cuda",
+    )

@@ -47,9 +47,14 @@ class Preprocessing:
 
     @classmethod
     def from_config(cls, model: ModelConfig, preprocess: PreprocessConfig) -> Preprocessing:
-        scan = ScanPrep(size=model.resize_size, head_crop=preprocess.head_crop,
-                        crop_threshold=preprocess.crop_threshold, crop_margin=preprocess.crop_margin,
-                        intensity=preprocess.intensity, percentiles=tuple(preprocess.percentiles))
+        scan = ScanPrep(
+            size=model.resize_size,
+            head_crop=preprocess.head_crop,
+            crop_threshold=preprocess.crop_threshold,
+            crop_margin=preprocess.crop_margin,
+            intensity=preprocess.intensity,
+            percentiles=tuple(preprocess.percentiles),
+        )
         return cls(scan=scan, image_size=model.image_size)
 
     def to_dict(self) -> dict:
@@ -90,7 +95,7 @@ class EvalPreset:
         """The centre crop alone, still uint8 (what the report and Grad-CAM overlays show)."""
         size = self.prep.image_size
         top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
-        return x[..., top:top + size, left:left + size]
+        return x[..., top : top + size, left : left + size]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         batch, single = _as_batch(x)
@@ -116,8 +121,9 @@ class TrainPreset:
         n, size = batch.shape[0], self.prep.image_size
         theta = self.crop_flip_rotate(n, generator).to(batch.device)  # (B, 2, 3)
         grid = F.affine_grid(theta, [n, 1, size, size], align_corners=False)
-        out = F.grid_sample(batch.float() / 255.0, grid, mode="bilinear", padding_mode="zeros",
-                            align_corners=False)  # (B, 1, H, W) in [0, 1]
+        out = F.grid_sample(
+            batch.float() / 255.0, grid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )  # (B, 1, H, W) in [0, 1]
         out = self.intensity(out, generator)
         out = _normalise(out, self.prep) if self.normalise else (out * 255.0).round().to(torch.uint8)
         return out[0] if single else out
@@ -137,10 +143,13 @@ class TrainPreset:
         flip = torch.where(u[:, 4] < 0.5, -1.0, 1.0) if aug.hflip else torch.ones(n, dtype=torch.float64)
         degrees = aug.rotation_degrees * (2 * torch.rand(n, generator=generator, dtype=torch.float64) - 1)
         cos, sin = torch.cos(torch.deg2rad(degrees)), torch.sin(torch.deg2rad(degrees))
-        theta = torch.stack([
-            torch.stack([half_w * cos * flip, -half_h * sin, cx], dim=1),
-            torch.stack([half_w * sin * flip, half_h * cos, cy], dim=1),
-        ], dim=1)
+        theta = torch.stack(
+            [
+                torch.stack([half_w * cos * flip, -half_h * sin, cx], dim=1),
+                torch.stack([half_w * sin * flip, half_h * cos, cy], dim=1),
+            ],
+            dim=1,
+        )
         return theta.float()
 
     def intensity(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -148,14 +157,21 @@ class TrainPreset:
         and noise: a scan's look then says nothing about its class, only its anatomy does."""
         n = x.shape[0]
         draws = torch.rand(n, INTENSITY_DRAWS, generator=generator)  # one row of draws per scan
-        curves = (torch.rand(n, CURVE_POINTS, generator=generator) if self.augment.intensity_curve > 0 else None)
-        noise_seeds = (torch.randint(2**62, (1,), generator=generator).expand(n)
-                       if self.augment.noise > 0 else None)  # one seed per batch: the noise of a whole batch at once
+        curves = torch.rand(n, CURVE_POINTS, generator=generator) if self.augment.intensity_curve > 0 else None
+        noise_seeds = (
+            torch.randint(2**62, (1,), generator=generator).expand(n) if self.augment.noise > 0 else None
+        )  # one seed per batch: the noise of a whole batch at once
         return apply_intensity(x, self.augment, draws, curves=curves, noise_seeds=noise_seeds)
 
 
-def apply_intensity(x: torch.Tensor, augment: AugmentConfig, draws: torch.Tensor, *,
-                    curves: torch.Tensor | None = None, noise_seeds: torch.Tensor | None = None) -> torch.Tensor:
+def apply_intensity(
+    x: torch.Tensor,
+    augment: AugmentConfig,
+    draws: torch.Tensor,
+    *,
+    curves: torch.Tensor | None = None,
+    noise_seeds: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The train preset's intensity step with its random numbers given: x (B, 1, H, W) in [0, 1]; draws (B, 6)
     uniform in [0, 1) (gamma, brightness, contrast, blur/sharpen, noise level, curve or not); curves (B, K) the
     curve knots (when augment.intensity_curve > 0); noise_seeds (B,) the seeds of the noise pixels (when
@@ -213,8 +229,9 @@ class ShiftedPreset:
     def __call__(self, x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """x: (B, 1, S, S) uint8, the scans numbered `indices` (B,) in the copy -> (B, 3, H, W)."""
         indices = torch.as_tensor(indices).cpu()
-        out = apply_intensity(self.eval.crop(x).float() / 255.0, self.augment, self.draws[indices],
-                              noise_seeds=self.noise_seeds[indices])
+        out = apply_intensity(
+            self.eval.crop(x).float() / 255.0, self.augment, self.draws[indices], noise_seeds=self.noise_seeds[indices]
+        )
         return _normalise(out, self.prep)
 
 
@@ -228,11 +245,15 @@ def latin_hypercube(n: int, dims: int, generator: torch.Generator) -> torch.Tens
 def stronger_intensity(augment: AugmentConfig, strength: float) -> AugmentConfig:
     """`augment` with gamma raised to `strength` and brightness, contrast, blur/sharpen and noise times `strength`,
     each kept within its allowed range; intensity curves off (they make another image, not another scanner)."""
-    return replace(augment, gamma=min(augment.gamma ** strength, 4.0),
-                   brightness=min(augment.brightness * strength, 0.95),
-                   contrast=min(augment.contrast * strength, 0.95),
-                   blur_sharpen=min(augment.blur_sharpen * strength, 1.0),
-                   noise=min(augment.noise * strength, 0.5), intensity_curve=0.0)
+    return replace(
+        augment,
+        gamma=min(augment.gamma**strength, 4.0),
+        brightness=min(augment.brightness * strength, 0.95),
+        contrast=min(augment.contrast * strength, 0.95),
+        blur_sharpen=min(augment.blur_sharpen * strength, 1.0),
+        noise=min(augment.noise * strength, 0.5),
+        intensity_curve=0.0,
+    )
 
 
 def _random_curve(x: torch.Tensor, points: torch.Tensor, *, apply: torch.Tensor) -> torch.Tensor:
@@ -255,7 +276,7 @@ def _random_curve(x: torch.Tensor, points: torch.Tensor, *, apply: torch.Tensor)
 
 def _gaussian_blur(x: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
     """A separable 5 x 5 Gaussian blur of (B, 1, H, W), reflecting at the edges."""
-    taps = torch.exp(-torch.arange(-2, 3, dtype=x.dtype, device=x.device) ** 2 / (2 * sigma ** 2))
+    taps = torch.exp(-(torch.arange(-2, 3, dtype=x.dtype, device=x.device) ** 2) / (2 * sigma**2))
     taps = taps / taps.sum()
     x = F.pad(x, (2, 2, 2, 2), mode="reflect")
     x = F.conv2d(x, taps.view(1, 1, 1, 5))
@@ -283,8 +304,9 @@ def eval_preset(prep: Preprocessing) -> EvalPreset:
     return EvalPreset(prep)
 
 
-def shifted_preset(prep: Preprocessing, augment: AugmentConfig, strength: float, seed: int,
-                   count: int) -> ShiftedPreset:
+def shifted_preset(
+    prep: Preprocessing, augment: AugmentConfig, strength: float, seed: int, count: int
+) -> ShiftedPreset:
     return ShiftedPreset(prep, augment, strength, seed, count)
 
 

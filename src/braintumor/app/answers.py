@@ -82,26 +82,43 @@ class Answers:
         scan_id = self.store.add(Stored(scan.images, list(per_picture["label"])))
         csv = table.drop(columns="file").to_csv(index=False, float_format=CSV_FLOAT_FORMAT).splitlines()
         heads = scan.shows_head
-        pictures = [{**self._row(row), "shows_head": None if heads is None else bool(heads[i])}
-                    for i, row in enumerate(per_picture.to_dict(orient="records"))]
-        answer = {"scan": scan_id, "kind": scan.pictures.kind, "description": scan.pictures.description,
-                  "volume": scan.pictures.is_volume, "several": scan.several, "pictures": pictures,
-                  "summary": None, "csv_header": csv[0], "csv_rows": csv[1:]}
+        pictures = [
+            {**self._row(row), "shows_head": None if heads is None else bool(heads[i])}
+            for i, row in enumerate(per_picture.to_dict(orient="records"))
+        ]
+        answer = {
+            "scan": scan_id,
+            "kind": scan.pictures.kind,
+            "description": scan.pictures.description,
+            "volume": scan.pictures.is_volume,
+            "several": scan.several,
+            "pictures": pictures,
+            "summary": None,
+            "csv_header": csv[0],
+            "csv_rows": csv[1:],
+        }
         if len(summary):
-            answer["summary"] = {**self._row(summary.to_dict(orient="records")[0]),
-                                 "slices_used": int(sum(heads)), "slices": len(heads)}
+            answer["summary"] = {
+                **self._row(summary.to_dict(orient="records")[0]),
+                "slices_used": int(sum(heads)),
+                "slices": len(heads),
+            }
         elif heads is not None:
-            answer["no_head"] = (f"no slice shows a head (head region >= {MIN_HEAD_FRACTION:.0%} of the slice); "
-                                 "no volume summary")
+            answer["no_head"] = (
+                f"no slice shows a head (head region >= {MIN_HEAD_FRACTION:.0%} of the slice); no volume summary"
+            )
         return answer
 
     def _row(self, values: dict[str, Any]) -> dict[str, Any]:
         novelty = values.get("novelty")
-        return {"frame": None if pd.isna(values["frame"]) else int(values["frame"]), "label": values["label"],
-                "probability": float(values["probability"]),
-                "probabilities": {name: float(values[name]) for name in self.predictor.classes},
-                "novelty": None if novelty is None else float(novelty),
-                "unlike_training": None if novelty is None else bool(values["unlike_training"])}
+        return {
+            "frame": None if pd.isna(values["frame"]) else int(values["frame"]),
+            "label": values["label"],
+            "probability": float(values["probability"]),
+            "probabilities": {name: float(values[name]) for name in self.predictor.classes},
+            "novelty": None if novelty is None else float(novelty),
+            "unlike_training": None if novelty is None else bool(values["unlike_training"]),
+        }
 
     def picture_png(self, scan_id: str, index: int) -> bytes | None:
         """The centre crop the network sees of one picture (grayscale PNG), or None when it is no longer kept."""
@@ -130,18 +147,37 @@ def model_facts(model: str, path: Path, predictor: Predictor) -> dict[str, Any]:
 
     registered = registered_version(model) if model.startswith("models:/") else None
     if registered:
-        facts = {"name": registered["name"], "version": registered["version"], "aliases": registered["aliases"],
-                 "trained": _utc(registered["registered"] / 1000), "trained_note": "registered",
-                 "data_hash": registered["data_dvc_hash"], "git_commit": registered["git_commit"]}
+        facts = {
+            "name": registered["name"],
+            "version": registered["version"],
+            "aliases": registered["aliases"],
+            "trained": _utc(registered["registered"] / 1000),
+            "trained_note": "registered",
+            "data_hash": registered["data_dvc_hash"],
+            "git_commit": registered["git_commit"],
+        }
     else:
-        facts = {"name": path.name, "version": None, "aliases": [], "trained": _utc(path.stat().st_mtime),
-                 "trained_note": "model file written", "data_hash": None, "git_commit": None}
+        facts = {
+            "name": path.name,
+            "version": None,
+            "aliases": [],
+            "trained": _utc(path.stat().st_mtime),
+            "trained_note": "model file written",
+            "data_hash": None,
+            "git_commit": None,
+        }
     card = model_card_of(path, predictor.bundle.get("params", {}))
     novelty = predictor.novelty
-    return {**facts, "source": model, "classes": predictor.classes, "disclaimer": DISCLAIMER,
-            "card": card.read_text(encoding="utf-8") if card else None,
-            "novelty_quantile": novelty.quantile if novelty else None,
-            "max_file_bytes": predictor.limits.max_file_bytes, "max_image_pixels": predictor.limits.max_pixels}
+    return {
+        **facts,
+        "source": model,
+        "classes": predictor.classes,
+        "disclaimer": DISCLAIMER,
+        "card": card.read_text(encoding="utf-8") if card else None,
+        "novelty_quantile": novelty.quantile if novelty else None,
+        "max_file_bytes": predictor.limits.max_file_bytes,
+        "max_image_pixels": predictor.limits.max_pixels,
+    }
 
 
 def model_card_of(path: Path, params: dict) -> Path | None:

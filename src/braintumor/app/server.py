@@ -40,9 +40,12 @@ MAX_UPLOADS_AT_ONCE = 2
 log = logging.getLogger(__name__)
 # Everything the page loads comes from this server: no CDN, no web font, no inline script, no frame around it.
 SECURITY_HEADERS = [
-    (b"content-security-policy", b"default-src 'self'; img-src 'self' blob:; script-src 'self'; style-src 'self'; "
-                                 b"connect-src 'self'; font-src 'none'; object-src 'none'; base-uri 'none'; "
-                                 b"form-action 'none'; frame-ancestors 'none'"),
+    (
+        b"content-security-policy",
+        b"default-src 'self'; img-src 'self' blob:; script-src 'self'; style-src 'self'; "
+        b"connect-src 'self'; font-src 'none'; object-src 'none'; base-uri 'none'; "
+        b"form-action 'none'; frame-ancestors 'none'",
+    ),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
 ]
@@ -80,8 +83,7 @@ def create_app(answers: Answers, facts: dict[str, Any]) -> Starlette:
 
     async def model_card(_: Request) -> Response:
         if facts.get("card") is None:
-            return PlainTextResponse("This model has no model card (it is not a registered version).",
-                                     status_code=404)
+            return PlainTextResponse("This model has no model card (it is not a registered version).", status_code=404)
         return PlainTextResponse(facts["card"])
 
     async def upload(request: Request) -> Response:
@@ -102,9 +104,11 @@ def create_app(answers: Answers, facts: dict[str, Any]) -> Starlette:
         async def endpoint(request: Request) -> Response:
             png = await run_in_threadpool(make, request.path_params["scan"], request.path_params["index"])
             if png is None:
-                return PlainTextResponse("no such picture (the server keeps the latest scans only): drop the file "
-                                         "again", status_code=404)
+                return PlainTextResponse(
+                    "no such picture (the server keeps the latest scans only): drop the file again", status_code=404
+                )
             return Response(png, media_type="image/png")
+
         return endpoint
 
     routes = [
@@ -148,9 +152,11 @@ def exposure_warning(host: str) -> str | None:
     """What `braintumor app` prints when the page is reachable from other machines."""
     if is_loopback(host):
         return None
-    return (f"warning: --host {host} makes the page reachable from other machines, and it has no authentication: "
-            "anyone who can reach this port can send scans and see the answers. Put it behind the hospital's "
-            "reverse proxy (with its sign-in and TLS), or keep the default --host 127.0.0.1.")
+    return (
+        f"warning: --host {host} makes the page reachable from other machines, and it has no authentication: "
+        "anyone who can reach this port can send scans and see the answers. Put it behind the hospital's "
+        "reverse proxy (with its sign-in and TLS), or keep the default --host 127.0.0.1."
+    )
 
 
 def run_app(model: str, *, host: str = "127.0.0.1", port: int = 8000, device: str = "auto") -> None:
@@ -173,10 +179,11 @@ def run_app(model: str, *, host: str = "127.0.0.1", port: int = 8000, device: st
     if warning:
         print(warning)
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    print(f"braintumor app: {facts['name']}{version}{aliases} on {target}; open http://{shown}:{port}/ "
-          "(Ctrl-C stops it)", flush=True)
-    uvicorn.run(create_app(Answers(predictor), facts), host=host, port=port, log_level="warning",
-                access_log=False)
+    print(
+        f"braintumor app: {facts['name']}{version}{aliases} on {target}; open http://{shown}:{port}/ (Ctrl-C stops it)",
+        flush=True,
+    )
+    uvicorn.run(create_app(Answers(predictor), facts), host=host, port=port, log_level="warning", access_log=False)
 
 
 def _check_port(host: str, port: int) -> None:
@@ -186,5 +193,6 @@ def _check_port(host: str, port: int) -> None:
         try:
             sock.bind((host, port))
         except OSError as exc:
-            raise BrainTumorError(f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port, or stop "
-                                  "what uses it") from None
+            raise BrainTumorError(
+                f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port, or stop what uses it"
+            ) from None

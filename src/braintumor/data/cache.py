@@ -11,8 +11,8 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -58,8 +58,16 @@ def cache_key(frame: "pd.DataFrame", scan: ScanPrep) -> str:
     return digest.hexdigest()[:20]
 
 
-def cached_images(frame: "pd.DataFrame", data_root: str | Path, scan: ScanPrep, cache_dir: str | Path, *,
-                  limits: ImageLimits, workers: int | None = None, progress: bool = True) -> np.ndarray:
+def cached_images(
+    frame: "pd.DataFrame",
+    data_root: str | Path,
+    scan: ScanPrep,
+    cache_dir: str | Path,
+    *,
+    limits: ImageLimits,
+    workers: int | None = None,
+    progress: bool = True,
+) -> np.ndarray:
     """(N, S, S) uint8 for the manifest rows in `frame` (memory-mapped from the cache file)."""
     # The file name is older than the word "images" here: kept, so that existing caches stay valid.
     target = Path(cache_dir) / "images" / f"squares-{scan.size}px-{cache_key(frame, scan)}.npy"
@@ -68,14 +76,17 @@ def cached_images(frame: "pd.DataFrame", data_root: str | Path, scan: ScanPrep, 
     paths = [str(Path(data_root) / p) for p in frame["path"]]
     images = np.empty((len(paths), scan.size, scan.size), dtype=np.uint8)
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-    bar = progress_bar(total=len(paths), desc=f"preparing scans at {scan.size}px (once, cached)", unit="img",
-                       disable=not progress)
+    bar = progress_bar(
+        total=len(paths), desc=f"preparing scans at {scan.size}px (once, cached)", unit="img", disable=not progress
+    )
     with bar, ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
         results = pool.map(_decode_row, paths, [scan] * len(paths), [limits] * len(paths), chunksize=16)
         for i, (image, problem) in enumerate(results):
             if problem:
-                raise DataError(f"{paths[i]} can no longer be read ({problem}); it changed after the validate "
-                                "stage ran. Rerun the pipeline: `dvc repro`.")
+                raise DataError(
+                    f"{paths[i]} can no longer be read ({problem}); it changed after the validate "
+                    "stage ran. Rerun the pipeline: `dvc repro`."
+                )
             images[i] = image
             bar.update()
     with atomic_path(target) as tmp:

@@ -23,8 +23,9 @@ def fingerprint(gray: Image.Image) -> np.ndarray:
     return thumb / norm if norm > 0 else thumb  # a blank image correlates with nothing
 
 
-def near_pairs(a: np.ndarray, b: np.ndarray | None, threshold: float,
-               block: int = 1024) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def near_pairs(
+    a: np.ndarray, b: np.ndarray | None, threshold: float, block: int = 1024
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Yield (rows, cols, similarity) of all pairs with similarity >= threshold.
 
     `a` is (N, D) and `b` is (M, D) fingerprints; with `b=None` pairs within `a` are found, each once (i < j).
@@ -33,7 +34,7 @@ def near_pairs(a: np.ndarray, b: np.ndarray | None, threshold: float,
     same = b is None
     other = a if same else b
     for start in range(0, len(a), block):
-        sims = a[start:start + block] @ other.T  # (block, M)
+        sims = a[start : start + block] @ other.T  # (block, M)
         if same:  # keep only pairs above the diagonal
             rows_in_block = np.arange(sims.shape[0])[:, None] + start
             sims[np.arange(other.shape[0])[None, :] <= rows_in_block] = -1.0
@@ -48,9 +49,9 @@ def best_match(a: np.ndarray, b: np.ndarray, block: int = 1024) -> tuple[np.ndar
     if len(b) == 0:
         return best, index
     for start in range(0, len(a), block):
-        sims = a[start:start + block] @ b.T
-        index[start:start + block] = sims.argmax(axis=1)
-        best[start:start + block] = sims.max(axis=1)
+        sims = a[start : start + block] @ b.T
+        index[start : start + block] = sims.argmax(axis=1)
+        best[start : start + block] = sims.max(axis=1)
     return best, index
 
 

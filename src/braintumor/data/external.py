@@ -36,19 +36,33 @@ class ExternalSet:
         return ~(self.frame["exact_in_train"] | self.frame["near_in_train"]).to_numpy()
 
 
-def load_external(root: str | Path, training: pd.DataFrame, data_root: str | Path, config: DataConfig, *,
-                  workers: int | None = None, progress: bool = True) -> ExternalSet:
+def load_external(
+    root: str | Path,
+    training: pd.DataFrame,
+    data_root: str | Path,
+    config: DataConfig,
+    *,
+    workers: int | None = None,
+    progress: bool = True,
+) -> ExternalSet:
     """Scan `root/<class>/` (data.aliases apply), check every file, and flag the copies of `training` scans.
 
     `training`: the manifest rows of Training (train and val), with their paths relative to `data_root`.
     """
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"evaluate.external_data = {str(root)!r}: no such folder. Point it at a folder of "
-                        f"<class>/ folders ({', '.join(config.classes)}; data.aliases apply), or set it to '' .")
+        raise DataError(
+            f"evaluate.external_data = {str(root)!r}: no such folder. Point it at a folder of "
+            f"<class>/ folders ({', '.join(config.classes)}; data.aliases apply), or set it to '' ."
+        )
     scan = scan_class_folders(root, root, "external", config.classes, config.aliases)
-    infos = inspect_all([f.path for f in scan.files], ImageLimits.of(config), workers=workers, progress=progress,
-                        desc="evaluate: checking the external set")
+    infos = inspect_all(
+        [f.path for f in scan.files],
+        ImageLimits.of(config),
+        workers=workers,
+        progress=progress,
+        desc="evaluate: checking the external set",
+    )
     excluded = [{"path": f.relpath, "reason": i["problem"]} for f, i in zip(scan.files, infos) if "problem" in i]
     for item in excluded:
         log.warning("external set: excluded %s: %s", item["path"], item["reason"])
@@ -56,15 +70,27 @@ def load_external(root: str | Path, training: pd.DataFrame, data_root: str | Pat
     if not usable:
         raise DataError(f"the external set {root} holds no usable image (see the warnings above).")
 
-    train_infos = inspect_all([Path(data_root) / p for p in training["path"]], ImageLimits.of(config),
-                              workers=workers, progress=progress, desc="evaluate: fingerprinting Training")
+    train_infos = inspect_all(
+        [Path(data_root) / p for p in training["path"]],
+        ImageLimits.of(config),
+        workers=workers,
+        progress=progress,
+        desc="evaluate: fingerprinting Training",
+    )
     train_hashes = set(training["sha256"])
     train_prints = np.stack([i["fingerprint"] for i in train_infos if "fingerprint" in i]).astype(np.float32)
     prints = np.stack([i["fingerprint"] for _, i in usable]).astype(np.float32)
     best, _ = best_match(prints, train_prints)
     exact = np.array([i["sha256"] in train_hashes for _, i in usable])
-    frame = pd.DataFrame({"path": [f.relpath for f, _ in usable], "label": [f.label for f, _ in usable],
-                          "sha256": [i["sha256"] for _, i in usable], "width": [i["width"] for _, i in usable],
-                          "height": [i["height"] for _, i in usable], "exact_in_train": exact,
-                          "near_in_train": (best >= config.near_duplicate_threshold) & ~exact})
+    frame = pd.DataFrame(
+        {
+            "path": [f.relpath for f, _ in usable],
+            "label": [f.label for f, _ in usable],
+            "sha256": [i["sha256"] for _, i in usable],
+            "width": [i["width"] for _, i in usable],
+            "height": [i["height"] for _, i in usable],
+            "exact_in_train": exact,
+            "near_in_train": (best >= config.near_duplicate_threshold) & ~exact,
+        }
+    )
     return ExternalSet(frame=frame, root=root, excluded=excluded)

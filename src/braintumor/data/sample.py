@@ -27,16 +27,25 @@ SPLITS = ("Training", "Testing")
 CANVAS = 256
 
 
-def write_sample_dataset(root: str | Path, *, per_class: int = 100, test_per_class: int | None = None,
-                         seed: int = 0, size: int = CANVAS, classes: list[str] | None = None) -> dict[str, int]:
+def write_sample_dataset(
+    root: str | Path,
+    *,
+    per_class: int = 100,
+    test_per_class: int | None = None,
+    seed: int = 0,
+    size: int = CANVAS,
+    classes: list[str] | None = None,
+) -> dict[str, int]:
     """Write `root/Training/<class>/*.jpg` and `root/Testing/<class>/*.jpg`; return the count per split.
 
     Refuses a `root` that already holds a dataset (synthetic scans must never mix into real ones). Both folders
     appear at once when every image is written: an interrupted call leaves nothing behind.
     """
     if has_dataset(root):
-        raise DataError(f"{root} already holds a dataset (Training/ or Testing/ with files in it); nothing was "
-                        "written. Give an empty or new folder, or move the dataset away first.")
+        raise DataError(
+            f"{root} already holds a dataset (Training/ or Testing/ with files in it); nothing was "
+            "written. Give an empty or new folder, or move the dataset away first."
+        )
     classes = classes or list(DEFAULT_CLASSES)
     test_per_class = max(2, per_class // 4) if test_per_class is None else test_per_class
     counts = {}

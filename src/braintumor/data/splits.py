@@ -15,8 +15,18 @@ import pandas as pd
 from braintumor.errors import DataError
 from braintumor.fileio import atomic_path
 
-MANIFEST_COLUMNS = ["path", "split", "label", "sha256", "group", "exact_in_train", "near_in_train",
-                    "width", "height", "mode"]
+MANIFEST_COLUMNS = [
+    "path",
+    "split",
+    "label",
+    "sha256",
+    "group",
+    "exact_in_train",
+    "near_in_train",
+    "width",
+    "height",
+    "mode",
+]
 
 
 def grouped_stratified_val(labels: list[str], groups: np.ndarray, *, fraction: float, seed: int) -> np.ndarray:
@@ -60,19 +70,25 @@ def write_manifest(frame: pd.DataFrame, path: str | Path) -> None:
 def read_manifest(path: str | Path, classes: list[str] | None = None) -> pd.DataFrame:
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"split manifest {path} not found. Run the validate stage first: `dvc repro validate` "
-                        "(or `braintumor validate`).")
-    frame = pd.read_csv(path, dtype={"path": str, "label": str, "split": str, "sha256": str, "mode": str},
-                        keep_default_na=False)
+        raise DataError(
+            f"split manifest {path} not found. Run the validate stage first: `dvc repro validate` "
+            "(or `braintumor validate`)."
+        )
+    frame = pd.read_csv(
+        path, dtype={"path": str, "label": str, "split": str, "sha256": str, "mode": str}, keep_default_na=False
+    )
     missing = [c for c in MANIFEST_COLUMNS if c not in frame.columns]
     if missing:
-        raise DataError(f"{path} lacks the columns {missing}; it was written by another version. "
-                        "Rerun `dvc repro validate`.")
+        raise DataError(
+            f"{path} lacks the columns {missing}; it was written by another version. Rerun `dvc repro validate`."
+        )
     if classes is not None:
         unknown = sorted(set(frame["label"]) - set(classes))
         if unknown:
-            raise DataError(f"{path} has labels {unknown} that are not in data.classes {classes}. "
-                            "Rerun `dvc repro validate` after changing the classes.")
+            raise DataError(
+                f"{path} has labels {unknown} that are not in data.classes {classes}. "
+                "Rerun `dvc repro validate` after changing the classes."
+            )
     return frame
 
 
@@ -89,5 +105,7 @@ def size_seen_in_training(rows: pd.DataFrame, training: pd.DataFrame) -> np.ndar
     scans like them. Both frames need `label`, `width` and `height` (the manifest's columns).
     """
     seen = set(zip(training["label"], training["width"].astype(int), training["height"].astype(int)))
-    return np.array([(label, int(w), int(h)) in seen
-                     for label, w, h in zip(rows["label"], rows["width"], rows["height"])], dtype=bool)
+    return np.array(
+        [(label, int(w), int(h)) in seen for label, w, h in zip(rows["label"], rows["width"], rows["height"])],
+        dtype=bool,
+    )

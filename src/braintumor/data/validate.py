@@ -41,24 +41,33 @@ def inspect_file(path: str, limits: ImageLimits) -> dict[str, Any]:
         data = read_checked(path, max_file_bytes=limits.max_file_bytes)  # its size is checked before reading
         image = open_checked(data, limits=limits, draft=THUMB, name=path)
         (width, height), mode = image.info["source_size"], image.info["source_mode"]
-        return {"sha256": hashlib.sha256(data).hexdigest(), "width": width, "height": height, "mode": mode,
-                "fingerprint": fingerprint(to_grayscale(image))}
+        return {
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "width": width,
+            "height": height,
+            "mode": mode,
+            "fingerprint": fingerprint(to_grayscale(image)),
+        }
     except Exception as exc:  # one file's problem, whatever it is, never a crash of the scan
         return {"problem": problem_of(exc)}
 
 
-def validate_dataset(root: str | Path, config: DataConfig, *, workers: int | None = None,
-                     progress: bool = True) -> ValidationResult:
+def validate_dataset(
+    root: str | Path, config: DataConfig, *, workers: int | None = None, progress: bool = True
+) -> ValidationResult:
     scan = scan_dataset(root, config.classes, config.aliases)
     infos = inspect_all([f.path for f in scan.files], ImageLimits.of(config), workers=workers, progress=progress)
 
-    problems = [{"path": f.relpath, "reason": info["problem"]} for f, info in zip(scan.files, infos)
-                if "problem" in info]
+    problems = [
+        {"path": f.relpath, "reason": info["problem"]} for f, info in zip(scan.files, infos) if "problem" in info
+    ]
     if problems and config.on_bad_file == "fail":
         listing = "\n".join(f"  {p['path']}: {p['reason']}" for p in problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        raise DataError(f"{len(problems)} unusable image file(s) under {root}:\n{listing}{more}\n"
-                        "Fix or remove them, or set data.on_bad_file: exclude to leave them out with a warning.")
+        raise DataError(
+            f"{len(problems)} unusable image file(s) under {root}:\n{listing}{more}\n"
+            "Fix or remove them, or set data.on_bad_file: exclude to leave them out with a warning."
+        )
     for p in problems:
         log.warning("excluded %s: %s", p["path"], p["reason"])
 
@@ -66,23 +75,31 @@ def validate_dataset(root: str | Path, config: DataConfig, *, workers: int | Non
     for split in ("train", "test"):
         for label in config.classes:
             if not any(f.split == split and f.label == label for f, _ in usable):
-                raise DataError(f"no usable image of class {label} in the {split} split: every file there was "
-                                "excluded (see the warnings above). Replace the broken files.")
-    frame = pd.DataFrame({
-        "path": [f.relpath for f, _ in usable],
-        "split": [f.split for f, _ in usable],
-        "label": [f.label for f, _ in usable],
-        "sha256": [i["sha256"] for _, i in usable],
-        "width": [i["width"] for _, i in usable],
-        "height": [i["height"] for _, i in usable],
-        "mode": [i["mode"] for _, i in usable],
-    })
+                raise DataError(
+                    f"no usable image of class {label} in the {split} split: every file there was "
+                    "excluded (see the warnings above). Replace the broken files."
+                )
+    frame = pd.DataFrame(
+        {
+            "path": [f.relpath for f, _ in usable],
+            "split": [f.split for f, _ in usable],
+            "label": [f.label for f, _ in usable],
+            "sha256": [i["sha256"] for _, i in usable],
+            "width": [i["width"] for _, i in usable],
+            "height": [i["height"] for _, i in usable],
+            "mode": [i["mode"] for _, i in usable],
+        }
+    )
     prints = np.stack([i["fingerprint"] for _, i in usable]).astype(np.float32)  # (N, 4096)
     report, frame = _duplicates_and_splits(frame, prints, config)
     _check_train_and_val(frame, config)
     shift = image_size_shift(frame, config.classes)
-    report = {**_counts(frame, problems, scan.ignored, config.classes), **report, "image_size_shift": shift,
-              "image_size_warnings": size_shift_warnings(shift)}
+    report = {
+        **_counts(frame, problems, scan.ignored, config.classes),
+        **report,
+        "image_size_shift": shift,
+        "image_size_warnings": size_shift_warnings(shift),
+    }
     for line in report["image_size_warnings"]:
         log.warning(line)
     return ValidationResult(report=report, manifest=frame)
@@ -97,16 +114,27 @@ def _check_train_and_val(frame: pd.DataFrame, config: DataConfig) -> None:
             if (training["split"] == role).any():
                 continue
             groups = training["group"].nunique()
-            copies = (f" ({groups} distinct: copies of one scan stay on one side of the split)"
-                      if groups < len(training) else "")
-            raise DataError(f"no {role} scan of class {label}: it has {len(training)} usable Training scan(s){copies}, "
-                            f"and with data.val_fraction={config.val_fraction:g} a class needs at least {needed} "
-                            f"distinct ones to have both train and val scans. Add Training scans of {label}, or raise "
-                            "data.val_fraction.")
+            copies = (
+                f" ({groups} distinct: copies of one scan stay on one side of the split)"
+                if groups < len(training)
+                else ""
+            )
+            raise DataError(
+                f"no {role} scan of class {label}: it has {len(training)} usable Training scan(s){copies}, "
+                f"and with data.val_fraction={config.val_fraction:g} a class needs at least {needed} "
+                f"distinct ones to have both train and val scans. Add Training scans of {label}, or raise "
+                "data.val_fraction."
+            )
 
 
-def inspect_all(paths: list[str | Path], limits: ImageLimits, *, workers: int | None, progress: bool,
-                desc: str = "validate: hashing and checking") -> list[dict[str, Any]]:
+def inspect_all(
+    paths: list[str | Path],
+    limits: ImageLimits,
+    *,
+    workers: int | None,
+    progress: bool,
+    desc: str = "validate: hashing and checking",
+) -> list[dict[str, Any]]:
     """`inspect_file` of every path, in worker processes; in the order given."""
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
     paths = [str(p) for p in paths]
@@ -126,8 +154,9 @@ def inspect_all(paths: list[str | Path], limits: ImageLimits, *, workers: int | 
             return results
 
 
-def _duplicates_and_splits(frame: pd.DataFrame, prints: np.ndarray,
-                           config: DataConfig) -> tuple[dict[str, Any], pd.DataFrame]:
+def _duplicates_and_splits(
+    frame: pd.DataFrame, prints: np.ndarray, config: DataConfig
+) -> tuple[dict[str, Any], pd.DataFrame]:
     is_train = (frame["split"] == "train").to_numpy()
     train_idx, test_idx = np.flatnonzero(is_train), np.flatnonzero(~is_train)
     hashes = frame["sha256"].to_numpy()
@@ -143,8 +172,9 @@ def _duplicates_and_splits(frame: pd.DataFrame, prints: np.ndarray,
     groups = sets.groups()
 
     train_hashes = set(hashes[train_idx])
-    exact_in_train = np.array([split == "test" and digest in train_hashes
-                               for split, digest in zip(frame["split"], hashes)])
+    exact_in_train = np.array(
+        [split == "test" and digest in train_hashes for split, digest in zip(frame["split"], hashes)]
+    )
     near_in_train = np.zeros(len(frame), dtype=bool)
     best, _ = best_match(prints[test_idx], prints[train_idx])
     near_in_train[test_idx] = (best >= config.near_duplicate_threshold) & ~exact_in_train[test_idx]
@@ -152,8 +182,12 @@ def _duplicates_and_splits(frame: pd.DataFrame, prints: np.ndarray,
     # val: whole groups of Training images, stratified by class.
     split = frame["split"].to_numpy().copy()
     train_groups = groups[train_idx]
-    is_val = grouped_stratified_val(frame["label"].to_numpy()[train_idx].tolist(), train_groups,
-                                    fraction=config.val_fraction, seed=config.split_seed)
+    is_val = grouped_stratified_val(
+        frame["label"].to_numpy()[train_idx].tolist(),
+        train_groups,
+        fraction=config.val_fraction,
+        seed=config.split_seed,
+    )
     split[train_idx[is_val]] = "val"
     frame = frame.assign(split=split, group=groups, exact_in_train=exact_in_train, near_in_train=near_in_train)
     frame = frame.sort_values(["split", "label", "path"], kind="stable").reset_index(drop=True)
@@ -161,8 +195,13 @@ def _duplicates_and_splits(frame: pd.DataFrame, prints: np.ndarray,
     conflicts = []
     for group, members in frame.groupby("group"):
         if members["label"].nunique() > 1:
-            conflicts.append({"labels": sorted(members["label"].unique()),
-                              "paths": members["path"].tolist()[:10], "size": len(members)})
+            conflicts.append(
+                {
+                    "labels": sorted(members["label"].unique()),
+                    "paths": members["path"].tolist()[:10],
+                    "size": len(members),
+                }
+            )
     report = {
         "exact_duplicates_in_train": int(len(train_idx) - len(train_hashes)),
         "near_duplicate_groups_in_train": int(sum(c > 1 for c in Counter(train_groups.tolist()).values())),
@@ -187,36 +226,46 @@ def image_size_shift(frame: pd.DataFrame, classes: list[str]) -> dict[str, dict[
     seen = size_seen_in_training(test, training)
     shift = {}
     for label in classes:
-        sizes = Counter(f"{w}x{h}" for w, h in training.loc[training["label"] == label, ["width", "height"]]
-                        .itertuples(index=False))
+        sizes = Counter(
+            f"{w}x{h}" for w, h in training.loc[training["label"] == label, ["width", "height"]].itertuples(index=False)
+        )
         top, top_count = sizes.most_common(1)[0] if sizes else ("", 0)
         in_class = (test["label"] == label).to_numpy()
-        shift[label] = {"training_sizes": len(sizes), "training_top_size": top,
-                        "training_top_share": top_count / max(1, sum(sizes.values())),
-                        "test_n": int(in_class.sum()),
-                        "test_size_seen": float(seen[in_class].mean()) if in_class.any() else None}
+        shift[label] = {
+            "training_sizes": len(sizes),
+            "training_top_size": top,
+            "training_top_share": top_count / max(1, sum(sizes.values())),
+            "test_n": int(in_class.sum()),
+            "test_size_seen": float(seen[in_class].mean()) if in_class.any() else None,
+        }
     return shift
 
 
 def size_shift_warnings(shift: dict[str, dict[str, Any]]) -> list[str]:
     """One line per class whose Testing scans mostly have image sizes its Training scans never have."""
+
     def sizes(s: dict[str, Any]) -> str:
         if s["training_sizes"] == 1:
             return f"all at {s['training_top_size']}"
         return f"{s['training_sizes']} sizes, {s['training_top_share']:.0%} at {s['training_top_size']}"
 
-    return [f"Testing's {label} scans: {s['test_size_seen']:.0%} of {s['test_n']} have an image size found among "
-            f"Training's {label} scans ({sizes(s)}): the others likely come from other sources or scanners, from "
-            f"which Training holds no {label} scan. Expect a lower recall on them (evaluate reports Testing by "
-            f"image size); add Training scans of {label} from those sources if you have them."
-            for label, s in shift.items() if s["test_size_seen"] is not None and s["test_size_seen"] < SIZE_SHIFT_WARN]
+    return [
+        f"Testing's {label} scans: {s['test_size_seen']:.0%} of {s['test_n']} have an image size found among "
+        f"Training's {label} scans ({sizes(s)}): the others likely come from other sources or scanners, from "
+        f"which Training holds no {label} scan. Expect a lower recall on them (evaluate reports Testing by "
+        f"image size); add Training scans of {label} from those sources if you have them."
+        for label, s in shift.items()
+        if s["test_size_seen"] is not None and s["test_size_seen"] < SIZE_SHIFT_WARN
+    ]
 
 
-def _counts(frame: pd.DataFrame, problems: list[dict[str, str]], ignored: list[str],
-            classes: list[str]) -> dict[str, Any]:
+def _counts(
+    frame: pd.DataFrame, problems: list[dict[str, str]], ignored: list[str], classes: list[str]
+) -> dict[str, Any]:
     role = frame["split"]
-    per_class = {s: {c: int(((role == s) & (frame["label"] == c)).sum()) for c in classes}
-                 for s in ("train", "val", "test")}
+    per_class = {
+        s: {c: int(((role == s) & (frame["label"] == c)).sum()) for c in classes} for s in ("train", "val", "test")
+    }
     pixels = frame["width"] * frame["height"]
     order = np.argsort(pixels.to_numpy(), kind="stable")
     smallest, median, largest = (frame.iloc[order[k]] for k in (0, len(order) // 2, -1))
@@ -228,8 +277,10 @@ def _counts(frame: pd.DataFrame, problems: list[dict[str, str]], ignored: list[s
         "n_excluded": len(problems),
         "per_class": per_class,
         "image_modes": dict(sorted(Counter(frame["mode"]).items())),
-        "image_sizes": {name: f"{int(row['width'])}x{int(row['height'])}"
-                        for name, row in (("min", smallest), ("median", median), ("max", largest))},
+        "image_sizes": {
+            name: f"{int(row['width'])}x{int(row['height'])}"
+            for name, row in (("min", smallest), ("median", median), ("max", largest))
+        },
         "excluded": problems,
         "ignored_files": ignored[:100],
     }
