@@ -35,6 +35,7 @@ ALIASES = {
     "pituitary": "pituitary_tumor",
 }
 MAX_BYTES = 250_000_000
+CHUNK_BYTES = 1 << 20  # importer.CHUNK: members up to this size skip the per-member ratio check
 
 
 def jpeg(shade: int) -> bytes:
@@ -326,3 +327,96 @@ def test_ctrl_c_of_sample_data_prints_what_is_true_and_leaves_no_dataset(tmp_pat
     assert err.strip().splitlines()[-1].startswith("interrupted: no output was left half-written")
     assert "Traceback" not in err
     assert os.listdir(target) == []
+
+
+# --- issue 28, rows 8-12: the whole archive, DICOM by its bytes, a killed run's leftovers, names ---------------------
+
+
+def test_many_small_members_that_inflate_together_are_refused(tmp_path):
+    """Each 1 MB member is at the per-member check's floor; together they are a zip bomb."""
+    archive = tmp_path / "many.zip"
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("Training/glioma/a.jpg", jpeg(1))
+        for i in range(60):
+            zf.writestr(f"Training/glioma/{i:03d}.bmp", bytes(CHUNK_BYTES))
+    assert archive.stat().st_size < 200_000
+    with pytest.raises(DataError, match=r"its 61 image members inflate [\d,]+ times together .*nothing was imported"):
+        import_dataset(archive, tmp_path / "data", ["glioma", "other"], {}, max_file_bytes=MAX_BYTES)
+    assert not (tmp_path / "data").exists() or files_under(tmp_path / "data") == []
+
+
+def dicom_file() -> bytes:
+    import numpy as np
+    from scan_files import dicom_bytes
+
+    return dicom_bytes((np.arange(32 * 32).reshape(32, 32) % 200).astype(np.uint8))
+
+
+@pytest.mark.parametrize("kind", ["zip", "folder"])
+def test_extension_less_dicoms_are_imported_by_their_own_bytes(tmp_path, kind, monkeypatch):
+    source = kaggle_folder(tmp_path / "src", per_class=1)
+    scan = dicom_file()
+    (source / "Training" / "glioma" / "IM0001").write_bytes(scan)
+    (source / "Testing" / "glioma" / "1.2.840.113619.2.55.3.12").write_bytes(dicom_file())
+    (source / "Training" / "glioma" / "README").write_bytes(b"not a scan")
+    if kind == "zip":
+        archive = tmp_path / "src.zip"
+        with zipfile.ZipFile(archive, "w") as zf:
+            for path in sorted(p for p in source.rglob("*") if p.is_file()):
+                zf.write(path, path.relative_to(source).as_posix())
+        source = archive
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    monkeypatch.chdir(outside)  # the member's own bytes decide, not a file of that name in the working directory
+    result = import_dataset(source, tmp_path / "data", CLASSES, ALIASES, max_file_bytes=MAX_BYTES)
+    assert result.counts == {"Training": 5, "Testing": 5}
+    assert (tmp_path / "data/Training/glioma_tumor/IM0001").read_bytes() == scan
+    assert (tmp_path / "data/Testing/glioma_tumor/1.2.840.113619.2.55.3.12").is_file()
+    assert not (tmp_path / "data/Training/glioma_tumor/README").exists()
+
+
+def test_a_killed_runs_staging_folder_is_removed_by_the_next_run_and_a_live_ones_kept(tmp_path, caplog):
+    import socket
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # a pid that no longer runs
+    stale, live = tmp_path / "data" / ".incomplete-killed", tmp_path / "data" / ".incomplete-running"
+    for folder, pid in ((stale, dead.pid), (live, os.getpid())):
+        (folder / "Training").mkdir(parents=True)
+        (folder / ".owner").write_text(f"{pid}@{socket.gethostname()}\n")
+    import_dataset(
+        kaggle_folder(tmp_path / "src", per_class=1), tmp_path / "data", CLASSES, ALIASES, max_file_bytes=MAX_BYTES
+    )
+    assert not stale.exists() and live.is_dir()
+    assert any("left by an interrupted run" in r.getMessage() for r in caplog.records)
+    assert any("another run's unfinished copy" in r.getMessage() for r in caplog.records)
+
+
+def test_a_name_that_is_both_a_file_and_a_folder_is_refused_before_copying(tmp_path):
+    archive = tmp_path / "clash.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("Training/glioma/a.jpg", jpeg(1))
+        zf.writestr("Training/glioma/a.jpg/b.jpg", jpeg(2))
+        zf.writestr("Testing/glioma/c.jpg", jpeg(3))
+    with pytest.raises(
+        DataError,
+        match=r"Training/glioma/a.jpg is a file, but another member puts .* inside a "
+        r"folder of that name; nothing was copied",
+    ):
+        import_dataset(archive, tmp_path / "data", ["glioma", "other"], {}, max_file_bytes=MAX_BYTES)
+    assert not (tmp_path / "data" / "Training").exists()
+
+
+def test_names_with_a_colon_or_a_control_character_are_refused_and_printed_escaped(tmp_path):
+    archive = tmp_path / "names.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("Training/glioma/C:\\x.jpg", jpeg(1))
+        zf.writestr("Testing/glioma/c.jpg", jpeg(3))
+    with pytest.raises(DataError, match=r"has a ':' or a control character in its name"):
+        import_dataset(archive, tmp_path / "data", ["glioma", "other"], {}, max_file_bytes=MAX_BYTES)
+    source = kaggle_folder(tmp_path / "src", per_class=1)
+    (source / "Training" / "glioma" / "evil\x1b[2J\n.jpg").write_bytes(jpeg(4))
+    with pytest.raises(DataError, match=r"has a control character \(newline, tab, ESC, ...\) in its name") as caught:
+        import_dataset(source, tmp_path / "data2", CLASSES, ALIASES, max_file_bytes=MAX_BYTES)
+    assert "\x1b" not in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "data" / "Training").exists() and not (tmp_path / "data2" / "Training").exists()
