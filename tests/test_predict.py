@@ -154,3 +154,24 @@ def test_gradcam_names_stay_distinct_when_a_file_name_holds_the_separator(capsys
     written = sorted(p.name for p in folder.iterdir())
     assert len(written) == 5
     assert len({name.casefold() for name in written}) == 5
+
+
+def test_output_paths_that_cannot_be_written_are_one_line_errors(capsys, model_file, scans, tmp_path):
+    """Issue 28 row 11: a missing --output folder and a --gradcam that is a file fail before any work; a path the
+    system refuses at write time (/proc) is one line naming it, never a traceback."""
+    existing = tmp_path / "overlay.png"
+    existing.write_bytes(b"keep me")
+    code, out, err = predict(capsys, str(scans), "--model", str(model_file), "--gradcam", str(existing))
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [f"error: --gradcam {existing} is a file; give a folder for the overlays"]
+    assert existing.read_bytes() == b"keep me"
+    missing = tmp_path / "no such folder" / "p.csv"
+    code, out, err = predict(capsys, str(scans), "--model", str(model_file), "--output", str(missing))
+    assert (code, out) == (2, "")
+    assert err.splitlines() == [
+        f"error: --output {missing}: its folder {missing.parent} does not exist; create it or write elsewhere"
+    ]
+    code, out, err = predict(capsys, str(scans), "--model", str(model_file), "--output", "/proc/x.csv")
+    assert code == 2 and "Traceback" not in err
+    assert err.splitlines()[-1].startswith("error: cannot write /proc/x.csv")
+    assert err.splitlines()[-1].endswith("give --output / --gradcam a path in a writable folder")

@@ -7,6 +7,7 @@ over its slices that show a head, and the label with the highest mean.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -92,20 +93,27 @@ def predict_paths(
     table = table_of(predictor, scans, probs, novelty)
     _log_answers(predictor, scans, table, time.perf_counter() - start, model, model_file)
     _print_table(table, scans, predictor.novelty.quantile if predictor.novelty else None)
-    try:
-        if output:
+    if output:
+        with _said_in_one_line(output):
             _write_table(table, output)
-            print(f"wrote {output}")
-        if gradcam_dir:
+        print(f"wrote {output}")
+    if gradcam_dir:
+        with _said_in_one_line(gradcam_dir):
             _write_gradcams(predictor, scans, table[table["frame"].notna()], Path(gradcam_dir))
-            print(f"wrote Grad-CAM overlays to {gradcam_dir}/")
-    except OSError as exc:  # /proc/x.csv, a full disk, a read-only folder: said in one line
-        raise BrainTumorError(
-            f"cannot write {escaped(exc.filename or output or gradcam_dir)} "
-            f"({exc.strerror or type(exc).__name__}); give --output / --gradcam a path in a "
-            "writable folder"
-        ) from None
+        print(f"wrote Grad-CAM overlays to {gradcam_dir}/")
     return table
+
+
+@contextlib.contextmanager
+def _said_in_one_line(target: str):
+    """/proc/x.csv, a full disk, a read-only folder: one line naming what the user gave (not a temporary file)."""
+    try:
+        yield
+    except OSError as exc:
+        raise BrainTumorError(
+            f"cannot write {escaped(target)} ({exc.strerror or type(exc).__name__}); give --output / --gradcam a "
+            "path in a writable folder"
+        ) from None
 
 
 def check_output_paths(output: str | None, gradcam_dir: str | None) -> None:
