@@ -9,7 +9,7 @@ answers one row per file instead (deploy/spark_score.py), in three columns that 
 - `answer`: the file's answer: a single picture's label, probability, one probability per class, `novelty` and
   `unlike_training`; for a file of several pictures (a multi-frame DICOM, a NIfTI volume) the volume summary of
   `braintumor predict`: the class probabilities and the novelty averaged over the pictures that show a head
-  (predict.head_pictures), and the label with the highest mean. `averaged_over` counts the pictures it stands for
+  (preprocess.head_pictures), and the label with the highest mean. `averaged_over` counts the pictures it stands for
   (1 for a single picture; 0 when no picture shows a head, and the rest of the answer is null);
 - `frames`: one answer per picture (`frame`, the same columns, `shows_head` for files of several pictures), the
   rows `braintumor predict` and the REST answer give.
@@ -29,7 +29,7 @@ import pandas as pd
 from braintumor.errors import BrainTumorError
 from braintumor.imaging import ImageProblem, problem_of
 from braintumor.medical import Pictures
-from braintumor.predict import head_pictures
+from braintumor.preprocess import head_pictures
 from braintumor.serving import Predictor, RequestError, decode_base64, request_values
 
 ROWS_PARAM = "rows"  # the model's param: "picture" (the REST answer, the default) or "file"

@@ -24,7 +24,7 @@ from braintumor.errors import BrainTumorError, escaped
 from braintumor.fileio import atomic_path, write_text
 from braintumor.imaging import problem_of
 from braintumor.medical import Pictures
-from braintumor.preprocess import head_fraction
+from braintumor.preprocess import MIN_HEAD_FRACTION, head_pictures
 from braintumor.runtime import prediction_device
 from braintumor.serving import Predictor, find_images
 
@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 # A slice "shows a head" when the head crop's region (the largest region brighter than preprocess.crop_threshold
 # of the volume's 99th percentile) covers at least this fraction of it. It measures head tissue, not brain: in a
 # volume that reaches the neck, neck slices count too (--middle keeps to the centre).
-MIN_HEAD_FRACTION = 0.1
 CSV_FLOAT_FORMAT = "%.6f"  # --output .csv, and the page's CSV download (app/)
 
 
@@ -140,17 +139,6 @@ def read_scan(predictor: Predictor, path: Path, middle: int | None = None, *, da
         [pictures.images[i] for i in keep], [pictures.numbers[i] for i in keep], pictures.kind, pictures.description
     )
     return Scan(path, selected, predictor.images_of(selected), shows_head, several)
-
-
-def head_pictures(pictures: Pictures, crop_threshold: float, indices: list[int] | None = None) -> list[bool]:
-    """Which of the pictures (all, or those at `indices`) show a head: the head crop's region, at the brightness
-    level of the whole file (its pictures' 99th percentile), covers at least MIN_HEAD_FRACTION of the picture."""
-    level = float(np.percentile(np.stack([np.asarray(image) for image in pictures.images]), 99))
-    indices = range(len(pictures.images)) if indices is None else indices
-    return [
-        head_fraction(np.asarray(pictures.images[i]), threshold=crop_threshold, level=level) >= MIN_HEAD_FRACTION
-        for i in indices
-    ]
 
 
 def _log_answers(

@@ -19,9 +19,13 @@ predict` and the served model; its settings (`ScanPrep`) are saved in the model 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:  # only a type here: the readers sit above this module
+    from braintumor.medical import Pictures
 
 INTENSITY_MODES = ("none", "percentile", "equalize")
 _MASK_SIDE = 64  # the head is found on a thumbnail this size (longer side): cheap, and enough for a bounding box
@@ -173,3 +177,17 @@ def _dilate_max(values: np.ndarray) -> np.ndarray:
         for dx in (0, 1, 2):
             np.maximum(out, padded[dy : dy + h, dx : dx + w], out=out)
     return out
+
+
+MIN_HEAD_FRACTION = 0.1  # a picture "shows a head" when the head crop's region covers this much of it
+
+
+def head_pictures(pictures: Pictures, crop_threshold: float, indices: list[int] | None = None) -> list[bool]:
+    """Which of the pictures (all, or those at `indices`) show a head: the head crop's region, at the brightness
+    level of the whole file (its pictures' 99th percentile), covers at least MIN_HEAD_FRACTION of the picture."""
+    level = float(np.percentile(np.stack([np.asarray(image) for image in pictures.images]), 99))
+    indices = range(len(pictures.images)) if indices is None else indices
+    return [
+        head_fraction(np.asarray(pictures.images[i]), threshold=crop_threshold, level=level) >= MIN_HEAD_FRACTION
+        for i in indices
+    ]
