@@ -14,19 +14,26 @@ from helpers import tiny_params
 from braintumor.data.sample import write_sample_dataset
 
 
+def _set_tracking_uri() -> str | None:
+    """The URI mlflow.set_tracking_uri last set in this process (None: never, or reset), read without importing
+    MLflow. Its module global, since a URI set while MLFLOW_TRACKING_URI was patched outlives the patch."""
+    utils = sys.modules.get("mlflow.tracking._tracking_service.utils")
+    return getattr(utils, "_tracking_uri", None)
+
+
 def _tracking_uri_kept():
     """Whatever a test (or a module's fixtures) sets with mlflow.set_tracking_uri, or MLFLOW_TRACKING_URI, is undone
-    after it: the next test starts on the tracking URI the session had."""
-    before = os.environ.get("MLFLOW_TRACKING_URI")
+    after it: the next test starts on the tracking URI it had before (a module fixture's, or the session's)."""
+    before_env, before_set = os.environ.get("MLFLOW_TRACKING_URI"), _set_tracking_uri()
     yield
     if "mlflow" in sys.modules:
         import mlflow
 
-        mlflow.set_tracking_uri(before)  # None: MLflow's own default again (and its env var unset)
-    if before is None:
+        mlflow.set_tracking_uri(before_set)  # None: MLflow's own default again (and its env var unset)
+    if before_env is None:
         os.environ.pop("MLFLOW_TRACKING_URI", None)
     else:
-        os.environ["MLFLOW_TRACKING_URI"] = before
+        os.environ["MLFLOW_TRACKING_URI"] = before_env
 
 
 tracking_uri_kept = pytest.fixture(autouse=True)(_tracking_uri_kept)
