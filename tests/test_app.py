@@ -9,6 +9,7 @@ that hint; under CI=true it fails instead.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import http.client
 import io
 import json
@@ -91,7 +92,7 @@ def app_url(novelty_model_file, module_dir):
     proc = start_process(
         [sys.executable, "-m", "braintumor.cli", "app", "--model", str(novelty_model_file[0]), "--port", str(port)],
         log,
-        env=venv_env(),
+        env={**venv_env(), "BRAINTUMOR_PREDICTION_LOG": str(module_dir / "app-log") + "/"},
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -269,6 +270,37 @@ def test_the_page_shows_predicts_answers_and_evidence(browser, app_url, scans, p
 
 
 # ---- the server over HTTP, without a browser ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_page_logs_each_answered_picture_without_names_or_pixels(app_url, scans, predicted, module_dir):
+    """BRAINTUMOR_PREDICTION_LOG set for `braintumor app`: one line per answered picture (a volume's slices, not
+    its summary), predict's numbers, source "app"; the broken file logs nothing; no name reaches the log."""
+    predicted, _ = predicted
+    log_file = module_dir / "app-log" / "predictions.jsonl"
+    before = log_file.read_text().splitlines() if log_file.exists() else []
+    host = app_url.removeprefix("http://")
+    for kind in ("jpeg", "nifti", "broken"):
+        data = scans[kind].read_bytes()
+        status, answer = _post(host, [data], length=len(data))
+        assert status == 200 and ("problem" in answer) == (kind == "broken"), (kind, answer)
+    lines = log_file.read_text().splitlines()[len(before) :]
+    records = [json.loads(line) for line in lines]
+    assert len(records) == 1 + 6  # the JPEG, the volume's six slices
+    for kind, count in (("jpeg", 1), ("nifti", 6)):
+        digest = hashlib.sha256(scans[kind].read_bytes()).hexdigest()
+        logged = [r for r in records if r["sha256"] == digest]
+        rows = predicted[(predicted["file"] == scans[kind].name) & predicted["frame"].notna()]
+        assert len(logged) == len(rows) == count
+        for record, (_, row) in zip(sorted(logged, key=lambda r: r["frame"]), rows.iterrows()):
+            assert record["source"] == "app" and record["frame"] == int(row["frame"])
+            assert record["label"] == row["label"] and abs(record["probability"] - row["probability"]) <= 2e-6
+            # float32 features whose last bits depend on the batch (predict ran all files in one): as above
+            assert np.isclose(record["novelty"], row["novelty"], rtol=1e-5, atol=2e-6)
+            assert record["unlike_training"] == bool(row["unlike_training"])
+            assert record["pictures_in_request"] == count and record["latency_ms"] > 0
+    for name in ("axial t1", "volume", "broken", str(module_dir)):
+        assert not any(name in line for line in lines)
 
 
 @pytest.fixture(scope="module")

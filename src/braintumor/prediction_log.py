@@ -1,7 +1,7 @@
 """The prediction log: one JSON line per answer, for `braintumor monitor` to watch for drift.
 
 When BRAINTUMOR_PREDICTION_LOG names a file (or a folder: `<folder>/predictions.jsonl`), the served model,
-`braintumor predict` and any page that calls `log_answers` append one line per picture they answered:
+`braintumor predict` and the web page (`braintumor app`) append one line per picture they answered:
 
     {"time": "2026-12-03T06:10:00.123456Z", "source": "serve", "model": "brain-tumor-classifier", "version": "3",
      "run_id": "...", "sha256": "<of the input file's bytes>", "frame": 0, "label": "glioma_tumor",

@@ -24,6 +24,7 @@ import pandas as pd
 from PIL import Image
 
 from braintumor.predict import CSV_FLOAT_FORMAT, MIN_HEAD_FRACTION, read_scan, table_of
+from braintumor.prediction_log import ModelIdentity, PredictionLog, log_answers
 from braintumor.serving import Predictor
 
 DISCLAIMER = "Research use; not a medical device."
@@ -63,22 +64,47 @@ class PictureStore:
 
 
 class Answers:
-    """One Predictor behind the page. The network is used by one request at a time (Grad-CAM hooks its layers)."""
+    """One Predictor behind the page. The network is used by one request at a time (Grad-CAM hooks its layers).
 
-    def __init__(self, predictor: Predictor, store: PictureStore | None = None) -> None:
+    With a `prediction_log` (BRAINTUMOR_PREDICTION_LOG), each answered picture is logged as the served model and
+    predict log theirs (prediction_log.py: the file's SHA-256, never its name or pixels), with source "app"."""
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        store: PictureStore | None = None,
+        *,
+        prediction_log: PredictionLog | None = None,
+        identity: ModelIdentity | None = None,
+    ) -> None:
         self.predictor = predictor
         self.store = store or PictureStore()
+        self.prediction_log = prediction_log
+        self.identity = identity
         self._model_lock = threading.Lock()
 
     def answer(self, data: bytes) -> dict[str, Any]:
         """One file's bytes -> its pictures' answers, a volume's summary and predict's CSV rows for it.
 
         Raises ImageProblem (or BrainTumorError) for a file that cannot be used, as predict's `skipped` says."""
+        start = time.perf_counter()
         scan = read_scan(self.predictor, UPLOAD_NAME, data=data)
         with self._model_lock:
             probs, novelty = self.predictor.predict(scan.images)  # (N, C), (N,) | None
         table = table_of(self.predictor, [scan], probs, novelty)
         per_picture, summary = table[table["frame"].notna()], table[table["frame"].isna()]
+        if self.prediction_log is not None and self.identity is not None:
+            novelty_model = self.predictor.novelty
+            log_answers(  # never raises: a log that cannot be written costs a warning, not the answer
+                per_picture.assign(row=0),
+                [data],
+                self.predictor.classes,
+                self.identity,
+                latency_s=time.perf_counter() - start,
+                source="app",
+                novelty_quantile=novelty_model.quantile if novelty_model else None,
+                prediction_log=self.prediction_log,
+            )
         scan_id = self.store.add(Stored(scan.images, list(per_picture["label"])))
         csv = table.drop(columns="file").to_csv(index=False, float_format=CSV_FLOAT_FORMAT).splitlines()
         heads = scan.shows_head

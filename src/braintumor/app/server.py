@@ -165,6 +165,7 @@ def run_app(model: str, *, host: str = "127.0.0.1", port: int = 8000, device: st
 
     from braintumor.app.answers import model_facts
     from braintumor.predict import resolve_model
+    from braintumor.prediction_log import PredictionLog, model_identity
     from braintumor.runtime import prediction_device
     from braintumor.serving import Predictor
 
@@ -183,7 +184,12 @@ def run_app(model: str, *, host: str = "127.0.0.1", port: int = 8000, device: st
         f"braintumor app: {facts['name']}{version}{aliases} on {target}; open http://{shown}:{port}/ (Ctrl-C stops it)",
         flush=True,
     )
-    uvicorn.run(create_app(Answers(predictor), facts), host=host, port=port, log_level="warning", access_log=False)
+    prediction_log = PredictionLog.from_env()
+    identity = model_identity(path, predictor.bundle, model if ":/" in model else None) if prediction_log else None
+    if prediction_log is not None:
+        print(f"prediction log: {prediction_log.path} (BRAINTUMOR_PREDICTION_LOG)", flush=True)
+    answers = Answers(predictor, prediction_log=prediction_log, identity=identity)
+    uvicorn.run(create_app(answers, facts), host=host, port=port, log_level="warning", access_log=False)
 
 
 def _check_port(host: str, port: int) -> None:
