@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test test-fast docs lint bench team-up app
+.PHONY: install run test test-fast docs lint bench team-up app serve-image
 
 # Reinstalls only when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -62,3 +62,9 @@ bench: install
 	$(BIN)/python benchmarks/validate_speed.py
 	$(BIN)/python benchmarks/train_throughput.py --images 64
 	$(BIN)/python benchmarks/serve_latency.py
+
+# The served model's container build context in build/serve-image (deploy/serve.Dockerfile, docs/serving.md):
+# MODEL=models:/brain-tumor-classifier/3 for another version. Then: docker build -t brain-tumor-classifier build/serve-image
+MODEL ?= models:/brain-tumor-classifier@champion
+serve-image: install
+	$(BIN)/python deploy/serve_image.py --model "$(MODEL)" --out build/serve-image
