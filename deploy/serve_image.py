@@ -24,18 +24,13 @@ MARK = ".serve-image"
 
 
 def registered_version(model_uri: str) -> str:
-    """The version number a models:/name/N or models:/name@alias URI stands for now."""
+    """The version number a models:/name/N or models:/name@alias URI stands for now (MLflow's own resolver)."""
     from mlflow import MlflowClient
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
 
     if not model_uri.startswith("models:/"):
         raise SystemExit(f"--model {model_uri}: give a registered model, models:/<name>@<alias> or models:/<name>/<N>")
-    name, _, rest = model_uri.removeprefix("models:/").partition("@")
-    if rest:
-        return MlflowClient().get_model_version_by_alias(name, rest).version
-    name, _, number = name.partition("/")
-    if not number.isdigit():
-        raise SystemExit(f"--model {model_uri}: give models:/<name>@<alias> or models:/<name>/<N>")
-    return MlflowClient().get_model_version(name, number).version
+    return str(get_model_name_and_version(MlflowClient(), model_uri)[1])
 
 
 def build_context(model_uri: str, out: Path) -> str:
