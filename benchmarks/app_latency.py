@@ -74,8 +74,8 @@ def untrained_model(path: Path, image_size: int) -> None:
     import torch
 
     from braintumor.config import params_from_dict
-    from braintumor.model import build_model, save_model
-    from braintumor.transforms import Preprocessing
+    from braintumor.model.network import build_model, save_model
+    from braintumor.model.transforms import Preprocessing
 
     params = params_from_dict(
         {"model": {"weights": "none", "image_size": image_size, "resize_size": resize_size(image_size)}}
@@ -98,7 +98,7 @@ def resize_size(image_size: int) -> int:
 
 def bare_worker(model: str, files: list[str], runs: int) -> None:
     """The helper process: median seconds of the bare Predictor per file, as JSON on stdout."""
-    from braintumor.serving import Predictor
+    from braintumor.model.predictor import Predictor
 
     predictor = Predictor(model)
     result = {}

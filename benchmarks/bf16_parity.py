@@ -27,10 +27,10 @@ from braintumor.config import load_params
 from braintumor.data.cache import cached_images
 from braintumor.data.sample import write_sample_dataset
 from braintumor.data.scan import scan_dataset
-from braintumor.imaging import ImageLimits
-from braintumor.model import build_model
-from braintumor.training import TrainData, fit
-from braintumor.transforms import Preprocessing
+from braintumor.model.network import build_model
+from braintumor.model.transforms import Preprocessing
+from braintumor.scans.limits import ImageLimits
+from braintumor.training.loop import TrainData, fit
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -29,18 +29,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from braintumor import evaluation as ev
-from braintumor import transforms
 from braintumor.config import load_params, params_from_dict
 from braintumor.data.cache import cached_images
 from braintumor.data.splits import in_splits, read_manifest
+from braintumor.evaluation import metrics as ev
 from braintumor.fileio import project_path
-from braintumor.imaging import ImageLimits
-from braintumor.inference import probabilities
-from braintumor.model import load_model
+from braintumor.model import transforms
+from braintumor.model.inference import probabilities
+from braintumor.model.network import load_model
+from braintumor.model.transforms import Preprocessing
 from braintumor.pipeline import Scorer, calibrate
-from braintumor.training import TrainData
-from braintumor.transforms import Preprocessing
+from braintumor.scans.limits import ImageLimits
+from braintumor.training.loop import TrainData
 
 METHODS = ("none", "val", "shifted")
 

@@ -16,10 +16,10 @@ import torch
 
 from braintumor.config import AugmentConfig, TrainConfig
 from braintumor.data.sample import synthetic_slice
-from braintumor.model import build_model
-from braintumor.preprocess import ScanPrep, prepare_image
-from braintumor.training import TrainData, fit
-from braintumor.transforms import Preprocessing
+from braintumor.model.network import build_model
+from braintumor.model.transforms import Preprocessing
+from braintumor.scans.preprocess import ScanPrep, prepare_image
+from braintumor.training.loop import TrainData, fit
 
 KINDS = ("glioma", "meningioma", "none", "pituitary")
 SCAN = ScanPrep(size=224, head_crop=True, intensity="percentile")  # the GPU recipe's preprocessing

@@ -51,8 +51,9 @@ def main() -> None:
     args = parser.parse_args()
 
     from braintumor.errors import BrainTumorError
+    from braintumor.model.predictor import Predictor
+    from braintumor.predict import find_images
     from braintumor.runtime import prediction_device
-    from braintumor.serving import Predictor, find_images
 
     try:
         device = prediction_device(args.device)

@@ -18,7 +18,7 @@ import pandas as pd
 
 from braintumor.config import load_params
 from braintumor.data.splits import read_manifest
-from braintumor.serving import Predictor
+from braintumor.model.predictor import Predictor
 
 
 def predictions(predictor: Predictor, rows: pd.DataFrame, root: str, batch: int = 64) -> list[str]:

@@ -63,11 +63,11 @@ def build_and_register(workdir: Path) -> str:
 
     from braintumor.config import params_from_dict
     from braintumor.data.cache import load_image
-    from braintumor.imaging import ImageLimits
-    from braintumor.model import build_model, save_model
+    from braintumor.model.network import build_model, save_model
+    from braintumor.model.transforms import Preprocessing
     from braintumor.pipeline import log_served_model
-    from braintumor.tracking import RunTracker
-    from braintumor.transforms import Preprocessing
+    from braintumor.scans.limits import ImageLimits
+    from braintumor.tracking.runs import RunTracker
 
     params = params_from_dict(
         {
@@ -129,9 +129,9 @@ def forward_worker(model_path: str, image_path: str) -> None:
     """--forward-worker: load the model, then for each number N read on stdin, time N forward passes."""
     import torch
 
+    from braintumor.model.predictor import Predictor
     from braintumor.runtime import PREDICTION_PRECISION_ENV as PRECISION_ENV
     from braintumor.runtime import prediction_device
-    from braintumor.serving import Predictor
 
     # as the served model chooses: MLFLOW_DEFAULT_PREDICTION_DEVICE, else CUDA when present; the same precision
     predictor = Predictor(
@@ -272,7 +272,7 @@ def main() -> None:
             print(f"setup: built and registered {model_uri} in {time.perf_counter() - t0:.1f} s", flush=True)
         os.environ["MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]
 
-        from braintumor.tracking import download_model_file
+        from braintumor.tracking.runs import download_model_file
 
         image = jpeg_bytes(0)
         (workdir / "image.jpg").write_bytes(image)

@@ -14,8 +14,9 @@ runs that many client threads for --duration seconds, each sending requests of r
 its own keep-alive connection. Per cell: requests/s and scans/s (answers completed in the window over its length),
 p50/p95/p99 latency, errors (HTTP status other than 200, 504 = the server's request timeout, or a failed
 connection), and the RSS of all the server's processes before the cell, at its peak and after it (the requests still
-in flight at the end are waited for). The bare Predictor's batched throughput (`Predictor.predict_frame` on frames of
-16 base64 scans: decoding included, HTTP not) is timed in a process of its own session, as the server runs in one.
+in flight at the end are waited for). The bare Predictor's batched throughput (`serving.requests.answer_request` on
+frames of 16 base64 scans: decoding included, HTTP not) is timed in a process of its own session, as the server
+runs in one.
 
 Last line: JSON of every cell (also written to --json).
 """
@@ -39,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from braintumor.processes import served_model, tree_rss_mb, venv_env
+from braintumor.serving.requests import answer_request
 
 DATA = Path("/work/shared/data/brain-tumor-mri")
 
@@ -49,13 +51,13 @@ def build_and_register(workdir: Path, data: Path) -> str:
     import torch
 
     from braintumor.config import params_from_dict
-    from braintumor.inference import forward_outputs
-    from braintumor.model import build_model, save_model
-    from braintumor.novelty import fit_novelty
+    from braintumor.model.inference import forward_outputs
+    from braintumor.model.network import build_model, save_model
+    from braintumor.model.novelty import fit_novelty
+    from braintumor.model.predictor import Predictor
+    from braintumor.model.transforms import Preprocessing
     from braintumor.pipeline import log_served_model
-    from braintumor.serving import Predictor
-    from braintumor.tracking import RunTracker
-    from braintumor.transforms import Preprocessing
+    from braintumor.tracking.runs import RunTracker
 
     params = params_from_dict(
         {
@@ -185,19 +187,19 @@ def _pct(values: np.ndarray, q: float) -> float | None:
 
 
 def bare_worker(model_path: str, data: str, repeats: int) -> None:
-    """--bare: Predictor.predict_frame on 16-scan frames, as the served model runs it; prints scans/s."""
+    """--bare: serving.requests.answer_request on 16-scan frames, as the served model runs it; prints scans/s."""
     import pandas as pd
     import torch
 
-    from braintumor.serving import Predictor
+    from braintumor.model.predictor import Predictor
 
     predictor = Predictor(model_path)
     bodies = request_bodies(Path(data), 16, repeats + 1, seed=1)
     frames = [pd.DataFrame({"image": [row[0] for row in json.loads(b)["dataframe_split"]["data"]]}) for b in bodies]
-    predictor.predict_frame(frames[0])  # warm-up
+    answer_request(predictor, frames[0])  # warm-up
     start = time.perf_counter()
     for frame in frames[1:]:
-        predictor.predict_frame(frame)
+        answer_request(predictor, frame)
     seconds = time.perf_counter() - start
     print(json.dumps({"scans_s": 16 * repeats / seconds, "threads": torch.get_num_threads()}), flush=True)
 
@@ -253,7 +255,7 @@ def main() -> None:
             model_uri = build_and_register(workdir, args.data)
             print(f"setup: built and registered {model_uri} in {time.perf_counter() - t0:.0f} s", flush=True)
         os.environ["MLFLOW_TRACKING_URI"] = env["MLFLOW_TRACKING_URI"]
-        from braintumor.tracking import download_model_file
+        from braintumor.tracking.runs import download_model_file
 
         bare = bare_throughput(download_model_file(model_uri), args.data, env, args.bare_repeats)
         print(

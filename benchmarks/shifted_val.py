@@ -20,16 +20,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from braintumor import evaluation as ev
-from braintumor.calibration import shift_copies
 from braintumor.config import Params, load_params, params_from_dict
 from braintumor.data.cache import ImageDataset, IndexedTransform, cached_images
 from braintumor.data.splits import in_splits, read_manifest
+from braintumor.evaluation import metrics as ev
 from braintumor.fileio import project_path
-from braintumor.imaging import ImageLimits
-from braintumor.inference import predict_logits, probabilities
-from braintumor.model import load_model
-from braintumor.transforms import Preprocessing, eval_preset, shifted_preset
+from braintumor.model.calibration import shift_copies
+from braintumor.model.inference import predict_logits, probabilities
+from braintumor.model.network import load_model
+from braintumor.model.transforms import Preprocessing, eval_preset, shifted_preset
+from braintumor.scans.limits import ImageLimits
 
 
 @dataclass

@@ -26,8 +26,8 @@ from braintumor.config import load_params
 from braintumor.data.cache import ImageDataset, cached_images
 from braintumor.data.splits import in_splits, read_manifest
 from braintumor.fileio import project_path
-from braintumor.imaging import ImageLimits
-from braintumor.transforms import eval_preset
+from braintumor.model.transforms import eval_preset
+from braintumor.scans.limits import ImageLimits
 
 
 def refit_batch_norm(sets: ValSets, project) -> None:

@@ -5,7 +5,7 @@
 (a) seed-style: torchvision ImageFolder, PIL decode + RandomResizedCrop every epoch, fp32, NCHW, batch 4, SGD.
 (b) limit: a bare loop on synthetic tensors (no data, no augmentation), batch 32, channels_last, in the precision
     `train.cpu_bf16: auto` picks on this CPU (bf16 with AMX / AVX512-BF16, else fp32): what this machine can do.
-(c) project: `braintumor.training.fit` with params.yaml's preprocess/augment/train settings at --size px, reading
+(c) project: `braintumor.training.loop.fit` with params.yaml's preprocess/augment/train settings at --size px, reading
     the prepared-scan cache (built once, timed separately: it is reused by every later epoch and run).
 All train a from-scratch ResNet50 (weights do not change the cost) on the same N Training images, one pass.
 
@@ -31,10 +31,10 @@ from braintumor import runtime
 from braintumor.config import load_params
 from braintumor.data.cache import cached_images
 from braintumor.data.scan import scan_dataset
-from braintumor.imaging import ImageLimits
-from braintumor.model import build_model
-from braintumor.training import TrainData, fit
-from braintumor.transforms import Preprocessing
+from braintumor.model.network import build_model
+from braintumor.model.transforms import Preprocessing
+from braintumor.scans.limits import ImageLimits
+from braintumor.training.loop import TrainData, fit
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO.parent / "shared" / "data" / "brain-tumor-mri"

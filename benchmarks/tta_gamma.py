@@ -23,7 +23,7 @@ from shifted_val import val_sets
 from torch import nn
 
 from braintumor.config import load_params
-from braintumor.transforms import Preprocessing
+from braintumor.model.transforms import Preprocessing
 
 
 class GammaViews(nn.Module):

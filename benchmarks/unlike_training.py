@@ -29,16 +29,16 @@ import torch
 from shifted_val import ValSets, val_sets
 from sklearn.metrics import roc_auc_score
 
-from braintumor.calibration import shift_copies
 from braintumor.config import Params, load_params
 from braintumor.data.cache import ImageDataset, cached_images
 from braintumor.data.splits import in_splits, read_manifest
-from braintumor.evaluation import leak_free_mask
+from braintumor.evaluation.metrics import leak_free_mask
 from braintumor.fileio import project_path
-from braintumor.imaging import ImageLimits
-from braintumor.inference import forward_outputs
-from braintumor.novelty import fit_novelty
-from braintumor.transforms import eval_preset
+from braintumor.model.calibration import shift_copies
+from braintumor.model.inference import forward_outputs
+from braintumor.model.novelty import fit_novelty
+from braintumor.model.transforms import eval_preset
+from braintumor.scans.limits import ImageLimits
 
 SCORES = ("msp", "energy", "mahalanobis", "knn")
 K = 10

@@ -10,7 +10,7 @@ yet; a local one appears in one rename when every file is scored, a remote one b
 --model is an MLflow model URI (default models:/brain-tumor-classifier@champion, from MLFLOW_TRACKING_URI or the
 project's mlflow.db) logged by this project: `mlflow.pyfunc.spark_udf` loads it in each executor's Python worker
 and scores the files in batches of --batch-size (Arrow batches, default 64) with the model's param
-`rows="file"`, which answers one row per file (src/braintumor/file_answers.py).
+`rows="file"`, which answers one row per file (src/braintumor/serving/file_answers.py).
 
 Columns: path, sha256 (of the file's bytes), size_bytes, kind (image, dicom, nifti), pictures, description,
 label, probability, one probability per class, novelty and unlike_training (when the model has the score),
@@ -34,14 +34,15 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from braintumor.errors import BrainTumorError
-from braintumor.file_answers import ROWS_PARAM, classes_of_signature, picture_fields, spark_result_type
+from braintumor.serving.file_answers import classes_of_signature, picture_fields, spark_result_type
+from braintumor.serving.requests import ROWS_PARAM
 
 DEFAULT_MODEL = "models:/brain-tumor-classifier@champion"
 
 
 def result_type(model_uri: str) -> tuple[str, list[str]]:
     """The UDF's Spark SQL type for this model, and its per-picture fields, from its logged signature."""
-    from braintumor.tracking import model_signature
+    from braintumor.tracking.runs import model_signature
 
     signature = model_signature(model_uri)
     params = [spec.name for spec in signature.params.params] if signature and signature.params else []

@@ -65,8 +65,8 @@ def model_file(sample_root, tmp_path_factory) -> Path:
     """An untrained ResNet50 model file at the tiny params' size: predicting needs a model, not a good one."""
     import torch
 
-    from braintumor.model import build_model, save_model
-    from braintumor.transforms import Preprocessing
+    from braintumor.model.network import build_model, save_model
+    from braintumor.model.transforms import Preprocessing
 
     params = tiny_params(sample_root)
     torch.manual_seed(0)
@@ -88,11 +88,11 @@ def novelty_model_file(sample_root, tmp_path_factory):
     scans, its threshold at their median: about half of the scans like them are flagged `unlike_training`."""
     import torch
 
-    from braintumor.inference import forward_outputs
-    from braintumor.model import build_model, save_model
-    from braintumor.novelty import fit_novelty
-    from braintumor.serving import Predictor
-    from braintumor.transforms import Preprocessing
+    from braintumor.model.inference import forward_outputs
+    from braintumor.model.network import build_model, save_model
+    from braintumor.model.novelty import fit_novelty
+    from braintumor.model.predictor import Predictor
+    from braintumor.model.transforms import Preprocessing
 
     params = tiny_params(sample_root)
     classes = list(params.data.classes)

@@ -84,8 +84,10 @@ def runs_of(repo: Path) -> list:
     return client.search_runs([experiment.experiment_id]) if experiment else []
 
 
-def make_project(root: Path) -> Path:
-    """A git repository with what the pipeline needs, the tiny sample in data/ and tiny params, committed."""
+def make_project(root: Path, source: Path = REPO, *, deterministic: bool = False) -> Path:
+    """A git repository with what the pipeline needs, the tiny sample in data/ and tiny params, committed.
+    `source`: the tree whose pipeline files, stages and src/ it copies (another revision's, for a comparison);
+    `deterministic`: train.deterministic, so that two runs write the same weights and metrics."""
     repo = root.resolve() / "repo"  # resolved, as the pipeline resolves its root (fileio.project_root)
     repo.mkdir(parents=True)
     for name in (
@@ -99,10 +101,10 @@ def make_project(root: Path) -> Path:
         ".dvc/plots/roc_per_class.json",
     ):
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, repo / name)
+        shutil.copy2(source / name, repo / name)
     skip = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
-    shutil.copytree(REPO / "stages", repo / "stages", ignore=skip)
-    shutil.copytree(REPO / "src", repo / "src", ignore=skip)
+    shutil.copytree(source / "stages", repo / "stages", ignore=skip)
+    shutil.copytree(source / "src", repo / "src", ignore=skip)
     sh(repo, "git", "init", "-q")
     sh(repo, "git", "config", "user.email", "test@example.invalid")
     sh(repo, "git", "config", "user.name", "test")
@@ -110,7 +112,7 @@ def make_project(root: Path) -> Path:
     sh(repo, "braintumor", "sample-data", "data", "--per-class", "6", "--test-per-class", "3", "--size", "64")
 
     params = yaml.safe_load((repo / "params.yaml").read_text())  # the project's file, tiny values
-    for section, values in tiny_params_dict("data", train={"epochs": 1}).items():
+    for section, values in tiny_params_dict("data", train={"epochs": 1, "deterministic": deterministic}).items():
         assert set(values) <= set(params[section]), f"tiny params name keys params.yaml lacks: {values}"
         params[section].update(values)
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -31,8 +31,8 @@ from scan_files import dicom_bytes, nifti_bytes
 from braintumor.app.answers import Answers, model_facts
 from braintumor.app.server import create_app, exposure_warning
 from braintumor.cli import main
+from braintumor.model.predictor import Predictor
 from braintumor.processes import free_port, start_process, stop_process, venv_env, wait_http
-from braintumor.serving import Predictor
 
 CHROMIUM_HINT = (
     "the page's browser tests need Debian's Chromium and Playwright for Python: "

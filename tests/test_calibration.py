@@ -9,15 +9,16 @@ import pytest
 import torch
 from helpers import tiny_params
 
-from braintumor.calibration import fit_temperature, fitted_on
 from braintumor.errors import ConfigError
-from braintumor.evaluation import expected_calibration_error
-from braintumor.inference import probabilities
-from braintumor.model import Inference, build_model, save_model
+from braintumor.evaluation.metrics import expected_calibration_error
+from braintumor.model.calibration import fit_temperature, fitted_on
+from braintumor.model.inference import probabilities
+from braintumor.model.network import Inference, build_model, save_model
+from braintumor.model.predictor import Predictor
+from braintumor.model.transforms import Preprocessing, eval_preset, latin_hypercube, shifted_preset, stronger_intensity
 from braintumor.pipeline import calibrate
-from braintumor.serving import Predictor
-from braintumor.training import TrainData
-from braintumor.transforms import Preprocessing, eval_preset, latin_hypercube, shifted_preset, stronger_intensity
+from braintumor.serving.requests import answer_request
+from braintumor.training.loop import TrainData
 
 
 def _overconfident(n=4000, classes=4, true_temperature=2.5, seed=0):
@@ -69,7 +70,7 @@ def test_predictor_applies_the_model_files_temperature(sample_root, tmp_path):
     np.testing.assert_allclose(p3, probabilities(logits, 3.0), rtol=1e-9)
     assert p3.max() < p1.max()  # a higher temperature is less sure
     frame = pd.DataFrame({"image": [__import__("base64").b64encode(scan).decode()]})
-    np.testing.assert_allclose(warm.predict_frame(frame)[params.data.classes].to_numpy(), p3, rtol=1e-9)
+    np.testing.assert_allclose(answer_request(warm, frame)[params.data.classes].to_numpy(), p3, rtol=1e-9)
 
 
 class _BrightnessClassifier(torch.nn.Module):

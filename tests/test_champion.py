@@ -30,9 +30,9 @@ from PIL import Image
 
 from braintumor.config import load_params
 from braintumor.data.sample import write_sample_dataset
-from braintumor.model import build_model, save_model
+from braintumor.model.network import build_model, save_model
+from braintumor.model.transforms import Preprocessing
 from braintumor.processes import served_model
-from braintumor.transforms import Preprocessing
 
 pytestmark = pytest.mark.slow
 
@@ -94,7 +94,7 @@ class Project:
     def evaluate_new_version(self, answer: str, patch: pytest.MonkeyPatch) -> dict:
         """validate, register a model that always answers `answer` as training would, evaluate; the decision."""
         from braintumor import pipeline
-        from braintumor.tracking import RunTracker, write_run_info
+        from braintumor.tracking.runs import RunTracker, write_run_info
 
         patch.chdir(self.root)
         patch.setenv("MLFLOW_TRACKING_URI", self.uri)

@@ -18,10 +18,10 @@ from braintumor.data.splits import write_manifest
 from braintumor.data.validate import validate_dataset
 from braintumor.errors import BrainTumorError
 from braintumor.fileio import write_json
-from braintumor.model import build_model, save_model
+from braintumor.model.network import build_model, save_model
+from braintumor.model.predictor import Predictor
+from braintumor.model.transforms import Preprocessing
 from braintumor.pipeline import evaluate
-from braintumor.serving import Predictor
-from braintumor.transforms import Preprocessing
 
 
 def _setup(sample_root, tmp_path, model_classes):

@@ -1,4 +1,4 @@
-"""Test-set metrics (braintumor.evaluation) against small cases worked out by hand."""
+"""Test-set metrics (braintumor.evaluation.metrics) against small cases worked out by hand."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from braintumor.evaluation import (
+from braintumor.evaluation.metrics import (
     HEADLINE,
     classification_metrics,
     expected_calibration_error,
@@ -181,7 +181,7 @@ def test_empty_input_gives_n_zero_and_no_figures():
 def test_leak_free_subset_is_the_test_rows_without_any_copy_in_training():
     import pandas as pd
 
-    from braintumor.evaluation import leak_free_mask
+    from braintumor.evaluation.metrics import leak_free_mask
 
     test = pd.DataFrame(
         {

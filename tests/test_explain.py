@@ -1,4 +1,4 @@
-"""Grad-CAM (braintumor.explain): shape and range, and that it points at the evidence on a toy problem."""
+"""Grad-CAM (braintumor.model.explain): shape and range, and that it points at the evidence on a toy problem."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from braintumor.explain import grad_cam, overlay
+from braintumor.model.explain import grad_cam, overlay
 
 SIZE = 32  # toy image side
 SQUARE = 6  # side of the planted bright square

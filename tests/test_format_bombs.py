@@ -31,9 +31,10 @@ from scan_files import (
 
 from braintumor.cli import main
 from braintumor.data.validate import inspect_file
-from braintumor.imaging import ImageLimits, ImageProblem
-from braintumor.medical import read_pictures
-from braintumor.serving import Predictor, RequestError
+from braintumor.model.predictor import Predictor
+from braintumor.scans.limits import ImageLimits, ImageProblem
+from braintumor.scans.read import read_pictures
+from braintumor.serving.requests import RequestError, answer_request
 
 LIMITS = ImageLimits()  # params.yaml's defaults: data.max_frames=1000, data.max_image_pixels=40,000,000
 MEMORY_BOUND_MB = 100  # what reading and refusing one bomb may add to the process's peak (they took 0.4-3 GB)
@@ -77,7 +78,8 @@ MEASURE = r"""
 import base64, contextlib, io, json, sys
 import pandas as pd
 from braintumor.predict import predict_paths
-from braintumor.serving import Predictor
+from braintumor.model.predictor import Predictor
+from braintumor.serving.requests import answer_request
 
 def status(key):
     for line in open("/proc/self/status"):
@@ -101,7 +103,7 @@ for path in paths:
             print(f"{type(exc).__name__}: {exc}")
     try:
         frame = pd.DataFrame({"image": [base64.b64encode(open(path, "rb").read()).decode("ascii")]})
-        served = f"answered {len(predictor.predict_frame(frame))} rows"
+        served = f"answered {len(answer_request(predictor, frame))} rows"
     except Exception as exc:
         served = str(exc)
     results[path] = {"predict": out.getvalue(), "served": served, "peak_mb": status("VmHWM:") - before}
@@ -220,9 +222,9 @@ def test_a_requests_pictures_are_bounded_by_data_max_frames_across_its_rows(mode
     predictor = Predictor(model_file)
     monkeypatch.setattr(predictor, "limits", ImageLimits(max_frames=5))
     three = base64.b64encode(dicom_bytes(np.stack([texture()] * 3))).decode("ascii")
-    assert len(predictor.predict_frame(pd.DataFrame({"image": [three]}))) == 3
+    assert len(answer_request(predictor, pd.DataFrame({"image": [three]}))) == 3
     with pytest.raises(RequestError) as caught:
-        predictor.predict_frame(pd.DataFrame({"image": [three, three, three]}))
+        answer_request(predictor, pd.DataFrame({"image": [three, three, three]}))
     assert caught.value.rows == [
         (
             1,

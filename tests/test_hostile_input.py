@@ -21,9 +21,11 @@ from braintumor.cli import main
 from braintumor.data import cache
 from braintumor.data.cache import _decode_row
 from braintumor.data.validate import inspect_file, validate_dataset
-from braintumor.imaging import ImageLimits, ImageProblem, decode_grayscale, open_checked
-from braintumor.preprocess import ScanPrep
-from braintumor.serving import Predictor, RequestError
+from braintumor.model.predictor import Predictor
+from braintumor.scans.limits import ImageLimits, ImageProblem
+from braintumor.scans.preprocess import ScanPrep
+from braintumor.scans.read import decode_grayscale, open_checked
+from braintumor.serving.requests import RequestError, answer_request
 
 LIMITS = ImageLimits()  # the defaults of params.yaml
 SCAN = ScanPrep(size=40)  # how the training cache prepares a scan (no head crop: the path is under test)
@@ -73,7 +75,7 @@ def test_a_thin_image_is_refused_at_its_header_by_the_aspect_ratio_limit():
 
 def test_a_thin_image_is_a_row_problem_in_the_served_model(predictor, sample_root):
     with pytest.raises(RequestError) as caught:
-        predictor.predict_frame(request(good_scan(sample_root), thin_png()))
+        answer_request(predictor, request(good_scan(sample_root), thin_png()))
     assert caught.value.rows == [(1, caught.value.rows[0][1])]
     assert "data.max_aspect_ratio" in caught.value.rows[0][1]
     assert str(caught.value).startswith("1 of 2 rows cannot be used: row 1: 1x40000 is")
@@ -120,11 +122,11 @@ def poisoned(monkeypatch):
 
 def test_any_exception_on_one_row_becomes_that_rows_problem_without_a_trace(predictor, sample_root, poisoned):
     with pytest.raises(RequestError) as caught:
-        predictor.predict_frame(request(good_scan(sample_root), poisoned, good_scan(sample_root)))
+        answer_request(predictor, request(good_scan(sample_root), poisoned, good_scan(sample_root)))
     assert caught.value.rows == [(1, "not enough memory to decode this image")]
     assert "Traceback" not in str(caught.value) and "/" not in str(caught.value)
     # the other rows alone are answered
-    assert len(predictor.predict_frame(request(good_scan(sample_root), good_scan(sample_root)))) == 2
+    assert len(answer_request(predictor, request(good_scan(sample_root), good_scan(sample_root)))) == 2
 
 
 def test_any_exception_on_one_file_is_that_files_problem_in_predict(
@@ -163,7 +165,7 @@ def test_a_float_scan_with_nan_or_infinite_pixels_is_refused_not_blacked_out(pre
     with pytest.raises(ImageProblem, match=r"2 of 4,096 pixels are not finite numbers \(NaN or infinity\)"):
         decode_grayscale(float_tiff(broken), limits=LIMITS)
     with pytest.raises(RequestError, match=r"row 0: 2 of 4,096 pixels are not finite"):
-        predictor.predict_frame(request(float_tiff(broken)))
+        answer_request(predictor, request(float_tiff(broken)))
     # the same scan without them is read, and stretched over its own range
     pixels = np.asarray(decode_grayscale(float_tiff(scan), limits=LIMITS))
     assert pixels.min() == 0 and pixels.max() == 255
@@ -193,7 +195,7 @@ def test_an_eps_file_is_refused_without_running_its_interpreter(monkeypatch, tmp
     path.write_bytes(data)
     assert inspect_file(str(path), LIMITS)["problem"].startswith("not an image in an accepted format")
     with pytest.raises(RequestError, match="row 0: not an image in an accepted format"):
-        predictor.predict_frame(request(data))
+        answer_request(predictor, request(data))
     assert calls == []
 
 
@@ -239,4 +241,4 @@ def test_a_request_row_over_the_size_limit_is_refused_before_it_is_decoded(predi
         match=rf"row 0: {len(good_scan(sample_root)):,} bytes is over the limit "
         rf"data.max_file_bytes={limit:,}",
     ):
-        predictor.predict_frame(request(good_scan(sample_root)))
+        answer_request(predictor, request(good_scan(sample_root)))

@@ -1,19 +1,42 @@
-"""The package's modules import one another without a circle, function-local imports included (a circle hidden in
-a function still means neither module can be read, changed or tested without the other).
+"""The package's architecture, checked: its modules import one another without a circle, function-local imports
+included (a circle hidden in a function still means neither module can be read, changed or tested without the
+other), and no layer imports one above it.
 
-One circle is known and pinned, the scan readers' (imaging, medical, dicom, dicom_checks, nifti: two "which reader"
-dispatchers calling each other); issue 26's package by concern removes it, and this test then asserts none."""
+The layers, from the bottom (a module may import from its own layer and those below; imports only for type
+checking are not counted):
+
+    errors, config, fileio, runtime, progress, processes    what every concern uses
+    scans        a file into pictures (limits, readers, preprocessing)
+    data         the dataset: scan, validate, splits, cache, import, sample, external set
+    model        the network, presets, inference, novelty, Grad-CAM, and the Predictor (a model file to probabilities)
+    evaluation   metrics, report, model card
+    training     the loop, checkpoints, weight averaging (no mlflow, no dvc)
+    tracking     MLflow and provenance
+    serving      the served request, the pyfunc, the prediction log, the drift monitor
+    predict, app `braintumor predict` and the page
+    pipeline, preview, recipes, cli    the stages and the command
+"""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
+import pytest
 from helpers import REPO
 
 PACKAGE = REPO / "src" / "braintumor"
-KNOWN = [
-    {"braintumor.dicom", "braintumor.dicom_checks", "braintumor.imaging", "braintumor.medical", "braintumor.nifti"}
+LAYERS = [
+    {"errors", "config", "fileio", "runtime", "progress", "processes"},
+    {"scans"},
+    {"data"},
+    {"model"},
+    {"evaluation"},
+    {"training"},
+    {"tracking"},
+    {"serving"},
+    {"predict", "app"},
+    {"pipeline", "preview", "recipes", "cli"},
 ]
 
 
@@ -84,7 +107,7 @@ def circles(graph: dict[str, set[str]]) -> list[set[str]]:
 
 def test_the_graph_sees_function_local_imports():
     graph = import_graph()
-    assert "braintumor.tracking" in graph["braintumor.predict"]  # imported inside resolve_model
+    assert "braintumor.tracking.runs" in graph["braintumor.predict"]  # imported inside resolve_model
     assert len(graph) > 30
 
 
@@ -93,5 +116,48 @@ def test_circles_are_found():
     assert circles({"a": {"b"}, "b": set()}) == []
 
 
-def test_no_import_circle_but_the_known_one():
-    assert sorted(map(sorted, circles(import_graph()))) == sorted(map(sorted, KNOWN))
+def test_no_import_circle():
+    assert circles(import_graph()) == []
+
+
+def layer_of(module: str) -> int:
+    top = module.split(".")[1]
+    return next(i for i, names in enumerate(LAYERS) if top in names)
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    return sorted(
+        f"{module} -> {target}"
+        for module, targets in graph.items()
+        for target in targets
+        if layer_of(target) > layer_of(module)
+    )
+
+
+def test_every_module_has_a_layer():
+    for module in import_graph():
+        if module != "braintumor":
+            layer_of(module)  # StopIteration names a module that LAYERS lacks
+
+
+def test_an_upward_import_is_found():
+    graph = {"braintumor.scans.read": {"braintumor.model.network"}, "braintumor.model.network": {"braintumor.fileio"}}
+    assert upward_imports(graph) == ["braintumor.scans.read -> braintumor.model.network"]
+
+
+def test_no_layer_imports_one_above_it():
+    assert upward_imports(import_graph()) == []
+
+
+@pytest.mark.parametrize("package", ["scans", "model", "training", "evaluation", "data"])
+def test_the_core_imports_no_mlflow_or_dvc(package):
+    """The training core and what it stands on run on a bare CUDA machine with only torch and torchvision."""
+    for path in (PACKAGE / package).rglob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = {
+            alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+        }
+        imported |= {
+            node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+        }
+        assert not imported & {"mlflow", "dvc"}, f"{path.relative_to(REPO)} imports {imported & {'mlflow', 'dvc'}}"

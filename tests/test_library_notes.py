@@ -17,9 +17,10 @@ import pytest
 from scan_files import dicom_bytes
 
 from braintumor.data.validate import inspect_file
-from braintumor.imaging import ImageLimits
-from braintumor.library_notes import notes
-from braintumor.serving import Predictor
+from braintumor.model.predictor import Predictor
+from braintumor.scans.library_notes import notes
+from braintumor.scans.limits import ImageLimits
+from braintumor.serving.requests import answer_request
 
 QFAC = "pixdim[0] (qfac) should be 1 (default) or -1; setting qfac to 1"
 PADDING = "The pixel data is 1088 bytes long, which indicates it contains 64 bytes of excess padding to be removed"
@@ -74,8 +75,8 @@ def test_predict_says_a_files_notes_in_one_line_naming_it(odd_files, model_file)
     )
     assert done.returncode == 0, done.stderr
     assert sorted(done.stderr.splitlines()) == [
-        f"WARNING braintumor.medical: nibabel reading {nifti}: {QFAC}",
-        f"WARNING braintumor.medical: pydicom reading {dicom}: {PADDING}",
+        f"WARNING braintumor.scans.pictures: nibabel reading {nifti}: {QFAC}",
+        f"WARNING braintumor.scans.pictures: pydicom reading {dicom}: {PADDING}",
     ]
     assert f"{nifti} [slice 0]" in done.stdout and f"{dicom}" in done.stdout
 
@@ -85,8 +86,8 @@ def test_validate_and_the_served_model_log_one_line_per_file(odd_files, model_fi
     with caplog.at_level(logging.INFO):
         assert "problem" not in inspect_file(str(one_slice), ImageLimits())
         rows = [base64.b64encode(nifti.read_bytes()).decode("ascii")]
-        assert list(Predictor(model_file).predict_frame(pd.DataFrame({"image": rows}))["row"]) == [0, 0, 0]
+        assert list(answer_request(Predictor(model_file), pd.DataFrame({"image": rows}))["row"]) == [0, 0, 0]
     assert [(r.name, r.getMessage()) for r in caplog.records] == [
-        ("braintumor.medical", f"nibabel reading {one_slice}: {QFAC}"),
-        ("braintumor.medical", f"nibabel: {QFAC}"),
+        ("braintumor.scans.pictures", f"nibabel reading {one_slice}: {QFAC}"),
+        ("braintumor.scans.pictures", f"nibabel: {QFAC}"),
     ]

@@ -20,10 +20,10 @@ import yaml
 from helpers import BIN, run, tiny_params_dict
 from mlflow.tracking import MlflowClient
 
-from braintumor import model_card
 from braintumor.config import load_params
-from braintumor.provenance import dvc_data_hashes
-from braintumor.transforms import Preprocessing
+from braintumor.evaluation import model_card
+from braintumor.model.transforms import Preprocessing
+from braintumor.tracking.provenance import dvc_data_hashes
 
 REGISTERED = "brain-tumor-classifier"
 
@@ -226,13 +226,13 @@ def test_promotion_metric_param_decides_on_the_leak_free_figure(tracked):
 def test_served_model_declares_type_hints_instead_of_the_private_switch():
     """MLflow checks `predict`'s type hints when the model class is defined (at import); pandas DataFrames are the
     public way to say "the signature is the contract" and raise no "Add type hints" warning."""
-    from braintumor import mlflow_model
+    from braintumor.serving import mlflow_model
 
     assert not hasattr(mlflow_model.BrainTumorClassifier, "_skip_type_hint_validation")
     hints = mlflow_model.BrainTumorClassifier().predict_type_hints
     assert hints.input is pd.DataFrame and hints.output is pd.DataFrame
     imported = subprocess.run(
-        [sys.executable, "-W", "always", "-c", "import braintumor.mlflow_model"],
+        [sys.executable, "-W", "always", "-c", "import braintumor.serving.mlflow_model"],
         capture_output=True,
         text=True,
         timeout=600,

@@ -16,10 +16,10 @@ from pydicom.dataset import Dataset
 from scan_files import compressed_dicom_bytes, dicom_bytes, nifti_bytes
 
 from braintumor.data.cache import load_image
-from braintumor.dicom import apply_window
-from braintumor.imaging import ImageLimits, ImageProblem, decode_grayscale, is_candidate, open_checked
-from braintumor.medical import read_pictures
-from braintumor.preprocess import ScanPrep
+from braintumor.scans.dicom import apply_window
+from braintumor.scans.limits import ImageLimits, ImageProblem
+from braintumor.scans.preprocess import ScanPrep
+from braintumor.scans.read import decode_grayscale, is_candidate, open_checked, read_pictures
 
 LIMITS = ImageLimits(max_pixels=10**7)
 PREP = ScanPrep(size=48, head_crop=True, intensity="percentile")

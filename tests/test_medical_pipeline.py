@@ -15,9 +15,9 @@ from scan_files import compressed_dicom_bytes, dicom_bytes, nifti_bytes
 
 from braintumor.data.cache import cached_images, load_image
 from braintumor.data.validate import validate_dataset
-from braintumor.imaging import ImageLimits
-from braintumor.serving import Predictor
-from braintumor.transforms import Preprocessing
+from braintumor.model.predictor import Predictor
+from braintumor.model.transforms import Preprocessing
+from braintumor.scans.limits import ImageLimits
 
 CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
 

@@ -6,8 +6,8 @@ import copy
 
 import pytest
 
-from braintumor import model_card
 from braintumor.config import Params
+from braintumor.evaluation import model_card
 
 CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
 

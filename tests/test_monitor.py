@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from braintumor.cli import main
-from braintumor.prediction_log import PredictionLog
+from braintumor.serving.prediction_log import PredictionLog
 
 CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
 MIX = [0.3, 0.3, 0.15, 0.25]

@@ -13,10 +13,10 @@ from helpers import predict, tiny_params
 
 from braintumor.config import params_from_dict
 from braintumor.errors import ConfigError
-from braintumor.evaluation import novelty_metrics
-from braintumor.model import load_model
-from braintumor.novelty import Novelty, fit_novelty
-from braintumor.serving import Predictor
+from braintumor.evaluation.metrics import novelty_metrics
+from braintumor.model.network import load_model
+from braintumor.model.novelty import Novelty, fit_novelty
+from braintumor.model.predictor import Predictor
 
 
 def _clusters(n: int, seed: int, shift: float = 0.0) -> tuple[torch.Tensor, np.ndarray]:

@@ -13,6 +13,8 @@ the repro and the two experiments it compares).
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import re
@@ -21,6 +23,7 @@ import subprocess
 import warnings
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 from dvc_projects import (
@@ -63,7 +66,7 @@ REGISTERED = "brain-tumor-classifier"
 @pytest.fixture(scope="module")
 def project(module_dir) -> dict:
     """The project after one full `dvc repro`: repo path, the repro's output, and the MLflow runs right after."""
-    repo = make_project(module_dir / "pipeline")
+    repo = make_project(module_dir / "pipeline", deterministic=True)  # test_outputs_are_those_of_the_flat_layout
     # Every Python process lists what it imports on stderr (-X importtime), one stream with dvc's own output,
     # so each stage's imports follow its "Running stage" line (test_each_stage_declares_every_module_it_imports).
     first = subprocess.run(
@@ -451,7 +454,7 @@ def test_dataset_add_push_pull_roundtrip(tmp_path):
 
 
 def test_tracking_uri_from_a_temp_experiment_copy(tmp_path, monkeypatch):
-    from braintumor.tracking import tracking_uri
+    from braintumor.tracking.runs import tracking_uri
 
     repo = (tmp_path / "repo").resolve()
     copy = repo / ".dvc" / "tmp" / "exps" / "standalone" / "tmp1234"
@@ -464,3 +467,76 @@ def test_tracking_uri_from_a_temp_experiment_copy(tmp_path, monkeypatch):
     for uri in (f"sqlite:///{tmp_path / 'abs.db'}", "http://127.0.0.1:5000"):
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         assert tracking_uri() == uri
+
+
+# ---- 6. the package-per-concern layout changed where code lives, not what it computes --------------------------
+
+FLAT_LAYOUT = "4fe6d1a7919ca403b8238ed799088fbd2afabf1c"  # the last commit before src/braintumor became packages
+# Outputs that hold what differs between any two runs (run ids, times), or compared below (the model file).
+NOT_COMPARED = {"reports/mlflow_run.json", "reports/report.html", "reports/model_card.md", "models/model.pt"}
+
+
+def timeless(values: dict) -> dict:
+    return {k: v for k, v in values.items() if not k.endswith(("per_s", "seconds"))}
+
+
+def comparable(repo: Path, relative: str):
+    """An output with the repository's path taken out, and its timings (seconds, images per second) dropped."""
+    path = repo / relative
+    if path.suffix == ".png":
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    text = path.read_text().replace(str(repo), "<repo>")
+    if path.suffix == ".json":
+        return timeless(json.loads(text))
+    if path.suffix == ".csv":
+        return timeless(pd.read_csv(io.StringIO(text)).to_dict("list"))
+    return text
+
+
+@pytest.mark.slow
+def test_outputs_are_those_of_the_flat_layout(project, module_dir):
+    """The pipeline run by the last commit before the package layout, on the same tiny sample with the same seeds,
+    writes the same manifest, validation report, metrics, plots and model file (weights and all it carries) as this
+    code (issue 26: no behaviour change). Needs the repository's history: a shallow clone lacks the commit."""
+    import torch
+
+    if sh(REPO, "git", "cat-file", "-e", f"{FLAT_LAYOUT}^{{commit}}", check=False).returncode != 0:
+        pytest.skip(f"commit {FLAT_LAYOUT[:7]} is not in this clone (a shallow one?): nothing to compare with")
+    source = module_dir / "flat-layout"
+    source.mkdir()
+    archive = subprocess.run(["git", "archive", FLAT_LAYOUT], cwd=REPO, capture_output=True, check=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(source)], input=archive, check=True)
+    before = make_project(module_dir / "before", source=source, deterministic=True)
+    # The flat layout's train stage left the network's initial weights to torch's own seed, which differs in every
+    # process: its interpreters start seeded as this code's train stage seeds them (train.seed) before building it.
+    (module_dir / "seeded").mkdir()
+    (module_dir / "seeded" / "sitecustomize.py").write_text(
+        "import random, numpy, torch\nrandom.seed(42)\nnumpy.random.seed(42)\ntorch.manual_seed(42)\n"
+    )
+    paths = os.pathsep.join([str(source / "src"), str(module_dir / "seeded")])  # ahead of this code's install
+    old_code = {**_env(), "PYTHONPATH": paths}
+    imaging = subprocess.run(["python", "-c", "import braintumor.imaging"], cwd=before, env=old_code, check=False)
+    assert imaging.returncode == 0, "the flat layout's code is not the one imported"
+    result = subprocess.run(["dvc", "repro"], cwd=before, env=old_code, text=True, capture_output=True, check=False)
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-5000:]
+
+    after = project["repo"]
+    for relative in sorted(set(OUTPUTS) - NOT_COMPARED):
+        assert comparable(after, relative) == comparable(before, relative), relative
+    old = torch.load(before / "models/model.pt", map_location="cpu", weights_only=True)
+    new = torch.load(after / "models/model.pt", map_location="cpu", weights_only=True)
+    new["metrics"], old["metrics"] = timeless(new["metrics"]), timeless(old["metrics"])
+    assert same(new, old)
+
+
+def same(a, b) -> bool:
+    """Equal to the bit: dicts, lists and tensors (a model file's weights, its novelty score's statistics)."""
+    import torch
+
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+    return a == b

@@ -11,7 +11,7 @@ import pytest
 from helpers import BIN, predict, run
 from PIL import Image
 
-from braintumor.serving import Predictor
+from braintumor.model.predictor import Predictor
 
 CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
 

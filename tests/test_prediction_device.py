@@ -11,8 +11,8 @@ import torch
 
 from braintumor.cli import main
 from braintumor.errors import ConfigError
+from braintumor.model.predictor import Predictor
 from braintumor.runtime import HALF_PRECISION_TOLERANCE, PREDICTION_DEVICE_ENV, prediction_autocast, prediction_device
-from braintumor.serving import Predictor
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
@@ -122,7 +122,7 @@ def test_predict_device_cpu_is_used(capsys, gpus, monkeypatch, model_file, sampl
 
 
 def test_served_model_reads_model_config_then_the_mlflow_variable(gpus, monkeypatch, model_file):
-    from braintumor.mlflow_model import PRECISION_ENV, BrainTumorClassifier
+    from braintumor.serving.mlflow_model import PRECISION_ENV, BrainTumorClassifier
 
     gpus(0)
     monkeypatch.setenv(PREDICTION_DEVICE_ENV, "cuda")  # a GPU that is not there

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from helpers import predict
 
-from braintumor.prediction_log import LOG_ENV, PredictionLog, read_log
+from braintumor.serving.prediction_log import LOG_ENV, PredictionLog, read_log
 
 CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
 

@@ -9,8 +9,15 @@ from PIL import Image
 
 from braintumor.data.cache import load_image
 from braintumor.data.sample import synthetic_slice
-from braintumor.imaging import ImageLimits
-from braintumor.preprocess import ScanPrep, centre_square, head_box, largest_component, pad_to_square, prepare_image
+from braintumor.scans.limits import ImageLimits
+from braintumor.scans.preprocess import (
+    ScanPrep,
+    centre_square,
+    head_box,
+    largest_component,
+    pad_to_square,
+    prepare_image,
+)
 
 
 def _scan_with_border_and_label() -> np.ndarray:

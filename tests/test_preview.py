@@ -1,4 +1,4 @@
-"""The augmentation preview shows exactly the train preset (braintumor.preview, braintumor.transforms)."""
+"""The augmentation preview shows exactly the train preset (braintumor.preview, braintumor.model.transforms)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import pytest
 import torch
 from helpers import tiny_params
 
+import braintumor.model.transforms
 import braintumor.preview
-import braintumor.transforms
 from braintumor.data.validate import validate_dataset
-from braintumor.imaging import ImageLimits
+from braintumor.model.transforms import Preprocessing, display_preset, eval_preset, train_preset
 from braintumor.preview import preview_figure
-from braintumor.transforms import Preprocessing, display_preset, eval_preset, train_preset
+from braintumor.scans.limits import ImageLimits
 
 
 @pytest.fixture(scope="module")
@@ -215,7 +215,7 @@ def test_noise_is_random_per_scan_and_reproducible_from_the_seed(setup):
 def test_preview_views_come_from_the_train_preset_code(setup, sample_root, monkeypatch):
     params, _, prep = setup
     calls = []
-    original = braintumor.transforms.TrainPreset.crop_flip_rotate
+    original = braintumor.model.transforms.TrainPreset.crop_flip_rotate
 
     def zoom_to_nothing(self, n, generator):  # every train view samples one point: a flat image
         calls.append(n)
@@ -223,7 +223,7 @@ def test_preview_views_come_from_the_train_preset_code(setup, sample_root, monke
         theta[:, :, :2] = 0.0
         return theta
 
-    monkeypatch.setattr(braintumor.transforms.TrainPreset, "crop_flip_rotate", zoom_to_nothing)
+    monkeypatch.setattr(braintumor.model.transforms.TrainPreset, "crop_flip_rotate", zoom_to_nothing)
     fig = render(setup, sample_root)
     try:
         assert calls and all(n == params.augment.preview_views for n in calls)

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from braintumor.config import EvaluateConfig, Params, params_from_dict
 from braintumor.errors import BrainTumorError, ConfigError
 from braintumor.pipeline import SAME_SCANS
-from braintumor.tracking import RunLogger, SameScansComparison
+from braintumor.tracking.runs import RunLogger, SameScansComparison
 
 _names = itertools.count()
 

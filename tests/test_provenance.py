@@ -7,7 +7,7 @@ import yaml
 from helpers import run, tiny_params_dict
 
 from braintumor.config import load_params
-from braintumor.provenance import dvc_data_hash, dvc_data_hashes, run_name
+from braintumor.tracking.provenance import dvc_data_hash, dvc_data_hashes, run_name
 
 
 @pytest.fixture

@@ -16,11 +16,11 @@ from helpers import BIN, REPO
 from braintumor.data.cache import cached_images
 from braintumor.data.validate import validate_dataset
 from braintumor.errors import ConfigError
-from braintumor.imaging import ImageLimits
-from braintumor.model import build_model
+from braintumor.model.network import build_model
+from braintumor.model.transforms import Preprocessing
 from braintumor.recipes import Recipe, list_recipes, load_recipe
-from braintumor.training import TrainData, fit
-from braintumor.transforms import Preprocessing
+from braintumor.scans.limits import ImageLimits
+from braintumor.training.loop import TrainData, fit
 
 RECIPES = [r.name for r in list_recipes(REPO)]
 

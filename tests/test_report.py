@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from braintumor.report import _confusion, run_title
+from braintumor.evaluation.report import _confusion, run_title
 
 
 def test_report_confusion_counts_rows_as_actual_and_columns_as_predicted_in_class_order():
@@ -20,7 +20,7 @@ def test_report_confusion_counts_rows_as_actual_and_columns_as_predicted_in_clas
 
 
 def test_image_size_section_shows_the_classes_sizes_the_warning_and_recall_on_either_side():
-    from braintumor.report import _image_size_section
+    from braintumor.evaluation.report import _image_size_section
 
     classes = ["glioma_tumor", "no_tumor"]
     validation = {
@@ -76,7 +76,7 @@ def test_image_size_section_shows_the_classes_sizes_the_warning_and_recall_on_ei
 
 
 def test_external_section_says_how_scans_at_unseen_sizes_fare():
-    from braintumor.report import _external_section
+    from braintumor.evaluation.report import _external_section
 
     def group(n, accuracy):
         return {"n": n, "accuracy": accuracy, "per_class": {}}

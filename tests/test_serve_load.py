@@ -29,8 +29,8 @@ REGISTER = """
 import shutil, sys, yaml
 from braintumor.config import params_from_dict
 from braintumor.pipeline import log_served_model
-from braintumor.serving import Predictor
-from braintumor.tracking import RunTracker
+from braintumor.model.predictor import Predictor
+from braintumor.tracking.runs import RunTracker
 params = params_from_dict(yaml.safe_load(open("params.yaml")))
 predictor = Predictor(params.paths.model)
 tracker = RunTracker(params)

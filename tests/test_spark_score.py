@@ -25,10 +25,11 @@ from PIL import Image
 from scan_files import compressed_dicom_bytes, dicom_bytes, nifti_bytes
 
 from braintumor.errors import BrainTumorError
-from braintumor.file_answers import answer_files, rows_of
-from braintumor.imaging import problem_of
+from braintumor.model.predictor import Predictor
 from braintumor.predict import predict_paths
-from braintumor.serving import Predictor, RequestError
+from braintumor.scans.limits import problem_of
+from braintumor.serving.file_answers import answer_files, rows_of
+from braintumor.serving.requests import RequestError, answer_request
 
 sys.path.insert(0, str(REPO / "deploy"))
 import spark_score  # noqa: E402  (deploy/ is not a package: the same file is what spark-submit runs)
@@ -91,7 +92,7 @@ def test_one_answer_per_file_holds_each_pictures_answer_and_a_bad_files_reason(
     assert len(answers) == 4
 
     good = [0, 1, 3]
-    pictures = predictor.predict_frame(request.iloc[good].reset_index(drop=True))  # the REST answer: per picture
+    pictures = answer_request(predictor, request.iloc[good].reset_index(drop=True))  # the REST answer: per picture
     for row, (i, answer) in enumerate((i, answers.iloc[i]) for i in good):
         rest = pictures[pictures["row"] == row].reset_index(drop=True)
         assert [f["frame"] for f in answer["frames"]] == rest["frame"].tolist()
@@ -132,7 +133,7 @@ def test_a_model_logged_without_the_rows_param_is_refused_before_spark_starts(mo
     output = pd.DataFrame(
         {"row": [0], "frame": [0], "label": ["no_tumor"], "probability": [0.9], **{c: [0.25] for c in CLASSES}}
     )
-    monkeypatch.setattr("braintumor.tracking.model_signature", lambda uri: infer_signature(example, output))
+    monkeypatch.setattr("braintumor.tracking.runs.model_signature", lambda uri: infer_signature(example, output))
     with pytest.raises(
         BrainTumorError, match="logged by an older version of this project: its signature has no param 'rows'"
     ):
@@ -143,7 +144,8 @@ def test_the_udf_type_follows_the_models_classes(monkeypatch):
     example = pd.DataFrame({"image": ["aGVsbG8="]})
     output = pd.DataFrame({"row": [0], "frame": [0], "label": ["a"], "probability": [0.9], "a": [0.9], "b c": [0.1]})
     monkeypatch.setattr(
-        "braintumor.tracking.model_signature", lambda uri: infer_signature(example, output, params={"rows": "picture"})
+        "braintumor.tracking.runs.model_signature",
+        lambda uri: infer_signature(example, output, params={"rows": "picture"}),
     )
     udf_type, fields = spark_score.result_type("models:/x/1")
     assert fields == ["label", "probability", "a", "b c"]  # no novelty score in this model
@@ -160,7 +162,7 @@ def test_the_udf_type_follows_the_models_classes(monkeypatch):
 def registered(novelty_model_file, sample_root, module_dir):
     """The novelty model, logged and registered as the train stage does it; (model URI, MLflow environment)."""
     from braintumor.pipeline import log_served_model
-    from braintumor.tracking import RunTracker
+    from braintumor.tracking.runs import RunTracker
 
     model_path = module_dir / "model.pt"
     shutil.copy(novelty_model_file[0], model_path)

@@ -5,8 +5,8 @@ from helpers import tiny_params
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from braintumor.tracking import RunTracker
-from braintumor.training import EpochStats
+from braintumor.tracking.runs import RunTracker
+from braintumor.training.loop import EpochStats
 
 
 def _stats(epoch: int) -> EpochStats:

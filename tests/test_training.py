@@ -10,17 +10,17 @@ import torch
 from helpers import tiny_params
 from torch import nn
 
-from braintumor.checkpoint import load_checkpoint
 from braintumor.data.cache import cached_images
 from braintumor.data.splits import in_splits
 from braintumor.data.validate import validate_dataset
-from braintumor.ema import WeightEMA
 from braintumor.errors import BrainTumorError, ConfigError
-from braintumor.imaging import ImageLimits
-from braintumor.model import Inference, build_model, keep_frozen_in_eval, load_model, save_model, set_frozen
-from braintumor.preprocess import ScanPrep
-from braintumor.training import Step, TrainData, build_optimizer, fit, lr_lambda, train_one_epoch
-from braintumor.transforms import Preprocessing, mixup
+from braintumor.model.network import Inference, build_model, keep_frozen_in_eval, load_model, save_model, set_frozen
+from braintumor.model.transforms import Preprocessing, mixup
+from braintumor.scans.limits import ImageLimits
+from braintumor.scans.preprocess import ScanPrep
+from braintumor.training.checkpoint import load_checkpoint
+from braintumor.training.ema import WeightEMA
+from braintumor.training.loop import Step, TrainData, build_optimizer, fit, lr_lambda, train_one_epoch
 
 
 @pytest.fixture(scope="module")
@@ -311,8 +311,9 @@ def test_training_reads_no_test_rows(sample_root):
 def test_one_macro_f1_for_val_and_testing_averages_the_classes_present():
     from sklearn.metrics import f1_score
 
-    from braintumor import evaluation, training
-    from braintumor.scores import macro_f1
+    from braintumor.evaluation import metrics as evaluation
+    from braintumor.evaluation.scores import macro_f1
+    from braintumor.training import loop as training
 
     assert training.macro_f1 is macro_f1  # the training core's val figure is evaluation's Testing figure
     rng = np.random.default_rng(0)

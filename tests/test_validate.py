@@ -22,7 +22,9 @@ from braintumor.data.sample import synthetic_slice, write_sample_dataset
 from braintumor.data.splits import MANIFEST_COLUMNS, grouped_stratified_val, read_manifest, write_manifest
 from braintumor.data.validate import validate_dataset
 from braintumor.errors import BrainTumorError, DataError
-from braintumor.imaging import ImageLimits, ImageProblem, decode_grayscale, is_candidate, open_checked, to_grayscale
+from braintumor.scans.limits import ImageLimits, ImageProblem
+from braintumor.scans.raster import to_grayscale
+from braintumor.scans.read import decode_grayscale, is_candidate, open_checked
 
 CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
 # The `sample_root` fixture: 6 Training and 3 Testing images per class, 64x64 grayscale JPEG.

@@ -146,13 +146,13 @@ def _recipe(args: argparse.Namespace) -> None:
 
 def _runs_url(args: argparse.Namespace) -> None:
     params = load_params(args.params)
-    from braintumor.tracking import runs_table_url
+    from braintumor.tracking.runs import runs_table_url
 
     print(runs_table_url(params.tracking.experiment))
 
 
 def _monitor(args: argparse.Namespace) -> None:
-    from braintumor.monitor import monitor
+    from braintumor.serving.monitor import monitor
 
     result = monitor(args.log, reference=args.reference, since=args.since, output_dir=args.output_dir)
     for alert in result["alerts"]:

@@ -26,10 +26,10 @@ from braintumor.errors import BrainTumorError
 from braintumor.fileio import atomic_path, project_path, write_json
 
 if TYPE_CHECKING:
-    from braintumor.model import Inference
-    from braintumor.novelty import Novelty
-    from braintumor.training import TrainData
-    from braintumor.transforms import Preprocessing
+    from braintumor.model.network import Inference
+    from braintumor.model.novelty import Novelty
+    from braintumor.model.transforms import Preprocessing
+    from braintumor.training.loop import TrainData
 
 # Each stage imports the modules it runs inside its function, so a stage loads exactly what dvc.yaml lists as its
 # deps (tests/test_pipeline.py checks the two agree).
@@ -57,11 +57,11 @@ def validate(params: Params) -> dict:
 
 def train(params: Params) -> dict:
     """Train on the manifest's train rows, select on val, write the model, metrics and curves; log to MLflow."""
-    from braintumor.checkpoint import checkpoint_extra
-    from braintumor.model import build_model, save_model
-    from braintumor.runtime import init_distributed
-    from braintumor.training import fit
-    from braintumor.transforms import Preprocessing
+    from braintumor.model.network import build_model, save_model
+    from braintumor.model.transforms import Preprocessing
+    from braintumor.runtime import init_distributed, seed_everything
+    from braintumor.training.checkpoint import checkpoint_extra
+    from braintumor.training.loop import fit
 
     use_cuda = params.train.device in ("auto", "cuda") and torch.cuda.is_available()
     dist_info = init_distributed("cuda" if use_cuda else "cpu")
@@ -70,12 +70,13 @@ def train(params: Params) -> dict:
 
     tracker = None
     if dist_info.is_main:
-        from braintumor.tracking import RunTracker  # mlflow is imported by the process that logs, only
+        from braintumor.tracking.runs import RunTracker  # mlflow is imported by the process that logs, only
 
         tracker = RunTracker(
             params, resume_run_id=checkpoint_extra(checkpoint).get("mlflow_run_id"), training_rows=images
         )
     prep = Preprocessing.from_config(params.model, params.preprocess)
+    seed_everything(params.train.seed)  # the initial weights too: torch's own seed differs in every process
     model = build_model(params.model.weights, len(params.data.classes), params.model.dropout)
     try:
         result = fit(
@@ -120,7 +121,7 @@ def train(params: Params) -> dict:
     version = None
     if params.tracking.log_model:
         version = log_served_model(tracker, params, data.train_images[0])
-    from braintumor.tracking import write_run_info
+    from braintumor.tracking.runs import write_run_info
 
     write_run_info(params.paths.run_info, tracker, version)
     tracker.end()
@@ -146,11 +147,11 @@ def calibrate(model, data: TrainData, prep: Preprocessing, params: Params, *, se
     """The selected model's inference settings, with the temperature fitted as train.calibration says
     (calibration.py): on val, on val and shifted copies of it, or none (T = 1). `seed` picks the shifted copies
     (the train stage uses 0; benchmarks/calibration_shift.py --seeds shows how little T moves with it)."""
-    from braintumor.calibration import COPIES_PER_STRENGTH, fit_temperature, shift_copies
     from braintumor.data.cache import ImageDataset, IndexedTransform
-    from braintumor.inference import predict_logits
-    from braintumor.model import Inference
-    from braintumor.transforms import eval_preset, shifted_preset
+    from braintumor.model.calibration import COPIES_PER_STRENGTH, fit_temperature, shift_copies
+    from braintumor.model.inference import predict_logits
+    from braintumor.model.network import Inference
+    from braintumor.model.transforms import eval_preset, shifted_preset
 
     method = params.train.calibration
     if method == "none":
@@ -188,9 +189,9 @@ def fit_unlike_training(model, data: TrainData, prep: Preprocessing, params: Par
     that model.unlike_training_quantile of the val scans stay under, all through the eval preset (and mirror
     average when model.tta_hflip). None when the quantile is 0."""
     from braintumor.data.cache import ImageDataset
-    from braintumor.inference import forward_outputs
-    from braintumor.novelty import fit_novelty
-    from braintumor.transforms import eval_preset
+    from braintumor.model.inference import forward_outputs
+    from braintumor.model.novelty import fit_novelty
+    from braintumor.model.transforms import eval_preset
 
     quantile = params.model.unlike_training_quantile
     if not quantile:
@@ -220,9 +221,9 @@ def _training_data(params: Params, dist_info) -> tuple[TrainData, pd.DataFrame]:
     """The manifest's train and val rows, decoded once into the cache (rank 0 decodes; other ranks read it)."""
     from braintumor.data.cache import cached_images
     from braintumor.data.splits import in_splits, read_manifest
-    from braintumor.imaging import ImageLimits
-    from braintumor.training import TrainData
-    from braintumor.transforms import Preprocessing
+    from braintumor.model.transforms import Preprocessing
+    from braintumor.scans.limits import ImageLimits
+    from braintumor.training.loop import TrainData
 
     frame = read_manifest(params.paths.manifest, params.data.classes)
     rows = in_splits(frame, "train", "val").sort_values("path", kind="stable").reset_index(drop=True)
@@ -268,13 +269,15 @@ def _write_history(history, path: Path) -> None:
 def log_served_model(tracker, params: Params, example_image: np.ndarray) -> str:
     """Log and register the pyfunc model, with one real scan (as a PNG) as its input example; returns the
     registered version. The train stage calls it, and benchmarks/serve_latency.py to serve what the stage would."""
-    from braintumor.serving import Predictor
+    from braintumor.model.predictor import Predictor
+    from braintumor.serving.requests import MODEL_CODE, ROWS, ROWS_PARAM, answer_request
 
     buffer = io.BytesIO()
     Image.fromarray(np.asarray(example_image)).save(buffer, format="PNG")
     example = pd.DataFrame({"image": [base64.b64encode(buffer.getvalue()).decode("ascii")]})
-    output = Predictor(params.paths.model).predict_frame(example)
-    return tracker.log_served_model(params.paths.model, example, output)
+    output = answer_request(Predictor(params.paths.model), example)
+    # params: `rows` ("picture", the REST answer; "file": one row per file, for Spark, file_answers.py)
+    return tracker.log_served_model(params.paths.model, example, output, code=MODEL_CODE, params={ROWS_PARAM: ROWS[0]})
 
 
 def augment_preview(params: Params) -> None:
@@ -282,9 +285,9 @@ def augment_preview(params: Params) -> None:
 
     The report stage logs it to the run's MLflow artifacts."""
     from braintumor.data.splits import in_splits, read_manifest
-    from braintumor.imaging import ImageLimits
+    from braintumor.model.transforms import Preprocessing
     from braintumor.preview import preview_figure
-    from braintumor.transforms import Preprocessing
+    from braintumor.scans.limits import ImageLimits
 
     frame = read_manifest(params.paths.manifest, params.data.classes)
     fig = preview_figure(
@@ -303,11 +306,11 @@ def augment_preview(params: Params) -> None:
 def evaluate(params: Params) -> dict:
     """Batched inference on the Testing rows (and the external set, if any); metrics overall and on the leak-free
     subset; promotion."""
-    from braintumor import evaluation as ev
     from braintumor.data.splits import in_splits, read_manifest, size_seen_in_training
-    from braintumor.model import load_model
+    from braintumor.evaluation import metrics as ev
+    from braintumor.model.network import load_model
     from braintumor.runtime import select_device
-    from braintumor.tracking import RunLogger, read_run_info
+    from braintumor.tracking.runs import RunLogger, read_run_info
 
     frame = read_manifest(params.paths.manifest, params.data.classes)
     device = select_device(params.train.device)  # train.device, as training resolved it: auto picks CUDA, MPS, CPU
@@ -415,11 +418,11 @@ def _compare_with_champion(
     """Score the new model and the current champion on the very same rows (each with the preprocessing, TTA and
     temperature its own file carries) on evaluate.promotion_metric: a champion's stored figure came from other
     scans (a synthetic sample, last year's Testing set) and is never compared with this one."""
-    from braintumor import evaluation as ev
     from braintumor.data.splits import in_splits
-    from braintumor.model import load_model
-    from braintumor.provenance import dvc_data_hashes
-    from braintumor.tracking import SameScansComparison
+    from braintumor.evaluation import metrics as ev
+    from braintumor.model.network import load_model
+    from braintumor.tracking.provenance import dvc_data_hashes
+    from braintumor.tracking.runs import SameScansComparison
 
     part, metric = SAME_SCANS[params.evaluate.promotion_metric]
     val = in_splits(frame, "val")
@@ -488,9 +491,9 @@ class Scorer:
     their metrics."""
 
     def __init__(self, model, device, bundle: dict, params: Params) -> None:
-        from braintumor.model import Inference
-        from braintumor.novelty import Novelty
-        from braintumor.transforms import Preprocessing, eval_preset
+        from braintumor.model.network import Inference
+        from braintumor.model.novelty import Novelty
+        from braintumor.model.transforms import Preprocessing, eval_preset
 
         self.model, self.device, self.params = model, device, params
         self.prep = Preprocessing.from_dict(bundle["preprocessing"])
@@ -501,8 +504,8 @@ class Scorer:
     def predict(self, frame: pd.DataFrame, root: str | Path) -> tuple[torch.Tensor, np.ndarray, np.ndarray | None]:
         """(logits (N, C), labels (N,), novelty (N,) or None when the model file has no novelty score)."""
         from braintumor.data.cache import ImageDataset, cached_images
-        from braintumor.imaging import ImageLimits
-        from braintumor.inference import forward_outputs
+        from braintumor.model.inference import forward_outputs
+        from braintumor.scans.limits import ImageLimits
 
         images = cached_images(
             frame, root, self.prep.scan, project_path(self.params.paths.cache), limits=ImageLimits.of(self.params.data)
@@ -521,7 +524,7 @@ class Scorer:
         return out.logits, out.labels.numpy(), novelty
 
     def probabilities(self, logits: torch.Tensor, calibrated: bool = True) -> np.ndarray:
-        from braintumor.inference import probabilities
+        from braintumor.model.inference import probabilities
 
         return probabilities(logits, self.inference.temperature if calibrated else 1.0)
 
@@ -530,7 +533,7 @@ class Scorer:
     ) -> dict:
         """Headline metrics (probabilities after temperature scaling), the temperature and ECE before it, and how
         the `unlike_training` flag splits the scans (when the model file has the novelty score)."""
-        from braintumor import evaluation as ev
+        from braintumor.evaluation import metrics as ev
 
         bins, classes = self.params.evaluate.calibration_bins, self.params.data.classes
         probs = self.probabilities(logits)
@@ -564,7 +567,7 @@ def _evaluate_external(scorer: Scorer, frame: pd.DataFrame, params: Params) -> t
     """Metrics on the external set (all of it, and its part without copies of Training scans), and its CSV."""
     from braintumor.data.external import load_external
     from braintumor.data.splits import in_splits, size_seen_in_training
-    from braintumor.novelty import unlike_training
+    from braintumor.model.novelty import unlike_training
 
     training = in_splits(frame, "train", "val")
     external = load_external(params.evaluate.external_data, training, params.paths.data, params.data)
@@ -604,7 +607,7 @@ def _scalars(metrics: dict) -> dict[str, float]:
 
 def _write_model_card(params: Params, metrics: dict, bundle: dict, logger, decision: dict) -> None:
     """The model card from this run's facts; also the registered version's description and tags."""
-    from braintumor import model_card
+    from braintumor.evaluation import model_card
     from braintumor.fileio import read_json, write_text
 
     facts = {
@@ -636,8 +639,8 @@ def _write_eval_plots(
     novelty: np.ndarray | None,
     size_seen: np.ndarray,
 ) -> list[str]:
-    from braintumor import evaluation as ev
-    from braintumor.novelty import unlike_training
+    from braintumor.evaluation import metrics as ev
+    from braintumor.model.novelty import unlike_training
 
     classes = params.data.classes
     out = Path(params.paths.eval_plots)
@@ -673,17 +676,17 @@ def _write_eval_plots(
 
 
 def _confusion_figure(y_true: np.ndarray, probs: np.ndarray, classes: list[str]):
-    from braintumor import charts
-    from braintumor import evaluation as ev
+    from braintumor.evaluation import charts
+    from braintumor.evaluation import metrics as ev
 
     return charts.confusion_matrices(ev.confusion(y_true, probs.argmax(axis=1), len(classes)), classes)
 
 
 def report(params: Params) -> None:
     """The self-contained HTML report, also logged to the run's MLflow artifacts."""
+    from braintumor.evaluation.report import ReportInputs, build_report
     from braintumor.fileio import read_json, write_text
-    from braintumor.report import ReportInputs, build_report
-    from braintumor.tracking import RunLogger, read_run_info, run_tags_of
+    from braintumor.tracking.runs import RunLogger, read_run_info, run_tags_of
 
     run_info = read_run_info(params.paths.run_info)
     plots = Path(params.paths.eval_plots)

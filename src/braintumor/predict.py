@@ -22,11 +22,12 @@ from PIL import Image
 
 from braintumor.errors import BrainTumorError, escaped
 from braintumor.fileio import atomic_path, write_text
-from braintumor.imaging import problem_of
-from braintumor.medical import Pictures
-from braintumor.preprocess import MIN_HEAD_FRACTION, head_pictures
+from braintumor.model.predictor import Predictor
 from braintumor.runtime import prediction_device
-from braintumor.serving import Predictor, find_images
+from braintumor.scans.limits import problem_of
+from braintumor.scans.pictures import Pictures
+from braintumor.scans.preprocess import MIN_HEAD_FRACTION, head_pictures
+from braintumor.scans.read import is_candidate
 
 log = logging.getLogger(__name__)
 # A slice "shows a head" when the head crop's region (the largest region brighter than preprocess.crop_threshold
@@ -49,7 +50,7 @@ class Scan:
 def resolve_model(model: str) -> Path:
     """A model file path, or an MLflow model URI (models:/name@alias, runs:/...) downloaded to a local file."""
     if ":/" in model and not Path(model).exists():
-        from braintumor.tracking import download_model_file
+        from braintumor.tracking.runs import download_model_file
 
         return download_model_file(model)
     return Path(model)
@@ -145,7 +146,7 @@ def _log_answers(
     predictor: Predictor, scans: list[Scan], table: pd.DataFrame, latency_s: float, model: str, model_file: Path
 ) -> None:
     """The pictures' rows (not a volume's summary) in the prediction log BRAINTUMOR_PREDICTION_LOG names, if any."""
-    from braintumor.prediction_log import PredictionLog, log_answers, model_identity
+    from braintumor.serving.prediction_log import PredictionLog, log_answers, model_identity
 
     target = PredictionLog.from_env()
     if target is None:
@@ -278,3 +279,17 @@ def _overlay_names(files: list[Path]) -> list[str]:
         taken.add(name.casefold())
         names.append(name)
     return names
+
+
+def find_images(paths: list[str | os.PathLike]) -> tuple[list[Path], list[str]]:
+    """Files given directly, and image files under folders (recursive). Returns (images, missing paths)."""
+    found, missing = [], []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and is_candidate(p)))
+        elif path.is_file():
+            found.append(path)
+        else:
+            missing.append(str(path))
+    return found, missing

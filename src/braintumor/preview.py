@@ -17,8 +17,9 @@ import torch  # noqa: E402
 from braintumor.config import AugmentConfig  # noqa: E402
 from braintumor.data.cache import load_image  # noqa: E402
 from braintumor.errors import DataError  # noqa: E402
-from braintumor.imaging import ImageLimits, decode_grayscale, problem_of  # noqa: E402
-from braintumor.transforms import Preprocessing, display_preset, eval_preset  # noqa: E402
+from braintumor.model.transforms import Preprocessing, display_preset, eval_preset  # noqa: E402
+from braintumor.scans.limits import ImageLimits, problem_of  # noqa: E402
+from braintumor.scans.read import decode_grayscale
 
 
 def preview_figure(

@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from braintumor.model.predictor import Predictor
 from braintumor.predict import CSV_FLOAT_FORMAT, MIN_HEAD_FRACTION, read_scan, table_of
-from braintumor.prediction_log import ModelIdentity, PredictionLog, log_answers
-from braintumor.serving import Predictor
+from braintumor.serving.prediction_log import ModelIdentity, PredictionLog, log_answers
 
 DISCLAIMER = "Research use; not a medical device."
 UPLOAD_NAME = Path("upload")  # what read_scan is told the file is called: the server never sees its name
@@ -169,7 +169,7 @@ class Answers:
 def model_facts(model: str, path: Path, predictor: Predictor) -> dict[str, Any]:
     """The page's header: which model answers (name, version, aliases, training date, data hash), its model card
     (the text, when one is found), the classes, the limits and the disclaimer."""
-    from braintumor.tracking import registered_version
+    from braintumor.tracking.runs import registered_version
 
     registered = registered_version(model) if model.startswith("models:/") else None
     if registered:

@@ -33,7 +33,7 @@ from starlette.staticfiles import StaticFiles
 
 from braintumor.app.answers import Answers
 from braintumor.errors import BrainTumorError
-from braintumor.imaging import ImageProblem, check_file_size, problem_of
+from braintumor.scans.limits import ImageProblem, check_file_size, problem_of
 
 STATIC = Path(__file__).with_name("static")
 MAX_UPLOADS_AT_ONCE = 2
@@ -164,10 +164,10 @@ def run_app(model: str, *, host: str = "127.0.0.1", port: int = 8000, device: st
     import uvicorn
 
     from braintumor.app.answers import model_facts
+    from braintumor.model.predictor import Predictor
     from braintumor.predict import resolve_model
-    from braintumor.prediction_log import PredictionLog, model_identity
     from braintumor.runtime import prediction_device
-    from braintumor.serving import Predictor
+    from braintumor.serving.prediction_log import PredictionLog, model_identity
 
     _check_port(host, port)  # before the model is fetched
     target = prediction_device(device)

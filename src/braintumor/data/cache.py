@@ -22,14 +22,15 @@ from torch.utils.data import Dataset
 
 from braintumor.errors import DataError
 from braintumor.fileio import atomic_path
-from braintumor.imaging import ImageLimits, decode_grayscale, problem_of
-from braintumor.preprocess import ScanPrep, prepare_image
 from braintumor.progress import progress_bar
+from braintumor.scans.limits import ImageLimits, problem_of
+from braintumor.scans.preprocess import ScanPrep, prepare_image
+from braintumor.scans.read import decode_grayscale
 
 if TYPE_CHECKING:
     import pandas as pd
 
-    from braintumor.medical import Pictures
+    from braintumor.scans.pictures import Pictures
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 3  # bump when decode_grayscale or prepare_image change what they produce

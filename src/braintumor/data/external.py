@@ -20,7 +20,7 @@ from braintumor.data.duplicates import best_match
 from braintumor.data.scan import scan_class_folders
 from braintumor.data.validate import inspect_all
 from braintumor.errors import DataError
-from braintumor.imaging import ImageLimits
+from braintumor.scans.limits import ImageLimits
 
 log = logging.getLogger(__name__)
 

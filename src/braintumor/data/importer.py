@@ -22,7 +22,7 @@ from typing import BinaryIO
 from braintumor.data.scan import SPLIT_FOLDERS
 from braintumor.errors import DataError, escaped
 from braintumor.fileio import staged_folders
-from braintumor.imaging import is_candidate
+from braintumor.scans.read import is_candidate
 
 # Image files compress little (JPEG, PNG: about 1x; an uncompressed BMP or TIFF of a scan: a few x). A member
 # that inflates more than this is a zip bomb, not a scan.

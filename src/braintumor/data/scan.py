@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from braintumor.errors import DataError
-from braintumor.imaging import IGNORED_NAMES, is_candidate
+from braintumor.scans.read import IGNORED_NAMES, is_candidate
 
 SPLIT_FOLDERS = {"train": "Training", "test": "Testing"}
 

@@ -24,7 +24,9 @@ from braintumor.data.duplicates import THUMB, DisjointSets, best_match, fingerpr
 from braintumor.data.scan import scan_dataset
 from braintumor.data.splits import grouped_stratified_val, size_seen_in_training
 from braintumor.errors import DataError
-from braintumor.imaging import ImageLimits, open_checked, problem_of, read_checked, to_grayscale
+from braintumor.scans.limits import ImageLimits, problem_of, read_checked
+from braintumor.scans.raster import to_grayscale
+from braintumor.scans.read import open_checked
 
 log = logging.getLogger(__name__)
 

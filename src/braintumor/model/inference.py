@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from braintumor.model import Inference
+from braintumor.model.network import Inference
 from braintumor.runtime import autocast
 
 

@@ -34,7 +34,7 @@ from scipy import stats  # noqa: E402
 
 from braintumor.errors import BrainTumorError  # noqa: E402
 from braintumor.fileio import write_text  # noqa: E402
-from braintumor.prediction_log import read_log  # noqa: E402
+from braintumor.serving.prediction_log import read_log  # noqa: E402
 
 ALPHA = 0.01
 MIN_ANSWERS = 30
@@ -239,7 +239,7 @@ def monitor(
 
 def render(result: dict, answers: pd.DataFrame, keys: pd.Series, reference: pd.DataFrame) -> str:
     """One self-contained page in the report's look (report.CSS, figures as data URIs)."""
-    from braintumor.report import CSS, png
+    from braintumor.evaluation.report import CSS, png
 
     first, last = answers["time"].min(), answers["time"].max()
     alerts = result["alerts"]

@@ -399,7 +399,7 @@ def promotion_text(promotion: dict[str, Any]) -> str:
 
 
 def _calibration(test: dict[str, Any], method: str) -> str:
-    from braintumor.calibration import fitted_on
+    from braintumor.model.calibration import fitted_on
 
     leak_free = test.get("leak_free", {})
     lines = [
@@ -433,7 +433,7 @@ def _external(external: dict[str, Any]) -> str:
 
 def _unlike_training(facts: dict[str, Any]) -> str:
     """How the `unlike_training` flag (novelty > 1) splits each scored set."""
-    from braintumor.evaluation import NOVELTY_HEADER, novelty_rows
+    from braintumor.evaluation.metrics import NOVELTY_HEADER, novelty_rows
 
     quantile = facts["evaluation"]["unlike_training"]["quantile"]
     return (

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from braintumor.config import AugmentConfig, ModelConfig, PreprocessConfig
-from braintumor.preprocess import ScanPrep
+from braintumor.scans.preprocess import ScanPrep
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

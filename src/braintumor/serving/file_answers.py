@@ -1,6 +1,6 @@
 """One answer per file: the served model's second way to answer, for Spark (`mlflow.pyfunc.spark_udf`).
 
-The served model answers one row per picture (serving.Predictor.predict_frame): a multi-frame DICOM or a NIfTI
+The served model answers one row per picture (serving.requests.answer_request): a multi-frame DICOM or a NIfTI
 volume gives several. A Spark UDF must answer one row per input row, so with the param `rows="file"` the model
 answers one row per file instead (deploy/spark_score.py), in three columns that Spark reads as structs:
 
@@ -27,13 +27,12 @@ import numpy as np
 import pandas as pd
 
 from braintumor.errors import BrainTumorError
-from braintumor.imaging import ImageProblem, problem_of
-from braintumor.medical import Pictures
-from braintumor.preprocess import head_pictures
-from braintumor.serving import Predictor, RequestError, decode_base64, request_values
+from braintumor.model.predictor import Predictor
+from braintumor.scans.limits import ImageProblem, problem_of
+from braintumor.scans.pictures import Pictures
+from braintumor.scans.preprocess import head_pictures
+from braintumor.serving.requests import ROWS, ROWS_PARAM, RequestError, decode_base64, request_values
 
-ROWS_PARAM = "rows"  # the model's param: "picture" (the REST answer, the default) or "file"
-ROWS = ("picture", "file")
 log = logging.getLogger(__name__)
 
 

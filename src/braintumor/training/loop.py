@@ -25,16 +25,16 @@ from torch.optim.swa_utils import AveragedModel, update_bn
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
 from braintumor import runtime
-from braintumor.checkpoint import load_checkpoint, save_checkpoint
 from braintumor.config import AugmentConfig, TrainConfig
 from braintumor.data.cache import ImageDataset
-from braintumor.ema import WeightEMA
 from braintumor.errors import BrainTumorError
-from braintumor.inference import predict_probs
-from braintumor.model import keep_frozen_in_eval, set_frozen
+from braintumor.evaluation.scores import macro_f1
+from braintumor.model.inference import predict_probs
+from braintumor.model.network import keep_frozen_in_eval, set_frozen
+from braintumor.model.transforms import Preprocessing, eval_preset, mixup, train_preset
 from braintumor.progress import progress_bar
-from braintumor.scores import macro_f1
-from braintumor.transforms import Preprocessing, eval_preset, mixup, train_preset
+from braintumor.training.checkpoint import load_checkpoint, save_checkpoint
+from braintumor.training.ema import WeightEMA
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 if TYPE_CHECKING:  # only a type here: the readers sit above this module
-    from braintumor.medical import Pictures
+    from braintumor.scans.pictures import Pictures
 
 INTENSITY_MODES = ("none", "percentile", "equalize")
 _MASK_SIDE = 64  # the head is found on a thumbnail this size (longer side): cheap, and enough for a bounding box

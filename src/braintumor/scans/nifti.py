@@ -14,8 +14,15 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from braintumor.imaging import ImageLimits, ImageProblem, check_dimensions
-from braintumor.medical import Pictures, check_decoded_bytes, check_finite, check_pixels, percentile_window
+from braintumor.scans.limits import (
+    ImageLimits,
+    ImageProblem,
+    check_decoded_bytes,
+    check_dimensions,
+    check_finite,
+    check_pixels,
+)
+from braintumor.scans.pictures import Pictures, percentile_window
 
 _GZIP_MAGIC = b"\x1f\x8b"
 MAX_NIFTI_OFFSET = 64 * 2**20  # header extensions (DICOM tags, JSON sidecars) are kilobytes; 64 MiB is generous

@@ -17,7 +17,7 @@ import io
 import struct
 import zlib
 
-from braintumor.imaging import ImageProblem
+from braintumor.scans.limits import ImageProblem
 
 HEAD_BYTES = 1 << 20  # a data set's elements before the pixel data: kilobytes in practice
 SLACK_BYTES = 1 << 20  # elements after the pixel data (overlays are in the pixel budget's order, padding)

@@ -16,8 +16,8 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from braintumor.novelty import unlike_training
-from braintumor.scores import macro_f1
+from braintumor.evaluation.scores import macro_f1
+from braintumor.model.novelty import unlike_training
 
 HEADLINE = ("accuracy", "macro_f1", "weighted_f1", "log_loss", "ece", "roc_auc_ovr")
 

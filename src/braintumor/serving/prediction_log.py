@@ -63,7 +63,7 @@ def model_identity(model_file: str | os.PathLike, bundle: dict, model_uri: str |
     run_id = _mlmodel_run_id(Path(model_file))
     version = os.environ.get(VERSION_ENV) or _uri_version(model_uri)
     if version is None and run_id and name and os.environ.get("MLFLOW_TRACKING_URI"):
-        from braintumor.tracking import version_of_run  # only where a store is named
+        from braintumor.tracking.runs import version_of_run  # only where a store is named
 
         version = version_of_run(name, run_id, model_uri)
     return ModelIdentity(name, version, run_id)

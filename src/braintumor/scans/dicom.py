@@ -14,19 +14,17 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from braintumor.dicom_checks import check_encapsulated, is_deflated, read_deflated
-from braintumor.imaging import ImageLimits, ImageProblem
-from braintumor.medical import (
-    Pictures,
-    check_decoded_bytes,
-    check_finite,
-    check_pixels,
-    has_dicom_preamble,
-    percentile_window,
-)
+from braintumor.scans.dicom_checks import check_encapsulated, is_deflated, read_deflated
+from braintumor.scans.limits import ImageLimits, ImageProblem, check_decoded_bytes, check_finite, check_pixels
+from braintumor.scans.pictures import Pictures, percentile_window
 
 # pydicom names a decoder plugin; pip installs it under this name.
 PIP_NAMES = {"gdcm": "python-gdcm"}
+
+
+def has_dicom_preamble(data: bytes) -> bool:
+    """A DICOM Part 10 file: 128 bytes of preamble, then `DICM`."""
+    return data[128:132] == b"DICM"
 
 
 def read_dicom(data: bytes, *, limits: ImageLimits, keep: Callable[[int], list[int]] | None = None) -> Pictures:

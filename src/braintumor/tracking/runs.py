@@ -31,15 +31,14 @@ from mlflow.tracking import MlflowClient
 
 from braintumor.config import Params
 from braintumor.errors import BrainTumorError
-from braintumor.file_answers import ROWS, ROWS_PARAM
 from braintumor.fileio import project_root, read_json, write_json
-from braintumor.provenance import dvc_data_hash, dvc_data_hashes, git, git_dirty, run_name
+from braintumor.tracking.provenance import dvc_data_hash, dvc_data_hashes, git, git_dirty, run_name
 
 if TYPE_CHECKING:
-    from braintumor.training import EpochStats  # the training core is not loaded by evaluate or report
+    from braintumor.training.loop import EpochStats  # the training core is not loaded by evaluate or report
 
 log = logging.getLogger(__name__)
-SERVED_MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
+PACKAGE = Path(__file__).parents[1]  # src/braintumor: the code logged with every served model
 # The MLflow 3 UI opens an experiment in its GenAI view unless told otherwise: the experiment tag its type
 # selector writes, and the `workflowType` of its links (the side bar's GenAI / Model training switch).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
@@ -170,19 +169,21 @@ class RunTracker:
             mlflow.log_artifact(path, artifact_path="metrics")
         mlflow.log_artifacts(self.params.paths.train_plots, artifact_path="plots/train")
 
-    def log_served_model(self, model_path: str, example: pd.DataFrame, example_output: pd.DataFrame) -> str:
-        """Log the pyfunc model (models from code) and register it; returns the new version number.
+    def log_served_model(
+        self, model_path: str, example: pd.DataFrame, example_output: pd.DataFrame, *, code: Path, params: dict
+    ) -> str:
+        """Log the pyfunc model (models from code: `code` is its file, the package is logged with it) and register
+        it; returns the new version number. `params`: the model's inference params and their defaults.
 
         MLflow 3 makes it a LoggedModel (self.model_id) carrying the run's params and provenance tags; evaluation
         links the test metrics to it."""
         tags = run_tags(self.params)
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=str(SERVED_MODEL_CODE),
+            python_model=str(code),
             artifacts={"model": str(Path(model_path).resolve())},
-            code_paths=[str(Path(__file__).parent)],
-            # params: `rows` ("picture", the REST answer; "file": one row per file, for Spark, file_answers.py)
-            signature=infer_signature(example, example_output, params={ROWS_PARAM: ROWS[0]}),
+            code_paths=[str(PACKAGE)],
+            signature=infer_signature(example, example_output, params=params),
             input_example=example,
             pip_requirements=_served_requirements(),
             registered_model_name=self.params.tracking.registered_model,

@@ -25,11 +25,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
 from braintumor.errors import BrainTumorError
-from braintumor.file_answers import answer_files, rows_of
-from braintumor.prediction_log import PredictionLog, log_answers, model_identity
+from braintumor.model.predictor import Predictor
 from braintumor.runtime import PREDICTION_PRECISION_ENV as PRECISION_ENV
 from braintumor.runtime import prediction_autocast, prediction_device
-from braintumor.serving import Predictor
+from braintumor.serving.file_answers import answer_files, rows_of
+from braintumor.serving.prediction_log import PredictionLog, log_answers, model_identity
+from braintumor.serving.requests import answer_request
 
 
 class BrainTumorClassifier(mlflow.pyfunc.PythonModel):
@@ -65,7 +66,7 @@ class BrainTumorClassifier(mlflow.pyfunc.PythonModel):
             start = time.perf_counter()
             if rows_of(params) == "file":  # one row per file, for Spark (file_answers.py)
                 return self.inference.submit(answer_files, self.predictor, model_input).result()
-            table = self.inference.submit(self.predictor.predict_frame, model_input).result()
+            table = self.inference.submit(answer_request, self.predictor, model_input).result()
             if self.prediction_log is not None:
                 self._log(model_input, table, time.perf_counter() - start)
             return table
@@ -75,7 +76,7 @@ class BrainTumorClassifier(mlflow.pyfunc.PythonModel):
 
     def _log(self, model_input: pd.DataFrame, table: pd.DataFrame, latency_s: float) -> None:
         """The answer's lines in the prediction log; the inputs' file bytes again (every row decoded before)."""
-        from braintumor.serving import INPUT_COLUMN, decode_base64
+        from braintumor.serving.requests import INPUT_COLUMN, decode_base64
 
         limit = self.predictor.limits.max_file_bytes
         try:

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from braintumor import charts
-from braintumor.evaluation import confusion, unseen_size_sentence
-from braintumor.serving import Predictor
+from braintumor.evaluation import charts
+from braintumor.evaluation.metrics import confusion, unseen_size_sentence
+from braintumor.model.predictor import Predictor
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}
@@ -162,7 +162,7 @@ def _dataset_section(validation: dict[str, Any], classes: list[str]) -> str:
 
 
 def _metrics_section(test: dict[str, Any], classes: list[str], calibration: str) -> str:
-    from braintumor.calibration import fitted_on
+    from braintumor.model.calibration import fitted_on
 
     lf = test.get("leak_free", {})
     names = ["accuracy", "macro_f1", "weighted_f1", "log_loss", "ece", "roc_auc_ovr"]
@@ -259,7 +259,7 @@ def _image_size_section(validation: dict[str, Any], evaluation: dict[str, Any], 
 
 
 def _novelty_section(evaluation: dict[str, Any]) -> str:
-    from braintumor.evaluation import NOVELTY_HEADER, novelty_rows
+    from braintumor.evaluation.metrics import NOVELTY_HEADER, novelty_rows
 
     quantile = evaluation["unlike_training"]["quantile"]
     return (

@@ -13,7 +13,7 @@ from torchvision.models import ResNet50_Weights, resnet50
 
 from braintumor.errors import BrainTumorError, ConfigError
 from braintumor.fileio import atomic_path
-from braintumor.transforms import Preprocessing
+from braintumor.model.transforms import Preprocessing
 
 log = logging.getLogger(__name__)
 
