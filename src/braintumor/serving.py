@@ -133,12 +133,10 @@ class Predictor:
     def predict_frame(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The served model's predict: column `image` of base64 strings -> label, probability, per-class."""
         images, rows, frames, problems = [], [], [], []
-        for row, value in enumerate(request_values(frame)):
+        for row, value in enumerate(request_values(frame, max_rows=self.limits.max_frames)):
             try:
-                pictures = self.pictures(
-                    decode_base64(value, max_bytes=self.limits.max_file_bytes),
-                    limits=request_limits(self.limits, len(images)),
-                )
+                limits = request_limits(self.limits, len(images))  # a full request decodes no further row
+                pictures = self.pictures(decode_base64(value, max_bytes=limits.max_file_bytes), limits=limits)
                 images.extend(self.images_of(pictures))
             except Exception as exc:  # one row's problem, whatever it is: the other rows and the server go on
                 if not isinstance(exc, (BrainTumorError, ImageProblem)):
@@ -157,12 +155,19 @@ class Predictor:
         return table
 
 
-def request_values(frame: pd.DataFrame) -> list:
-    """The request's column `image`, one value per row; a request without it is a RequestError."""
+def request_values(frame: pd.DataFrame, *, max_rows: int) -> list:
+    """The request's column `image`, one value per row; a request without it, or of more than `max_rows` rows
+    (data.max_frames: every row holds at least one picture, so more rows could never all be answered), is a
+    RequestError, raised before any row is decoded."""
     if not isinstance(frame, pd.DataFrame) or INPUT_COLUMN not in frame.columns:
         got = list(frame.columns) if isinstance(frame, pd.DataFrame) else type(frame).__name__
         raise RequestError(
             f"the request needs a column {INPUT_COLUMN!r} of base64-encoded image bytes; got columns {got}"
+        )
+    if len(frame) > max_rows:
+        raise RequestError(
+            f"{len(frame):,} rows in one request, over data.max_frames={max_rows:,} pictures in one request "
+            f"(each row holds at least one); send at most {max_rows:,} rows per request"
         )
     return frame[INPUT_COLUMN].tolist()
 
