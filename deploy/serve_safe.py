@@ -96,7 +96,7 @@ def serve(args: argparse.Namespace) -> None:
     if body > LARGE_BODY_BYTES:
         print(
             f"note: the body cap is {body:,} bytes ({args.max_rows} rows of data.max_file_bytes="
-            f"{params.data.max_file_bytes:,}): MLflow needs about 5 times a body's size to parse it. Give the "
+            f"{params.data.max_file_bytes:,}): MLflow's parsing peaked at 3.8-4.6 times a body's size here. Give the "
             "server a params file with a data.max_file_bytes of the largest scan it takes (--params), or fewer "
             "--max-rows (docs/serving.md#behind-a-reverse-proxy)",
             file=sys.stderr,
