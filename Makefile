@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN := $(abspath $(VENV))/bin
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test test-fast docs lint bench team-up app serve-image
+.PHONY: install run test test-fast docs lint bench team-up app serve-image serve-safe
 
 # Reinstalls only when pyproject.toml changes.
 $(VENV)/.installed: pyproject.toml
@@ -68,3 +68,8 @@ bench: install
 MODEL ?= models:/brain-tumor-classifier@champion
 serve-image: install
 	$(BIN)/python deploy/serve_image.py --model "$(MODEL)" --out build/serve-image
+
+# The served model behind nginx (deploy/serve_safe.py, docs/serving.md#behind-a-reverse-proxy) on http://127.0.0.1:5001:
+# POST /invocations (JSON, bodies capped from data.max_file_bytes), GET /ping, 4 requests at a time. Ctrl-C stops both.
+serve-safe: install
+	$(BIN)/python deploy/serve_safe.py --model "$(MODEL)"

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import tiny_params
+import yaml
+from helpers import REGISTER, REPO, run, tiny_params, tiny_params_dict
 
 from braintumor.data.sample import write_sample_dataset
 
@@ -121,3 +122,18 @@ def dataset_copy(sample_root, tmp_path) -> Path:
     root = tmp_path / "data"
     shutil.copytree(sample_root, root)
     return root
+
+
+@pytest.fixture(scope="module")
+def registered(module_dir, sample_root, novelty_model_file):
+    """(folder, env, run id): the novelty model registered as brain-tumor-classifier version 1 in a store there."""
+    model, _ = novelty_model_file
+    (module_dir / "models").mkdir()
+    (module_dir / "models" / "model.pt").write_bytes(Path(model).read_bytes())
+    (module_dir / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(sample_root)))
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{module_dir / 'mlflow.db'}", "PYTHONPATH": str(REPO / "src")}
+    scan = next((sample_root / "Testing").rglob("*.jpg"))
+    out = run([sys.executable, "-c", REGISTER, str(scan)], cwd=module_dir, env=env).stdout
+    version, run_id = out.strip().splitlines()[-1].split()[1:]
+    assert version == "1"
+    return module_dir, env, run_id

@@ -11,9 +11,25 @@ from braintumor.cli import main
 from braintumor.config import Params, params_from_dict
 from braintumor.processes import BIN, venv_env
 
-__all__ = ["BIN", "REPO", "predict", "run", "tiny_params", "tiny_params_dict"]
+__all__ = ["BIN", "MODEL_URI", "REGISTER", "REPO", "predict", "run", "tiny_params", "tiny_params_dict"]
 
 REPO = Path(__file__).resolve().parents[1]
+# The served-model tests' registered version (conftest's `registered`) and the script that registers it through the
+# train stage's own path (pipeline.log_served_model).
+MODEL_URI = "models:/brain-tumor-classifier/1"
+REGISTER = """
+import shutil, sys, yaml
+from braintumor.config import params_from_dict
+from braintumor.pipeline import log_served_model
+from braintumor.model.predictor import Predictor
+from braintumor.tracking.runs import RunTracker
+params = params_from_dict(yaml.safe_load(open("params.yaml")))
+predictor = Predictor(params.paths.model)
+tracker = RunTracker(params)
+version = log_served_model(tracker, params, predictor.load_image(sys.argv[1]))
+tracker.end()
+print(f"registered {version} {tracker.run_id}")
+"""
 
 
 def tiny_params_dict(data_root: str | Path, **overrides: dict) -> dict:

@@ -14,45 +14,13 @@ import importlib.util
 import json
 import shlex
 import sys
-from pathlib import Path
 
 import pytest
-import yaml
-from helpers import BIN, REPO, run, tiny_params_dict
+from helpers import BIN, MODEL_URI, REPO, run
 
 from braintumor.processes import free_port, start_process, stop_process, tree_rss_mb, venv_env, wait_http
 
 pytestmark = pytest.mark.slow
-
-MODEL_URI = "models:/brain-tumor-classifier/1"
-REGISTER = """
-import shutil, sys, yaml
-from braintumor.config import params_from_dict
-from braintumor.pipeline import log_served_model
-from braintumor.model.predictor import Predictor
-from braintumor.tracking.runs import RunTracker
-params = params_from_dict(yaml.safe_load(open("params.yaml")))
-predictor = Predictor(params.paths.model)
-tracker = RunTracker(params)
-version = log_served_model(tracker, params, predictor.load_image(sys.argv[1]))
-tracker.end()
-print(f"registered {version} {tracker.run_id}")
-"""
-
-
-@pytest.fixture(scope="module")
-def registered(module_dir, sample_root, novelty_model_file):
-    """(folder, env, run id): the novelty model registered as brain-tumor-classifier version 1 in a store there."""
-    model, _ = novelty_model_file
-    (module_dir / "models").mkdir()
-    (module_dir / "models" / "model.pt").write_bytes(Path(model).read_bytes())
-    (module_dir / "params.yaml").write_text(yaml.safe_dump(tiny_params_dict(sample_root)))
-    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{module_dir / 'mlflow.db'}", "PYTHONPATH": str(REPO / "src")}
-    scan = next((sample_root / "Testing").rglob("*.jpg"))
-    out = run([sys.executable, "-c", REGISTER, str(scan)], cwd=module_dir, env=env).stdout
-    version, run_id = out.strip().splitlines()[-1].split()[1:]
-    assert version == "1"
-    return module_dir, env, run_id
 
 
 def test_mlflow_generate_dockerfile_carries_the_model_its_code_and_pinned_requirements(registered):

@@ -31,7 +31,7 @@ from braintumor.model.predictor import Predictor
 from braintumor.scans.limits import ImageProblem, problem_of
 from braintumor.scans.pictures import Pictures
 from braintumor.scans.preprocess import head_pictures
-from braintumor.serving.requests import ROWS, ROWS_PARAM, RequestError, decode_base64, request_values
+from braintumor.serving.requests import ROWS, ROWS_PARAM, RequestError, decode_base64, request_limits, request_values
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +58,15 @@ def rows_of(params: dict | None) -> str:
 def answer_files(predictor: Predictor, frame: pd.DataFrame) -> pd.DataFrame:
     """Column `image` of base64 strings -> one row per file: `scan`, `answer`, `frames` (see the module's text).
 
-    Every usable file's pictures go through the network together, in the predictor's batches."""
+    Every usable file's pictures go through the network together, in the predictor's batches. data.max_frames
+    bounds the pictures of the whole request, as in the REST answer, so that one request's work stays within the
+    server's timeout: a file past it gets that reason (send fewer files per batch: spark_score.py --batch-size)."""
     scans: list[_Scan | str] = []  # a _Scan, or why the file cannot be used
     images: list[np.ndarray] = []  # (S, S) uint8, every picture of every usable file
-    for row, value in enumerate(request_values(frame)):
+    for row, value in enumerate(request_values(frame, max_rows=predictor.limits.max_frames)):
         try:
-            pictures = predictor.pictures(decode_base64(value, max_bytes=predictor.limits.max_file_bytes))
+            limits = request_limits(predictor.limits, len(images))  # frames x rows, as the REST answer's
+            pictures = predictor.pictures(decode_base64(value, max_bytes=limits.max_file_bytes), limits=limits)
             prepared = predictor.images_of(pictures)
             several = len(pictures.images) > 1 or pictures.is_volume
             shows_head = head_pictures(pictures, predictor.prep.scan.crop_threshold) if several else None

@@ -44,12 +44,10 @@ def answer_request(predictor: Predictor, frame: pd.DataFrame) -> pd.DataFrame:
     probability, per-class probabilities; novelty when the model file has the score). Every row is decoded before
     the network runs; rows that cannot be used raise one RequestError naming each."""
     images, rows, frames, problems = [], [], [], []
-    for row, value in enumerate(request_values(frame)):
+    for row, value in enumerate(request_values(frame, max_rows=predictor.limits.max_frames)):
         try:
-            pictures = predictor.pictures(
-                decode_base64(value, max_bytes=predictor.limits.max_file_bytes),
-                limits=request_limits(predictor.limits, len(images)),
-            )
+            limits = request_limits(predictor.limits, len(images))  # a full request decodes no further row
+            pictures = predictor.pictures(decode_base64(value, max_bytes=limits.max_file_bytes), limits=limits)
             images.extend(predictor.images_of(pictures))
         except Exception as exc:  # one row's problem, whatever it is: the other rows and the server go on
             if not isinstance(exc, (BrainTumorError, ImageProblem)):
@@ -68,12 +66,19 @@ def answer_request(predictor: Predictor, frame: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def request_values(frame: pd.DataFrame) -> list:
-    """The request's column `image`, one value per row; a request without it is a RequestError."""
+def request_values(frame: pd.DataFrame, *, max_rows: int) -> list:
+    """The request's column `image`, one value per row; a request without it, or of more than `max_rows` rows
+    (data.max_frames: every row holds at least one picture, so more rows could never all be answered), is a
+    RequestError, raised before any row is decoded."""
     if not isinstance(frame, pd.DataFrame) or INPUT_COLUMN not in frame.columns:
         got = list(frame.columns) if isinstance(frame, pd.DataFrame) else type(frame).__name__
         raise RequestError(
             f"the request needs a column {INPUT_COLUMN!r} of base64-encoded image bytes; got columns {got}"
+        )
+    if len(frame) > max_rows:
+        raise RequestError(
+            f"{len(frame):,} rows in one request, over data.max_frames={max_rows:,} pictures in one request "
+            f"(each row holds at least one); send at most {max_rows:,} rows per request"
         )
     return frame[INPUT_COLUMN].tolist()
 
