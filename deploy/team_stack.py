@@ -16,8 +16,9 @@ starts, listening on 127.0.0.1 only:
   deploy/team_auth.py as the admin.
 
 It writes the variables the pipeline needs to an env file (mode 0600: the credentials are made up at start and
-never printed) and waits; Ctrl-C stops everything and removes the cluster. deploy/compose.yaml is the same setup for a
-real deployment (PostgreSQL, MinIO, the MLflow server). tests/test_team_stack.py runs the pipeline against it.
+never printed) and waits; Ctrl-C stops everything and removes the cluster. deploy/compose.yaml is the same setup
+for a real deployment (PostgreSQL, MinIO, the MLflow server). tests/test_team_stack.py runs the pipeline against
+it.
 """
 
 from __future__ import annotations

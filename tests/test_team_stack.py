@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from secrets import token_urlsafe
@@ -309,6 +310,33 @@ def test_only_the_pipeline_moves_the_champion(stack, team_project, client):
     assert (
         rest_status(stack, *SET_ALIAS, {"name": REGISTERED, "alias": "champion", "version": champion}, pipeline) == 200
     )
+
+
+@pytest.mark.slow
+def test_setting_up_the_users_again_keeps_their_rights(stack, client):
+    """deploy/team_auth.py again (after a change in deploy/.env): existing users get their password set again and
+    their grants replaced, rather than an error."""
+    team_stack.set_up_users(stack)  # the second time: the stack ran it at start
+    admin = "Basic " + base64.b64encode(":".join(stack.mlflow_login(team_stack.ADMIN_USER).values()).encode()).decode()
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    rights = {}
+    for user in (team_stack.PIPELINE_USER, team_stack.SERVING_USER):
+        for resource_type, resource_id in (("experiment", experiment_id), ("registered_model", REGISTERED)):
+            query = urllib.parse.urlencode(
+                {"username": user, "resource_type": resource_type, "resource_id": resource_id}
+            )
+            request = urllib.request.Request(
+                f"{stack.tracking_uri}/api/3.0/mlflow/users/permissions/get?{query}", headers={"Authorization": admin}
+            )
+            with urllib.request.urlopen(request, timeout=60) as response:
+                rights[user, resource_type] = json.loads(response.read())["permission"]
+    assert rights == {
+        ("pipeline", "experiment"): "MANAGE",
+        ("pipeline", "registered_model"): "MANAGE",
+        ("serving", "experiment"): "READ",
+        ("serving", "registered_model"): "READ",
+    }
+    assert rest_status(stack, *SEARCH, login=tuple(stack.mlflow_login(team_stack.SERVING_USER).values())) == 200
 
 
 # ---- the registered champion, from the server ----------------------------------------------------------------
