@@ -73,12 +73,15 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def rest_status(stack, method: str, path: str, body: dict | None = None, login: tuple[str, str] | None = None) -> int:
-    """The HTTP status of one request to the server's REST API, sent with `login` (user, password) or none."""
-    headers = {"Content-Type": "application/json"}
+def rest_status(
+    stack, method: str, path: str, body: dict | bytes | None = None, login: tuple[str, str] | None = None
+) -> int:
+    """The HTTP status of one request to the server's REST API (a JSON body, or a file's bytes for the artifact
+    proxy), sent with `login` (user, password) or none."""
+    headers = {"Content-Type": "application/octet-stream" if isinstance(body, bytes) else "application/json"}
     if login:
         headers["Authorization"] = "Basic " + base64.b64encode(":".join(login).encode()).decode("ascii")
-    data = json.dumps(body).encode() if body is not None else None
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
     request = urllib.request.Request(f"{stack.tracking_uri}{path}", data=data, headers=headers, method=method)
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
@@ -268,13 +271,22 @@ DELETE_ALIAS = ("DELETE", "/api/2.0/mlflow/registered-models/alias")
 CREATE_VERSION = ("POST", "/api/2.0/mlflow/model-versions/create")
 
 
+def champion_code_path(client) -> str:
+    """The artifact proxy's path of the champion's code file: writing there is changing what the hosts serve."""
+    version = client.get_model_version_by_alias(REGISTERED, "champion").version
+    location = client.get_model_version_download_uri(REGISTERED, version)  # mlflow-artifacts:/<exp>/models/<id>/...
+    assert location.startswith("mlflow-artifacts:/"), location
+    return f"/api/2.0/mlflow-artifacts/artifacts/{location.split(':/', 1)[1].strip('/')}/mlflow_model.py"
+
+
 @pytest.mark.slow
-def test_the_server_refuses_a_request_without_credentials(stack, team_project):
+def test_the_server_refuses_a_request_without_credentials(stack, team_project, client):
     version = team_project["first"]["model_version"]
     requests = [
         (*SEARCH, None),
         (*SET_ALIAS, {"name": REGISTERED, "alias": "champion", "version": version}),
         (*CREATE_VERSION, {"name": REGISTERED, "source": f"models:/{REGISTERED}/{version}"}),
+        ("PUT", champion_code_path(client), b"import os  # not the pipeline's code\n"),
     ]
     for method, path, body in requests:
         assert rest_status(stack, method, path, body) == 401, f"{method} {path} without credentials"
@@ -304,6 +316,8 @@ def test_only_the_pipeline_moves_the_champion(stack, team_project, client):
         assert rest_status(stack, *DELETE_ALIAS, {"name": REGISTERED, "alias": "champion"}, login) == 403
         register = {"name": REGISTERED, "source": f"models:/{REGISTERED}/{champion}"}
         assert rest_status(stack, *CREATE_VERSION, register, login) == 403, f"{login[0]} registered a version"
+        code = b"import os  # not the pipeline's code\n"
+        assert rest_status(stack, "PUT", champion_code_path(client), code, login) == 403, f"{login[0]} wrote code"
     assert str(client.get_model_version_by_alias(REGISTERED, "champion").version) == champion
     assert sorted(str(v.version) for v in client.search_model_versions(f"name = '{REGISTERED}'")) == sorted(versions)
     pipeline = tuple(stack.mlflow_login(team_stack.PIPELINE_USER).values())
