@@ -9,17 +9,22 @@ starts, listening on 127.0.0.1 only:
 - moto's S3 server, an S3-compatible endpoint over plain HTTP (objects in memory), with two buckets:
   `mlflow-artifacts` (MLflow's artifacts) and `dvc-store` (the DVC remote);
 - `mlflow server --backend-store-uri postgresql+psycopg2://... --artifacts-destination s3://mlflow-artifacts
-  --serve-artifacts`: runs, metrics and the model registry in PostgreSQL, artifacts in the bucket, uploaded and
-  downloaded through the server (so a client needs no S3 credentials for MLflow, only for the DVC remote).
+  --serve-artifacts --app-name basic-auth`: runs, metrics and the model registry in PostgreSQL, artifacts in the
+  bucket, uploaded and downloaded through the server (so a client needs no S3 credentials for MLflow, only for the
+  DVC remote); MLflow's authentication on (deploy/basic_auth.ini, users in the database `mlflow_auth`), with the
+  users `pipeline` (the only one that may register versions and move aliases) and `serving` (reads), made by
+  deploy/team_auth.py as the admin.
 
-It writes the variables a client needs to an env file (mode 0600: the credentials are made up at start and never
-printed) and waits; Ctrl-C stops everything and removes the cluster. deploy/compose.yaml is the same setup for a
-real deployment (PostgreSQL, MinIO, the MLflow server). tests/test_team_stack.py runs the pipeline against it.
+It writes the variables the pipeline needs to an env file (mode 0600: the credentials are made up at start and
+never printed) and waits; Ctrl-C stops everything and removes the cluster. deploy/compose.yaml is the same setup
+for a real deployment (PostgreSQL, MinIO, the MLflow server). tests/test_team_stack.py runs the pipeline against
+it.
 """
 
 from __future__ import annotations
 
 import argparse
+import configparser
 import contextlib
 import glob
 import os
@@ -35,11 +40,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from team_auth import PASSWORD_ENV, PIPELINE_USER, SERVING_USER
+
 from braintumor.processes import BIN, ServerError, free_port, start_process, stop_process, wait_http
 
 ARTIFACTS_BUCKET = "mlflow-artifacts"
 DVC_BUCKET = "dvc-store"
 DB_NAME = DB_USER = "mlflow"
+AUTH_DB_NAME = "mlflow_auth"  # the basic-auth app's users and permissions, beside the tracking store
+ADMIN_USER = "admin"
+AUTH_CONFIG = Path(__file__).with_name("basic_auth.ini")  # deploy/compose.yaml's, with this stack's database
 REGION = "us-east-1"
 INSTALL_POSTGRES = (
     "PostgreSQL's server binaries (initdb, pg_ctl, postgres) are not installed: "
@@ -61,23 +71,37 @@ class TeamStack:
     db_password: str
     s3_access_key: str
     s3_secret_key: str
-    folder: Path  # logs: postgres.log, s3.log, mlflow-server.log
+    folder: Path  # logs: postgres.log, s3.log, mlflow-server.log, team-auth.log
+    passwords: dict[str, str]  # the MLflow server's users: admin, pipeline, serving
+    flask_secret_key: str  # the basic-auth app's CSRF key
 
     @property
     def dvc_remote_url(self) -> str:
         return f"s3://{DVC_BUCKET}/braintumor"
 
     def client_env(self) -> dict[str, str]:
-        """What a team member exports: the tracking server, and the S3 credentials DVC's remote uses."""
+        """What the pipeline exports: the tracking server and its user there, and the S3 credentials of DVC's
+        remote."""
         return {
             "MLFLOW_TRACKING_URI": self.tracking_uri,
+            **self.mlflow_login(PIPELINE_USER),
             "AWS_ACCESS_KEY_ID": self.s3_access_key,
             "AWS_SECRET_ACCESS_KEY": self.s3_secret_key,
             "AWS_DEFAULT_REGION": REGION,
         }
 
+    def mlflow_login(self, user: str) -> dict[str, str]:
+        """The variables MLflow's clients authenticate with, as `user` (admin, pipeline or serving)."""
+        return {"MLFLOW_TRACKING_USERNAME": user, "MLFLOW_TRACKING_PASSWORD": self.passwords[user]}
+
     def secrets(self) -> list[str]:
-        return [self.db_password, self.s3_access_key, self.s3_secret_key]
+        return [
+            self.db_password,
+            self.s3_access_key,
+            self.s3_secret_key,
+            *self.passwords.values(),
+            self.flask_secret_key,
+        ]
 
     def s3_client(self):
         import boto3
@@ -200,15 +224,16 @@ def postgres_cluster(password: str, log: Path) -> Iterator[str]:
         )
         try:
             env = {**os.environ, "PGPASSWORD": password}
-            _check(
-                subprocess.run(
-                    [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", DB_USER, DB_NAME],
-                    env=env,
-                    capture_output=True,
-                    text=True,
-                ),
-                "createdb",
-            )
+            for database in (DB_NAME, AUTH_DB_NAME):
+                _check(
+                    subprocess.run(
+                        [str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", DB_USER, database],
+                        env=env,
+                        capture_output=True,
+                        text=True,
+                    ),
+                    f"createdb {database}",
+                )
             yield f"postgresql+psycopg2://{DB_USER}@127.0.0.1:{port}/{DB_NAME}"
         finally:
             subprocess.run(
@@ -244,27 +269,35 @@ def s3_server(log: Path) -> Iterator[str]:
         stop_process(proc)
 
 
+def write_auth_config(db_uri: str, path: Path) -> Path:
+    """deploy/basic_auth.ini with this stack's database for the users (`mlflow_auth`, beside `db_uri`'s)."""
+    config = configparser.ConfigParser()
+    config.read(AUTH_CONFIG)
+    config["mlflow"]["database_uri"] = f"{db_uri.rsplit('/', 1)[0]}/{AUTH_DB_NAME}"
+    with open(path, "w") as config_file:
+        config.write(config_file)
+    return path
+
+
 @contextlib.contextmanager
 def mlflow_server(
     db_uri: str,
-    db_password: str,
+    secrets_env: dict[str, str],
     s3_endpoint: str,
-    s3_access_key: str,
-    s3_secret_key: str,
     log: Path,
     port: int | None = None,
 ) -> Iterator[str]:
-    """`mlflow server` on PostgreSQL with artifacts in the S3 bucket; yields its URL.
+    """`mlflow server --app-name basic-auth` on PostgreSQL with artifacts in the S3 bucket; yields its URL.
 
-    The secrets reach it through its environment (libpq's PGPASSWORD, boto3's AWS_*), never its command line.
+    The secrets (`secrets_env`: libpq's PGPASSWORD, boto3's AWS_*, the auth app's admin password and CSRF key)
+    reach it through its environment, never its command line nor a file.
     """
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "AWS_", "PG"))}
     env.update(
-        PGPASSWORD=db_password,
-        AWS_ACCESS_KEY_ID=s3_access_key,
-        AWS_SECRET_ACCESS_KEY=s3_secret_key,
+        secrets_env,
+        MLFLOW_AUTH_CONFIG_PATH=str(write_auth_config(db_uri, log.with_name("basic_auth.ini"))),
         AWS_DEFAULT_REGION=REGION,
         MLFLOW_S3_ENDPOINT_URL=s3_endpoint,
         AWS_EC2_METADATA_DISABLED="true",
@@ -286,6 +319,8 @@ def mlflow_server(
             str(port),
             "--workers",
             "1",
+            "--app-name",
+            "basic-auth",
         ],
         log,
         env=env,
@@ -297,20 +332,43 @@ def mlflow_server(
         stop_process(proc)
 
 
+def set_up_users(stack: TeamStack) -> None:
+    """deploy/team_auth.py as the admin, as compose's `mlflow-users` runs it: the users and their rights."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(MLFLOW_TRACKING_URI=stack.tracking_uri, **stack.mlflow_login(ADMIN_USER))
+    env.update({variable: stack.passwords[user] for user, variable in PASSWORD_ENV.items()})
+    script = Path(__file__).with_name("team_auth.py")
+    result = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True)
+    (stack.folder / "team-auth.log").write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        raise StackError(f"{script.name} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+
+
 @contextlib.contextmanager
 def team_stack(folder: Path, mlflow_port: int | None = None) -> Iterator[TeamStack]:
-    """PostgreSQL, S3 with both buckets, and the MLflow server, all stopped (and the cluster removed) on exit."""
+    """PostgreSQL, S3 with both buckets, and the MLflow server with its users, all stopped (and the cluster
+    removed) on exit. Every secret is made up here, so none can be a placeholder."""
     folder.mkdir(parents=True, exist_ok=True)
-    db_password, s3_access_key, s3_secret_key = (secrets.token_urlsafe(24) for _ in range(3))
+    db_password, s3_access_key, s3_secret_key, flask_secret_key = (secrets.token_urlsafe(24) for _ in range(4))
+    passwords = {user: secrets.token_urlsafe(24) for user in (ADMIN_USER, PIPELINE_USER, SERVING_USER)}
     with postgres_cluster(db_password, folder / "postgres.log") as db_uri, s3_server(folder / "s3.log") as s3:
-        partial = TeamStack("", s3, db_uri, db_password, s3_access_key, s3_secret_key, folder)
+        partial = TeamStack("", s3, db_uri, db_password, s3_access_key, s3_secret_key, folder, passwords, "")
         client = partial.s3_client()
         for bucket in (ARTIFACTS_BUCKET, DVC_BUCKET):
             client.create_bucket(Bucket=bucket)
-        with mlflow_server(
-            db_uri, db_password, s3, s3_access_key, s3_secret_key, folder / "mlflow-server.log", mlflow_port
-        ) as tracking_uri:
-            yield TeamStack(tracking_uri, s3, db_uri, db_password, s3_access_key, s3_secret_key, folder)
+        server_secrets = {
+            "PGPASSWORD": db_password,
+            "AWS_ACCESS_KEY_ID": s3_access_key,
+            "AWS_SECRET_ACCESS_KEY": s3_secret_key,
+            "MLFLOW_AUTH_ADMIN_PASSWORD": passwords[ADMIN_USER],
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": flask_secret_key,
+        }
+        with mlflow_server(db_uri, server_secrets, s3, folder / "mlflow-server.log", mlflow_port) as tracking_uri:
+            stack = TeamStack(
+                tracking_uri, s3, db_uri, db_password, s3_access_key, s3_secret_key, folder, passwords, flask_secret_key
+            )
+            set_up_users(stack)
+            yield stack
 
 
 # ---- make team-up ---------------------------------------------------------------------------------------------
@@ -320,8 +378,11 @@ def _write_env_file(path: Path, stack: TeamStack) -> None:
     path.unlink(missing_ok=True)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(descriptor, "w") as env_file:
-        env_file.write("# The local team stack (deploy/team_stack.py); valid while it runs.\n")
+        env_file.write("# The local team stack (deploy/team_stack.py); valid while it runs. As the pipeline:\n")
         env_file.writelines(f"export {k}={v}\n" for k, v in stack.client_env().items())
+        for user in (SERVING_USER, ADMIN_USER):  # for a serving host's shell, and for the users and permissions
+            login = " ".join(f"{k}={v}" for k, v in stack.mlflow_login(user).items())
+            env_file.write(f"# as {user}: export {login}\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -342,11 +403,11 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"""
 Team stack up, on this machine only (logs in {logs}):
-  MLflow server   {stack.tracking_uri}   (open it in a browser)
+  MLflow server   {stack.tracking_uri}   (open it in a browser; users and passwords in {env_file.name})
   PostgreSQL      {stack.db_uri}
   S3 (moto)       {stack.s3_endpoint}   buckets s3://{ARTIFACTS_BUCKET}, s3://{DVC_BUCKET}
 
-In each shell that uses it (it sets {", ".join(stack.client_env())}):
+In each shell that runs the pipeline (it sets {", ".join(stack.client_env())}):
   source {env_file}
 
 Point the DVC remote at the bucket (in .dvc/config.local, which git ignores, as this endpoint is yours alone):

@@ -4,10 +4,12 @@ One stack for the module (deploy/team_stack.py: a throwaway PostgreSQL cluster, 
 127.0.0.1, `mlflow server --backend-store-uri postgresql+psycopg2://... --artifacts-destination s3://...
 --serve-artifacts`) and one project for it: a temporary git repository with the tiny sample, its data `dvc add`-ed
 and a DVC remote on the S3 endpoint, where `dvc repro` ran once and `dvc exp run -S train.seed=7` once, with
-MLFLOW_TRACKING_URI pointing at the server and the S3 credentials in the environment, as a team member works.
-The tests check what landed where (the server, PostgreSQL's tables, the buckets), that no secret leaked, that
-the registered champion predicts and serves from the server, and that DVC's remote and run cache work across
-clones.
+MLFLOW_TRACKING_URI pointing at the server, the pipeline's user and password for it (the server runs MLflow's
+basic-auth app) and the S3 credentials in the environment, as a team member works.
+The tests check what landed where (the server, PostgreSQL's tables, the buckets), that no secret leaked, that the
+server refuses a request without credentials and lets only the pipeline's user move @champion, that the registered
+champion predicts and serves from the server as the serving hosts' user, and that DVC's remote and run cache work
+across clones.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
+from secrets import token_urlsafe
 
 import pytest
 import yaml
@@ -29,6 +34,7 @@ from helpers import REPO
 from braintumor.processes import served_model, venv_env
 
 sys.path.insert(0, str(REPO / "deploy"))
+import team_auth  # noqa: E402  (deploy/ is not a package: the same file is compose's `mlflow-users`)
 import team_stack  # noqa: E402  (deploy/ is not a package: the same file is `make team-up`)
 
 EXPERIMENT = "brain-tumor-mri"
@@ -36,9 +42,10 @@ REGISTERED = "brain-tumor-classifier"
 CHAMPION = f"models:/{REGISTERED}@champion"
 
 
-def team_env(stack: team_stack.TeamStack) -> dict[str, str]:
-    """A team member's environment: the tracking server and S3 credentials, and nothing else of the caller's
-    that would point MLflow, AWS clients, DVC or git elsewhere."""
+def team_env(stack: team_stack.TeamStack, user: str = team_stack.PIPELINE_USER) -> dict[str, str]:
+    """A team member's environment: the tracking server and S3 credentials, `user`'s login to the server (the
+    pipeline's by default), and nothing else of the caller's that would point MLflow, AWS clients, DVC or git
+    elsewhere."""
     drop = ("MLFLOW_", "AWS_", "DVC_", "GIT_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
     env.update(
@@ -49,12 +56,14 @@ def team_env(stack: team_stack.TeamStack) -> dict[str, str]:
         AWS_EC2_METADATA_DISABLED="true",
     )  # credentials from the environment alone
     env.update(stack.client_env())
+    env.update(stack.mlflow_login(user))
     return env
 
 
-def sh(stack, repo: Path, *cmd: str, timeout: int = 600) -> str:
+def sh(stack, repo: Path, *cmd: str, timeout: int = 600, user: str = team_stack.PIPELINE_USER) -> str:
     """Run a command as a team member; returns stdout and stderr together, fails with both."""
-    result = subprocess.run(list(cmd), cwd=repo, env=team_env(stack), capture_output=True, text=True, timeout=timeout)
+    env = team_env(stack, user)
+    result = subprocess.run(list(cmd), cwd=repo, env=env, capture_output=True, text=True, timeout=timeout)
     if result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result.stdout + result.stderr
@@ -62,6 +71,23 @@ def sh(stack, repo: Path, *cmd: str, timeout: int = 600) -> str:
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def rest_status(
+    stack, method: str, path: str, body: dict | bytes | None = None, login: tuple[str, str] | None = None
+) -> int:
+    """The HTTP status of one request to the server's REST API (a JSON body, or a file's bytes for the artifact
+    proxy), sent with `login` (user, password) or none."""
+    headers = {"Content-Type": "application/octet-stream" if isinstance(body, bytes) else "application/json"}
+    if login:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(login).encode()).decode("ascii")
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    request = urllib.request.Request(f"{stack.tracking_uri}{path}", data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +102,13 @@ def stack(module_dir):
 
 @pytest.fixture(scope="module")
 def client(stack):
+    """The checks read the server as the pipeline's user (MLflow's clients take the login from the environment)."""
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=stack.tracking_uri, registry_uri=stack.tracking_uri)
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in stack.mlflow_login(team_stack.PIPELINE_USER).items():
+            env.setenv(name, value)
+        yield MlflowClient(tracking_uri=stack.tracking_uri, registry_uri=stack.tracking_uri)
 
 
 @pytest.fixture(scope="module")
@@ -218,10 +248,13 @@ def test_no_secret_in_params_tags_git_outputs_or_logs(stack, team_project, clien
         texts[f"tags of {run['run_id']}"] = json.dumps(data.tags)
     for path in ("reports/mlflow_run.json", "reports/report.html"):
         texts[path] = (repo / path).read_text()
-    for log in ("mlflow-server.log", "s3.log"):
+    for log in ("mlflow-server.log", "s3.log", "team-auth.log", "basic_auth.ini"):
         texts[log] = (stack.folder / log).read_text(errors="replace")
     assert texts["pipeline output"] and texts["tags of " + team_project["first"]["run_id"]]
-    for secret in stack.secrets():
+    basic_auth_headers = [  # what an Authorization header carries: user:password in base64
+        base64.b64encode(f"{user}:{password}".encode()).decode() for user, password in stack.passwords.items()
+    ]
+    for secret in stack.secrets() + basic_auth_headers:
         # The S3 server's own access log shows the access key *id* of presigned URLs (X-Amz-Credential=<id>/...),
         # which MLflow uses to download a registered model (evaluate fetches the champion to score it): that id
         # names the key, it is not the secret; the secret key and the database password must appear nowhere.
@@ -230,17 +263,120 @@ def test_no_secret_in_params_tags_git_outputs_or_logs(stack, team_project, clien
         assert not leaks, f"a credential appears in: {leaks}"
 
 
+# ---- who may put code on the serving hosts: MLflow's authentication ------------------------------------------
+
+SEARCH = ("GET", "/api/2.0/mlflow/experiments/search?max_results=10")
+SET_ALIAS = ("POST", "/api/2.0/mlflow/registered-models/alias")
+DELETE_ALIAS = ("DELETE", "/api/2.0/mlflow/registered-models/alias")
+CREATE_VERSION = ("POST", "/api/2.0/mlflow/model-versions/create")
+
+
+def champion_code_path(client) -> str:
+    """The artifact proxy's path of the champion's code file: writing there is changing what the hosts serve."""
+    version = client.get_model_version_by_alias(REGISTERED, "champion").version
+    location = client.get_model_version_download_uri(REGISTERED, version)  # mlflow-artifacts:/<exp>/models/<id>/...
+    assert location.startswith("mlflow-artifacts:/"), location
+    return f"/api/2.0/mlflow-artifacts/artifacts/{location.split(':/', 1)[1].strip('/')}/mlflow_model.py"
+
+
+@pytest.mark.slow
+def test_the_server_refuses_a_request_without_credentials(stack, team_project, client):
+    version = team_project["first"]["model_version"]
+    requests = [
+        (*SEARCH, None),
+        (*SET_ALIAS, {"name": REGISTERED, "alias": "champion", "version": version}),
+        (*CREATE_VERSION, {"name": REGISTERED, "source": f"models:/{REGISTERED}/{version}"}),
+        ("PUT", champion_code_path(client), b"import os  # not the pipeline's code\n"),
+    ]
+    for method, path, body in requests:
+        assert rest_status(stack, method, path, body) == 401, f"{method} {path} without credentials"
+        wrong = (team_stack.PIPELINE_USER, "not-the-password")
+        assert rest_status(stack, method, path, body, login=wrong) == 401, f"{method} {path} with a wrong password"
+    assert rest_status(stack, *SEARCH, login=tuple(stack.mlflow_login(team_stack.PIPELINE_USER).values())) == 200
+
+
+@pytest.mark.slow
+def test_only_the_pipeline_moves_the_champion(stack, team_project, client):
+    champion = str(client.get_model_version_by_alias(REGISTERED, "champion").version)
+    versions = {team_project["first"]["model_version"], team_project["second"]["model_version"]}
+    other = (versions - {champion}).pop()
+    admin = tuple(stack.mlflow_login(team_stack.ADMIN_USER).values())
+    colleague = ("colleague", token_urlsafe(18))  # a new account: the server's default permission, READ
+    assert (
+        rest_status(
+            stack, "POST", "/api/2.0/mlflow/users/create", dict(zip(["username", "password"], colleague)), admin
+        )
+        == 200
+    )
+    serving = tuple(stack.mlflow_login(team_stack.SERVING_USER).values())
+    for login in (serving, colleague):
+        assert rest_status(stack, *SEARCH, login=login) == 200, f"{login[0]} may read"
+        move = {"name": REGISTERED, "alias": "champion", "version": other}
+        assert rest_status(stack, *SET_ALIAS, move, login) == 403, f"{login[0]} moved @champion"
+        assert rest_status(stack, *DELETE_ALIAS, {"name": REGISTERED, "alias": "champion"}, login) == 403
+        register = {"name": REGISTERED, "source": f"models:/{REGISTERED}/{champion}"}
+        assert rest_status(stack, *CREATE_VERSION, register, login) == 403, f"{login[0]} registered a version"
+        code = b"import os  # not the pipeline's code\n"
+        assert rest_status(stack, "PUT", champion_code_path(client), code, login) == 403, f"{login[0]} wrote code"
+    assert str(client.get_model_version_by_alias(REGISTERED, "champion").version) == champion
+    assert sorted(str(v.version) for v in client.search_model_versions(f"name = '{REGISTERED}'")) == sorted(versions)
+    pipeline = tuple(stack.mlflow_login(team_stack.PIPELINE_USER).values())
+    assert (
+        rest_status(stack, *SET_ALIAS, {"name": REGISTERED, "alias": "champion", "version": champion}, pipeline) == 200
+    )
+
+
+@pytest.mark.slow
+def test_setting_up_the_users_again_keeps_their_rights(stack, client):
+    """deploy/team_auth.py again (after a change in deploy/.env): existing users get their password set again and
+    their grants replaced, rather than an error."""
+    team_stack.set_up_users(stack)  # the second time: the stack ran it at start
+    admin = "Basic " + base64.b64encode(":".join(stack.mlflow_login(team_stack.ADMIN_USER).values()).encode()).decode()
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    rights = {}
+    for user in (team_stack.PIPELINE_USER, team_stack.SERVING_USER):
+        for resource_type, resource_id in (("experiment", experiment_id), ("registered_model", REGISTERED)):
+            query = urllib.parse.urlencode(
+                {"username": user, "resource_type": resource_type, "resource_id": resource_id}
+            )
+            request = urllib.request.Request(
+                f"{stack.tracking_uri}/api/3.0/mlflow/users/permissions/get?{query}", headers={"Authorization": admin}
+            )
+            with urllib.request.urlopen(request, timeout=60) as response:
+                rights[user, resource_type] = json.loads(response.read())["permission"]
+    assert rights == {
+        ("pipeline", "experiment"): "MANAGE",
+        ("pipeline", "registered_model"): "MANAGE",
+        ("serving", "experiment"): "READ",
+        ("serving", "registered_model"): "READ",
+    }
+    assert rest_status(stack, *SEARCH, login=tuple(stack.mlflow_login(team_stack.SERVING_USER).values())) == 200
+
+
 # ---- the registered champion, from the server ----------------------------------------------------------------
 
 
 @pytest.mark.slow
 def test_predict_and_serve_the_champion_from_the_server(stack, team_project, tmp_path):
+    """As the serving hosts' user, who may read the registered model and nothing more."""
     repo = team_project["repo"]
     scan = min((repo / "data/Testing/glioma_tumor").glob("*.jpg"))
-    sh(stack, tmp_path, "braintumor", "predict", str(scan), "--model", CHAMPION, "--output", "predicted.json")
+    serving = team_stack.SERVING_USER
+    sh(
+        stack,
+        tmp_path,
+        "braintumor",
+        "predict",
+        str(scan),
+        "--model",
+        CHAMPION,
+        "--output",
+        "predicted.json",
+        user=serving,
+    )
     predicted = json.loads((tmp_path / "predicted.json").read_text())[0]
 
-    with served_model(CHAMPION, tmp_path / "serve.log", env=team_env(stack), cwd=tmp_path) as server:
+    with served_model(CHAMPION, tmp_path / "serve.log", env=team_env(stack, serving), cwd=tmp_path) as server:
         image = base64.b64encode(scan.read_bytes()).decode("ascii")
         body = json.dumps({"dataframe_split": {"columns": ["image"], "data": [[image]]}}).encode()
         request = urllib.request.Request(
@@ -304,10 +440,91 @@ def test_compose_file_matches_the_tested_stack():
     secrets = [
         *services["postgres"]["environment"].values(),
         *services["minio"]["environment"].values(),
+        *services["secrets-check"]["environment"].values(),
         environment["PGPASSWORD"],
         environment["AWS_SECRET_ACCESS_KEY"],
+        environment["MLFLOW_AUTH_ADMIN_PASSWORD"],
+        environment["MLFLOW_FLASK_SERVER_SECRET_KEY"],
+        *(v for k, v in services["mlflow-users"]["environment"].items() if k.endswith("PASSWORD")),
     ]
     assert all(str(v).startswith("${") for v in secrets if v not in ("mlflow",)), "a secret written into compose.yaml"
+
+
+def test_compose_runs_the_server_with_authentication_and_sets_up_its_users():
+    import configparser
+
+    services = yaml.safe_load((REPO / "deploy/compose.yaml").read_text())["services"]
+    mlflow = services["mlflow"]
+    command = mlflow["command"]
+    assert command[command.index("--app-name") + 1] == "basic-auth"
+    config_path = mlflow["environment"]["MLFLOW_AUTH_CONFIG_PATH"]
+    assert f"./basic_auth.ini:{config_path}:ro" in mlflow["volumes"]
+    config = configparser.ConfigParser()
+    config.read(REPO / "deploy/basic_auth.ini")
+    assert config["mlflow"]["default_permission"] == "READ"  # not EDIT: that would let anyone move @champion
+    assert "admin_password" not in config["mlflow"]  # from MLFLOW_AUTH_ADMIN_PASSWORD, not from a file
+    database = config["mlflow"]["database_uri"]
+    assert database == "postgresql+psycopg2://mlflow@postgres:5432/mlflow_auth"  # no password in it
+    assert "CREATE DATABASE mlflow_auth OWNER mlflow;" in (REPO / "deploy/postgres-init.sql").read_text()
+
+    users = services["mlflow-users"]
+    assert users["command"] == ["python", "/team_auth.py"] and "./team_auth.py:/team_auth.py:ro" in users["volumes"]
+    assert users["environment"]["MLFLOW_TRACKING_USERNAME"] == config["mlflow"]["admin_username"]
+    assert users["depends_on"] == {"mlflow": {"condition": "service_healthy"}}
+    params = yaml.safe_load((REPO / "params.yaml").read_text())["tracking"]
+    assert (team_auth.EXPERIMENT, team_auth.REGISTERED_MODEL) == (params["experiment"], params["registered_model"])
+    assert set(team_auth.PASSWORD_ENV.values()) <= set(users["environment"])
+
+
+def test_compose_publishes_ports_on_127_0_0_1_unless_told():
+    services = yaml.safe_load((REPO / "deploy/compose.yaml").read_text())["services"]
+    published = {name: service["ports"] for name, service in services.items() if "ports" in service}
+    assert set(published) == {"minio", "mlflow"}
+    for name, ports in published.items():
+        for port in ports:
+            assert port.startswith("${BIND_ADDRESS:-127.0.0.1}:"), f"{name} publishes {port} on every interface"
+    assert "# BIND_ADDRESS=127.0.0.1" in (REPO / "deploy/team.env.example").read_text().splitlines()
+
+
+def check_secrets(env: dict[str, str], names: list[str]) -> subprocess.CompletedProcess:
+    """deploy/check_secrets.sh, what compose's `secrets-check` service runs, on `env` alone."""
+    script = REPO / "deploy/check_secrets.sh"
+    return subprocess.run(["sh", str(script), *names], env=env, capture_output=True, text=True)
+
+
+def test_compose_refuses_placeholder_secrets():
+    services = yaml.safe_load((REPO / "deploy/compose.yaml").read_text())["services"]
+    check = services["secrets-check"]
+    assert (
+        check["command"][:2] == ["sh", "/check_secrets.sh"]
+        and "./check_secrets.sh:/check_secrets.sh:ro" in check["volumes"]
+    )
+    names = check["command"][2:]
+    for name in ("postgres", "minio"):  # the others wait on these, or on the server that waits on them
+        assert services[name]["depends_on"]["secrets-check"] == {"condition": "service_completed_successfully"}
+
+    example = dict(
+        line.split("=", 1)
+        for line in (REPO / "deploy/team.env.example").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    assert set(names) == set(example) - {"MLFLOW_ALLOWED_HOSTS"}, "every secret of team.env.example is checked"
+    refused = check_secrets(example, names)
+    assert refused.returncode == 1
+    for name in names:
+        assert f"refused: {name} is a placeholder" in refused.stderr, refused.stderr
+
+    strong = {name: token_urlsafe(24) for name in names}
+    accepted = check_secrets(strong, names)
+    assert accepted.returncode == 0, accepted.stderr
+    for weak, reason in (
+        ("Change-Me-Please-1234", "is a placeholder"),
+        ("k3Q9xw", "is shorter than 16"),
+        ("", "is not set"),
+    ):
+        result = check_secrets({**strong, names[0]: weak}, names)
+        assert result.returncode == 1 and f"refused: {names[0]} {reason}" in result.stderr, result.stderr
+        assert all(name not in result.stderr for name in names[1:]), result.stderr
 
 
 def test_secret_files_are_ignored_by_git():
