@@ -32,8 +32,11 @@ run: install
 	@echo "Predict:    braintumor predict data/Testing --output predictions.csv"
 	@echo "Web page:   make app   then open http://127.0.0.1:8000 and drop scans on it (braintumor app)"
 
+# Two pytest-xdist workers, a test file each at a time (a file's module fixtures stay in one process); the cores are
+# shared out among them (tests/helpers.py: THREADS). TEST_WORKERS=0 runs the tests one after another.
+TEST_WORKERS ?= 2
 test: install lint docs
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # Lint and format check (settings in pyproject.toml's [tool.ruff]); `ruff format .` and `ruff check --fix .` fix most.
 lint: install

@@ -33,12 +33,14 @@ from braintumor.config import load_params, params_from_dict
 from braintumor.data.cache import cached_images
 from braintumor.data.splits import in_splits, read_manifest
 from braintumor.evaluation import metrics as ev
+from braintumor.evaluation.scoring import score_rows
 from braintumor.fileio import project_path
 from braintumor.model import transforms
 from braintumor.model.inference import probabilities
 from braintumor.model.network import load_model
+from braintumor.model.predictor import Predictor
 from braintumor.model.transforms import Preprocessing
-from braintumor.pipeline import Scorer, calibrate
+from braintumor.pipeline import calibrate
 from braintumor.scans.limits import ImageLimits
 from braintumor.training.loop import TrainData
 
@@ -67,13 +69,15 @@ def main() -> None:
     )
     labels = val["label"].map({c: i for i, c in enumerate(classes)}).to_numpy()
     data = TrainData(images[:0], labels[:0], images, labels, classes)
-    scorer = Scorer(model, torch.device("cpu"), bundle, project)
-    val_logits, val_true, _ = scorer.predict(val, project.paths.data)
-    test_logits, test_true, _ = scorer.predict(test, project.paths.data)
+    predictor = Predictor(args.model, batch_size=project.evaluate.batch_size)
+    val_scored = score_rows(predictor, val, project.paths.data, project)
+    test_scored = score_rows(predictor, test, project.paths.data, project)
+    val_logits, val_true = val_scored.logits, val_scored.labels
+    test_logits, test_true = test_scored.logits, test_scored.labels
     leak_free = ev.leak_free_mask(test)
     print(
         f"{args.model}: {len(val)} val scans, {len(test)} Testing ({int(leak_free.sum())} leak-free); "
-        f"stored T = {scorer.inference.temperature:.3f} ({scorer.inference.calibration})"
+        f"stored T = {predictor.inference.temperature:.3f} ({predictor.inference.calibration})"
     )
 
     def scores(logits: torch.Tensor, y_true: np.ndarray, temperature: float) -> dict[str, float]:

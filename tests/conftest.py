@@ -10,9 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers import REGISTER, REPO, run, tiny_params, tiny_params_dict
+from helpers import REGISTER, REPO, THREADS, run, tiny_params, tiny_params_dict
 
 from braintumor.data.sample import write_sample_dataset
+
+if "PYTEST_XDIST_WORKER" in os.environ:  # a worker's share of the cores, set before any test module imports torch
+    os.environ["OMP_NUM_THREADS"] = str(THREADS)
 
 
 def _set_tracking_uri() -> str | None:

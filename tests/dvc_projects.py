@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from helpers import REPO, tiny_params_dict
+from helpers import REPO, THREADS, tiny_params_dict
 
 from braintumor.processes import venv_env
 
@@ -26,7 +26,7 @@ def env() -> dict[str, str]:
     env.update(
         PATH=venv_env()["PATH"],
         DVC_NO_ANALYTICS="1",
-        OMP_NUM_THREADS="2",
+        OMP_NUM_THREADS=str(THREADS),
         MPLBACKEND="Agg",
         MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1",
     )  # tiny runs are shorter than 10 s

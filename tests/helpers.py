@@ -4,6 +4,7 @@ Tests import these with `from helpers import ...` (tests/ is on pytest's `python
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -11,9 +12,13 @@ from braintumor.cli import main
 from braintumor.config import Params, params_from_dict
 from braintumor.processes import BIN, venv_env
 
-__all__ = ["BIN", "MODEL_URI", "REGISTER", "REPO", "predict", "run", "tiny_params", "tiny_params_dict"]
+__all__ = ["BIN", "MODEL_URI", "REGISTER", "REPO", "THREADS", "predict", "run", "tiny_params", "tiny_params_dict"]
 
 REPO = Path(__file__).resolve().parents[1]
+# `make test` runs pytest-xdist workers (one test file each at a time): the cores are shared out among them, so that
+# each worker's torch, and every process a test starts, uses its share and two workers never fight over a core
+# (conftest.py sets OMP_NUM_THREADS to it before torch is imported). Alone, a test gets every core.
+THREADS = max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 # The served-model tests' registered version (conftest's `registered`) and the script that registers it through the
 # train stage's own path (pipeline.log_served_model).
 MODEL_URI = "models:/brain-tumor-classifier/1"
@@ -37,7 +42,7 @@ def tiny_params_dict(data_root: str | Path, **overrides: dict) -> dict:
     raw = {
         "paths": {"data": str(data_root)},
         "model": {"weights": "none", "image_size": 32, "resize_size": 40},
-        "train": {"device": "cpu", "epochs": 1, "batch_size": 8, "lr": 0.01, "threads": 2},
+        "train": {"device": "cpu", "epochs": 1, "batch_size": 8, "lr": 0.01, "threads": THREADS},
         "augment": {"preview_images_per_class": 1, "preview_views": 2},
         "evaluate": {"batch_size": 16},
         "report": {"sample_predictions": 4, "confident_mistakes": 2},

@@ -258,3 +258,55 @@ def test_macro_f1_averages_the_classes_present_only():
     f1_a, f1_b = 2 * 1.0 * 0.5 / 1.5, 2 * 1.0 * 1.0 / 2.0  # a: precision 1, recall 1/2; b: both 1
     assert metrics["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
     assert metrics["macro_f1"] == pytest.approx((f1_a + f1_b) / 2)
+
+
+def test_flatten_names_every_scalar_figure_of_a_set_once():
+    from braintumor.evaluation.scoring import flatten
+
+    metrics = {
+        "n": 3,
+        "accuracy": 0.5,
+        "roc_auc_ovr": None,  # not computable: not logged
+        "path": "data/external",
+        "per_class": {"glioma_tumor": {"recall": 1.0}},
+        "unlike_training": {"n_flagged": 1, "quantile": 0.99},
+        "leak_free": {
+            "n": 2,
+            "unlike_training": {"n_flagged": 0},
+            "by_image_size": {"seen": {"n": 2, "accuracy": 1.0, "per_class": {}}, "unseen": {"n": 0}},
+        },
+        "by_image_size": {"seen": {"n": 3, "macro_f1": 0.4}, "unseen": {"n": 0, "macro_f1": None}},
+        "external": {"n": 9},  # another set's: logged under its own prefix
+    }
+    assert flatten(metrics, "test_") == {
+        "test_n": 3.0,
+        "test_accuracy": 0.5,
+        "test_unlike_training_n_flagged": 1.0,
+        "test_unlike_training_quantile": 0.99,
+        "test_leak_free_n": 2.0,
+        "test_leak_free_unlike_training_n_flagged": 0.0,
+        "test_leak_free_size_seen_n": 2.0,
+        "test_leak_free_size_seen_accuracy": 1.0,
+        "test_leak_free_size_unseen_n": 0.0,
+        "test_size_seen_n": 3.0,
+        "test_size_seen_macro_f1": 0.4,
+        "test_size_unseen_n": 0.0,
+    }
+
+
+def test_the_predictor_scores_the_image_cache_as_it_scores_a_list(model_file, sample_root, tmp_path):
+    """Evaluation hands the Predictor the decoded-image cache (a memory map); predict and the server a list."""
+    import torch
+
+    from braintumor.model.predictor import Predictor
+
+    predictor = Predictor(model_file, batch_size=4)
+    images = [predictor.load_image(path) for path in sorted((sample_root / "Testing").rglob("*.jpg"))[:6]]
+    cache = np.lib.format.open_memmap(tmp_path / "cache.npy", mode="w+", dtype=np.uint8, shape=(6, *images[0].shape))
+    cache[:] = np.stack(images)
+    from_list, _ = predictor.outputs(images)
+    from_cache, _ = predictor.outputs(cache)
+    assert from_list.shape == (6, len(predictor.classes)) and torch.equal(from_list, from_cache)
+    np.testing.assert_array_equal(predictor.probabilities(images), predictor.calibrated(from_list))
+    empty, _ = predictor.outputs([])
+    assert empty.shape == (0, len(predictor.classes))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import BIN, REPO
+from helpers import BIN, REPO, THREADS
 
 from braintumor.data.cache import cached_images
 from braintumor.data.validate import validate_dataset
@@ -109,7 +109,7 @@ def test_recipe_trains_for_a_few_steps(name, sample_root, tmp_path):
         batch_size=8,
         device="cpu",
         num_workers=0,
-        threads=2,
+        threads=THREADS,
     )
     manifest = validate_dataset(sample_root, params.data, workers=1, progress=False).manifest
     frame = manifest[manifest["split"] != "test"].head(24)

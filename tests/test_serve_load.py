@@ -30,7 +30,7 @@ def test_mlflow_generate_dockerfile_carries_the_model_its_code_and_pinned_requir
     dockerfile = (out / "Dockerfile").read_text()
     model = out / "model_dir"
     assert (model / "MLmodel").is_file() and list(model.rglob("model.pt"))
-    assert (model / "code" / "braintumor" / "serving.py").is_file()  # the package travels as code_paths
+    assert (model / "code" / "braintumor" / "serving" / "requests.py").is_file()  # the package travels as code_paths
     assert list(model.rglob("mlflow_model.py"))  # the models-from-code file
     requirements = (model / "requirements.txt").read_text().split()
     for package in ("mlflow", "torch", "torchvision", "pillow", "numpy", "pandas", "pydicom", "nibabel"):

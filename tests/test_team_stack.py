@@ -29,7 +29,7 @@ from secrets import token_urlsafe
 import pytest
 import yaml
 from dvc_projects import file_hashes, make_project, ran
-from helpers import REPO
+from helpers import REPO, THREADS
 
 from braintumor.processes import served_model, venv_env
 
@@ -51,7 +51,7 @@ def team_env(stack: team_stack.TeamStack, user: str = team_stack.PIPELINE_USER) 
     env.update(
         PATH=venv_env()["PATH"],
         DVC_NO_ANALYTICS="1",
-        OMP_NUM_THREADS="2",
+        OMP_NUM_THREADS=str(THREADS),
         MPLBACKEND="Agg",
         AWS_EC2_METADATA_DISABLED="true",
     )  # credentials from the environment alone

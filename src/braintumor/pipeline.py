@@ -26,8 +26,10 @@ from braintumor.errors import BrainTumorError
 from braintumor.fileio import atomic_path, project_path, write_json
 
 if TYPE_CHECKING:
+    from braintumor.evaluation.scoring import ScoredSet
     from braintumor.model.network import Inference
     from braintumor.model.novelty import Novelty
+    from braintumor.model.predictor import Predictor
     from braintumor.model.transforms import Preprocessing
     from braintumor.training.loop import TrainData
 
@@ -308,65 +310,42 @@ def evaluate(params: Params) -> dict:
     subset; promotion."""
     from braintumor.data.splits import in_splits, read_manifest, size_seen_in_training
     from braintumor.evaluation import metrics as ev
-    from braintumor.model.network import load_model
+    from braintumor.evaluation.scoring import flatten, score_rows, score_set
+    from braintumor.model.predictor import Predictor
     from braintumor.runtime import select_device
     from braintumor.tracking.runs import RunLogger, read_run_info
 
     frame = read_manifest(params.paths.manifest, params.data.classes)
     device = select_device(params.train.device)  # train.device, as training resolved it: auto picks CUDA, MPS, CPU
-    model, bundle = load_model(params.paths.model, device)
-    if list(bundle["classes"]) != list(params.data.classes):
+    predictor = Predictor(params.paths.model, device, batch_size=params.evaluate.batch_size)
+    if predictor.classes != list(params.data.classes):
         raise BrainTumorError(
-            f"{params.paths.model} was trained on classes {bundle['classes']} but data.classes is "
+            f"{params.paths.model} was trained on classes {predictor.classes} but data.classes is "
             f"{params.data.classes}. Retrain (`dvc repro train`) or restore data.classes."
         )
-    scorer = Scorer(model, device, bundle, params)
+    bundle = predictor.bundle
     test = in_splits(frame, "test")
-    logits, y_true, novelty = scorer.predict(test, params.paths.data)
-    probs = scorer.probabilities(logits)
+    scored = score_rows(predictor, test, params.paths.data, params)
+    y_true, novelty, probs = scored.labels, scored.novelty, predictor.calibrated(scored.logits)
     leak_free = ev.leak_free_mask(test)
-    metrics = scorer.metrics(y_true, logits, novelty)
-    metrics["leak_free"] = scorer.metrics(
-        y_true[leak_free], logits[leak_free], None if novelty is None else novelty[leak_free], per_class=False
-    )
     size_seen = size_seen_in_training(test, in_splits(frame, "train", "val"))
-    metrics["by_image_size"] = scorer.by_image_size(y_true, logits, size_seen)
-    metrics["leak_free"]["by_image_size"] = scorer.by_image_size(
-        y_true[leak_free], logits[leak_free], size_seen[leak_free]
-    )
+    metrics, leak_free_metrics = score_set(predictor, scored, params, part=leak_free, size_seen=size_seen)
+    metrics["leak_free"] = leak_free_metrics
     outputs = _write_eval_plots(params, test, probs, y_true, leak_free, novelty, size_seen)
     if params.evaluate.external_data:
-        metrics["external"], external_csv = _evaluate_external(scorer, frame, params)
+        metrics["external"], external_csv = _evaluate_external(predictor, frame, params)
         outputs.append(external_csv)
     write_json(params.paths.eval_metrics, metrics)
 
     logger = RunLogger(read_run_info(params.paths.run_info))
     logger.log_test_set(test, params.paths.data)
-    logger.log_test_metrics(_scalars(metrics), prefix="test_")
-    logger.log_test_metrics(_scalars(metrics["leak_free"]), prefix="test_leak_free_")
-    for group in ("seen", "unseen"):
-        logger.log_test_metrics(_scalars(metrics["by_image_size"][group]), prefix=f"test_size_{group}_")
-        logger.log_test_metrics(
-            _scalars(metrics["leak_free"]["by_image_size"][group]), prefix=f"test_leak_free_size_{group}_"
-        )
-    if "unlike_training" in metrics:
-        logger.log_test_metrics(_scalars(metrics["unlike_training"]), prefix="test_unlike_training_")
-        logger.log_test_metrics(
-            _scalars(metrics["leak_free"]["unlike_training"]), prefix="test_leak_free_unlike_training_"
-        )
+    logger.log_test_metrics(flatten(metrics, "test_"), prefix="")
     if "external" in metrics:
-        logger.log_metrics(_scalars(metrics["external"]), prefix="external_")
-        logger.log_metrics(_scalars(metrics["external"]["copy_free"]), prefix="external_copy_free_")
-        for group, scores in metrics["external"]["by_image_size"].items():
-            logger.log_metrics(_scalars(scores), prefix=f"external_size_{group}_")
-        if "unlike_training" in metrics["external"]:
-            logger.log_metrics(_scalars(metrics["external"]["unlike_training"]), prefix="external_unlike_training_")
+        logger.log_metrics(flatten(metrics["external"], "external_"))
     logger.log_figure(_confusion_figure(y_true, probs, params.data.classes), "evaluation/confusion_matrix.png")
     for path in outputs + [params.paths.eval_metrics]:
         logger.log_artifact(path, "evaluation")
-    decision = logger.promote(
-        _compare_with_champion(params, frame, test, leak_free, scorer, logits, y_true, device, logger)
-    )
+    decision = logger.promote(_compare_with_champion(params, frame, test, leak_free, predictor, scored, device, logger))
     _write_model_card(params, metrics, bundle, logger, decision)
     logger.end()
     lf = metrics["leak_free"]
@@ -409,9 +388,8 @@ def _compare_with_champion(
     frame: pd.DataFrame,
     test: pd.DataFrame,
     leak_free: np.ndarray,
-    scorer: Scorer,
-    logits: torch.Tensor,
-    y_true: np.ndarray,
+    predictor: Predictor,
+    scored: ScoredSet,
     device,
     logger,
 ):
@@ -419,8 +397,9 @@ def _compare_with_champion(
     temperature its own file carries) on evaluate.promotion_metric: a champion's stored figure came from other
     scans (a synthetic sample, last year's Testing set) and is never compared with this one."""
     from braintumor.data.splits import in_splits
-    from braintumor.evaluation import metrics as ev
-    from braintumor.model.network import load_model
+    from braintumor.evaluation.metrics import classification_metrics
+    from braintumor.evaluation.scoring import score_rows
+    from braintumor.model.predictor import Predictor
     from braintumor.tracking.provenance import dvc_data_hashes
     from braintumor.tracking.runs import SameScansComparison
 
@@ -434,12 +413,12 @@ def _compare_with_champion(
     fingerprint = hashlib.sha256("\n".join(sorted(rows["sha256"])).encode()).hexdigest()[:12]
     compared_on = f"{folder}:{hashes[folder]}" if folder in hashes else f"{folder} rows {fingerprint}"
 
-    def score(of: Scorer, known: tuple | None = None) -> float:
-        row_logits, row_labels, _ = known or of.predict(rows, params.paths.data)
-        return float(ev.classification_metrics(row_labels, of.probabilities(row_logits), params.data.classes)[metric])
+    def score(of: Predictor, known: ScoredSet | None = None) -> float:
+        on = known or score_rows(of, rows, params.paths.data, params)
+        return float(classification_metrics(on.labels, of.calibrated(on.logits), params.data.classes)[metric])
 
-    # the new model's Testing logits are at hand; val rows (val_macro_f1) are scored here
-    value = score(scorer, None if part == "val" else (logits[torch.from_numpy(mask)], y_true[mask], None))
+    # the new model's Testing outputs are at hand; val rows (val_macro_f1) are scored here
+    value = score(predictor, None if part == "val" else scored.subset(mask))
     comparison = SameScansComparison(
         params.evaluate.promotion_metric,
         metric if part == "test" else f"{part}_{metric}",
@@ -451,10 +430,10 @@ def _compare_with_champion(
     if champion is None:
         return comparison
     try:
-        model, bundle = load_model(logger.model_file_of(champion), device)
-        if list(bundle["classes"]) != list(params.data.classes):
-            raise BrainTumorError(f"it was trained on classes {bundle['classes']}, not {params.data.classes}")
-        champion_value = score(Scorer(model, device, bundle, params))
+        held = Predictor(logger.model_file_of(champion), device, batch_size=params.evaluate.batch_size)
+        if held.classes != list(params.data.classes):
+            raise BrainTumorError(f"it was trained on classes {held.classes}, not {params.data.classes}")
+        champion_value = score(held)
     except BrainTumorError as exc:
         return dataclasses.replace(comparison, champion_version=champion, unscored_reason=str(exc))
     except (OSError, RuntimeError, KeyError, ValueError) as exc:  # a file that loads but does not fit these rows
@@ -486,106 +465,29 @@ def promotion_sentence(decision: dict) -> str:
     )
 
 
-class Scorer:
-    """The model file's inference (preprocessing, TTA, temperature, novelty score) over manifest-like rows, and
-    their metrics."""
-
-    def __init__(self, model, device, bundle: dict, params: Params) -> None:
-        from braintumor.model.network import Inference
-        from braintumor.model.novelty import Novelty
-        from braintumor.model.transforms import Preprocessing, eval_preset
-
-        self.model, self.device, self.params = model, device, params
-        self.prep = Preprocessing.from_dict(bundle["preprocessing"])
-        self.inference = Inference.from_dict(bundle.get("inference"))
-        self.novelty = Novelty.from_dict(bundle.get("novelty"))
-        self.transform = eval_preset(self.prep)
-
-    def predict(self, frame: pd.DataFrame, root: str | Path) -> tuple[torch.Tensor, np.ndarray, np.ndarray | None]:
-        """(logits (N, C), labels (N,), novelty (N,) or None when the model file has no novelty score)."""
-        from braintumor.data.cache import ImageDataset, cached_images
-        from braintumor.model.inference import forward_outputs
-        from braintumor.scans.limits import ImageLimits
-
-        images = cached_images(
-            frame, root, self.prep.scan, project_path(self.params.paths.cache), limits=ImageLimits.of(self.params.data)
-        )
-        labels = frame["label"].map({c: i for i, c in enumerate(self.params.data.classes)}).to_numpy()
-        loader = torch.utils.data.DataLoader(ImageDataset(images, labels), batch_size=self.params.evaluate.batch_size)
-        out = forward_outputs(
-            self.model,
-            loader,
-            self.device,
-            self.transform,
-            tta_hflip=self.inference.tta_hflip,
-            features=self.novelty is not None,
-        )
-        novelty = self.novelty.scores(out.features) if self.novelty is not None else None
-        return out.logits, out.labels.numpy(), novelty
-
-    def probabilities(self, logits: torch.Tensor, calibrated: bool = True) -> np.ndarray:
-        from braintumor.model.inference import probabilities
-
-        return probabilities(logits, self.inference.temperature if calibrated else 1.0)
-
-    def metrics(
-        self, y_true: np.ndarray, logits: torch.Tensor, novelty: np.ndarray | None = None, *, per_class: bool = True
-    ) -> dict:
-        """Headline metrics (probabilities after temperature scaling), the temperature and ECE before it, and how
-        the `unlike_training` flag splits the scans (when the model file has the novelty score)."""
-        from braintumor.evaluation import metrics as ev
-
-        bins, classes = self.params.evaluate.calibration_bins, self.params.data.classes
-        probs = self.probabilities(logits)
-        metrics = ev.classification_metrics(y_true, probs, classes, bins=bins)
-        metrics["ece_uncalibrated"] = (
-            ev.expected_calibration_error(y_true, self.probabilities(logits, False), bins=bins) if len(y_true) else None
-        )
-        metrics["temperature"] = self.inference.temperature
-        if novelty is not None:
-            metrics["unlike_training"] = {
-                **ev.novelty_metrics(y_true, probs, novelty),
-                "quantile": self.novelty.quantile,
-            }
-        if not per_class:
-            metrics.pop("per_class")
-        return metrics
-
-    def by_image_size(self, y_true: np.ndarray, logits: torch.Tensor, size_seen: np.ndarray) -> dict[str, dict]:
-        """Metrics (per class included) on the scans whose image size some Training scan of their class has
-        (`seen`) and on the others (`unseen`): how the model does on scans from sources it learnt the class from
-        and on scans from other sources. Copies of Training scans nearly always have a seen size: split the
-        leak-free scans too to compare sources without them. (A side often lacks a class: macro-F1 averages the
-        classes present.) The temperature is the set's, not repeated."""
-        return {
-            group: {k: v for k, v in self.metrics(y_true[mask], logits[mask]).items() if k != "temperature"}
-            for group, mask in (("seen", size_seen), ("unseen", ~size_seen))
-        }
-
-
-def _evaluate_external(scorer: Scorer, frame: pd.DataFrame, params: Params) -> tuple[dict, str]:
+def _evaluate_external(predictor: Predictor, frame: pd.DataFrame, params: Params) -> tuple[dict, str]:
     """Metrics on the external set (all of it, and its part without copies of Training scans), and its CSV."""
     from braintumor.data.external import load_external
     from braintumor.data.splits import in_splits, size_seen_in_training
+    from braintumor.evaluation.scoring import score_rows, score_set
     from braintumor.model.novelty import unlike_training
 
     training = in_splits(frame, "train", "val")
     external = load_external(params.evaluate.external_data, training, params.paths.data, params.data)
-    logits, y_true, novelty = scorer.predict(external.frame, external.root)
+    scored = score_rows(predictor, external.frame, external.root, params)
     copy_free = external.copy_free
     size_seen = size_seen_in_training(external.frame, training)
+    whole, within = score_set(predictor, scored, params, part=copy_free, size_seen=size_seen)
     metrics = {
         "path": str(params.evaluate.external_data),
-        **scorer.metrics(y_true, logits, novelty),
+        **whole,
         "n_excluded": len(external.excluded),
         "exact_in_train": int(external.frame["exact_in_train"].sum()),
         "near_in_train": int(external.frame["near_in_train"].sum()),
-        "copy_free": scorer.metrics(
-            y_true[copy_free], logits[copy_free], None if novelty is None else novelty[copy_free], per_class=False
-        ),
-        "by_image_size": scorer.by_image_size(y_true, logits, size_seen),
+        "copy_free": within,
     }
-    probs = scorer.probabilities(logits)
+    novelty = scored.novelty
+    probs = predictor.calibrated(scored.logits)
     classes = params.data.classes
     table = external.frame.assign(
         predicted=[classes[i] for i in probs.argmax(axis=1)],
@@ -599,10 +501,6 @@ def _evaluate_external(scorer: Scorer, frame: pd.DataFrame, params: Params) -> t
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
     return metrics, str(path)
-
-
-def _scalars(metrics: dict) -> dict[str, float]:
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _write_model_card(params: Params, metrics: dict, bundle: dict, logger, decision: dict) -> None:

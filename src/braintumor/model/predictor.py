@@ -1,16 +1,17 @@
-"""Predictions from a model file: the core of `braintumor predict` and of the served MLflow model.
+"""A model file at work: the one object that turns scans into probabilities, the novelty score and Grad-CAM, with
+the preprocessing, TTA and temperature the file carries. Evaluation (Testing, the external set, the champion's
+re-scoring), `braintumor predict`, the page, the report and the served model (serving/requests.py) all use it, so
+a scan gets the same answer wherever it is asked.
 
-Input rows are raw file bytes (JPEG, PNG, BMP, TIFF, WebP, GIF; grayscale, RGB, RGBA, 16-bit; DICOM; NIfTI); the
-output has one row per picture: the input `row`, the `frame` (of a multi-frame DICOM, or the axial slice of a NIfTI
-volume; 0 for a single picture), a label, its probability, one probability column per class and, when the model
-file has the score (novelty.py), `novelty` and `unlike_training`. A bad row raises `RequestError` naming the row
-and why.
+An answer has one row per picture: a label, its probability, one probability column per class and, when the model
+file has the score (novelty.py), `novelty` and `unlike_training`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -65,14 +66,20 @@ class Predictor:
         """Each picture -> (S, S) uint8, exactly as evaluation sees a scan (`load_image` of a one-picture file)."""
         return images_of(pictures, self.prep.scan)
 
-    def probabilities(self, images: list[np.ndarray]) -> np.ndarray:
+    def probabilities(self, images: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
         """(N, C) class probabilities for (S, S) uint8 images: evaluation's inference, temperature included."""
         return self.predict(images)[0]
 
-    def predict(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
+    def predict(self, images: Sequence[np.ndarray] | np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """(probabilities (N, C), novelty (N,) or None when the model file has no score) for (S, S) uint8 images."""
-        if not images:
-            return np.zeros((0, len(self.classes))), (np.zeros(0) if self.novelty else None)
+        logits, novelty = self.outputs(images)
+        return self.calibrated(logits), novelty
+
+    def outputs(self, images: Sequence[np.ndarray] | np.ndarray) -> tuple[torch.Tensor, np.ndarray | None]:
+        """(logits (N, C) float64 before the temperature, novelty (N,) or None) for (S, S) uint8 images: a list, or
+        an (N, S, S) array such as the decoded-image cache's memory map, in batches of `batch_size`."""
+        if len(images) == 0:
+            return torch.zeros((0, len(self.classes)), dtype=torch.float64), (np.zeros(0) if self.novelty else None)
         batches = (
             (torch.from_numpy(np.stack(images[i : i + self.batch_size]))[:, None], torch.zeros(0))
             for i in range(0, len(images), self.batch_size)
@@ -86,8 +93,11 @@ class Predictor:
             amp_dtype=self.amp_dtype,
             features=self.novelty is not None,
         )
-        novelty = self.novelty.scores(out.features) if self.novelty else None
-        return probabilities(out.logits, self.inference.temperature), novelty
+        return out.logits, self.novelty.scores(out.features) if self.novelty else None
+
+    def calibrated(self, logits: torch.Tensor, calibrated: bool = True) -> np.ndarray:
+        """(N, C) probabilities from logits, after the model file's temperature (or before it: `calibrated` False)."""
+        return probabilities(logits, self.inference.temperature if calibrated else 1.0)
 
     def explain(self, image: np.ndarray, label: str, alpha: float = 0.45) -> np.ndarray:
         """Grad-CAM of `label` for one (S, S) uint8 image: the crop the network sees, with the heat map of where
