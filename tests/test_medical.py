@@ -1,4 +1,4 @@
-"""DICOM and NIfTI scans become the same 8-bit grayscale pictures as every other format (medical.py).
+"""DICOM and NIfTI scans become the same 8-bit grayscale pictures as every other format (scans/read.py).
 
 Every file is written here with pydicom or nibabel: 8-bit, 16-bit signed with slope/intercept and a VOI window,
 MONOCHROME1, multi-frame, a compressed syntax without a decoder, 3-D NIfTI volumes.

@@ -121,7 +121,7 @@ def is_plain_name(name: str) -> bool:
 
 
 def _pillow_pixel_limit() -> int:
-    """Pillow warns about (and imaging.py refuses) images over Image.MAX_IMAGE_PIXELS before our own check."""
+    """Pillow warns about (and scans/raster.py refuses) images over Image.MAX_IMAGE_PIXELS before our own check."""
     from PIL import Image  # here, not at the top: loading params stays light
 
     return int(Image.MAX_IMAGE_PIXELS) if Image.MAX_IMAGE_PIXELS else 2**62

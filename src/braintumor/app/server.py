@@ -11,7 +11,8 @@ uvicorn (both already installed by MLflow 3, whose own server uses them).
 One file per request, its bytes as the body: no multipart parser, no file name sent. The size limit
 (data.max_file_bytes of the model's params) is checked on Content-Length before a byte is read, and again while the
 body streams in; the pixel limits (data.max_image_pixels, data.max_aspect_ratio) on the headers, before decoding
-(imaging.py, medical.py). At most `MAX_UPLOADS_AT_ONCE` uploads are read at a time, so memory stays bounded.
+(scans/limits.py, checked by every reader). At most `MAX_UPLOADS_AT_ONCE` uploads are read at a time, so memory
+stays bounded.
 Nothing is logged per request (no access log): no file name or pixel reaches a log.
 """
 

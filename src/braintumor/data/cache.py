@@ -42,7 +42,7 @@ def load_image(source: str | os.PathLike | bytes, scan: ScanPrep, limits: ImageL
 
 
 def images_of(pictures: "Pictures", scan: ScanPrep) -> list[np.ndarray]:
-    """Every picture of one file (medical.read_pictures: a DICOM's frames, a volume's slices) -> (S, S) uint8,
+    """Every picture of one file (scans.read.read_pictures: a DICOM's frames, a volume's slices) -> (S, S) uint8,
     each as `load_image` makes a one-picture file's."""
     return [prepare_image(image, scan) for image in pictures.images]
 

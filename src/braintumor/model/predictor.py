@@ -59,7 +59,7 @@ class Predictor:
     def pictures(self, source: bytes | str | os.PathLike, *, limits: ImageLimits | None = None, keep=None) -> Pictures:
         """Every 2-D picture in one file (one; a DICOM's frames; a NIfTI's axial slices). Raises ImageProblem.
 
-        `keep(count)`: the frames of a multi-frame DICOM to decode (medical.read_pictures)."""
+        `keep(count)`: the frames of a multi-frame DICOM to decode (scans.read.read_pictures)."""
         return read_pictures(source, limits=limits or self.limits, draft=draft_size(self.prep.scan), keep=keep)
 
     def images_of(self, pictures: Pictures) -> list[np.ndarray]:

@@ -1,4 +1,4 @@
-"""DICOM files -> 8-bit grayscale pictures, one per frame (pydicom). What happens to the values: medical.py.
+"""DICOM files -> 8-bit grayscale pictures, one per frame (pydicom). What happens to the values: read.py.
 
 Rescale Slope/Intercept, then the VOI window (Window Center/Width with its VOI LUT Function, PS3.3 C.11.2), each
 from the frame's own functional group in enhanced multi-frame files, else from the data set; without a window the
