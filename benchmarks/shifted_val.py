@@ -24,6 +24,7 @@ from braintumor.config import Params, load_params, params_from_dict
 from braintumor.data.cache import ImageDataset, IndexedTransform, cached_images
 from braintumor.data.splits import in_splits, read_manifest
 from braintumor.evaluation import metrics as ev
+from braintumor.evaluation.results import SetScores
 from braintumor.fileio import project_path
 from braintumor.model.calibration import shift_copies
 from braintumor.model.inference import predict_logits, probabilities
@@ -48,15 +49,15 @@ class ValSets:
         loader = torch.utils.data.DataLoader(data, batch_size=self.batch_size)
         return predict_logits(model.eval(), loader, torch.device("cpu"), transform, tta_hflip=self.hflip)
 
-    def metrics(self, out) -> dict:
+    def metrics(self, out) -> SetScores:
         logit, y = out
         return ev.classification_metrics(y.numpy(), probabilities(logit), self.classes)
 
-    def scores(self, model: nn.Module | None = None) -> tuple[dict, list[float]]:
+    def scores(self, model: nn.Module | None = None) -> tuple[SetScores, list[float]]:
         """(clean val metrics, macro-F1 on each shifted copy) of `model` (default: the file's network)."""
         model = self.net if model is None else model
         clean = self.metrics(self.logits(model, self.clean, eval_preset(self.prep)))
-        shifted = [self.metrics(self.logits(model, copy, nn.Identity()))["macro_f1"] for copy in self.copies]
+        shifted = [self.metrics(self.logits(model, copy, nn.Identity())).macro_f1 for copy in self.copies]
         return clean, shifted
 
 
@@ -95,11 +96,11 @@ def main() -> None:
     for path in args.model:
         clean, shifted = val_sets(path, project).scores()
         print(
-            f"{path}: val accuracy {clean['accuracy']:.4f} macro-F1 {clean['macro_f1']:.4f}; shifted copies "
+            f"{path}: val accuracy {clean.accuracy:.4f} macro-F1 {clean.macro_f1:.4f}; shifted copies "
             f"macro-F1 {' '.join(f'{s:.3f}' for s in shifted)}",
             flush=True,
         )
-        print(f"shifted_val {path} val_f1 {clean['macro_f1']:.4f} shifted_f1 {np.mean(shifted):.4f}", flush=True)
+        print(f"shifted_val {path} val_f1 {clean.macro_f1:.4f} shifted_f1 {np.mean(shifted):.4f}", flush=True)
 
 
 if __name__ == "__main__":

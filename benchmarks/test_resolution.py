@@ -71,9 +71,9 @@ def main() -> None:
         if args.refit_bn and size != trained.image_size:
             refit_batch_norm(sets, project)
         clean, shifted = sets.scores()
-        val_f1[size], shifted_f1[size] = clean["macro_f1"], float(np.mean(shifted))
+        val_f1[size], shifted_f1[size] = clean.macro_f1, float(np.mean(shifted))
         print(
-            f"S={size}: val acc {clean['accuracy']:.4f} macro-F1 {clean['macro_f1']:.4f}; shifted copies "
+            f"S={size}: val acc {clean.accuracy:.4f} macro-F1 {clean.macro_f1:.4f}; shifted copies "
             f"macro-F1 {' '.join(f'{f:.3f}' for f in shifted)} (mean {shifted_f1[size]:.4f})",
             flush=True,
         )

@@ -52,9 +52,9 @@ def main() -> None:
     figures = {}
     for name, model in {"plain": sets.net, "gamma": GammaViews(sets.net, sets.prep, args.gamma)}.items():
         clean, shifted = sets.scores(model)
-        figures[name] = (clean["macro_f1"], float(np.mean(shifted)))
+        figures[name] = (clean.macro_f1, float(np.mean(shifted)))
         print(
-            f"{name}: val macro-F1 {clean['macro_f1']:.4f}; shifted copies macro-F1 mean {np.mean(shifted):.4f} "
+            f"{name}: val macro-F1 {clean.macro_f1:.4f}; shifted copies macro-F1 mean {np.mean(shifted):.4f} "
             f"({' '.join(f'{s:.3f}' for s in shifted)})",
             flush=True,
         )

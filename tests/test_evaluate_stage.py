@@ -117,7 +117,7 @@ def test_evaluate_scores_an_external_set_and_its_copy_free_part(
         evaluate=dataclasses.replace(params.evaluate, external_data=str(external)),
     )
     run_id = _tracked_run(tmp_path, monkeypatch)
-    metrics = evaluate(params)
+    metrics = evaluate(params).to_dict()  # as eval.json holds it
 
     ext = metrics["external"]
     assert ext["n"] == 4 * 3 + 2 and ext["n_excluded"] == 1  # the broken file is left out, and counted
@@ -151,6 +151,21 @@ def test_evaluate_scores_an_external_set_and_its_copy_free_part(
     # The unlike_training flag's figures, for every set, agree with the per-scan novelty in the predictions table
     predictions = pd.read_csv(tmp_path / "plots" / "predictions.csv")
     assert list(predictions["unlike_training"]) == list(predictions["novelty"] > 1)
+    # one table builder: the Testing and the external tables answer in the same columns
+    answer = ["predicted", "probability", *(f"p_{c}" for c in params.data.classes)]
+    flags = ["leak_free", "size_seen_in_training"]
+    assert list(predictions.columns) == ["path", "actual", *answer, *flags, "novelty", "unlike_training"]
+    assert list(table.columns[-len(answer) - 4 :]) == [
+        *answer,
+        "copy_free",
+        "size_seen_in_training",
+        "novelty",
+        "unlike_training",
+    ]
+    for rows in (predictions, table):
+        p = rows[answer[2:]].to_numpy()
+        np.testing.assert_allclose(p.sum(axis=1), 1, rtol=1e-5)
+        assert (rows["predicted"] == [params.data.classes[i] for i in p.argmax(axis=1)]).all()
     predictor = Predictor(params.paths.model)
     _, novelty = predictor.predict([predictor.load_image(sample_root / p) for p in predictions["path"]])
     np.testing.assert_allclose(predictions["novelty"], novelty, rtol=1e-5)
@@ -190,7 +205,7 @@ def test_evaluate_reports_testing_by_whether_its_image_size_is_seen_in_training(
         Image.open(path).resize((80, 80)).save(path, quality=92)
     params = _setup(data, tmp_path, list(tiny_params(data).data.classes))
     run_id = _tracked_run(tmp_path, monkeypatch)
-    metrics = evaluate(params)
+    metrics = evaluate(params).to_dict()  # as eval.json holds it
 
     predictions = pd.read_csv(tmp_path / "plots" / "predictions.csv")
     unseen_paths = set(predictions.loc[~predictions["size_seen_in_training"], "path"])

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 
 from braintumor.evaluation.metrics import (
-    HEADLINE,
     classification_metrics,
     expected_calibration_error,
     reliability_table,
     roc_auc_ovr,
     roc_table,
 )
+from braintumor.evaluation.results import HEADLINE, Evaluation, SetScores
 
 CLASSES = ["a", "b", "c"]
 
@@ -30,38 +30,38 @@ PROBS = np.array([[0.70, 0.20, 0.10], [0.20, 0.45, 0.35], [0.10, 0.80, 0.10], [0
 
 
 @pytest.fixture(scope="module")
-def metrics() -> dict:
+def metrics() -> SetScores:
     return classification_metrics(Y_TRUE, PROBS, CLASSES, bins=4)
 
 
 def test_headline_metrics_match_hand_computation(metrics):
-    assert metrics["n"] == 5
+    assert metrics.n == 5
     # 3 of 5 argmax predictions are right (rows 0, 2, 3).
-    assert metrics["accuracy"] == pytest.approx(0.6)
+    assert metrics.accuracy == pytest.approx(0.6)
     # Per-class F1 (see the per-class test): a 0.5, b 0.8, c 0.0.
     # macro = (0.5 + 0.8 + 0) / 3; weighted by support (2, 2, 1) = (2*0.5 + 2*0.8 + 1*0) / 5 = 0.52.
-    assert metrics["macro_f1"] == pytest.approx(1.3 / 3)
-    assert metrics["weighted_f1"] == pytest.approx(0.52)
+    assert metrics.macro_f1 == pytest.approx(1.3 / 3)
+    assert metrics.weighted_f1 == pytest.approx(0.52)
     # Log loss = -mean(log p(true class)) = -(ln .7 + ln .2 + ln .8 + ln .6 + ln .3) / 5.
     expected_log_loss = -(math.log(0.7) + math.log(0.2) + math.log(0.8) + math.log(0.6) + math.log(0.3)) / 5
-    assert metrics["log_loss"] == pytest.approx(expected_log_loss)
-    assert metrics["log_loss"] == pytest.approx(0.780811, abs=1e-6)
+    assert metrics.log_loss == pytest.approx(expected_log_loss)
+    assert metrics.log_loss == pytest.approx(0.780811, abs=1e-6)
     # ECE with 4 bins (0-.25, .25-.5, .5-.75, .75-1):
     #   (.25,.5]: {0.45 wrong}             -> |0 - 0.45|            = 0.45, weight 1/5
     #   (.5,.75]: {0.70 ok, 0.60 ok, 0.55 wrong} -> |2/3 - 1.85/3| = 0.05, weight 3/5
     #   (.75,1]:  {0.80 ok}                -> |1 - 0.8|             = 0.20, weight 1/5
     #   ECE = (0.45 + 3*0.05 + 0.2) / 5 = 0.16
-    assert metrics["ece"] == pytest.approx(0.16)
+    assert metrics.ece == pytest.approx(0.16)
     # One-vs-rest AUC = share of (positive, negative) pairs ranked right, ties count one half.
     #   a: positives (.70, .20) vs negatives (.10, .30, .55): .70 beats 3, .20 beats 1 -> 4/6
     #   b: positives (.80, .60) vs negatives (.20, .45, .15): 6/6 = 1
     #   c: positive .30 vs negatives (.10, .35, .10, .10): beats 3 of 4 -> 0.75
-    assert metrics["roc_auc_ovr"] == pytest.approx((4 / 6 + 1 + 0.75) / 3)
-    assert set(HEADLINE) <= set(metrics)
+    assert metrics.roc_auc_ovr == pytest.approx((4 / 6 + 1 + 0.75) / 3)
+    assert all(getattr(metrics, name) is not None for name in HEADLINE)
 
 
 def test_per_class_scores_match_hand_computation(metrics):
-    per_class = metrics["per_class"]
+    per_class = {name: vars(scores) for name, scores in metrics.per_class.items()}
     assert list(per_class) == CLASSES
     # a: predicted for rows 0 (right) and 4 (wrong); actual rows 0, 1 -> TP 1, FP 1, FN 1.
     assert per_class["a"] == pytest.approx({"precision": 0.5, "recall": 0.5, "f1": 0.5, "support": 2})
@@ -81,12 +81,12 @@ def test_a_class_absent_from_y_true_is_left_out_of_roc_auc_and_does_not_crash():
     y_true = np.array([0, 1, 0, 1])
     probs = np.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1], [0.3, 0.4, 0.3], [0.1, 0.2, 0.7]])
     result = classification_metrics(y_true, probs, CLASSES)
-    assert result["roc_auc_ovr"] == pytest.approx(0.75)
-    assert result["accuracy"] == pytest.approx(0.5)
-    assert result["per_class"]["c"]["support"] == 0
-    assert result["per_class"]["c"]["precision"] == 0.0  # predicted once, wrongly
+    assert result.roc_auc_ovr == pytest.approx(0.75)
+    assert result.accuracy == pytest.approx(0.5)
+    assert result.per_class["c"].support == 0
+    assert result.per_class["c"].precision == 0.0  # predicted once, wrongly
     # Log loss over the known classes, even though c has no example: -(ln .6 + ln .7 + ln .3 + ln .2) / 4.
-    assert result["log_loss"] == pytest.approx(-(math.log(0.6) + math.log(0.7) + math.log(0.3) + math.log(0.2)) / 4)
+    assert result.log_loss == pytest.approx(-(math.log(0.6) + math.log(0.7) + math.log(0.3) + math.log(0.2)) / 4)
 
 
 def test_a_zero_probability_on_the_true_class_gives_a_large_but_finite_log_loss():
@@ -94,15 +94,15 @@ def test_a_zero_probability_on_the_true_class_gives_a_large_but_finite_log_loss(
     # metric stays a number MLflow can log. Row 1 is right with certainty (loss 0).
     probs = np.array([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
     result = classification_metrics(np.array([0, 1]), probs, CLASSES)
-    assert math.isfinite(result["log_loss"])
-    assert result["log_loss"] > 10  # at least -ln(1e-8) / 2
+    assert math.isfinite(result.log_loss)
+    assert result.log_loss > 10  # at least -ln(1e-8) / 2
 
 
 def test_float32_softmax_output_is_accepted_without_warnings(recwarn):
     # What the model's softmax gives: float32 rows that sum to 1 only to float32 precision.
     probs = np.array([[0.1, 0.7, 0.2], [0.6, 0.3, 0.1], [1 / 3, 1 / 3, 1 / 3]], dtype=np.float32)
     result = classification_metrics(np.array([1, 0, 2]), probs, CLASSES)
-    assert result["log_loss"] == pytest.approx(-(math.log(0.7) + math.log(0.6) + math.log(1 / 3)) / 3, rel=1e-5)
+    assert result.log_loss == pytest.approx(-(math.log(0.7) + math.log(0.6) + math.log(1 / 3)) / 3, rel=1e-5)
     assert [str(w.message) for w in recwarn] == []
 
 
@@ -111,10 +111,10 @@ def test_roc_auc_is_none_when_fewer_than_two_classes_are_present(y_true):
     probs = np.tile([0.2, 0.5, 0.3], (len(y_true), 1))
     assert roc_auc_ovr(y_true, probs) is None
     result = classification_metrics(y_true, probs, CLASSES)  # e.g. a tiny leak-free subset
-    assert result["roc_auc_ovr"] is None
-    assert result["n"] == len(y_true)
-    assert result["accuracy"] == pytest.approx(float(y_true[0] == 1))
-    assert math.isfinite(result["log_loss"])
+    assert result.roc_auc_ovr is None
+    assert result.n == len(y_true)
+    assert result.accuracy == pytest.approx(float(y_true[0] == 1))
+    assert math.isfinite(result.log_loss)
 
 
 def test_roc_auc_with_two_classes_present_out_of_three():
@@ -172,10 +172,10 @@ def test_reliability_table_puts_full_confidence_in_the_last_bin():
 
 def test_empty_input_gives_n_zero_and_no_figures():
     result = classification_metrics(np.array([], dtype=int), np.zeros((0, 3)), CLASSES)
-    assert result["n"] == 0
+    assert result.n == 0
     for key in HEADLINE:
-        assert result[key] is None
-    assert result["per_class"] == {}
+        assert getattr(result, key) is None
+    assert result.per_class == {}
 
 
 def test_leak_free_subset_is_the_test_rows_without_any_copy_in_training():
@@ -256,31 +256,42 @@ def test_macro_f1_averages_the_classes_present_only():
     probs = np.array([[0.9, 0.05, 0.05], [0.1, 0.1, 0.8], [0.1, 0.8, 0.1], [0.2, 0.7, 0.1]])  # one a called c
     metrics = classification_metrics(y_true, probs, classes)
     f1_a, f1_b = 2 * 1.0 * 0.5 / 1.5, 2 * 1.0 * 1.0 / 2.0  # a: precision 1, recall 1/2; b: both 1
-    assert metrics["per_class"]["c"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
-    assert metrics["macro_f1"] == pytest.approx((f1_a + f1_b) / 2)
+    assert vars(metrics.per_class["c"]) == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    assert metrics.macro_f1 == pytest.approx((f1_a + f1_b) / 2)
 
 
-def test_flatten_names_every_scalar_figure_of_a_set_once():
-    from braintumor.evaluation.scoring import flatten
-
-    metrics = {
-        "n": 3,
-        "accuracy": 0.5,
-        "roc_auc_ovr": None,  # not computable: not logged
-        "path": "data/external",
-        "per_class": {"glioma_tumor": {"recall": 1.0}},
-        "unlike_training": {"n_flagged": 1, "quantile": 0.99},
-        "leak_free": {
-            "n": 2,
-            "unlike_training": {"n_flagged": 0},
-            "by_image_size": {"seen": {"n": 2, "accuracy": 1.0, "per_class": {}}, "unseen": {"n": 0}},
-        },
-        "by_image_size": {"seen": {"n": 3, "macro_f1": 0.4}, "unseen": {"n": 0, "macro_f1": None}},
-        "external": {"n": 9},  # another set's: logged under its own prefix
-    }
-    assert flatten(metrics, "test_") == {
+def test_mlflow_metrics_name_every_scalar_figure_once():
+    evaluation = Evaluation.from_dict(
+        {
+            "n": 3,
+            "accuracy": 0.5,
+            "roc_auc_ovr": None,  # not computable: not logged
+            "per_class": {"glioma_tumor": {"precision": 1.0, "recall": 1.0, "f1": 1.0, "support": 3}},
+            "ece_uncalibrated": 0.2,
+            "temperature": 1.5,
+            "unlike_training": {"n_flagged": 1, "quantile": 0.99},
+            "leak_free": {
+                "n": 2,
+                "unlike_training": {"n_flagged": 0},
+                "by_image_size": {"seen": {"n": 2, "accuracy": 1.0, "per_class": {}}, "unseen": {"n": 0}},
+            },
+            "by_image_size": {"seen": {"n": 3, "macro_f1": 0.4}, "unseen": {"n": 0, "macro_f1": None}},
+            "external": {
+                "path": "data/external",
+                "n": 9,
+                "n_excluded": 1,
+                "exact_in_train": 2,
+                "near_in_train": 0,
+                "copy_free": {"n": 7, "accuracy": 0.25},
+            },
+        }
+    )
+    testing, external = evaluation.mlflow_metrics()
+    assert testing == {
         "test_n": 3.0,
         "test_accuracy": 0.5,
+        "test_ece_uncalibrated": 0.2,
+        "test_temperature": 1.5,
         "test_unlike_training_n_flagged": 1.0,
         "test_unlike_training_quantile": 0.99,
         "test_leak_free_n": 2.0,
@@ -292,6 +303,57 @@ def test_flatten_names_every_scalar_figure_of_a_set_once():
         "test_size_seen_macro_f1": 0.4,
         "test_size_unseen_n": 0.0,
     }
+    assert external == {  # the external set's under its own prefix; its path is no metric
+        "external_n": 9.0,
+        "external_n_excluded": 1.0,
+        "external_exact_in_train": 2.0,
+        "external_near_in_train": 0.0,
+        "external_copy_free_n": 7.0,
+        "external_copy_free_accuracy": 0.25,
+    }
+    assert Evaluation.from_dict({"n": 0, "leak_free": {"n": 0}}).mlflow_metrics()[1] == {}
+
+
+def test_eval_json_reads_back_as_written():
+    """eval.json's layout: what is absent stays absent (per-class figures of a part, the temperature of a side of
+    the image-size split, the novelty figures of a model without the score), a figure that could not be computed is
+    null."""
+    side = {
+        "n": 0,
+        "accuracy": None,
+        "macro_f1": None,
+        "weighted_f1": None,
+        "log_loss": None,
+        "ece": None,
+        "roc_auc_ovr": None,
+        "per_class": {},
+        "ece_uncalibrated": None,
+    }
+    whole = {
+        **side,
+        "n": 4,
+        "accuracy": 0.75,
+        "per_class": {"a": {"precision": 1.0, "recall": 0.5, "f1": 0.667, "support": 2}},
+        "temperature": 1.2,
+        "unlike_training": {
+            "n_flagged": 1,
+            "flagged_share": 0.25,
+            "accuracy_flagged": 0.0,
+            "accuracy_unflagged": 1.0,
+            "error_auroc": None,
+            "quantile": 0.95,
+        },
+        "by_image_size": {"seen": side, "unseen": side},
+    }
+    part = {k: v for k, v in whole.items() if k != "per_class"}
+    written = {
+        **whole,
+        "leak_free": part,
+        "external": {"path": "x", **whole, "n_excluded": 0, "exact_in_train": 1, "near_in_train": 0, "copy_free": part},
+    }
+    assert Evaluation.from_dict(written).to_dict() == written
+    assert list(Evaluation.from_dict(written).to_dict()) == list(written)
+    assert Evaluation.from_dict(written).testing.of_class("a").recall == 0.5
 
 
 def test_the_predictor_scores_the_image_cache_as_it_scores_a_list(model_file, sample_root, tmp_path):

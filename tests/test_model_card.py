@@ -8,6 +8,7 @@ import pytest
 
 from braintumor.config import Params
 from braintumor.evaluation import model_card
+from braintumor.evaluation.results import HEADLINE, Evaluation
 
 CLASSES = ["glioma_tumor", "meningioma_tumor", "no_tumor", "pituitary_tumor"]
 
@@ -17,6 +18,11 @@ def _per_class(recalls: list[float], precisions: list[float], supports: list[int
         c: {"precision": p, "recall": r, "f1": 2 * p * r / (p + r) if p + r else 0.0, "support": n}
         for c, r, p, n in zip(CLASSES, recalls, precisions, supports)
     }
+
+
+def typed(facts: dict) -> dict:
+    """The facts as the evaluate stage hands them over: the evaluation's figures as eval.json reads back."""
+    return {**facts, "evaluation": Evaluation.from_dict(facts["evaluation"])}
 
 
 def facts_like_the_public_dataset() -> dict:
@@ -98,7 +104,7 @@ def facts_like_the_public_dataset() -> dict:
 
 
 def test_card_has_every_section_and_the_leak_free_column():
-    card = model_card.render(facts_like_the_public_dataset())
+    card = model_card.render(typed(facts_like_the_public_dataset()))
     assert card.startswith("# Model card: brain-tumor-classifier version 7")
     assert "Research use, not a diagnostic device" in card
     for section in (
@@ -128,17 +134,17 @@ def test_card_has_every_section_and_the_leak_free_column():
 def test_with_a_weight_average_the_card_gives_the_saved_models_val_figures():
     facts = facts_like_the_public_dataset()
     facts["training"].update(swa_epochs=8, swa_val_accuracy=0.80, swa_val_macro_f1=0.81)
-    card = model_card.render(facts)
+    card = model_card.render(typed(facts))
     assert "| metric | val (weight average) | all Testing | leak-free Testing |" in card
     assert "| macro_f1 | 0.810 | 0.491 | 0.214 |" in card
     assert "the average of the weights over the last 8 epochs (best single epoch 8 by val macro-F1)" in card
-    assert "| val (weight average) | 0.800 | 0.810 | 430 |" in model_card.version_description(facts)
+    assert "| val (weight average) | 0.800 | 0.810 | 430 |" in model_card.version_description(typed(facts))
     assert "Training validates each epoch and the weight average on `val`" in card
-    assert "Macro-F1 drops from 0.81 on val" in "\n".join(model_card.failure_modes(facts))
+    assert "Macro-F1 drops from 0.81 on val" in "\n".join(model_card.failure_modes(typed(facts)))
 
 
 def test_failure_modes_are_derived_from_the_numbers():
-    lines = model_card.failure_modes(facts_like_the_public_dataset())
+    lines = model_card.failure_modes(typed(facts_like_the_public_dataset()))
     assert (
         lines[0] == "Weakest class: glioma_tumor, recall 0.13 on all Testing (support 100): most of its scans are "
         "missed."
@@ -166,7 +172,7 @@ def test_a_model_without_problems_gets_no_invented_failure_modes():
     }
     facts["evaluation"] = {**good, "leak_free": {k: v for k, v in good.items() if k != "per_class"}}
     facts["training"].update(best_val_macro_f1=0.96, best_val_accuracy=0.96)
-    lines = model_card.failure_modes(facts)
+    lines = model_card.failure_modes(typed(facts))
     assert lines[0].startswith("Weakest class: glioma_tumor, recall 0.92") and lines[0].endswith("(support 100).")
     assert lines[2:] == [
         "No other check (val vs Testing gap, leakage gap, sample size, calibration) flagged a problem."
@@ -175,11 +181,12 @@ def test_a_model_without_problems_gets_no_invented_failure_modes():
 
 def test_empty_or_small_leak_free_subset_is_said_plainly():
     facts = facts_like_the_public_dataset()
-    facts["evaluation"]["leak_free"] = {"n": 0, **{k: None for k in model_card.METRICS}}
+    facts["evaluation"]["leak_free"] = {"n": 0, **{k: None for k in HEADLINE}}
     assert any(
-        line.startswith("No Testing scan is free of a copy in Training") for line in model_card.failure_modes(facts)
+        line.startswith("No Testing scan is free of a copy in Training")
+        for line in model_card.failure_modes(typed(facts))
     )
-    card = model_card.render(facts)
+    card = model_card.render(typed(facts))
     assert "| macro_f1 | 0.755 | 0.491 | n/a |" in card
 
     facts = facts_like_the_public_dataset()
@@ -187,7 +194,7 @@ def test_empty_or_small_leak_free_subset_is_said_plainly():
     low, high = model_card.wilson_interval(0.5, 40)
     assert (round(low, 2), round(high, 2)) == (0.35, 0.65)
     assert f"rest on 40 scans: accuracy 0.50, 95% interval {low:.2f}-{high:.2f}" in "\n".join(
-        model_card.failure_modes(facts)
+        model_card.failure_modes(typed(facts))
     )
 
 
@@ -203,7 +210,7 @@ def test_calibration_and_external_sections_appear_only_when_evaluated():
         "near_in_train": 2,
         "copy_free": {"n": 45, "accuracy": 0.38, "macro_f1": 0.33},
     }
-    card = model_card.render(facts)
+    card = model_card.render(typed(facts))
     assert "temperature-scaled with T = 1.800 (ECE 0.227 before)" in card
     assert "## External data" in card and "path: data/External; 3 exact copies of Training scans" in card
     assert "| macro_f1 | 0.350 | 0.330 |" in card
@@ -213,12 +220,12 @@ def test_calibration_and_external_sections_appear_only_when_evaluated():
 
 def test_version_description_and_tags():
     facts = facts_like_the_public_dataset()
-    description = model_card.version_description(facts)
+    description = model_card.version_description(typed(facts))
     assert "**Research use, not a diagnostic device.**" in description
     assert "| leak-free Testing | 0.237 | 0.214 | 135 |" in description
     assert "| val (best epoch) | 0.747 | 0.755 | 430 |" in description
     assert len(description) < 5000  # MLflow's limit for a version description
-    tags = model_card.version_tags(facts)
+    tags = model_card.version_tags(typed(facts))
     assert tags["data_dvc_hash"] == "Testing:aa.dir,Training:bb.dir" and tags["git_commit"] == "f" * 40
     assert tags["test_accuracy"] == "0.523" and tags["test_leak_free_macro_f1"] == "0.214"
     assert tags["test_n"] == "394" and tags["test_leak_free_n"] == "135"
@@ -238,8 +245,8 @@ def test_version_description_and_tags():
 def test_render_does_not_change_its_input():
     facts = facts_like_the_public_dataset()
     before = copy.deepcopy(facts)
-    model_card.render(facts)
-    model_card.version_tags(facts)
+    model_card.render(typed(facts))
+    model_card.version_tags(typed(facts))
     assert facts == before
 
 
@@ -255,7 +262,7 @@ def test_wilson_interval_equals_scipys(k, n):
 def test_preprocessing_of_a_format_1_model_file():
     facts = facts_like_the_public_dataset()
     facts["preprocessing"] = {"resize_size": 72, "image_size": 64, "mean": [0.5] * 3, "std": [0.25] * 3}
-    assert model_card.preprocessing_text(facts) == (
+    assert model_card.preprocessing_text(typed(facts)) == (
         "8-bit grayscale, resized to 72x72 (shorter side, centre), "
         "centre crop 64x64, repeated to 3 channels, normalised with mean "
         "(0.500, 0.500, 0.500) and std (0.250, 0.250, 0.250)"
@@ -281,7 +288,7 @@ def test_leak_free_scans_from_other_sources_are_flagged_per_class():
     facts["evaluation"]["by_image_size"] = _by_size(
         [0.94, 0.97, 0.95, 0.86], [18, 110, 105, 37], [0.38, 0.60, 0.0, 0.68], [82, 5, 0, 37]
     )
-    lines = [line for line in model_card.failure_modes(facts) if "image sizes no Training scan" in line]
+    lines = [line for line in model_card.failure_modes(typed(facts)) if "image sizes no Training scan" in line]
     assert lines == [
         "Recall of glioma_tumor is 0.39 on the 80 leak-free Testing scans of glioma_tumor at image sizes no Training "
         "scan of it has, all of its leak-free scans: they likely come from sources Training holds no "
@@ -307,4 +314,4 @@ def test_no_source_line_without_the_figures_for_it(recalls_seen, supports_seen, 
     facts["evaluation"]["leak_free"]["by_image_size"] = _by_size(
         recalls_seen, supports_seen, recalls_unseen, supports_unseen
     )
-    assert "image sizes no Training scan" not in "\n".join(model_card.failure_modes(facts))
+    assert "image sizes no Training scan" not in "\n".join(model_card.failure_modes(typed(facts)))

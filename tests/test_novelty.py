@@ -49,12 +49,13 @@ def test_scans_like_training_are_flagged_at_the_chosen_rate_and_far_ones_always(
 def test_novelty_metrics_split_the_scans_by_the_flag():
     y_true = np.array([0, 1, 2, 3, 0])
     probs = np.eye(4)[[0, 1, 0, 0, 0]]  # scans 2 and 3 wrong
-    figures = novelty_metrics(y_true, probs, np.array([0.5, 0.9, 1.5, 3.0, 1.2]))
-    assert figures["n_flagged"] == 3 and figures["flagged_share"] == pytest.approx(0.6)
-    assert figures["accuracy_flagged"] == pytest.approx(1 / 3) and figures["accuracy_unflagged"] == 1.0
-    assert figures["error_auroc"] == pytest.approx(1.0)  # both wrong answers score above every right one
-    nothing = novelty_metrics(y_true, probs, np.zeros(5))
-    assert nothing["n_flagged"] == 0 and nothing["accuracy_flagged"] is None
+    figures = novelty_metrics(y_true, probs, np.array([0.5, 0.9, 1.5, 3.0, 1.2]), 0.95)
+    assert figures.n_flagged == 3 and figures.flagged_share == pytest.approx(0.6)
+    assert figures.accuracy_flagged == pytest.approx(1 / 3) and figures.accuracy_unflagged == 1.0
+    assert figures.error_auroc == pytest.approx(1.0)  # both wrong answers score above every right one
+    assert figures.quantile == 0.95
+    nothing = novelty_metrics(y_true, probs, np.zeros(5), 0.95)
+    assert nothing.n_flagged == 0 and nothing.accuracy_flagged is None
 
 
 @pytest.mark.parametrize("value", [1.0, 0.3, -0.1])

@@ -101,6 +101,9 @@ def test_repro_runs_every_stage_and_writes_every_output(project):
     assert history[0].startswith("epoch,") and len(history) == 2  # header + 1 epoch
     eval_metrics = json.loads((repo / "metrics/eval.json").read_text())
     assert {"accuracy", "macro_f1", "leak_free"} <= set(eval_metrics)
+    from braintumor.evaluation.results import Evaluation
+
+    assert Evaluation.from_dict(eval_metrics).to_dict() == eval_metrics  # the report reads back what evaluate wrote
 
 
 @pytest.mark.slow

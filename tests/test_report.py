@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 
 from braintumor.evaluation.report import _confusion, run_title
+from braintumor.evaluation.results import Evaluation, ExternalScores
 
 
 def test_report_confusion_counts_rows_as_actual_and_columns_as_predicted_in_class_order():
@@ -65,14 +66,14 @@ def test_image_size_section_shows_the_classes_sizes_the_warning_and_recall_on_ei
             }
         },
     }
-    page = _image_size_section(validation, evaluation, classes)
+    page = _image_size_section(validation, Evaluation.from_dict(evaluation), classes)
     assert "<td>512x512 (100%)</td><td>100</td><td>18%</td>" in page and "<td>236x236 (12%)</td>" in page
     assert page.count("class=warn") == 1 and "Testing&#x27;s glioma_tumor scans: 18% of 100" in page
     assert "<th>leak-free: seen</th><th>leak-free: unseen</th>" in page
     assert "<td>recall glioma_tumor</td><td>0.94 of 18</td><td>0.38 of 82</td><td>n/a</td><td>0.39 of 80</td>" in page
     assert "<td>recall no_tumor</td><td>0.95 of 105</td><td>n/a</td><td>1.00 of 1</td><td>n/a</td>" in page
     del evaluation["leak_free"]  # an eval.json without the leak-free split (older): two columns
-    assert "leak-free: seen" not in _image_size_section(validation, evaluation, classes)
+    assert "leak-free: seen" not in _image_size_section(validation, Evaluation.from_dict(evaluation), classes)
 
 
 def test_external_section_says_how_scans_at_unseen_sizes_fare():
@@ -91,13 +92,13 @@ def test_external_section_says_how_scans_at_unseen_sizes_fare():
         "per_class": {},
         "by_image_size": {"seen": group(30, 0.9), "unseen": group(20, 0.55)},
     }
-    page = _external_section(external, ["glioma_tumor"])
+    page = _external_section(ExternalScores.from_dict(external), ["glioma_tumor"])
     assert (
         "20 of the external scans have an image size no Training scan of their class has (another source, "
         "likely): accuracy 0.550 on them, 0.900 on the 30 others."
     ) in page
     external["by_image_size"]["unseen"] = group(0, None)
-    assert "image size" not in _external_section(external, ["glioma_tumor"])
+    assert "image size" not in _external_section(ExternalScores.from_dict(external), ["glioma_tumor"])
 
 
 def test_report_title_names_the_run_and_its_model_version():

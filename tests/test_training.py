@@ -322,7 +322,7 @@ def test_one_macro_f1_for_val_and_testing_averages_the_classes_present():
         expected = f1_score(y_true, y_pred, average="macro", labels=np.unique(y_true), zero_division=0)
         assert macro_f1(y_true, y_pred, 4) == pytest.approx(expected)
         probs = np.eye(4)[y_pred] * 0.9 + 0.025
-        assert evaluation.classification_metrics(y_true, probs, list("abcd"))["macro_f1"] == pytest.approx(expected)
+        assert evaluation.classification_metrics(y_true, probs, list("abcd")).macro_f1 == pytest.approx(expected)
     # all classes present: the plain macro average
     y_true, y_pred = np.array([0, 1, 2, 3, 0]), np.array([0, 1, 2, 0, 0])
     assert macro_f1(y_true, y_pred, 4) == pytest.approx(f1_score(y_true, y_pred, average="macro"))

@@ -26,6 +26,7 @@ from braintumor.errors import BrainTumorError
 from braintumor.fileio import atomic_path, project_path, write_json
 
 if TYPE_CHECKING:
+    from braintumor.evaluation.results import Evaluation, ExternalScores
     from braintumor.evaluation.scoring import ScoredSet
     from braintumor.model.network import Inference
     from braintumor.model.novelty import Novelty
@@ -305,12 +306,13 @@ def augment_preview(params: Params) -> None:
     print(f"augment_preview: wrote {params.paths.preview}")
 
 
-def evaluate(params: Params) -> dict:
+def evaluate(params: Params) -> Evaluation:
     """Batched inference on the Testing rows (and the external set, if any); metrics overall and on the leak-free
     subset; promotion."""
     from braintumor.data.splits import in_splits, read_manifest, size_seen_in_training
     from braintumor.evaluation import metrics as ev
-    from braintumor.evaluation.scoring import flatten, score_rows, score_set
+    from braintumor.evaluation.results import Evaluation
+    from braintumor.evaluation.scoring import prediction_table, score_rows, score_set
     from braintumor.model.predictor import Predictor
     from braintumor.runtime import select_device
     from braintumor.tracking.runs import RunLogger, read_run_info
@@ -326,51 +328,68 @@ def evaluate(params: Params) -> dict:
     bundle = predictor.bundle
     test = in_splits(frame, "test")
     scored = score_rows(predictor, test, params.paths.data, params)
-    y_true, novelty, probs = scored.labels, scored.novelty, predictor.calibrated(scored.logits)
+    y_true, probs = scored.labels, predictor.calibrated(scored.logits)
     leak_free = ev.leak_free_mask(test)
     size_seen = size_seen_in_training(test, in_splits(frame, "train", "val"))
-    metrics, leak_free_metrics = score_set(predictor, scored, params, part=leak_free, size_seen=size_seen)
-    metrics["leak_free"] = leak_free_metrics
-    outputs = _write_eval_plots(params, test, probs, y_true, leak_free, novelty, size_seen)
+    testing, leak_free_scores = score_set(predictor, scored, params, part=leak_free, size_seen=size_seen)
+    predictions = prediction_table(
+        predictor,
+        scored,
+        pd.DataFrame({"path": test["path"], "actual": test["label"]}),
+        leak_free=leak_free,
+        size_seen_in_training=size_seen,
+    )
+    outputs = _write_eval_plots(params, predictions, probs, y_true)
+    external = None
     if params.evaluate.external_data:
-        metrics["external"], external_csv = _evaluate_external(predictor, frame, params)
+        external, external_csv = _evaluate_external(predictor, frame, params)
         outputs.append(external_csv)
-    write_json(params.paths.eval_metrics, metrics)
+    evaluation = Evaluation(testing, leak_free_scores, external)
+    write_json(params.paths.eval_metrics, evaluation.to_dict())
 
     logger = RunLogger(read_run_info(params.paths.run_info))
     logger.log_test_set(test, params.paths.data)
-    logger.log_test_metrics(flatten(metrics, "test_"), prefix="")
-    if "external" in metrics:
-        logger.log_metrics(flatten(metrics["external"], "external_"))
+    testing_metrics, external_metrics = evaluation.mlflow_metrics()
+    logger.log_test_metrics(testing_metrics, prefix="")
+    if external_metrics:
+        logger.log_metrics(external_metrics)
     logger.log_figure(_confusion_figure(y_true, probs, params.data.classes), "evaluation/confusion_matrix.png")
     for path in outputs + [params.paths.eval_metrics]:
         logger.log_artifact(path, "evaluation")
     decision = logger.promote(_compare_with_champion(params, frame, test, leak_free, predictor, scored, device, logger))
-    _write_model_card(params, metrics, bundle, logger, decision)
+    _write_model_card(params, evaluation, bundle, logger, decision)
     logger.end()
-    lf = metrics["leak_free"]
-    print(
-        f"evaluate: Testing accuracy {metrics['accuracy']:.3f} macro-F1 {metrics['macro_f1']:.3f} "
-        f"(n={metrics['n']}); leak-free accuracy "
-        + (f"{lf['accuracy']:.3f} macro-F1 {lf['macro_f1']:.3f} (n={lf['n']})" if lf["n"] else "n/a (n=0)")
-        + f"; ECE {metrics['ece']:.3f} (before temperature scaling {metrics['ece_uncalibrated']:.3f})"
-    )
-    if metrics["by_image_size"]["unseen"]["n"]:
-        print(
-            "evaluate:"
-            + ev.unseen_size_sentence(metrics["by_image_size"], "Testing")
-            + ev.unseen_size_sentence(metrics["leak_free"]["by_image_size"], "leak-free Testing")
-        )
-    if "external" in metrics:
-        ext, free = metrics["external"], metrics["external"]["copy_free"]
-        print(
-            f"evaluate: external set accuracy {ext['accuracy']:.3f} macro-F1 {ext['macro_f1']:.3f} (n={ext['n']}); "
-            + (f"copy-free accuracy {free['accuracy']:.3f} (n={free['n']})" if free["n"] else "no copy-free scan")
-            + f"; {ext['exact_in_train']} exact and {ext['near_in_train']} near copies of Training scans."
-            + ev.unseen_size_sentence(ext["by_image_size"], "external")
-        )
+    for line in summary(evaluation):
+        print(f"evaluate: {line}")
     print(f"evaluate: {promotion_sentence(decision)}; wrote {params.paths.model_card}")
-    return metrics
+    return evaluation
+
+
+def summary(evaluation: Evaluation) -> list[str]:
+    """The evaluate stage's lines on what it found (Testing, its leak-free part, scans at unseen image sizes, the
+    external set)."""
+    from braintumor.evaluation.metrics import unseen_size_sentence
+
+    test, lf = evaluation.testing, evaluation.leak_free
+    lines = [
+        f"Testing accuracy {test.accuracy:.3f} macro-F1 {test.macro_f1:.3f} (n={test.n}); leak-free accuracy "
+        + (f"{lf.accuracy:.3f} macro-F1 {lf.macro_f1:.3f} (n={lf.n})" if lf.n else "n/a (n=0)")
+        + f"; ECE {test.ece:.3f} (before temperature scaling {test.ece_uncalibrated:.3f})"
+    ]
+    if test.by_image_size is not None and test.by_image_size.unseen.n:
+        lines.append(
+            unseen_size_sentence(test.by_image_size, "Testing").lstrip()
+            + unseen_size_sentence(lf.by_image_size, "leak-free Testing")
+        )
+    if evaluation.external is not None:
+        ext, free = evaluation.external.scores, evaluation.external.copy_free
+        lines.append(
+            f"external set accuracy {ext.accuracy:.3f} macro-F1 {ext.macro_f1:.3f} (n={ext.n}); "
+            + (f"copy-free accuracy {free.accuracy:.3f} (n={free.n})" if free.n else "no copy-free scan")
+            + f"; {evaluation.external.exact_in_train} exact and {evaluation.external.near_in_train} near copies "
+            "of Training scans." + unseen_size_sentence(ext.by_image_size, "external")
+        )
+    return lines
 
 
 # evaluate.promotion_metric -> (the rows both models are scored on, the metric computed on them)
@@ -415,7 +434,7 @@ def _compare_with_champion(
 
     def score(of: Predictor, known: ScoredSet | None = None) -> float:
         on = known or score_rows(of, rows, params.paths.data, params)
-        return float(classification_metrics(on.labels, of.calibrated(on.logits), params.data.classes)[metric])
+        return float(getattr(classification_metrics(on.labels, of.calibrated(on.logits), params.data.classes), metric))
 
     # the new model's Testing outputs are at hand; val rows (val_macro_f1) are scored here
     value = score(predictor, None if part == "val" else scored.subset(mask))
@@ -465,45 +484,36 @@ def promotion_sentence(decision: dict) -> str:
     )
 
 
-def _evaluate_external(predictor: Predictor, frame: pd.DataFrame, params: Params) -> tuple[dict, str]:
+def _evaluate_external(predictor: Predictor, frame: pd.DataFrame, params: Params) -> tuple[ExternalScores, str]:
     """Metrics on the external set (all of it, and its part without copies of Training scans), and its CSV."""
     from braintumor.data.external import load_external
     from braintumor.data.splits import in_splits, size_seen_in_training
-    from braintumor.evaluation.scoring import score_rows, score_set
-    from braintumor.model.novelty import unlike_training
+    from braintumor.evaluation.results import ExternalScores
+    from braintumor.evaluation.scoring import prediction_table, score_rows, score_set
 
     training = in_splits(frame, "train", "val")
     external = load_external(params.evaluate.external_data, training, params.paths.data, params.data)
     scored = score_rows(predictor, external.frame, external.root, params)
-    copy_free = external.copy_free
     size_seen = size_seen_in_training(external.frame, training)
-    whole, within = score_set(predictor, scored, params, part=copy_free, size_seen=size_seen)
-    metrics = {
-        "path": str(params.evaluate.external_data),
-        **whole,
-        "n_excluded": len(external.excluded),
-        "exact_in_train": int(external.frame["exact_in_train"].sum()),
-        "near_in_train": int(external.frame["near_in_train"].sum()),
-        "copy_free": within,
-    }
-    novelty = scored.novelty
-    probs = predictor.calibrated(scored.logits)
-    classes = params.data.classes
-    table = external.frame.assign(
-        predicted=[classes[i] for i in probs.argmax(axis=1)],
-        probability=probs.max(axis=1),
-        copy_free=copy_free,
-        size_seen_in_training=size_seen,
+    whole, within = score_set(predictor, scored, params, part=external.copy_free, size_seen=size_seen)
+    scores = ExternalScores(
+        path=str(params.evaluate.external_data),
+        scores=whole,
+        n_excluded=len(external.excluded),
+        exact_in_train=int(external.frame["exact_in_train"].sum()),
+        near_in_train=int(external.frame["near_in_train"].sum()),
+        copy_free=within,
     )
-    if novelty is not None:
-        table = table.assign(novelty=novelty, unlike_training=unlike_training(novelty))
+    table = prediction_table(
+        predictor, scored, external.frame, copy_free=external.copy_free, size_seen_in_training=size_seen
+    )
     path = Path(params.paths.eval_plots) / "external_predictions.csv"
     with atomic_path(path) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
-    return metrics, str(path)
+    return scores, str(path)
 
 
-def _write_model_card(params: Params, metrics: dict, bundle: dict, logger, decision: dict) -> None:
+def _write_model_card(params: Params, evaluation: Evaluation, bundle: dict, logger, decision: dict) -> None:
     """The model card from this run's facts; also the registered version's description and tags."""
     from braintumor.evaluation import model_card
     from braintumor.fileio import read_json, write_text
@@ -515,7 +525,7 @@ def _write_model_card(params: Params, metrics: dict, bundle: dict, logger, decis
         "preprocessing": bundle["preprocessing"],
         "validation": read_json(params.paths.validation_report),
         "training": bundle["metrics"],
-        "evaluation": metrics,
+        "evaluation": evaluation,
         "tags": logger.run_tags(),
         "promotion": decision,
     }
@@ -528,36 +538,11 @@ def _write_model_card(params: Params, metrics: dict, bundle: dict, logger, decis
     )
 
 
-def _write_eval_plots(
-    params: Params,
-    test: pd.DataFrame,
-    probs: np.ndarray,
-    y_true: np.ndarray,
-    leak_free: np.ndarray,
-    novelty: np.ndarray | None,
-    size_seen: np.ndarray,
-) -> list[str]:
+def _write_eval_plots(params: Params, predictions: pd.DataFrame, probs: np.ndarray, y_true: np.ndarray) -> list[str]:
     from braintumor.evaluation import metrics as ev
-    from braintumor.model.novelty import unlike_training
 
     classes = params.data.classes
     out = Path(params.paths.eval_plots)
-    y_pred = probs.argmax(axis=1)
-    predictions = pd.DataFrame(
-        {
-            "path": test["path"],
-            "actual": [classes[i] for i in y_true],
-            "predicted": [classes[i] for i in y_pred],
-            "probability": probs.max(axis=1),
-        }
-    )
-    for i, name in enumerate(classes):
-        predictions[f"p_{name}"] = probs[:, i]
-    predictions["leak_free"] = leak_free
-    predictions["size_seen_in_training"] = size_seen
-    if novelty is not None:
-        predictions["novelty"] = novelty
-        predictions["unlike_training"] = unlike_training(novelty)
     reliability = ev.reliability_table(y_true, probs, bins=params.evaluate.calibration_bins)
     tables = {
         "predictions.csv": predictions,
@@ -583,6 +568,7 @@ def _confusion_figure(y_true: np.ndarray, probs: np.ndarray, classes: list[str])
 def report(params: Params) -> None:
     """The self-contained HTML report, also logged to the run's MLflow artifacts."""
     from braintumor.evaluation.report import ReportInputs, build_report
+    from braintumor.evaluation.results import Evaluation
     from braintumor.fileio import read_json, write_text
     from braintumor.tracking.runs import RunLogger, read_run_info, run_tags_of
 
@@ -592,7 +578,7 @@ def report(params: Params) -> None:
         params=params.to_dict(),
         validation=read_json(params.paths.validation_report),
         history=pd.read_csv(Path(params.paths.train_plots) / "history.csv"),
-        evaluation=read_json(params.paths.eval_metrics),
+        evaluation=Evaluation.from_dict(read_json(params.paths.eval_metrics)),
         predictions=pd.read_csv(plots / "predictions.csv"),
         reliability=pd.read_csv(plots / "reliability.csv"),
         roc=pd.read_csv(plots / "roc.csv"),

@@ -16,15 +16,12 @@ from sklearn.metrics import (
     roc_curve,
 )
 
+from braintumor.evaluation.results import ClassScores, Evaluation, FlagScores, SetScores, SizeSplit
 from braintumor.evaluation.scores import macro_f1
 from braintumor.model.novelty import unlike_training
 
-HEADLINE = ("accuracy", "macro_f1", "weighted_f1", "log_loss", "ece", "roc_auc_ovr")
 
-
-def classification_metrics(
-    y_true: np.ndarray, probs: np.ndarray, classes: list[str], *, bins: int = 15
-) -> dict[str, Any]:
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray, classes: list[str], *, bins: int = 15) -> SetScores:
     """Headline metrics and per-class precision/recall/F1/support. probs: (N, C), rows sum to 1.
 
     macro_f1 averages the classes present in y_true: a subset that holds no scan of a class (the public set's
@@ -32,27 +29,22 @@ def classification_metrics(
     given for every class (support 0 where absent)."""
     labels = list(range(len(classes)))
     if len(y_true) == 0:
-        return {"n": 0, **{k: None for k in HEADLINE}, "per_class": {}}
+        return SetScores(n=0, per_class={})
     y_pred = probs.argmax(axis=1)
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
-    return {
-        "n": int(len(y_true)),
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": macro_f1(y_true, y_pred, len(classes)),
-        "weighted_f1": float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
-        "log_loss": float(log_loss(y_true, probs, labels=labels)),
-        "ece": expected_calibration_error(y_true, probs, bins=bins),
-        "roc_auc_ovr": roc_auc_ovr(y_true, probs),
-        "per_class": {
-            name: {
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
+    return SetScores(
+        n=int(len(y_true)),
+        accuracy=float(accuracy_score(y_true, y_pred)),
+        macro_f1=macro_f1(y_true, y_pred, len(classes)),
+        weighted_f1=float(f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)),
+        log_loss=float(log_loss(y_true, probs, labels=labels)),
+        ece=expected_calibration_error(y_true, probs, bins=bins),
+        roc_auc_ovr=roc_auc_ovr(y_true, probs),
+        per_class={
+            name: ClassScores(float(precision[i]), float(recall[i]), float(f1[i]), int(support[i]))
             for i, name in enumerate(classes)
         },
-    }
+    )
 
 
 def leak_free_mask(test: pd.DataFrame) -> np.ndarray:
@@ -60,16 +52,16 @@ def leak_free_mask(test: pd.DataFrame) -> np.ndarray:
     return ~(test["exact_in_train"].astype(bool) | test["near_in_train"].astype(bool)).to_numpy()
 
 
-def unseen_size_sentence(by_size: dict[str, Any] | None, name: str) -> str:
+def unseen_size_sentence(by_size: SizeSplit | None, name: str) -> str:
     """' N of the <name> scans have an image size no Training scan of their class has ...: accuracy A on them, B on
-    the others.' from an evaluation's `by_image_size`; '' when no scan is at an unseen size."""
-    if not by_size or not by_size["unseen"]["n"]:
+    the others.' from a set's `by_image_size`; '' when no scan is at an unseen size."""
+    if by_size is None or not by_size.unseen.n:
         return ""
-    seen, unseen = by_size["seen"], by_size["unseen"]
-    others = f", {seen['accuracy']:.3f} on the {seen['n']} others" if seen["n"] else ""
+    seen, unseen = by_size.seen, by_size.unseen
+    others = f", {seen.accuracy:.3f} on the {seen.n} others" if seen.n else ""
     return (
-        f" {unseen['n']} of the {name} scans have an image size no Training scan of their class has (another "
-        f"source, likely): accuracy {unseen['accuracy']:.3f} on them{others}."
+        f" {unseen.n} of the {name} scans have an image size no Training scan of their class has (another "
+        f"source, likely): accuracy {unseen.accuracy:.3f} on them{others}."
     )
 
 
@@ -128,36 +120,31 @@ def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndar
     return confusion_matrix(y_true, y_pred, labels=list(range(n_classes)))
 
 
-def novelty_metrics(y_true: np.ndarray, probs: np.ndarray, novelty: np.ndarray) -> dict[str, Any]:
+def novelty_metrics(y_true: np.ndarray, probs: np.ndarray, novelty: np.ndarray, quantile: float | None) -> FlagScores:
     """How the `unlike_training` flag (novelty > 1, novelty.py) splits a set of scans: how many it flags, the
     accuracy on flagged and on unflagged scans, and the ROC AUC of the novelty score for telling wrong answers from
-    right ones (0.5: no better than chance). None where a figure has no scan to stand on."""
+    right ones (0.5: no better than chance). None where a figure has no scan to stand on. `quantile`: the val
+    quantile the score's 1 stands for (the model file's)."""
     flagged = unlike_training(novelty)
     wrong = probs.argmax(axis=1) != y_true
     n = len(y_true)
-    return {
-        "n_flagged": int(flagged.sum()),
-        "flagged_share": float(flagged.mean()) if n else None,
-        "accuracy_flagged": float(1 - wrong[flagged].mean()) if flagged.any() else None,
-        "accuracy_unflagged": float(1 - wrong[~flagged].mean()) if (~flagged).any() else None,
-        "error_auroc": float(roc_auc_score(wrong, novelty)) if 0 < wrong.sum() < n else None,
-    }
+    return FlagScores(
+        n_flagged=int(flagged.sum()),
+        flagged_share=float(flagged.mean()) if n else None,
+        accuracy_flagged=float(1 - wrong[flagged].mean()) if flagged.any() else None,
+        accuracy_unflagged=float(1 - wrong[~flagged].mean()) if (~flagged).any() else None,
+        error_auroc=float(roc_auc_score(wrong, novelty)) if 0 < wrong.sum() < n else None,
+        quantile=quantile,
+    )
 
 
-def novelty_rows(evaluation: dict[str, Any]) -> list[list[Any]]:
-    """One row per scored set of an eval.json with `unlike_training` figures (all Testing, leak-free Testing, the
-    external set and its copy-free part): its name, size and NOVELTY_COLUMNS. Empty for a model without the score."""
-    external = evaluation.get("external") or {}
-    sets = [
-        ("all Testing", evaluation),
-        ("leak-free Testing", evaluation.get("leak_free") or {}),
-        ("external", external),
-        ("external without copies", external.get("copy_free") or {}),
-    ]
+def novelty_rows(evaluation: Evaluation) -> list[list[Any]]:
+    """One row per scored set with `unlike_training` figures (all Testing, leak-free Testing, the external set and
+    its copy-free part): its name, size and NOVELTY_COLUMNS. Empty for a model without the score."""
     return [
-        [name, metrics.get("n"), *(metrics["unlike_training"].get(k) for k in NOVELTY_COLUMNS)]
-        for name, metrics in sets
-        if metrics.get("unlike_training")
+        [name, scores.n, *(getattr(scores.unlike_training, k) for k in NOVELTY_COLUMNS)]
+        for name, scores in evaluation.named_sets()
+        if scores.unlike_training is not None
     ]
 
 

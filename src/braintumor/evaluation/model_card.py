@@ -1,10 +1,10 @@
-"""The model card, and the registered version's description and tags, from one run's facts: dicts in, text out.
+"""The model card, and the registered version's description and tags, from one run's facts: facts in, text out.
 
 `facts` holds what the run wrote: `run` (reports/mlflow_run.json), `classes`, `params` (the model file's),
-`preprocessing`, `validation` (reports/validation.json), `training` (the train summary), `evaluation`
-(metrics/eval.json; `temperature`, `ece_uncalibrated`, `external` and `unlike_training` are rendered when
-present), `tags` (the MLflow run's: git commit, data hash, device) and `promotion` (the evaluate stage's decision,
-optional).
+`preprocessing`, `validation` (reports/validation.json), `training` (the train summary), `evaluation` (the
+evaluate stage's results.Evaluation, as in metrics/eval.json; the temperature, the external set and the
+`unlike_training` figures are rendered when present), `tags` (the MLflow run's: git commit, data hash, device) and
+`promotion` (the evaluate stage's decision, optional).
 Every statement under "Known failure modes" is derived from those numbers; nothing is written by hand per run.
 """
 
@@ -13,13 +13,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from braintumor.evaluation.results import HEADLINE, Evaluation, ExternalScores, SizeSplit
+
 DISCLAIMER = "research use, not a diagnostic device"
 INTENDED_USE = (
     "Research on telling {classes} apart on single axial brain MRI slices (one image per prediction). "
     "Not for diagnosis, triage or any clinical decision; not validated on scanners, sequences or "
     "populations other than its training data's."
 )
-METRICS = ("accuracy", "macro_f1", "weighted_f1", "log_loss", "ece", "roc_auc_ovr")
 # Thresholds of the failure-mode checks (on 0..1 metrics).
 LOW_RECALL = 0.5  # a class with a lower recall misses most of its scans
 SHIFT_GAP = 0.10  # val macro-F1 this much above Testing macro-F1: Testing is not drawn like Training
@@ -42,10 +43,10 @@ def render(facts: dict[str, Any]) -> str:
         ("Metrics", _metrics(facts)),
         ("Calibration", _calibration(facts["evaluation"], facts["params"]["train"].get("calibration", "val"))),
     ]
-    external = facts["evaluation"].get("external")
-    if external:
-        sections.append(("External data", _external(external)))
-    if facts["evaluation"].get("unlike_training"):
+    evaluation: Evaluation = facts["evaluation"]
+    if evaluation.external is not None:
+        sections.append(("External data", _external(evaluation.external)))
+    if evaluation.testing.unlike_training is not None:
         sections.append(("Scans unlike the Training scans", _unlike_training(facts)))
     sections.append(
         (
@@ -58,11 +59,11 @@ def render(facts: dict[str, Any]) -> str:
 
 def version_description(facts: dict[str, Any]) -> str:
     """The registered version's description (markdown, a few lines): what it is, its figures, where the card is."""
-    test, leak_free, train = facts["evaluation"], facts["evaluation"].get("leak_free", {}), facts["training"]
+    test, leak_free = facts["evaluation"].testing, facts["evaluation"].leak_free
     rows = [
-        (*saved_val(train), facts["validation"].get("n_val")),
-        ("all Testing", test.get("accuracy"), test.get("macro_f1"), test.get("n")),
-        ("leak-free Testing", leak_free.get("accuracy"), leak_free.get("macro_f1"), leak_free.get("n")),
+        (*saved_val(facts["training"]), facts["validation"].get("n_val")),
+        ("all Testing", test.accuracy, test.macro_f1, test.n),
+        ("leak-free Testing", leak_free.accuracy, leak_free.macro_f1, leak_free.n),
     ]
     table = _table(["", "accuracy", "macro-F1", "n"], [[name, *values] for name, *values in rows])
     return (
@@ -76,7 +77,7 @@ def version_description(facts: dict[str, Any]) -> str:
 
 def version_tags(facts: dict[str, Any]) -> dict[str, str]:
     """Tags of the registered version (and its LoggedModel): provenance, headline figures, use."""
-    test, leak_free = facts["evaluation"], facts["evaluation"].get("leak_free", {})
+    test, leak_free = facts["evaluation"].testing, facts["evaluation"].leak_free
     tags = {
         "data_dvc_hash": facts["tags"].get("data_dvc_hash", "unknown"),
         "git_commit": facts["tags"].get("git_commit", "unknown"),
@@ -87,8 +88,8 @@ def version_tags(facts: dict[str, Any]) -> dict[str, str]:
     }
     for prefix, metrics in (("test_", test), ("test_leak_free_", leak_free)):
         for name in ("accuracy", "macro_f1", "n"):
-            if metrics.get(name) is not None:
-                tags[f"{prefix}{name}"] = _fmt(metrics[name])
+            if getattr(metrics, name) is not None:
+                tags[f"{prefix}{name}"] = _fmt(getattr(metrics, name))
     promotion = facts.get("promotion") or {}
     if promotion.get("metric"):
         tags["promotion_metric"] = f"{promotion['metric']}={_fmt(promotion['value'])}"
@@ -145,89 +146,92 @@ def preprocessing_text(facts: dict[str, Any]) -> str:
 
 def failure_modes(facts: dict[str, Any]) -> list[str]:
     """Plain statements, each backed by a figure of the card; the weakest class always comes first."""
-    test, leak_free, train = facts["evaluation"], facts["evaluation"].get("leak_free", {}), facts["training"]
+    evaluation: Evaluation = facts["evaluation"]
+    test, leak_free, train = evaluation.testing, evaluation.leak_free, facts["training"]
     lines = []
-    tested = {c: m for c, m in test.get("per_class", {}).items() if m["support"] > 0}
+    tested = {c: m for c, m in (test.per_class or {}).items() if m.support > 0}
     if tested:
-        worst = min(tested, key=lambda c: tested[c]["recall"])
-        recall = tested[worst]["recall"]
+        worst = min(tested, key=lambda c: tested[c].recall)
+        recall = tested[worst].recall
         lines.append(
-            f"Weakest class: {worst}, recall {recall:.2f} on all Testing (support {tested[worst]['support']})"
+            f"Weakest class: {worst}, recall {recall:.2f} on all Testing (support {tested[worst].support})"
             + (": most of its scans are missed." if recall < LOW_RECALL else ".")
         )
-        noisiest = min(tested, key=lambda c: tested[c]["precision"])
-        lines.append(f"Least reliable positive call: {noisiest}, precision {tested[noisiest]['precision']:.2f}.")
+        noisiest = min(tested, key=lambda c: tested[c].precision)
+        lines.append(f"Least reliable positive call: {noisiest}, precision {tested[noisiest].precision:.2f}.")
     flags = []  # the checks below; each adds a line only when its figure says so
-    untested = [c for c, m in test.get("per_class", {}).items() if m["support"] == 0]
+    untested = [c for c, m in (test.per_class or {}).items() if m.support == 0]
     if untested:
         flags.append(f"No Testing scans of {', '.join(untested)}: untested on those classes.")
     val_f1 = saved_val(train)[2]
     for name, metrics in (("all Testing", test), ("leak-free Testing", leak_free)):
-        if val_f1 is not None and metrics.get("macro_f1") is not None and val_f1 - metrics["macro_f1"] > SHIFT_GAP:
+        if val_f1 is not None and metrics.macro_f1 is not None and val_f1 - metrics.macro_f1 > SHIFT_GAP:
             flags.append(
-                f"Macro-F1 drops from {val_f1:.2f} on val to {metrics['macro_f1']:.2f} on {name}: scans not "
+                f"Macro-F1 drops from {val_f1:.2f} on val to {metrics.macro_f1:.2f} on {name}: scans not "
                 "drawn like the training set are classified worse; expect the lower figure on new data."
             )
-    test_f1, leak_free_f1 = test.get("macro_f1"), leak_free.get("macro_f1")
-    if test_f1 is not None and leak_free_f1 is not None and test_f1 - leak_free_f1 > LEAK_GAP:
+    if test.macro_f1 is not None and leak_free.macro_f1 is not None and test.macro_f1 - leak_free.macro_f1 > LEAK_GAP:
         flags.append(
-            f"The all-Testing macro-F1 ({test['macro_f1']:.2f}) is inflated by Testing scans that have a copy "
-            f"in Training; on the {leak_free['n']} without one it is {leak_free['macro_f1']:.2f}."
+            f"The all-Testing macro-F1 ({test.macro_f1:.2f}) is inflated by Testing scans that have a copy "
+            f"in Training; on the {leak_free.n} without one it is {leak_free.macro_f1:.2f}."
         )
-    if leak_free.get("n", 0) == 0:
+    if leak_free.n == 0:
         flags.append("No Testing scan is free of a copy in Training: no Testing figure measures generalisation.")
-    elif leak_free["n"] < SMALL_N:
-        low, high = wilson_interval(leak_free["accuracy"], leak_free["n"])
+    elif leak_free.n < SMALL_N:
+        low, high = wilson_interval(leak_free.accuracy, leak_free.n)
         flags.append(
-            f"The leak-free figures rest on {leak_free['n']} scans: accuracy {leak_free['accuracy']:.2f}, "
+            f"The leak-free figures rest on {leak_free.n} scans: accuracy {leak_free.accuracy:.2f}, "
             f"95% interval {low:.2f}-{high:.2f}."
         )
-    if test.get("ece") is not None and test["ece"] > HIGH_ECE:
+    if test.ece is not None and test.ece > HIGH_ECE:
         flags.append(
-            f"Probabilities are miscalibrated (ECE {test['ece']:.3f} on all Testing): do not read them as the "
+            f"Probabilities are miscalibrated (ECE {test.ece:.3f} on all Testing): do not read them as the "
             "chance of being right."
         )
-    unlike = test.get("unlike_training") or {}
-    if unlike.get("flagged_share") is not None and unlike["flagged_share"] > 2 * (1 - unlike["quantile"]):
+    unlike = test.unlike_training
+    if unlike is not None and unlike.flagged_share is not None and unlike.flagged_share > 2 * (1 - unlike.quantile):
         flags.append(
-            f"{unlike['flagged_share']:.0%} of the Testing scans are unlike the Training scans (novelty > 1; "
-            f"{1 - unlike['quantile']:.0%} of val by design): accuracy {_fmt(unlike['accuracy_flagged'])} on them, "
-            f"{_fmt(unlike['accuracy_unflagged'])} on the others."
+            f"{unlike.flagged_share:.0%} of the Testing scans are unlike the Training scans (novelty > 1; "
+            f"{1 - unlike.quantile:.0%} of val by design): accuracy {_fmt(unlike.accuracy_flagged)} on them, "
+            f"{_fmt(unlike.accuracy_unflagged)} on the others."
         )
-    flags += _source_flags(leak_free.get("by_image_size") or {})
-    external = test.get("external") or {}
-    if external.get("macro_f1") is not None and val_f1 is not None and val_f1 - external["macro_f1"] > SHIFT_GAP:
-        flags.append(
-            f"On the external data macro-F1 is {external['macro_f1']:.2f} (val {val_f1:.2f}): it does not "
-            "carry over to other sources as is."
-        )
+    flags += _source_flags(leak_free.by_image_size)
+    external = evaluation.external.scores if evaluation.external is not None else None
+    if external is not None and external.macro_f1 is not None and val_f1 is not None:
+        if val_f1 - external.macro_f1 > SHIFT_GAP:
+            flags.append(
+                f"On the external data macro-F1 is {external.macro_f1:.2f} (val {val_f1:.2f}): it does not "
+                "carry over to other sources as is."
+            )
     return lines + (
         flags or ["No other check (val vs Testing gap, leakage gap, sample size, calibration) flagged a problem."]
     )
 
 
-def _source_flags(by_size: dict[str, Any]) -> list[str]:
+def _source_flags(by_size: SizeSplit | None) -> list[str]:
     """Lines on the leak-free Testing scans (copies of Training scans nearly always share a Training size, so they
     are left out) at image sizes no Training scan of their class has, i.e. from other sources: per class, when they
     fare worse than the class's scans at seen sizes, or when the class has (almost) only such scans and most are
     missed."""
-    seen, unseen = (by_size.get(side) or {} for side in ("seen", "unseen"))
+    if by_size is None:
+        return []
     lines = []
-    for name, after in (unseen.get("per_class") or {}).items():
-        before = (seen.get("per_class") or {}).get(name) or {"support": 0, "recall": None}
-        if after["support"] < MIN_CLASS_N:
+    for name, after in (by_size.unseen.per_class or {}).items():
+        before = by_size.seen.of_class(name)
+        if after.support < MIN_CLASS_N:
             continue
-        where = f"the {after['support']} leak-free Testing scans of {name} at image sizes no Training scan of it has"
-        if before["support"] >= MIN_CLASS_N and before["recall"] - after["recall"] > SHIFT_GAP:
+        where = f"the {after.support} leak-free Testing scans of {name} at image sizes no Training scan of it has"
+        before_n = before.support if before is not None else 0
+        if before_n >= MIN_CLASS_N and before.recall - after.recall > SHIFT_GAP:
             lines.append(
-                f"Recall of {name} is {after['recall']:.2f} on {where} (other sources, likely), against "
-                f"{before['recall']:.2f} on the {before['support']} at sizes it has: the model learnt part "
+                f"Recall of {name} is {after.recall:.2f} on {where} (other sources, likely), against "
+                f"{before.recall:.2f} on the {before_n} at sizes it has: the model learnt part "
                 "of the source with the class; expect the lower figure on other hospitals' scans."
             )
-        elif before["support"] < MIN_CLASS_N and after["support"] >= SIZE_GROUP_N and after["recall"] < LOW_RECALL:
+        elif before_n < MIN_CLASS_N and after.support >= SIZE_GROUP_N and after.recall < LOW_RECALL:
             lines.append(
-                f"Recall of {name} is {after['recall']:.2f} on {where}, "
-                f"{'all' if before['support'] == 0 else 'nearly all'} of its leak-free scans: they likely "
+                f"Recall of {name} is {after.recall:.2f} on {where}, "
+                f"{'all' if before_n == 0 else 'nearly all'} of its leak-free scans: they likely "
                 f"come from sources Training holds no {name} scan from."
             )
     return lines
@@ -345,26 +349,25 @@ def _leakage(facts: dict[str, Any]) -> str:
 
 
 def _metrics(facts: dict[str, Any]) -> str:
-    test, leak_free, train = facts["evaluation"], facts["evaluation"].get("leak_free", {}), facts["training"]
-    label, accuracy, macro_f1 = saved_val(train)
+    test, leak_free = facts["evaluation"].testing, facts["evaluation"].leak_free
+    label, accuracy, macro_f1 = saved_val(facts["training"])
     val = {"accuracy": accuracy, "macro_f1": macro_f1}
-    rows = [[name, val.get(name), test.get(name), leak_free.get(name)] for name in METRICS]
-    rows.append(["scans", facts["validation"].get("n_val"), test.get("n"), leak_free.get("n", 0)])
+    rows = [[name, val.get(name), getattr(test, name), getattr(leak_free, name)] for name in HEADLINE]
+    rows.append(["scans", facts["validation"].get("n_val"), test.n, leak_free.n])
     parts = [_table(["metric", label, "all Testing", "leak-free Testing"], rows)]
     intervals = [
-        "{} {:.2f}-{:.2f}".format(name, *wilson_interval(m["accuracy"], m["n"]))
+        "{} {:.2f}-{:.2f}".format(name, *wilson_interval(m.accuracy, m.n))
         for name, m in (("all Testing", test), ("leak-free Testing", leak_free))
-        if m.get("n")
+        if m.n
     ]
     if intervals:
         parts.append("Accuracy, 95% interval: " + "; ".join(intervals) + ".")
-    per = test.get("per_class", {})
-    if per:
+    if test.per_class:
         parts.append(
             "Per class, all Testing:\n\n"
             + _table(
                 ["class", "precision", "recall", "F1", "support"],
-                [[c, m["precision"], m["recall"], m["f1"], m["support"]] for c, m in per.items()],
+                [[c, m.precision, m.recall, m.f1, m.support] for c, m in test.per_class.items()],
             )
         )
     promotion = facts.get("promotion") or {}
@@ -398,44 +401,41 @@ def promotion_text(promotion: dict[str, Any]) -> str:
     )
 
 
-def _calibration(test: dict[str, Any], method: str) -> str:
+def _calibration(evaluation: Evaluation, method: str) -> str:
     from braintumor.model.calibration import fitted_on
 
-    leak_free = test.get("leak_free", {})
+    test, leak_free = evaluation.testing, evaluation.leak_free
     lines = [
-        f"Expected calibration error: {_fmt(test.get('ece'))} on all Testing, "
-        f"{_fmt(leak_free.get('ece'))} leak-free; "
-        f"log loss {_fmt(test.get('log_loss'))} / {_fmt(leak_free.get('log_loss'))}."
+        f"Expected calibration error: {_fmt(test.ece)} on all Testing, {_fmt(leak_free.ece)} leak-free; "
+        f"log loss {_fmt(test.log_loss)} / {_fmt(leak_free.log_loss)}."
     ]
-    if test.get("temperature") is not None:
-        before = f" (ECE {_fmt(test['ece_uncalibrated'])} before)" if test.get("ece_uncalibrated") is not None else ""
+    if test.temperature is not None:
+        before = f" (ECE {_fmt(test.ece_uncalibrated)} before)" if test.ece_uncalibrated is not None else ""
         lines.append(
-            f"Probabilities are temperature-scaled with T = {_fmt(test['temperature'])}{before}, {fitted_on(method)}."
+            f"Probabilities are temperature-scaled with T = {_fmt(test.temperature)}{before}, {fitted_on(method)}."
         )
     return " ".join(lines)
 
 
-def _external(external: dict[str, Any]) -> str:
+def _external(external: ExternalScores) -> str:
     """evaluate.external_data's figures: all its scans and those without a copy in Training (`copy_free`)."""
-    copy_free = external.get("copy_free") or {}
     rows = [
-        [name, external.get(name), copy_free.get(name)] for name in (*METRICS, "n") if external.get(name) is not None
+        [name, getattr(external.scores, name), getattr(external.copy_free, name)]
+        for name in (*HEADLINE, "n")
+        if getattr(external.scores, name) is not None
     ]
-    described = [f"{k}: {v}" for k, v in external.items() if isinstance(v, str)]
-    copies = [
-        f"{external[k]} {k.replace('_in_train', '')} copies of Training scans"
-        for k in ("exact_in_train", "near_in_train")
-        if k in external
-    ]
-    text = "; ".join(described + copies)
-    return (text + ".\n\n" if text else "") + _table(["metric", "external", "external without copies"], rows)
+    return (
+        f"path: {external.path}; {external.exact_in_train} exact copies of Training scans; "
+        f"{external.near_in_train} near copies of Training scans.\n\n"
+        + _table(["metric", "external", "external without copies"], rows)
+    )
 
 
 def _unlike_training(facts: dict[str, Any]) -> str:
     """How the `unlike_training` flag (novelty > 1) splits each scored set."""
     from braintumor.evaluation.metrics import NOVELTY_HEADER, novelty_rows
 
-    quantile = facts["evaluation"]["unlike_training"]["quantile"]
+    quantile = facts["evaluation"].testing.unlike_training.quantile
     return (
         f"Every answer comes with a novelty score (how far the scan's features lie from the Training scans'; "
         f"1 = the level {quantile:.0%} of the val scans stay under). A scan above 1 is flagged "

@@ -16,6 +16,7 @@ import yaml
 
 from braintumor.evaluation import charts
 from braintumor.evaluation.metrics import confusion, unseen_size_sentence
+from braintumor.evaluation.results import HEADLINE, Evaluation, ExternalScores, SetScores
 from braintumor.model.predictor import Predictor
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
@@ -31,7 +32,7 @@ class ReportInputs:
     params: dict[str, Any]
     validation: dict[str, Any]
     history: pd.DataFrame
-    evaluation: dict[str, Any]
+    evaluation: Evaluation
     predictions: pd.DataFrame
     reliability: pd.DataFrame
     roc: pd.DataFrame
@@ -65,7 +66,7 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
 
 
 def build_report(inputs: ReportInputs, *, samples: int, mistakes: int, gradcam: bool) -> str:
-    classes = inputs.params["data"]["classes"]
+    classes, evaluation = inputs.params["data"]["classes"], inputs.evaluation
     sections = [
         ("Dataset and validation", _dataset_section(inputs.validation, classes)),
         (
@@ -78,27 +79,27 @@ def build_report(inputs: ReportInputs, *, samples: int, mistakes: int, gradcam: 
         ("Training curves", png(charts.training_curves(inputs.history))),
         (
             "Test metrics",
-            _metrics_section(inputs.evaluation, classes, inputs.params["train"].get("calibration", "val")),
+            _metrics_section(evaluation, classes, inputs.params["train"].get("calibration", "val")),
         ),
         *(
-            [("Testing by image size (source)", _image_size_section(inputs.validation, inputs.evaluation, classes))]
-            if "by_image_size" in inputs.evaluation
+            [("Testing by image size (source)", _image_size_section(inputs.validation, evaluation, classes))]
+            if evaluation.testing.by_image_size is not None
             else []
         ),
         *(
-            [("External validation", _external_section(inputs.evaluation["external"], classes))]
-            if "external" in inputs.evaluation
+            [("External validation", _external_section(evaluation.external, classes))]
+            if evaluation.external is not None
             else []
         ),
         *(
-            [("Scans unlike the Training scans", _novelty_section(inputs.evaluation))]
-            if "unlike_training" in inputs.evaluation
+            [("Scans unlike the Training scans", _novelty_section(evaluation))]
+            if evaluation.testing.unlike_training is not None
             else []
         ),
         ("Confusion matrix", png(charts.confusion_matrices(_confusion(inputs.predictions, classes), classes))),
         (
             "Calibration and ROC",
-            png(charts.reliability_diagram(inputs.reliability, inputs.evaluation.get("ece")))
+            png(charts.reliability_diagram(inputs.reliability, evaluation.testing.ece))
             + png(charts.roc_curves(inputs.roc)),
         ),
     ]
@@ -161,44 +162,34 @@ def _dataset_section(validation: dict[str, Any], classes: list[str]) -> str:
     return "".join(parts)
 
 
-def _metrics_section(test: dict[str, Any], classes: list[str], calibration: str) -> str:
+def _metrics_section(evaluation: Evaluation, classes: list[str], calibration: str) -> str:
     from braintumor.model.calibration import fitted_on
 
-    lf = test.get("leak_free", {})
-    names = ["accuracy", "macro_f1", "weighted_f1", "log_loss", "ece", "roc_auc_ovr"]
-    rows = [
-        [n, test.get(n) if test.get(n) is not None else "n/a", lf.get(n) if lf.get(n) is not None else "n/a"]
-        for n in names
-    ]
-    rows.append(
-        ["ECE before temperature scaling", _or_na(test.get("ece_uncalibrated")), _or_na(lf.get("ece_uncalibrated"))]
-    )
-    rows.append(["images", test["n"], lf.get("n", 0)])
-    per = [
-        [
-            c,
-            test["per_class"][c]["precision"],
-            test["per_class"][c]["recall"],
-            test["per_class"][c]["f1"],
-            test["per_class"][c]["support"],
-        ]
-        for c in classes
-    ]
+    test, lf = evaluation.testing, evaluation.leak_free
+    rows = _headline_rows(test, lf)
+    rows.append(["ECE before temperature scaling", _or_na(test.ece_uncalibrated), _or_na(lf.ece_uncalibrated)])
+    rows.append(["images", test.n, lf.n])
     note = (
-        f"<p class=note>Probabilities are softmax(logits / T) with T = {test['temperature']:.3f}, "
+        f"<p class=note>Probabilities are softmax(logits / T) with T = {test.temperature:.3f}, "
         f"{html.escape(fitted_on(calibration))} (temperature scaling: labels, accuracy and F1 are unchanged; "
         "log loss and ECE are after it).</p>"
-        if "temperature" in test
+        if test.temperature is not None
         else ""
     )
-    return (
-        _table(rows, ["metric", "all Testing", "leak-free Testing"])
-        + note
-        + _table(per, ["class", "precision", "recall", "F1", "support"])
-    )
+    return _table(rows, ["metric", "all Testing", "leak-free Testing"]) + note + _per_class_table(test, classes)
 
 
-def _image_size_section(validation: dict[str, Any], evaluation: dict[str, Any], classes: list[str]) -> str:
+def _headline_rows(whole: SetScores, part: SetScores) -> list[list[Any]]:
+    return [[name, _or_na(getattr(whole, name)), _or_na(getattr(part, name))] for name in HEADLINE]
+
+
+def _per_class_table(scores: SetScores, classes: list[str]) -> str:
+    per = scores.per_class or {}
+    rows = [[c, per[c].precision, per[c].recall, per[c].f1, per[c].support] for c in classes if c in per]
+    return _table(rows, ["class", "precision", "recall", "F1", "support"])
+
+
+def _image_size_section(validation: dict[str, Any], evaluation: Evaluation, classes: list[str]) -> str:
     shift = validation.get("image_size_shift") or {}
 
     def share(value: float | None) -> str:
@@ -228,19 +219,18 @@ def _image_size_section(validation: dict[str, Any], evaluation: dict[str, Any], 
         else ""
     )
     warnings = "".join(f"<p class=warn>{html.escape(line)}</p>" for line in validation.get("image_size_warnings", []))
-    groups = [evaluation["by_image_size"][side] for side in ("seen", "unseen")]
-    leak_free = (evaluation.get("leak_free") or {}).get("by_image_size")
-    if leak_free:
-        groups += [leak_free[side] for side in ("seen", "unseen")]
+    splits = [evaluation.testing.by_image_size, evaluation.leak_free.by_image_size]
+    groups = [group for split in splits if split is not None for group in (split.seen, split.unseen)]
+    leak_free = splits[1] is not None
 
-    def recall(metrics: dict[str, Any], name: str) -> str:
-        score = metrics.get("per_class", {}).get(name)
-        return f"{score['recall']:.2f} of {score['support']}" if score and score["support"] else "n/a"
+    def recall(metrics: SetScores, name: str) -> str:
+        score = metrics.of_class(name)
+        return f"{score.recall:.2f} of {score.support}" if score else "n/a"
 
     # accuracy and recall per class: the sides hold different mixes of classes, so compare a class with itself
     rows = [
-        ["scans", *(g["n"] for g in groups)],
-        ["accuracy", *(_or_na(g.get("accuracy")) for g in groups)],
+        ["scans", *(g.n for g in groups)],
+        ["accuracy", *(_or_na(g.accuracy) for g in groups)],
         *([f"recall {c}", *(recall(g, c) for g in groups)] for c in classes),
     ]
     header = ["Testing", "all: size seen in Training (same class)", "all: size unseen"]
@@ -258,10 +248,10 @@ def _image_size_section(validation: dict[str, Any], evaluation: dict[str, Any], 
     )
 
 
-def _novelty_section(evaluation: dict[str, Any]) -> str:
+def _novelty_section(evaluation: Evaluation) -> str:
     from braintumor.evaluation.metrics import NOVELTY_HEADER, novelty_rows
 
-    quantile = evaluation["unlike_training"]["quantile"]
+    quantile = evaluation.testing.unlike_training.quantile
     return (
         f"<p class=note>Each answer carries a novelty score: how far the scan's features lie from the Training "
         f"scans' (1 = the level {quantile:.0%} of the val scans stay under). Scans above 1 are flagged "
@@ -271,24 +261,16 @@ def _novelty_section(evaluation: dict[str, Any]) -> str:
     )
 
 
-def _external_section(external: dict[str, Any], classes: list[str]) -> str:
-    free = external.get("copy_free", {})
-    names = ["accuracy", "macro_f1", "weighted_f1", "log_loss", "ece", "roc_auc_ovr"]
-    rows = [[n, _or_na(external.get(n)), _or_na(free.get(n))] for n in names]
-    rows.append(["images", external["n"], free.get("n", 0)])
-    scores = external.get("per_class", {})
-    per = [
-        [c, scores[c]["precision"], scores[c]["recall"], scores[c]["f1"], scores[c]["support"]]
-        for c in classes
-        if c in scores
-    ]
+def _external_section(external: ExternalScores, classes: list[str]) -> str:
+    rows = _headline_rows(external.scores, external.copy_free)
+    rows.append(["images", external.scores.n, external.copy_free.n])
     return (
-        f"<p>Another labelled dataset, <code>{html.escape(str(external['path']))}</code>: "
-        f"{external['exact_in_train']} byte-identical and {external['near_in_train']} near copies of Training "
-        f"scans found and left out of the copy-free column; {external['n_excluded']} unusable files excluded."
-        f"{unseen_size_sentence(external.get('by_image_size'), 'external')}</p>"
+        f"<p>Another labelled dataset, <code>{html.escape(external.path)}</code>: "
+        f"{external.exact_in_train} byte-identical and {external.near_in_train} near copies of Training "
+        f"scans found and left out of the copy-free column; {external.n_excluded} unusable files excluded."
+        f"{unseen_size_sentence(external.scores.by_image_size, 'external')}</p>"
         + _table(rows, ["metric", "all external", "copy-free external"])
-        + _table(per, ["class", "precision", "recall", "F1", "support"])
+        + _per_class_table(external.scores, classes)
     )
 
 

@@ -2,9 +2,9 @@
 external set and the champion's re-scoring (pipeline.evaluate).
 
 `score_rows` runs the network once over a set's manifest rows (decoded through the image cache); `score_set` turns
-that into the set's metrics: all of it (per class), its part without copies of Training scans (leak-free Testing,
-copy-free external), and both split by whether a Training scan of the class has the image size (`by_image_size`).
-`flatten` names every figure for MLflow.
+that into the set's metrics (results.SetScores): all of it (per class), its part without copies of Training scans
+(leak-free Testing, copy-free external), and both split by whether a Training scan of the class has the image size
+(`by_image_size`).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 from braintumor.config import Params
 from braintumor.data.cache import cached_images
 from braintumor.evaluation.metrics import classification_metrics, expected_calibration_error, novelty_metrics
+from braintumor.evaluation.results import SetScores, SizeSplit
 from braintumor.fileio import project_path
 from braintumor.model.predictor import Predictor
 from braintumor.scans.limits import ImageLimits
@@ -48,71 +49,66 @@ def score_rows(predictor: Predictor, frame: pd.DataFrame, root: str | Path, para
     return ScoredSet(logits, labels, novelty)
 
 
-def set_metrics(predictor: Predictor, scored: ScoredSet, params: Params, *, per_class: bool = True) -> dict:
+def set_metrics(predictor: Predictor, scored: ScoredSet, params: Params, *, per_class: bool = True) -> SetScores:
     """Headline metrics (probabilities after temperature scaling), the temperature and ECE before it, and how the
     `unlike_training` flag splits the scans (when the model file has the novelty score)."""
     bins, classes = params.evaluate.calibration_bins, params.data.classes
     probs = predictor.calibrated(scored.logits)
-    metrics = classification_metrics(scored.labels, probs, classes, bins=bins)
-    metrics["ece_uncalibrated"] = (
-        expected_calibration_error(scored.labels, predictor.calibrated(scored.logits, False), bins=bins)
-        if len(scored.labels)
-        else None
+    scores = classification_metrics(scored.labels, probs, classes, bins=bins)
+    return replace(
+        scores,
+        per_class=scores.per_class if per_class else None,
+        ece_uncalibrated=(
+            expected_calibration_error(scored.labels, predictor.calibrated(scored.logits, False), bins=bins)
+            if len(scored.labels)
+            else None
+        ),
+        temperature=predictor.inference.temperature,
+        unlike_training=(
+            None
+            if scored.novelty is None
+            else novelty_metrics(scored.labels, probs, scored.novelty, predictor.novelty.quantile)
+        ),
     )
-    metrics["temperature"] = predictor.inference.temperature
-    if scored.novelty is not None:
-        metrics["unlike_training"] = {
-            **novelty_metrics(scored.labels, probs, scored.novelty),
-            "quantile": predictor.novelty.quantile,
-        }
-    if not per_class:
-        metrics.pop("per_class")
-    return metrics
 
 
-def by_image_size(predictor: Predictor, scored: ScoredSet, size_seen: np.ndarray, params: Params) -> dict[str, dict]:
+def by_image_size(predictor: Predictor, scored: ScoredSet, size_seen: np.ndarray, params: Params) -> SizeSplit:
     """Metrics (per class included) on the scans whose image size some Training scan of their class has (`seen`)
     and on the others (`unseen`): how the model does on scans from sources it learnt the class from and on scans
     from other sources. Copies of Training scans nearly always have a seen size: the part without them is split too,
     to compare sources without them. (A side often lacks a class: macro-F1 averages the classes present.) The
     temperature is the set's, not repeated."""
-    return {
-        group: {
-            k: v
-            for k, v in set_metrics(predictor, replace(scored.subset(mask), novelty=None), params).items()
-            if k != "temperature"
-        }
-        for group, mask in (("seen", size_seen), ("unseen", ~size_seen))
-    }
+    seen, unseen = (
+        replace(set_metrics(predictor, replace(scored.subset(mask), novelty=None), params), temperature=None)
+        for mask in (size_seen, ~size_seen)
+    )
+    return SizeSplit(seen, unseen)
 
 
 def score_set(
     predictor: Predictor, scored: ScoredSet, params: Params, *, part: np.ndarray, size_seen: np.ndarray
-) -> tuple[dict, dict]:
+) -> tuple[SetScores, SetScores]:
     """(the whole set's metrics, its `part`'s), each with its `by_image_size` split; the part's without per-class
     figures. `part`: the scans that are no copy of a Training scan (leak-free Testing, copy-free external)."""
-    whole = set_metrics(predictor, scored, params)
-    whole["by_image_size"] = by_image_size(predictor, scored, size_seen, params)
-    within = set_metrics(predictor, scored.subset(part), params, per_class=False)
-    within["by_image_size"] = by_image_size(predictor, scored.subset(part), size_seen[part], params)
+    whole = replace(
+        set_metrics(predictor, scored, params), by_image_size=by_image_size(predictor, scored, size_seen, params)
+    )
+    within = replace(
+        set_metrics(predictor, scored.subset(part), params, per_class=False),
+        by_image_size=by_image_size(predictor, scored.subset(part), size_seen[part], params),
+    )
     return whole, within
 
 
-NESTED = {"leak_free": "leak_free_", "copy_free": "copy_free_", "unlike_training": "unlike_training_"}
-
-
-def flatten(metrics: dict, prefix: str) -> dict[str, float]:
-    """Every scalar figure of one set's metrics under a flat MLflow name: `{prefix}accuracy`,
-    `{prefix}leak_free_macro_f1`, `{prefix}size_unseen_accuracy`, `{prefix}leak_free_size_seen_n`,
-    `{prefix}unlike_training_error_auroc`, ... (per-class figures and another set's metrics are not in it)."""
-    flat = {
-        f"{prefix}{key}": float(value)
-        for key, value in metrics.items()
-        if isinstance(value, (int, float)) and not isinstance(value, bool)
-    }
-    for key, name in NESTED.items():
-        if isinstance(metrics.get(key), dict):
-            flat.update(flatten(metrics[key], prefix + name))
-    for group, scores in (metrics.get("by_image_size") or {}).items():
-        flat.update(flatten(scores, f"{prefix}size_{group}_"))
-    return flat
+def prediction_table(predictor: Predictor, scored: ScoredSet, rows: pd.DataFrame, **flags: np.ndarray) -> pd.DataFrame:
+    """A row per scored scan: `rows`' columns (which scan, its label), then the Predictor's answer as predict, the
+    server and the page give it (Predictor.table: `label` named `predicted` here, each class's probability as
+    `p_<class>`), then the `flags` (leak_free, size_seen_in_training, ...), then `novelty` and `unlike_training`
+    when the model file has the score."""
+    answer = predictor.table(predictor.calibrated(scored.logits), scored.novelty).rename(
+        columns={"label": "predicted", **{name: f"p_{name}" for name in predictor.classes}}
+    )
+    novelty = [column for column in ("novelty", "unlike_training") if column in answer]
+    return pd.concat(
+        [rows.reset_index(drop=True), answer.drop(columns=novelty), pd.DataFrame(flags), answer[novelty]], axis=1
+    )
