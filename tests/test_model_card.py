@@ -124,8 +124,8 @@ def test_card_has_every_section_and_the_leak_free_column():
     assert "88 of 394 Testing scans are byte-identical to a Training scan and 171 more are near copies" in card
     assert "259 leak, 135 are leak-free" in card
     assert (
-        "Champion/challenger, leak_free_macro_f1 on the same 14 scans (Testing:abc.dir; evaluate.promotion_metric"
-        " = leak_free_macro_f1): version 6 scored 0.200; version 7 0.214 -> champion." in card
+        "Version 7 -> champion: leak_free_macro_f1 on 14 scans (Testing:abc.dir; evaluate.promotion_metric"
+        " = leak_free_macro_f1): version 6 (champion) 0.200, version 7 0.214." in card
     )
     assert "Testing:aa.dir,Training:bb.dir" in card and "f" * 40 in card
     assert "## External data" not in card and "temperature" not in card

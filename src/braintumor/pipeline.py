@@ -311,6 +311,7 @@ def evaluate(params: Params) -> Evaluation:
     subset; promotion."""
     from braintumor.data.splits import in_splits, read_manifest, size_seen_in_training
     from braintumor.evaluation import metrics as ev
+    from braintumor.evaluation import model_card
     from braintumor.evaluation.results import Evaluation
     from braintumor.evaluation.scoring import prediction_table, score_rows, score_set
     from braintumor.model.predictor import Predictor
@@ -361,7 +362,7 @@ def evaluate(params: Params) -> Evaluation:
     logger.end()
     for line in summary(evaluation):
         print(f"evaluate: {line}")
-    print(f"evaluate: {promotion_sentence(decision)}; wrote {params.paths.model_card}")
+    print(f"evaluate: {model_card.promotion_text(decision)} Wrote {params.paths.model_card}.")
     return evaluation
 
 
@@ -460,28 +461,6 @@ def _compare_with_champion(
             comparison, champion_version=champion, unscored_reason=f"{type(exc).__name__}: {exc}"
         )
     return dataclasses.replace(comparison, champion_version=champion, champion_value=champion_value)
-
-
-def promotion_sentence(decision: dict) -> str:
-    """One line: which version became what, and on which figures of which scans."""
-    version, alias = decision.get("version"), decision["decision"]
-    if decision.get("value") is None:
-        return f"model {alias}"
-    figures = f"{decision['metric']} on {decision['scans']} scans ({decision['compared_on']})"
-    champion = decision.get("previous_champion_version")
-    if champion is None:
-        return f"model version {version} -> {alias}: {figures} {decision['value']:.3f}; no other champion to beat"
-    if decision.get("previous_champion_value") is None:
-        return (
-            f"model version {version} -> {alias}: the champion, version {champion}, could not be scored on "
-            f"these scans ({decision['champion_unscored_reason']}); version {version}: {figures} "
-            f"{decision['value']:.3f}"
-        )
-    return (
-        f"model version {version} -> {alias}: {figures}: version {champion} (champion) "
-        f"{decision['previous_champion_value']:.3f}, version {version} {decision['value']:.3f}"
-        + (" (ties keep the champion)" if decision["value"] == decision["previous_champion_value"] else "")
-    )
 
 
 def _evaluate_external(predictor: Predictor, frame: pd.DataFrame, params: Params) -> tuple[ExternalScores, str]:

@@ -377,27 +377,29 @@ def _metrics(facts: dict[str, Any]) -> str:
 
 
 def promotion_text(promotion: dict[str, Any]) -> str:
-    """ "Version 1 scored 0.31 on these 394 scans; version 2 0.51 -> champion": both on the same scans."""
-    version, alias, champion = promotion["version"], promotion["decision"], promotion.get("previous_champion_version")
-    scans = (
-        f"{promotion['scans']} scans ({promotion['compared_on']}; evaluate.promotion_metric = "
-        f"{promotion['promotion_metric']})"
+    """What the evaluate stage decided, on which figure of which scans, both versions scored on the same scans: a
+    line of the model card and of the stage's output, e.g. "Version 2 -> champion: leak_free_macro_f1 on 135 scans
+    (Testing:<hash>; evaluate.promotion_metric = leak_free_macro_f1): version 1 (champion) 0.310, version 2 0.510."
+    """
+    alias = promotion["decision"]
+    if promotion.get("value") is None:
+        return f"Model {alias}."
+    version, champion, value = promotion["version"], promotion.get("previous_champion_version"), promotion["value"]
+    head = f"Version {version} -> {alias}"
+    figures = (
+        f"{promotion['metric']} on {promotion['scans']} scans ({promotion['compared_on']}; "
+        f"evaluate.promotion_metric = {promotion['promotion_metric']})"
     )
     if champion is None:
+        return f"{head}: {figures} {_fmt(value)}; no other version was champion."
+    before = promotion.get("previous_champion_value")
+    if before is None:
         return (
-            f"Champion/challenger: version {version} scored {promotion['metric']} {_fmt(promotion['value'])} on "
-            f"{scans}; no other version held `champion` -> {alias}."
+            f"{head}: the champion, version {champion}, could not be scored on these scans "
+            f"({promotion.get('champion_unscored_reason')}); version {version}: {figures} {_fmt(value)}."
         )
-    if promotion.get("previous_champion_value") is None:
-        return (
-            f"Champion/challenger: the champion, version {champion}, could not be scored on these "
-            f"{scans}: {promotion.get('champion_unscored_reason')}. Version {version} scored "
-            f"{promotion['metric']} {_fmt(promotion['value'])} -> {alias}."
-        )
-    return (
-        f"Champion/challenger, {promotion['metric']} on the same {scans}: version {champion} scored "
-        f"{_fmt(promotion['previous_champion_value'])}; version {version} {_fmt(promotion['value'])} -> {alias}"
-        + (" (ties keep the champion)." if promotion["value"] == promotion["previous_champion_value"] else ".")
+    return f"{head}: {figures}: version {champion} (champion) {_fmt(before)}, version {version} {_fmt(value)}" + (
+        " (ties keep the champion)." if value == before else "."
     )
 
 
