@@ -2,12 +2,13 @@
 nginx in front of it with the limits MLflow's scoring server lacks (docs/serving.md#behind-a-reverse-proxy).
 
     python deploy/serve_safe.py [--model models:/brain-tumor-classifier@champion] [--port 5001]
-        [--params params.yaml] [--max-rows 16] [--max-connections 4] [--timeout 300] [--client-timeout 30]
-        [--out build/serve-safe]
+        [--params params.yaml] [--max-rows 16] [--max-body-mb 256] [--max-connections 4] [--timeout 300]
+        [--client-timeout 30] [--out build/serve-safe]
 
 MLFLOW_TRACKING_URI names the store (default sqlite:///mlflow.db, as the pipeline writes it). The body cap is
---max-rows x data.max_file_bytes (params.yaml) in base64, plus 64 KiB; the model itself refuses a request of more
-than data.max_frames pictures (frames x rows). nginx's configuration (deploy/nginx.conf.template, filled in), its
+--max-rows x data.max_file_bytes (params.yaml) in base64, plus 64 KiB, and at most --max-body-mb: MLflow parses a
+body whole before the model sees it, at several times its size. The model itself refuses a request of more than
+data.max_frames pictures (frames x rows). nginx's configuration (deploy/nginx.conf.template, filled in), its
 pid, logs and temporary files, and the model server's log are in --out, so it runs as any user. Ctrl-C stops both.
 """
 
@@ -32,7 +33,8 @@ from braintumor.processes import ServerError, served_model, start_process, stop_
 HERE = Path(__file__).resolve().parent
 TEMPLATE = HERE / "nginx.conf.template"
 JSON_ALLOWANCE = 64 * 1024  # `{"dataframe_split": {"columns": ["image"], "data": [[...]]}}` and params, generously
-LARGE_BODY_BYTES = 256 * 2**20  # over it the launcher says so: parsing one such body costs MLflow over 1 GB
+MAX_BODY_MB = 256  # --max-body-mb's default: parsing a body of 256 MiB cost MLflow about 1.2 GB (benchmarks)
+PARSE_FACTOR = 5  # MLflow's parsing peaked at 3.8-4.6 times a body's size (benchmarks/bounded_server.py)
 NGINX_HINT = "nginx is not installed: apt-get install -y nginx (Debian's; nginx-light is enough)"
 
 
@@ -40,6 +42,26 @@ def max_body_bytes(max_file_bytes: int, max_rows: int) -> int:
     """The largest body a request of `max_rows` files of data.max_file_bytes each can need: base64 writes 4
     characters per 3 bytes (rounded up to a whole group), and the JSON around the values is small."""
     return max_rows * 4 * -(-max_file_bytes // 3) + JSON_ALLOWANCE
+
+
+def body_cap(max_file_bytes: int, max_rows: int, max_body_mb: int) -> tuple[int, str | None]:
+    """(the body cap in bytes, a note for the operator or None): `max_rows` files of data.max_file_bytes in base64,
+    at most `max_body_mb` MiB. The note says when --max-body-mb cuts the cap (fewer or smaller files per request
+    pass than the params allow) and how much memory MLflow's parsing of the cap's bodies can take."""
+    wanted, ceiling = max_body_bytes(max_file_bytes, max_rows), max_body_mb * 2**20
+    cap = min(wanted, ceiling)
+    memory = f"MLflow's parsing can take {PARSE_FACTOR * cap / 1e9:.1f} GB per request at this cap"
+    if wanted > ceiling:
+        one_file = (ceiling - JSON_ALLOWANCE) * 3 // 4
+        return cap, (
+            f"note: the body cap is {cap:,} bytes (--max-body-mb {max_body_mb}), not the {wanted:,} that "
+            f"{max_rows} rows of data.max_file_bytes={max_file_bytes:,} would need: a request's files may add up to "
+            f"{one_file:,} bytes; {memory}. Raise --max-body-mb only with the memory for --max-connections such "
+            "requests (docs/serving.md#behind-a-reverse-proxy)"
+        )
+    if max_body_mb > MAX_BODY_MB and cap > MAX_BODY_MB * 2**20:
+        return cap, f"note: the body cap is {cap:,} bytes: {memory} (docs/serving.md#behind-a-reverse-proxy)"
+    return cap, None
 
 
 def render_config(values: dict[str, object]) -> str:
@@ -92,16 +114,9 @@ def serve(args: argparse.Namespace) -> None:
     params = load_params(args.params)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    body = max_body_bytes(params.data.max_file_bytes, args.max_rows)
-    if body > LARGE_BODY_BYTES:
-        print(
-            f"note: the body cap is {body:,} bytes ({args.max_rows} rows of data.max_file_bytes="
-            f"{params.data.max_file_bytes:,}): MLflow's parsing peaked at 3.8-4.6 times a body's size here. Give the "
-            "server a params file with a data.max_file_bytes of the largest scan it takes (--params), or fewer "
-            "--max-rows (docs/serving.md#behind-a-reverse-proxy)",
-            file=sys.stderr,
-            flush=True,
-        )
+    body, note = body_cap(params.data.max_file_bytes, args.max_rows, args.max_body_mb)
+    if note:
+        print(note, file=sys.stderr, flush=True)
     with served_model(args.model, out / "server.log", workers=args.workers, request_timeout=args.timeout) as server:
         values = {
             "USER": user_line(),
@@ -120,8 +135,9 @@ def serve(args: argparse.Namespace) -> None:
         with nginx(config, out, url) as nginx_pid:
             print(
                 f"{args.model} at {url}/invocations (POST, application/json), /ping, /health, /version\n"
-                f"  nginx (pid {nginx_pid}): bodies up to {body:,} bytes ({args.max_rows} rows of "
-                f"data.max_file_bytes={params.data.max_file_bytes:,} in base64), {args.max_connections} requests "
+                f"  nginx (pid {nginx_pid}): bodies up to {body:,} bytes (at most {args.max_rows} rows of "
+                f"data.max_file_bytes={params.data.max_file_bytes:,} in base64, at most {args.max_body_mb} MiB), "
+                f"{args.max_connections} requests "
                 f"at a time, {args.client_timeout} s for a slow client; {config}\n"
                 f"  mlflow models serve (pid {server.pid}) on 127.0.0.1:{server.port}, --timeout {args.timeout}; "
                 f"log {server.log}\n"
@@ -146,6 +162,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=positive, default=5001, help="nginx's port (default 5001)")
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="data.max_file_bytes from here")
     parser.add_argument("--max-rows", type=positive, default=16, help="files per request the body cap allows")
+    parser.add_argument(
+        "--max-body-mb",
+        type=positive,
+        default=MAX_BODY_MB,
+        help=f"the body cap's ceiling in MiB, whatever --max-rows x data.max_file_bytes (default {MAX_BODY_MB})",
+    )
     parser.add_argument("--max-connections", type=positive, default=4, help="requests at a time (503 past it)")
     parser.add_argument("--workers", type=positive, default=1, help="mlflow models serve --workers (default 1)")
     parser.add_argument("--timeout", type=positive, default=300, help="mlflow models serve --timeout, seconds")

@@ -112,6 +112,25 @@ def test_the_body_cap_holds_max_rows_files_of_max_file_bytes_and_no_more():
     assert len(_request_of([os.urandom(MAX_FILE_BYTES)] * (MAX_ROWS + 1))) > cap
 
 
+def test_max_body_mb_caps_what_the_params_would_allow_and_says_so():
+    """params.yaml's 250 MB data.max_file_bytes (sized for training files) x 16 rows would let 5.3 GB bodies
+    through; --max-body-mb (256 by default) is the ceiling, and the launcher says what passes and what it costs."""
+    cap, note = serve_safe.body_cap(250_000_000, 16, serve_safe.MAX_BODY_MB)
+    assert cap == 256 * 2**20
+    assert note.startswith(f"note: the body cap is {cap:,} bytes (--max-body-mb 256), not the 5,333,398,912 that 16")
+    assert f"files may add up to {(cap - serve_safe.JSON_ALLOWANCE) * 3 // 4:,} bytes" in note
+    assert "1.3 GB per request" in note
+    assert len(_request_of([os.urandom(1000)] * 16)) <= cap
+    # params sized for the scans served: the rows decide, nothing to say
+    assert serve_safe.body_cap(MAX_FILE_BYTES, MAX_ROWS, 256) == (
+        serve_safe.max_body_bytes(MAX_FILE_BYTES, MAX_ROWS),
+        None,
+    )
+    # a ceiling raised past the default: the launcher says what parsing such bodies can take
+    cap, note = serve_safe.body_cap(250_000_000, 4, 2048)
+    assert cap == serve_safe.max_body_bytes(250_000_000, 4) and "MLflow's parsing can take 6.7 GB per request" in note
+
+
 def test_every_placeholder_of_the_template_needs_a_value():
     with pytest.raises(BrainTumorError, match=r"nginx.conf.template: names \[.*'MAX_BODY_BYTES'.*\] but values for"):
         serve_safe.render_config({"LISTEN": "127.0.0.1:5001"})
