@@ -73,6 +73,7 @@ serve-image: install
 	$(BIN)/python deploy/serve_image.py --model "$(MODEL)" --out build/serve-image
 
 # The served model behind nginx (deploy/serve_safe.py, docs/serving.md#behind-a-reverse-proxy) on http://127.0.0.1:5001:
-# POST /invocations (JSON, bodies capped from data.max_file_bytes), GET /ping, 4 requests at a time. Ctrl-C stops both.
+# POST /invocations (JSON, bodies capped from data.max_file_bytes, 256 MiB at most), GET /ping, 4 requests at a time.
+# Ctrl-C stops both.
 serve-safe: install
 	$(BIN)/python deploy/serve_safe.py --model "$(MODEL)"

@@ -162,7 +162,7 @@ def main() -> None:
                 "UPSTREAM": f"127.0.0.1:{server.port}",
                 "MAX_ROWS": args.max_rows,
                 "MAX_FILE_BYTES": args.max_file_bytes,
-                "MAX_BODY_BYTES": serve_safe.max_body_bytes(args.max_file_bytes, args.max_rows),
+                "MAX_BODY_BYTES": serve_safe.body_cap(args.max_file_bytes, args.max_rows, serve_safe.MAX_BODY_MB)[0],
                 "MAX_CONNECTIONS": 4,
                 "CLIENT_TIMEOUT": 30,
                 "SERVER_TIMEOUT": 300,

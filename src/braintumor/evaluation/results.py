@@ -37,7 +37,7 @@ class FlagScores:
     accuracy_flagged: float | None
     accuracy_unflagged: float | None
     error_auroc: float | None
-    quantile: float | None = None  # the val quantile the score's 1 stands for (the model file's)
+    quantile: float  # the val quantile the score's 1 stands for (the model file's)
 
     @classmethod
     def from_dict(cls, spec: dict[str, Any]) -> FlagScores:
