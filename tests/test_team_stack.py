@@ -357,6 +357,46 @@ def test_setting_up_the_users_again_keeps_their_rights(stack, client):
 
 
 @pytest.mark.slow
+def test_a_colleague_tries_a_variation_in_an_experiment_and_a_model_of_their_own(stack, team_project, client):
+    """A colleague (a new account: the server's default READ) runs the pipeline against the team server under an
+    experiment and a registered model of their own (docs/team.md): creating them gives the colleague MANAGE on
+    both, so the run logs, registers and promotes there, while the team's runs, versions and @champion stay."""
+    admin = tuple(stack.mlflow_login(team_stack.ADMIN_USER).values())
+    alice = ("alice", token_urlsafe(18))
+    created = rest_status(
+        stack, "POST", "/api/2.0/mlflow/users/create", dict(zip(["username", "password"], alice)), admin
+    )
+    assert created == 200
+    team = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    runs_before = {run.info.run_id for run in client.search_runs([team])}
+    versions_before = sorted(str(v.version) for v in client.search_model_versions(f"name = '{REGISTERED}'"))
+    champion = str(client.get_model_version_by_alias(REGISTERED, "champion").version)
+
+    env = {**team_env(stack), "MLFLOW_TRACKING_USERNAME": alice[0], "MLFLOW_TRACKING_PASSWORD": alice[1]}
+    trial = ["-S", "tracking.experiment=alice-trials", "-S", "tracking.registered_model=alice-classifier"]
+    result = subprocess.run(
+        ["dvc", "exp", "run", "--temp", *trial, "-S", "train.seed=3"],
+        cwd=team_project["repo"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+
+    (run,) = client.search_runs([client.get_experiment_by_name("alice-trials").experiment_id])
+    assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics
+    assert run.data.params["train.seed"] == "3"
+    assert str(client.get_model_version_by_alias("alice-classifier", "champion").version) == "1"
+    assert {run.info.run_id for run in client.search_runs([team])} == runs_before
+    assert sorted(str(v.version) for v in client.search_model_versions(f"name = '{REGISTERED}'")) == versions_before
+    assert str(client.get_model_version_by_alias(REGISTERED, "champion").version) == champion
+    # and the team's model stays out of the colleague's reach
+    move = {"name": REGISTERED, "alias": "champion", "version": versions_before[0]}
+    assert rest_status(stack, *SET_ALIAS, move, alice) == 403
+
+
+@pytest.mark.slow
 def test_predict_and_serve_the_champion_from_the_server(stack, team_project, tmp_path):
     """As the serving hosts' user, who may read the registered model and nothing more."""
     repo = team_project["repo"]
